@@ -1,0 +1,145 @@
+"""The ``brainjepa`` command line: one subcommand per pipeline stage, each a thin call of a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from brainjepa import __version__
+from brainjepa.errors import InputError
+
+log = logging.getLogger("brainjepa")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> None:
+    from brainjepa import sheets, simulate
+
+    cohorts = simulate.cohorts_from_spec(json.loads(args.cohorts))
+    samples = sheets.load_samples(args.samples, produced=lambda p: True)
+    phenotypes = sheets.load_phenotypes(args.phenotypes)
+    simulate.simulate(samples, phenotypes, args.root, cohorts, args.seed)
+
+
+def _cmd_demo_sheets(args: argparse.Namespace) -> None:
+    from brainjepa import simulate
+
+    cohorts = simulate.cohorts_from_spec(json.loads(args.cohorts))
+    simulate.write_demo_sheets(args.samples, args.phenotypes, args.root, cohorts, args.seed)
+
+
+def _cmd_atlas(args: argparse.Namespace) -> None:
+    from brainjepa import atlas
+
+    ident = atlas.build_atlas(
+        args.space, args.out_image, args.out_labels, args.cache_dir, overlap=args.overlap,
+        n_parcels=args.n_parcels, networks=args.networks, resolution=args.resolution,
+        cortical_image=args.cortical_image, cortical_labels=args.cortical_labels,
+        subcortical_image=args.subcortical_image, subcortical_labels=args.subcortical_labels)
+    log.info("atlas %s written to %s", ident, args.out_image)
+
+
+def _cmd_parcellate(args: argparse.Namespace) -> None:
+    from brainjepa.parcellate import run_parcellate
+
+    run_parcellate(args.out, args.atlas, args.labels, bold=args.bold, timeseries=args.timeseries,
+                   mask=args.mask, tr=args.tr, qc_out=args.qc, empty_roi=args.empty_roi)
+
+
+def _cmd_align_tr(args: argparse.Namespace) -> None:
+    from brainjepa.temporal import run_align_tr
+
+    actual = run_align_tr(args.input, args.out, args.target_tr, args.method)
+    log.info("%s: TR %.4f s", args.out, actual)
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    from brainjepa import sheets
+
+    samples = sheets.load_samples(args.samples)
+    if args.phenotypes:
+        sheets.load_phenotypes(args.phenotypes)
+    print(f"{args.samples}: {len(samples)} runs of {samples[['cohort', 'subject']].drop_duplicates().shape[0]} "
+          "subjects: valid")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"brainjepa {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write the synthetic demo cohort listed in the sample sheets")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--phenotypes", required=True)
+    p.add_argument("--root", required=True, help="demo root: rows whose files lie under it are simulated")
+    p.add_argument("--cohorts", required=True, help="JSON cohort spec (config 'demo.cohorts')")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("demo-sheets", help="write samples.tsv and phenotypes.tsv of a demo cohort")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--phenotypes", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--cohorts", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo_sheets)
+
+    p = sub.add_parser("atlas", help="build the combined subcortical + cortical atlas and its label table")
+    p.add_argument("--space", default="MNI152NLin6Asym")
+    p.add_argument("--n-parcels", type=int, default=400)
+    p.add_argument("--networks", type=int, choices=(7, 17), default=7)
+    p.add_argument("--resolution", type=int, default=2, help="TemplateFlow resolution index (2 = 2 mm)")
+    p.add_argument("--cortical-image")
+    p.add_argument("--cortical-labels")
+    p.add_argument("--subcortical-image")
+    p.add_argument("--subcortical-labels")
+    p.add_argument("--overlap", choices=("subcortical", "cortical"), default="subcortical",
+                   help="which atlas keeps voxels labelled by both")
+    p.add_argument("--cache-dir", default="resources/cache")
+    p.add_argument("--out-image", required=True)
+    p.add_argument("--out-labels", required=True)
+    p.set_defaults(func=_cmd_atlas)
+
+    p = sub.add_parser("parcellate", help="ROI mean time series of one run (streaming)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bold", help="4-D BOLD NIfTI in the atlas's space")
+    src.add_argument("--timeseries", help="already-parcellated T x R file (tsv/csv/npy/parquet)")
+    p.add_argument("--atlas", required=True)
+    p.add_argument("--labels", help="label table (index, name, ...); column names come from it")
+    p.add_argument("--mask")
+    p.add_argument("--tr", type=float, help="TR in seconds (else sidecar, then header)")
+    p.add_argument("--qc", help="per-ROI QC table (TSV)")
+    p.add_argument("--empty-roi", choices=("error", "zero"), default="error")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_parcellate)
+
+    p = sub.add_parser("align-tr", help="align a run's time series to a target TR")
+    p.add_argument("--in", dest="input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--target-tr", type=float, default=2.0)
+    p.add_argument("--method", choices=("stride", "resample"), default="stride")
+    p.set_defaults(func=_cmd_align_tr)
+
+    p = sub.add_parser("validate", help="validate the sample sheets")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--phenotypes")
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except InputError as exc:
+        print(f"brainjepa {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""User-facing errors: bad input that the user must fix, reported without a traceback."""
+
+
+class InputError(Exception):
+    """Bad input. The message names the file, row or ROI and what is wrong."""

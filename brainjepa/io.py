@@ -1,0 +1,84 @@
+"""Atomic file output and the ROI time-series Parquet format (design.md, "File formats")."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from brainjepa import __version__
+from brainjepa.errors import InputError
+
+METADATA_KEY = b"brainjepa"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A failure (any exception) removes the temporary file, so nothing that looks finished is left.
+    The temporary name keeps the final suffixes so that writers that dispatch on them still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_tsv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+
+
+def write_timeseries(
+    data: np.ndarray, columns: list[str], path: str | os.PathLike, metadata: dict
+) -> None:
+    """Write a T x R float32 ROI time series as Parquet, one column per ROI, atomically.
+
+    data: [T, R]. ``metadata`` must hold ``tr`` (seconds); it is stored as JSON under the
+    ``brainjepa`` key of the file's key-value metadata, with the pipeline version added.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 2 or data.shape[1] != len(columns):
+        raise ValueError(f"time series of shape {data.shape} does not match {len(columns)} column names")
+    if "tr" not in metadata:
+        raise ValueError("time-series metadata needs 'tr'")
+    meta = {**metadata, "tr": float(metadata["tr"]), "pipeline_version": __version__}
+    table = pa.table({name: data[:, i] for i, name in enumerate(columns)})
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_timeseries(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
+    """Read a file written by :func:`write_timeseries`: a T x R frame and its metadata dict."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read as Parquet time series ({exc})") from exc
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise InputError(f"{path}: not a brainjepa time series (no '{METADATA_KEY.decode()}' metadata)")
+    return table.to_pandas(), json.loads(raw)

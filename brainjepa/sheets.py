@@ -1,0 +1,121 @@
+"""The sample sheets: ``samples.tsv`` (one row per run) and ``phenotypes.tsv`` (one row per subject).
+
+Both are validated against JSON schemas (``brainjepa/schemas``) before any job runs; every error names the
+file, the line and the column.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from brainjepa.errors import InputError
+
+KEY = ["cohort", "subject", "session", "run"]
+PATH_COLUMNS = ("bold", "timeseries", "mask")
+
+
+def load_schema(name: str) -> dict:
+    return yaml.safe_load(resources.files("brainjepa.schemas").joinpath(f"{name}.schema.yaml").read_text())
+
+
+def _read_tsv(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: sample sheet does not exist")
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid TSV ({exc})") from exc
+    frame.columns = [c.strip() for c in frame.columns]
+    return frame.apply(lambda col: col.str.strip())
+
+
+def _records(frame: pd.DataFrame, numeric: tuple[str, ...]) -> list[dict]:
+    """Rows as dicts without empty cells; ``numeric`` columns parsed to float where possible."""
+    out = []
+    for row in frame.to_dict("records"):
+        rec = {}
+        for key, value in row.items():
+            if value in ("", "n/a", "NA"):
+                continue
+            if key in numeric:
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass  # the schema reports it as not a number
+            rec[key] = value
+        out.append(rec)
+    return out
+
+
+def _validate_rows(records: list[dict], schema: dict, path: Path) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    for i, rec in enumerate(records):
+        errors = sorted(validator.iter_errors(rec), key=lambda e: list(e.path))
+        if errors:
+            err = errors[0]
+            column = err.path[0] if err.path else None
+            where = f"column '{column}'" if column else "row"
+            message = err.message
+            if err.validator == "additionalProperties":
+                message = f"unknown column(s): {err.message}"
+            elif err.validator == "oneOf":
+                message = "exactly one of 'bold' and 'timeseries' must be given"
+            raise InputError(f"{path}: line {i + 2}: {where}: {message}")
+
+
+def _check_duplicates(frame: pd.DataFrame, key: list[str], path: Path) -> None:
+    dup = frame.duplicated(subset=key, keep=False)
+    if dup.any():
+        lines = (frame.index[dup] + 2).tolist()
+        first = frame.loc[dup, key].iloc[0].to_dict()
+        raise InputError(f"{path}: duplicate rows for {first} at lines {lines}")
+
+
+def load_samples(path: str | Path, produced: Callable[[str], bool] = lambda p: False) -> pd.DataFrame:
+    """Read and validate ``samples.tsv``.
+
+    ``produced(path)`` says whether a rule of the workflow creates a file; any other listed file that does
+    not exist is an error. Returns one row per run with ``run_id`` and numeric ``tr`` (NaN when absent).
+    """
+    path = Path(path)
+    frame = _read_tsv(path)
+    unknown = [c for c in frame.columns if c not in load_schema("samples")["properties"]]
+    if unknown:
+        raise InputError(f"{path}: unknown column(s) {unknown}; allowed: "
+                         f"{list(load_schema('samples')['properties'])}")
+    _validate_rows(_records(frame, ("tr",)), load_schema("samples"), path)
+    _check_duplicates(frame, KEY, path)
+    for column in PATH_COLUMNS:
+        if column not in frame:
+            frame[column] = ""
+    for i, row in frame.iterrows():
+        for column in PATH_COLUMNS:
+            value = row[column]
+            if value and not Path(value).exists() and not produced(value):
+                raise InputError(f"{path}: line {i + 2}: column '{column}': file {value} does not exist "
+                                 "and no rule produces it")
+    frame["tr"] = pd.to_numeric(frame["tr"], errors="coerce") if "tr" in frame else float("nan")
+    frame["run_id"] = [run_id(r) for r in frame[KEY].to_dict("records")]
+    return frame.set_index("run_id", drop=False)
+
+
+def load_phenotypes(path: str | Path) -> pd.DataFrame:
+    """Read and validate ``phenotypes.tsv``: one row per (cohort, subject), then label columns."""
+    path = Path(path)
+    frame = _read_tsv(path)
+    label_columns = tuple(c for c in frame.columns if c not in ("cohort", "subject"))
+    _validate_rows(_records(frame, label_columns), load_schema("phenotypes"), path)
+    _check_duplicates(frame, ["cohort", "subject"], path)
+    return frame
+
+
+def run_id(row: dict) -> str:
+    """Stable identifier and relative output path stem of a run: ``<cohort>/sub-<s>_ses-<s>_run-<r>``."""
+    return f"{row['cohort']}/sub-{row['subject']}_ses-{row['session']}_run-{row['run']}"

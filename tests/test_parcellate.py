@@ -1,0 +1,248 @@
+"""Parcellation: equivalence with nilearn on the real atlas, QC, policies, output format, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainjepa.errors import InputError
+from brainjepa.io import read_timeseries
+from brainjepa.parcellate import Atlas, parcellate_bold, run_parcellate
+from conftest import FSL_2MM, save_bold
+
+
+def nilearn_means(atlas_image, bold, mask=None):
+    from nilearn.maskers import NiftiLabelsMasker
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        masker = NiftiLabelsMasker(str(atlas_image), mask_img=mask, strategy="mean", resampling_target="data")
+        return masker.fit_transform(str(bold))
+
+
+@pytest.mark.real_atlas
+@pytest.mark.parametrize("grid", ["2mm", "3mm"])
+def test_equals_nilearn_on_real_atlas(tmp_path, real_atlas, grid):
+    image, labels = real_atlas
+    if grid == "2mm":
+        affine, shape = FSL_2MM, (91, 109, 91)
+    else:  # a coarser grid: the atlas is resampled with nearest neighbour, as nilearn does
+        affine, shape = np.array([[-3.0, 0, 0, 90], [0, 3, 0, -126], [0, 0, 3, -72], [0, 0, 0, 1]]), (61, 73, 61)
+    rng = np.random.default_rng(1)
+    data = (800 + 40 * rng.standard_normal(shape + (9,))).astype(np.float32)
+    bold = save_bold(tmp_path / f"sub-1_space-MNI152NLin6Asym_res-{grid}_bold.nii.gz", data, affine, tr=0.735)
+    ts, qc, meta = parcellate_bold(bold, Atlas.load(image, labels))
+    ref = nilearn_means(image, bold)
+    assert ts.shape == ref.shape == (9, 450)
+    assert (qc["flag"] == "ok").all()
+    np.testing.assert_allclose(ts, ref, rtol=1e-5)
+    assert meta["tr"] == pytest.approx(0.735)
+
+
+@pytest.mark.real_atlas
+def test_equals_nilearn_with_mask_and_scaled_int16(tmp_path, real_atlas):
+    image, labels = real_atlas
+    rng = np.random.default_rng(2)
+    raw = rng.integers(1000, 3000, size=(91, 109, 91, 5)).astype(np.int16)
+    img = nib.Nifti1Image(raw, FSL_2MM)
+    img.header.set_slope_inter(0.5, 10.0)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 2.0
+    bold = tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz"
+    nib.save(img, bold)
+    mask_data = np.zeros((91, 109, 91), dtype=np.uint8)
+    mask_data[:, :60, :] = 1  # posterior half only: some ROIs lose voxels, none vanishes completely
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask_data, FSL_2MM), mask)
+    atlas = Atlas.load(image, labels)
+    ts, qc, _ = parcellate_bold(bold, atlas, mask=mask, empty_roi="zero")
+    ok = (qc["flag"] == "ok").to_numpy()
+    ref = nilearn_means(image, bold, mask=str(mask))
+    assert ref.shape[1] == ok.sum()  # nilearn drops the ROIs that the mask empties; we flag them
+    np.testing.assert_allclose(ts[:, ok], ref, rtol=1e-5)
+    assert (ts[:, ~ok] == 0).all()
+    assert set(qc.loc[~ok, "flag"]) == {"empty"}
+
+
+def test_output_format(tmp_path, small_atlas, small_bold):
+    image, labels = small_atlas
+    out, qc_out = tmp_path / "out" / "ts.parquet", tmp_path / "out" / "qc.tsv"
+    run_parcellate(out, image, labels, bold=small_bold, qc_out=qc_out)
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == ["A_1", "B_2", "C_3", "D_4"]
+    assert frame.shape == (20, 4) and (frame.dtypes == np.float32).all()
+    _, meta = read_timeseries(out)
+    assert meta["tr"] == pytest.approx(0.8) and meta["tr_source"] == "sidecar"
+    assert meta["source"].endswith("_bold.nii.gz") and meta["atlas_id"] and meta["pipeline_version"]
+    qc = pd.read_csv(qc_out, sep="\t")
+    assert list(qc.columns) == ["roi", "n_voxels", "frac_signal", "tsnr", "flag"]
+    assert (qc["n_voxels"] == 80).all() and (qc["frac_signal"] == 1).all()
+    assert qc["tsnr"].between(100, 1000).all()  # mean 500 / std(mean of 80 voxels of sd 10) ~ 450
+
+
+def test_without_label_table_columns_are_label_values(tmp_path, small_atlas, small_bold):
+    out = tmp_path / "ts.parquet"
+    run_parcellate(out, small_atlas[0], None, bold=small_bold)
+    assert list(pd.read_parquet(out).columns) == ["1", "2", "3", "4"]
+
+
+def test_memory_does_not_depend_on_volume_count(small_atlas, small_bold):
+    """Streaming: the image is read a chunk at a time (never the whole 4-D array)."""
+    from brainjepa import parcellate as P
+
+    info = P.read_bold_header(small_bold)
+    chunks = list(P.iter_volume_chunks(info, chunk=3))
+    assert [len(c) for _, c in chunks] == [3] * 6 + [2]
+    assert chunks[0][1].shape == (3, 10 * 12 * 10)
+
+
+def test_empty_roi_policy(tmp_path, small_atlas):
+    image, labels = small_atlas
+    rng = np.random.default_rng(0)
+    data = (500 + rng.normal(0, 10, size=(10, 12, 10, 6))).astype(np.float32)
+    data[5:9, 1:6, 1:5, :] = 0.0  # ROI B_2 masked out by the preprocessing: no signal
+    bold = save_bold(tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz", data, FSL_2MM)
+    out = tmp_path / "ts.parquet"
+    with pytest.raises(InputError, match=r"B_2 \(no_signal\)"):
+        run_parcellate(out, image, labels, bold=bold)
+    assert not out.exists()
+    run_parcellate(out, image, labels, bold=bold, qc_out=tmp_path / "qc.tsv", empty_roi="zero")
+    assert (pd.read_parquet(out)["B_2"] == 0).all()
+    qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
+    assert qc.set_index("roi").loc["B_2", "flag"] == "no_signal"
+
+
+@pytest.mark.parametrize("suffix,sep,header", [(".tsv", "\t", True), (".csv", ",", False)])
+def test_timeseries_input_delimited(tmp_path, small_atlas, suffix, sep, header):
+    image, labels = small_atlas
+    data = np.random.default_rng(0).normal(size=(30, 4))
+    frame = pd.DataFrame(data, columns=["D_4", "C_3", "B_2", "A_1"])  # named columns are matched by name
+    path = tmp_path / f"ts{suffix}"
+    frame.to_csv(path, sep=sep, index=False, header=header)
+    out = tmp_path / "out.parquet"
+    run_parcellate(out, image, labels, timeseries=path, tr=2.0)
+    got = pd.read_parquet(out)
+    expected = frame[["A_1", "B_2", "C_3", "D_4"]].to_numpy() if header else data
+    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-6)
+
+
+def test_timeseries_input_npy_and_parquet(tmp_path, small_atlas):
+    image, labels = small_atlas
+    data = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    np.save(tmp_path / "ts.npy", data)
+    run_parcellate(tmp_path / "a.parquet", image, labels, timeseries=tmp_path / "ts.npy", tr=0.72)
+    # a brainjepa Parquet carries its TR: no sheet TR needed
+    run_parcellate(tmp_path / "b.parquet", image, labels, timeseries=tmp_path / "a.parquet")
+    frame, meta = read_timeseries(tmp_path / "b.parquet")
+    np.testing.assert_array_equal(frame.to_numpy(), data)
+    assert meta["tr"] == pytest.approx(0.72)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def _assert_fails_cleanly(tmp_path, match, **kwargs):
+    out = tmp_path / "out" / "ts.parquet"
+    with pytest.raises(InputError, match=match) as info:
+        run_parcellate(out, qc_out=tmp_path / "out" / "qc.tsv", **kwargs)
+    assert not out.exists() and not (tmp_path / "out" / "qc.tsv").exists()
+    leftovers = list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else []
+    assert leftovers == [], leftovers
+    return str(info.value)
+
+
+def test_bad_truncated_gzip(tmp_path, small_atlas, small_bold):
+    raw = small_bold.read_bytes()
+    bad = tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    msg = _assert_fails_cleanly(tmp_path, "truncated|corrupt", atlas_path=small_atlas[0], labels=small_atlas[1],
+                                bold=bad, tr=2.0)
+    assert str(bad) in msg
+
+
+def test_bad_truncated_uncompressed(tmp_path, small_atlas, small_bold):
+    img = nib.load(small_bold)
+    nii = tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), nii)
+    nii.write_bytes(nii.read_bytes()[:-5000])
+    msg = _assert_fails_cleanly(tmp_path, "truncated", atlas_path=small_atlas[0], labels=small_atlas[1], bold=nii,
+                                tr=2.0)
+    assert "promises 20 volumes" in msg
+
+
+def test_bad_corrupt_gzip(tmp_path, small_atlas):
+    bad = tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz"
+    bad.write_bytes(gzip.compress(b"\x00" * 100)[:20] + b"this is not a gzip stream" * 50)
+    msg = _assert_fails_cleanly(tmp_path, "not a readable NIfTI|corrupt", atlas_path=small_atlas[0], bold=bad,
+                                tr=2.0)
+    assert str(bad) in msg
+
+
+def test_bad_3d_image(tmp_path, small_atlas):
+    path = tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 12, 10), np.float32), FSL_2MM), path)
+    _assert_fails_cleanly(tmp_path, "must be 4-D", atlas_path=small_atlas[0], bold=path, tr=2.0)
+
+
+def test_bad_other_space_entity(tmp_path, small_atlas, small_bold):
+    other = tmp_path / "sub-1_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
+    other.write_bytes(small_bold.read_bytes())
+    msg = _assert_fails_cleanly(tmp_path, "space 'MNI152NLin2009cAsym' but the atlas is in 'MNI152NLin6Asym'",
+                                atlas_path=small_atlas[0], bold=other, tr=2.0)
+    assert str(other) in msg
+
+
+def test_bad_field_of_view(tmp_path, small_atlas):
+    far = FSL_2MM.copy()
+    far[:3, 3] += 500.0  # 50 cm away: no overlap with the atlas
+    path = save_bold(tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz",
+                     np.ones((10, 12, 10, 4), np.float32), far)
+    _assert_fails_cleanly(tmp_path, "field of view covers 0%", atlas_path=small_atlas[0], bold=path)
+
+
+def test_bad_oblique_affine(tmp_path, small_atlas):
+    angle = 0.2
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = FSL_2MM.copy()
+    affine[:3, :3] = rot @ affine[:3, :3]
+    path = save_bold(tmp_path / "sub-1_bold.nii.gz", np.ones((10, 12, 10, 4), np.float32), affine)
+    _assert_fails_cleanly(tmp_path, "oblique", atlas_path=small_atlas[0], bold=path)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_bad_non_finite_voxels(tmp_path, small_atlas, value):
+    data = np.full((10, 12, 10, 12), 100.0, np.float32) + np.arange(12, dtype=np.float32)
+    data[3, 3, 3, 10] = value
+    path = save_bold(tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz", data, FSL_2MM)
+    msg = _assert_fails_cleanly(tmp_path, "NaN/Inf", atlas_path=small_atlas[0], bold=path)
+    assert "volume 10" in msg and "(3, 3, 3)" in msg
+
+
+def test_bad_no_tr(tmp_path, small_atlas):
+    path = save_bold(tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz",
+                     np.ones((10, 12, 10, 4), np.float32), FSL_2MM, tr=None)
+    msg = _assert_fails_cleanly(tmp_path, "no trustworthy TR", atlas_path=small_atlas[0], bold=path)
+    assert str(path) in msg
+
+
+def test_bad_sidecar_tr(tmp_path, small_atlas, small_bold):
+    small_bold.with_name(small_bold.name.replace(".nii.gz", ".json")).write_text(json.dumps({"RepetitionTime": 0}))
+    _assert_fails_cleanly(tmp_path, "RepetitionTime 0 is not a positive", atlas_path=small_atlas[0], bold=small_bold)
+
+
+def test_bad_timeseries_columns(tmp_path, small_atlas):
+    path = tmp_path / "ts.tsv"
+    pd.DataFrame(np.zeros((10, 3))).to_csv(path, sep="\t", index=False, header=False)
+    msg = _assert_fails_cleanly(tmp_path, "3 columns, but the atlas has 4 ROIs", atlas_path=small_atlas[0],
+                                labels=small_atlas[1], timeseries=path, tr=2.0)
+    assert str(path) in msg
+
+
+def test_bad_missing_files(tmp_path, small_atlas):
+    _assert_fails_cleanly(tmp_path, "does not exist", atlas_path=small_atlas[0], bold=tmp_path / "nope_bold.nii.gz")
+    _assert_fails_cleanly(tmp_path, "does not exist", atlas_path=small_atlas[0], timeseries=tmp_path / "nope.tsv",
+                          tr=2.0)
