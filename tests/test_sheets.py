@@ -1,0 +1,80 @@
+"""Sample sheets: schema validation with errors that name the line and column."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from brainjepa.cli import main
+from brainjepa.errors import InputError
+from brainjepa.sheets import load_phenotypes, load_samples
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def bold(tmp_path):
+    path = tmp_path / "sub-1_bold.nii.gz"
+    path.write_bytes(b"")
+    return path
+
+
+def test_valid_samples(tmp_path, bold):
+    sheet = write(tmp_path / "s.tsv", f"cohort\tsubject\tsession\trun\tbold\ttr\nA\t1\t1\t1\t{bold}\t0.8\n"
+                                      f"A\t1\t2\t1\t{bold}\t\n")
+    frame = load_samples(sheet)
+    assert list(frame["run_id"]) == ["A/sub-1_ses-1_run-1", "A/sub-1_ses-2_run-1"]
+    assert frame["tr"].iloc[0] == 0.8 and pd.isna(frame["tr"].iloc[1])
+
+
+@pytest.mark.parametrize("body,match", [
+    ("A\t1\t1\t1\t{bold}\t\nA\t1\t1\t1\t{bold}\t\n", r"duplicate rows .* lines \[2, 3\]"),
+    ("A\t1\t1\t1\t\t\n", "line 2: row: exactly one of 'bold' and 'timeseries'"),
+    ("A\t1\t1\t1\t{bold}\tfast\n", "line 2: column 'tr': 'fast' is not of type 'number'"),
+    ("A\t1\t1\t1\t{bold}\t-2\n", "line 2: column 'tr': -2.0 is less than or equal to the minimum"),
+    ("A\tsub_01\t1\t1\t{bold}\t\n", "line 2: column 'subject': 'sub_01' does not match"),
+    ("A\t1\t1\t1\tmissing_bold.nii.gz\t\n", "line 2: column 'bold': file missing_bold.nii.gz does not exist"),
+])
+def test_bad_samples(tmp_path, bold, body, match):
+    sheet = write(tmp_path / "s.tsv", "cohort\tsubject\tsession\trun\tbold\ttr\n" + body.format(bold=bold))
+    with pytest.raises(InputError, match=match) as info:
+        load_samples(sheet)
+    assert str(sheet) in str(info.value)
+
+
+def test_unknown_column(tmp_path, bold):
+    sheet = write(tmp_path / "s.tsv", f"cohort\tsubject\tsession\trun\tbold\tsite\nA\t1\t1\t1\t{bold}\tX\n")
+    with pytest.raises(InputError, match=r"unknown column\(s\) \['site'\]"):
+        load_samples(sheet)
+
+
+def test_both_bold_and_timeseries(tmp_path, bold):
+    sheet = write(tmp_path / "s.tsv", f"cohort\tsubject\tsession\trun\tbold\ttimeseries\nA\t1\t1\t1\t{bold}\t{bold}\n")
+    with pytest.raises(InputError, match="exactly one of 'bold' and 'timeseries'"):
+        load_samples(sheet)
+
+
+def test_files_produced_by_a_rule_may_be_missing(tmp_path):
+    sheet = write(tmp_path / "s.tsv", "cohort\tsubject\tsession\trun\tbold\nA\t1\t1\t1\tdemo/x_bold.nii.gz\n")
+    assert len(load_samples(sheet, produced=lambda p: p.startswith("demo/"))) == 1
+
+
+def test_phenotypes(tmp_path):
+    good = write(tmp_path / "p.tsv", "cohort\tsubject\tage\tsex\nA\t1\t50.5\tF\nA\t2\t\tM\n")
+    assert load_phenotypes(good).shape == (2, 4)
+    dup = write(tmp_path / "d.tsv", "cohort\tsubject\tage\nA\t1\t50\nA\t1\t51\n")
+    with pytest.raises(InputError, match="duplicate rows"):
+        load_phenotypes(dup)
+    bad = write(tmp_path / "b.tsv", "cohort\tsubject\tage group\nA\t1\t50\n")
+    with pytest.raises(InputError, match="line 2"):
+        load_phenotypes(bad)
+
+
+def test_validate_cli_reports_error_without_traceback(tmp_path, bold, capsys):
+    sheet = write(tmp_path / "s.tsv", f"cohort\tsubject\tsession\trun\tbold\nA\t1\t1\t1\t{bold}\nA\t1\t1\t1\t{bold}\n")
+    assert main(["validate", "--samples", str(sheet)]) == 1
+    err = capsys.readouterr().err
+    assert "duplicate rows" in err and "Traceback" not in err

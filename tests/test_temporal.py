@@ -1,0 +1,68 @@
+"""TR alignment: the paper's stride and anti-aliased resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainjepa.cli import main
+from brainjepa.io import read_timeseries, write_timeseries
+from brainjepa.temporal import align_tr, stride_for
+
+
+@pytest.mark.parametrize("tr,stride", [(0.735, 3), (0.72, 3), (0.8, 2), (2.0, 1), (3.0, 1), (1.0, 2)])
+def test_stride_factor(tr, stride):
+    assert stride_for(tr, 2.0) == stride
+
+
+def test_stride_ukb_gives_164_steps_at_2205ms():
+    ts = np.arange(490 * 2, dtype=float).reshape(490, 2)
+    out, tr = align_tr(ts, 0.735, 2.0, "stride")
+    assert out.shape == (164, 2) and tr == pytest.approx(2.205)
+    np.testing.assert_array_equal(out[:, 0], ts[::3, 0])
+
+
+def test_resample_hits_target_tr_exactly_and_keeps_slow_signal():
+    tr, n = 0.735, 490
+    t = np.arange(n) * tr
+    slow = np.sin(2 * np.pi * 0.03 * t)  # 0.03 Hz: well below the new Nyquist (0.25 Hz)
+    out, new_tr = align_tr(slow[:, None], tr, 2.0, "resample")
+    assert new_tr == pytest.approx(2.0, abs=1e-12)
+    assert len(out) == int(np.ceil(n * tr / 2.0))
+    t_new = np.arange(len(out)) * new_tr
+    inner = slice(5, -5)  # away from the edges
+    np.testing.assert_allclose(out[inner, 0], np.sin(2 * np.pi * 0.03 * t_new)[inner], atol=0.03)
+
+
+def test_resample_removes_what_stride_aliases():
+    tr, n = 0.735, 2000
+    t = np.arange(n) * tr
+    fast = np.sin(2 * np.pi * 0.4 * t)[:, None]  # 0.4 Hz: above the 2 s Nyquist, aliases under decimation
+    strided, _ = align_tr(fast, tr, 2.0, "stride")
+    resampled, _ = align_tr(fast, tr, 2.0, "resample")
+    assert strided[20:-20].std() > 0.5
+    assert resampled[20:-20].std() < 0.05
+
+
+def test_resample_identity_when_tr_matches():
+    ts = np.random.default_rng(0).normal(size=(50, 3))
+    out, tr = align_tr(ts, 2.0, 2.0, "resample")
+    np.testing.assert_array_equal(out, ts)
+    assert tr == 2.0
+
+
+def test_align_tr_cli_records_actual_tr(tmp_path):
+    src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    write_timeseries(np.ones((490, 3), np.float32), ["a", "b", "c"], src, {"tr": 0.735})
+    assert main(["align-tr", "--in", str(src), "--out", str(dst), "--target-tr", "2.0", "--method", "stride"]) == 0
+    frame, meta = read_timeseries(dst)
+    assert frame.shape == (164, 3) and list(frame.columns) == ["a", "b", "c"]
+    assert meta["tr"] == pytest.approx(2.205) and meta["source_tr"] == pytest.approx(0.735)
+    assert meta["tr_alignment"] == "stride" and meta["target_tr"] == 2.0
+    assert main(["align-tr", "--in", str(src), "--out", str(dst), "--method", "resample"]) == 0
+    assert read_timeseries(dst)[1]["tr"] == pytest.approx(2.0)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="stride"):
+        align_tr(np.zeros((4, 1)), 1.0, 2.0, "nearest")
