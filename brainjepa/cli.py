@@ -22,6 +22,21 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     simulate.simulate(samples, phenotypes, args.root, cohorts, args.seed)
 
 
+def _cmd_simulate_atlas(args: argparse.Namespace) -> None:
+    from brainjepa import simulate
+
+    simulate.write_demo_atlas(args.root, args.seed)
+
+
+def _cmd_simulate_run(args: argparse.Namespace) -> None:
+    from brainjepa import simulate
+
+    (cohort,) = simulate.cohorts_from_spec({args.cohort: json.loads(args.cohort_spec)})
+    phenotype = json.loads(args.phenotype)
+    simulate.simulate_run(args.bold, args.mask or "", cohort, args.subject, args.session, args.run, phenotype,
+                          args.seed, simulate.load_demo_atlas(args.root))
+
+
 def _cmd_demo_sheets(args: argparse.Namespace) -> None:
     from brainjepa import simulate
 
@@ -77,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cohorts", required=True, help="JSON cohort spec (config 'demo.cohorts')")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("simulate-atlas", help="write the synthetic demo atlas (cortical + subcortical)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_simulate_atlas)
+
+    p = sub.add_parser("simulate-run", help="write one simulated demo run (BOLD, sidecar, brain mask)")
+    p.add_argument("--root", required=True, help="demo root (holds the demo atlas)")
+    p.add_argument("--bold", required=True)
+    p.add_argument("--mask", help="also write the brain mask here")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--cohort-spec", required=True, help="JSON: this cohort's entry of 'demo.cohorts'")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--session", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--phenotype", required=True, help='JSON, e.g. {"age": 61.5, "sex": "F", "diagnosis": 0}')
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_simulate_run)
 
     p = sub.add_parser("demo-sheets", help="write samples.tsv and phenotypes.tsv of a demo cohort")
     p.add_argument("--samples", required=True)

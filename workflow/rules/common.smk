@@ -1,5 +1,7 @@
 # Config and sample-sheet validation, and the input functions of the per-run rules.
 import json
+import os
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -11,14 +13,22 @@ from brainjepa.errors import InputError
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-DEMO_ROOT = Path(config["demo"]["root"])
+DEMO_ROOT = Path(os.path.normpath(config["demo"]["root"]))
+
+
+DEMO_FILE = re.compile(
+    re.escape(str(DEMO_ROOT)) + r"/derivatives/(?P<cohort>[A-Za-z0-9]+)/sub-(?P<s>[A-Za-z0-9]+)/ses-(?P<ses>[A-Za-z0-9]+)"
+    r"/func/sub-(?P=s)_ses-(?P=ses)_task-rest_run-[A-Za-z0-9]+_space-MNI152NLin6Asym"
+    r"_(desc-preproc_bold\.nii\.gz|desc-preproc_bold\.json|desc-brain_mask\.nii\.gz)"
+)
 
 
 def produced_by_workflow(path):
-    """Files the workflow itself creates: the demo cohort under demo.root when the demo is enabled."""
+    """Files the workflow itself creates: demo runs (rule simulate_run) when the demo is enabled."""
     if not config["demo"]["enabled"]:
         return False
-    return DEMO_ROOT in Path(path).parents
+    match = DEMO_FILE.fullmatch(os.path.normpath(path))
+    return bool(match) and match["cohort"] in config["demo"]["cohorts"]
 
 
 try:
