@@ -197,7 +197,7 @@ def _draw_phenotypes(cohort: DemoCohort, seed: int) -> pd.DataFrame:
     return frame
 
 
-def _run_files(root: str, cohort: str, subject: str, session: str, run: str) -> tuple[str, str]:
+def demo_run_paths(root: str, cohort: str, subject: str, session: str, run: str) -> tuple[str, str]:
     """The fMRIPrep-style BOLD and brain-mask paths of one run (strings under ``root``)."""
     folder = f"{root}/derivatives/{cohort}/sub-{subject}/ses-{session}/func"
     stem = f"sub-{subject}_ses-{session}_task-rest_run-{run}_space-{DEMO_SPACE}"
@@ -218,7 +218,7 @@ def make_demo_sheets(root: str, cohorts: list[DemoCohort], seed: int) -> tuple[p
         phenotypes.append(_draw_phenotypes(cohort, seed))
         for subject in _subject_ids(cohort.n_subjects):
             for session in range(1, cohort.sessions + 1):
-                bold, mask = _run_files(root, cohort.name, subject, str(session), "1")
+                bold, mask = demo_run_paths(root, cohort.name, subject, str(session), "1")
                 rows.append([cohort.name, subject, str(session), "1", bold, mask if cohort.mask else ""])
     samples = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
     pheno = pd.concat(phenotypes, ignore_index=True)[PHENOTYPE_COLUMNS]

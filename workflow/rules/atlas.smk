@@ -1,22 +1,6 @@
 # The combined atlas (subcortical first, then cortical) and its label table.
 
 
-def atlas_inputs(wildcards):
-    """Local atlas files, when configured (else the rule fetches from TemplateFlow / the pinned URL)."""
-    files = {}
-    for kind in ("cortical", "subcortical"):
-        for key in ("image", "labels"):
-            if config["atlas"][kind][key]:
-                files[f"{kind}_{key}"] = config["atlas"][kind][key]
-    return files
-
-
-def atlas_args(wildcards, input):
-    from shlex import quote
-
-    return " ".join(f"--{name.replace('_', '-')} {quote(path)}" for name, path in input.items())
-
-
 rule atlas:
     input:
         unpack(atlas_inputs),

@@ -1,13 +1,13 @@
 # Config and sample-sheet validation, and the input functions of the per-run rules.
 import json
 import os
-import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from brainjepa import sheets
+from brainjepa import bids, sheets
+from brainjepa.simulate import demo_atlas_paths, demo_run_paths
 from brainjepa.errors import InputError
 
 
@@ -16,19 +16,19 @@ validate(config, schema="../schemas/config.schema.yaml")
 DEMO_ROOT = Path(os.path.normpath(config["demo"]["root"]))
 
 
-DEMO_FILE = re.compile(
-    re.escape(str(DEMO_ROOT)) + r"/derivatives/(?P<cohort>[A-Za-z0-9]+)/sub-(?P<s>[A-Za-z0-9]+)/ses-(?P<ses>[A-Za-z0-9]+)"
-    r"/func/sub-(?P=s)_ses-(?P=ses)_task-rest_run-[A-Za-z0-9]+_space-MNI152NLin6Asym"
-    r"_(desc-preproc_bold\.nii\.gz|desc-preproc_bold\.json|desc-brain_mask\.nii\.gz)"
-)
-
-
 def produced_by_workflow(path):
     """Files the workflow itself creates: demo runs (rule simulate_run) when the demo is enabled."""
     if not config["demo"]["enabled"]:
         return False
-    match = DEMO_FILE.fullmatch(os.path.normpath(path))
-    return bool(match) and match["cohort"] in config["demo"]["cohorts"]
+    ents = bids.entities(path)
+    if not {"sub", "ses", "run"} <= set(ents):
+        return False
+    path = os.path.normpath(path)
+    for cohort in config["demo"]["cohorts"]:
+        bold, mask = demo_run_paths(str(DEMO_ROOT), cohort, ents["sub"], ents["ses"], ents["run"])
+        if path in (bold, mask, str(bids.sidecar_path(bold))):
+            return True
+    return False
 
 
 try:
@@ -45,6 +45,12 @@ wildcard_constraints:
     stem="sub-[A-Za-z0-9]+_ses-[A-Za-z0-9]+_run-[A-Za-z0-9]+",
 
 
+DEMO_ATLAS = demo_atlas_paths(str(DEMO_ROOT))
+DEMO_FUNC = os.path.join(
+    str(DEMO_ROOT),
+    "derivatives/{cohort}/sub-{subject}/ses-{session}/func",
+    "sub-{subject}_ses-{session}_task-rest_run-{run}_space-MNI152NLin6Asym",
+)
 ATLAS_IMAGE = f"results/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
 ATLAS_LABELS = f"results/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
 
@@ -80,6 +86,36 @@ def parcellate_args(wildcards, input):
     if row["tr"] == row["tr"]:  # not NaN
         args += ["--tr", str(row["tr"])]
     return " ".join(args)
+
+
+def demo_phenotype(wildcards):
+    """The subject's planted labels as JSON (a change reruns only that subject's runs)."""
+    key = (PHENOTYPES["cohort"] == wildcards.cohort) & (PHENOTYPES["subject"] == wildcards.subject)
+    if not key.any():
+        raise WorkflowError(f"demo run {wildcards.cohort}/sub-{wildcards.subject} has no row in {config['phenotypes']}")
+    row = PHENOTYPES.loc[key].iloc[0]
+    values = {k: row[k] for k in ("age", "sex", "diagnosis") if k in row and row[k] not in ("", "n/a")}
+    values["age"] = float(values["age"])
+    if "diagnosis" in values:
+        values["diagnosis"] = int(values["diagnosis"])
+    return json.dumps(values, sort_keys=True)
+
+
+def atlas_inputs(wildcards):
+    """Local atlas files, when configured (else the rule fetches from TemplateFlow / the pinned URL)."""
+    files = {}
+    for kind in ("cortical", "subcortical"):
+        for key in ("image", "labels"):
+            if config["atlas"][kind][key]:
+                files[f"{kind}_{key}"] = config["atlas"][kind][key]
+    return files
+
+
+def atlas_args(wildcards, input):
+    """`brainjepa atlas` options for the local atlas files (shell-quoted)."""
+    from shlex import quote
+
+    return " ".join(f"--{name.replace('_', '-')} {quote(path)}" for name, path in input.items())
 
 
 def get_final_outputs():

@@ -1,0 +1,134 @@
+"""The Snakemake workflow, run for real on a tiny demo configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from brainjepa.io import read_timeseries
+from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_COHORTS = {
+    "ukbsim": {"tr": 0.735, "n_volumes": 60, "n_subjects": 2, "age": [45, 80], "mask": True},
+    "adnisim": {"tr": 2.0, "n_volumes": 30, "n_subjects": 2, "age": [55, 90], "diagnosis": True},
+}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory) -> Path:
+    """A working directory with a tiny demo config and sheets, after one full workflow run."""
+    work = tmp_path_factory.mktemp("tiny")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["demo"]["cohorts"] = TINY_COHORTS
+    (work / "config").mkdir()
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    write_demo_sheets(work / "config" / "samples.tsv", work / "config" / "phenotypes.tsv", "resources/demo",
+                      cohorts_from_spec(TINY_COHORTS), seed=0)
+    result = snakemake(work, "all")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return work
+
+
+@pytest.mark.slow
+def test_full_run_outputs(tiny_project):
+    work = tiny_project
+    table = pd.read_csv(work / "results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv", sep="\t")
+    assert len(table) == 64 and (table["network"][:8] == "Subcortical").all()
+    frame, meta = read_timeseries(work / "results/aligned/ukbsim/sub-0001_ses-1_run-1.parquet")
+    assert frame.shape == (20, 64) and meta["tr"] == pytest.approx(2.205) and meta["tr_source"] == "sidecar"
+    assert list(frame.columns) == table["name"].tolist()
+    frame, meta = read_timeseries(work / "results/aligned/adnisim/sub-0002_ses-1_run-1.parquet")
+    assert frame.shape == (30, 64) and meta["tr"] == pytest.approx(2.0)
+    qc = pd.read_csv(work / "results/qc/parcellate/ukbsim/sub-0002_ses-1_run-1.tsv", sep="\t")
+    assert (qc["flag"] == "ok").all()
+    for rule in ("simulate_atlas", "atlas", "parcellate", "align_tr"):
+        assert (work / "logs" / rule.replace("simulate_atlas", "simulate")).exists()
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
+    work = tiny_project
+    dry = snakemake(work, "-n", "all")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    # a new demo subject and a new already-parcellated run from elsewhere
+    samples = pd.read_csv(work / "config/samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    phenotypes = pd.read_csv(work / "config/phenotypes.tsv", sep="\t", dtype=str, keep_default_na=False)
+    new = samples.iloc[0].to_dict()
+    new["subject"] = "0099"
+    new["bold"] = new["bold"].replace("0001", "0099")
+    new["mask"] = new["mask"].replace("0001", "0099")
+    ts_file = work / "external" / "sub-7_timeseries.tsv"
+    ts_file.parent.mkdir()
+    pd.DataFrame(np.random.default_rng(0).normal(100, 1, size=(40, 64))).to_csv(ts_file, sep="\t", index=False,
+                                                                                 header=False)
+    external = {"cohort": "ext", "subject": "7", "session": "1", "run": "1", "bold": "", "mask": "",
+                "timeseries": str(ts_file), "tr": "0.8"}
+    samples = pd.concat([samples, pd.DataFrame([new, external])], ignore_index=True).fillna("")
+    samples.to_csv(work / "config/samples.tsv", sep="\t", index=False)
+    pheno_new = phenotypes.iloc[0].to_dict()
+    pheno_new["subject"] = "0099"
+    pd.concat([phenotypes, pd.DataFrame([pheno_new])]).to_csv(work / "config/phenotypes.tsv", sep="\t", index=False)
+    dry = snakemake(work, "-n", "all")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert job_counts(dry.stdout) == {"simulate_run": 1, "parcellate": 2, "align_tr": 2, "all": 1}
+    run = snakemake(work, "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    frame, meta = read_timeseries(work / "results/aligned/ext/sub-7_ses-1_run-1.parquet")
+    assert frame.shape == (20, 64) and meta["tr"] == pytest.approx(1.6)
+
+
+@pytest.mark.slow
+def test_bad_sheet_fails_before_any_job(tiny_project, tmp_path):
+    work = tmp_path / "bad"
+    (work / "config").mkdir(parents=True)
+    (work / "config/config.yaml").write_text((tiny_project / "config/config.yaml").read_text())
+    (work / "config/phenotypes.tsv").write_text((tiny_project / "config/phenotypes.tsv").read_text())
+    lines = (tiny_project / "config/samples.tsv").read_text().splitlines()
+    (work / "config/samples.tsv").write_text("\n".join(lines + [lines[1]]) + "\n")
+    result = snakemake(work, "all")
+    assert result.returncode != 0
+    assert re.search(r"samples.tsv: duplicate rows .* lines \[2, \d+\]", result.stdout + result.stderr)
+    assert not (work / "results").exists()
+
+
+@pytest.mark.slow
+def test_unknown_config_key_is_an_error(tiny_project, tmp_path):
+    work = tmp_path / "badcfg"
+    (work / "config").mkdir(parents=True)
+    config = yaml.safe_load((tiny_project / "config/config.yaml").read_text())
+    config["temporal"]["targettr"] = 2.0
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(work, "-n", "all")
+    assert result.returncode != 0 and "targettr" in result.stdout + result.stderr
+
+
+def test_dry_run_of_default_demo_config():
+    """The shipped config and sheets parse; one job per run per per-run stage."""
+    result = snakemake(REPO, "-n", "--forceall", "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    n_runs = len(pd.read_csv(REPO / "config/samples.tsv", sep="\t"))
+    assert counts["simulate_run"] == counts["parcellate"] == counts["align_tr"] == n_runs == 64
+    assert counts["atlas"] == counts["simulate_atlas"] == 1
