@@ -246,3 +246,25 @@ def test_bad_missing_files(tmp_path, small_atlas):
     _assert_fails_cleanly(tmp_path, "does not exist", atlas_path=small_atlas[0], bold=tmp_path / "nope_bold.nii.gz")
     _assert_fails_cleanly(tmp_path, "does not exist", atlas_path=small_atlas[0], timeseries=tmp_path / "nope.tsv",
                           tr=2.0)
+
+
+def test_cli_bad_input_exits_1_with_message(tmp_path, small_atlas, capsys):
+    from brainjepa.cli import main
+
+    out = tmp_path / "ts.parquet"
+    code = main(["parcellate", "--bold", str(tmp_path / "absent_bold.nii.gz"), "--atlas", str(small_atlas[0]),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "absent_bold.nii.gz: BOLD file does not exist" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_axis_permuted_grid_is_not_oblique(tmp_path, small_atlas):
+    """A grid stored with swapped axes is still a standard-space grid (not an error)."""
+    from brainjepa.parcellate import check_space, read_bold_header
+
+    affine = np.array([[0, -2.0, 0, 90], [2, 0, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
+    path = save_bold(tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz", np.ones((12, 10, 10, 3), np.float32),
+                     affine)
+    atlas = Atlas.load(*small_atlas)
+    check_space(read_bold_header(path), atlas.image, atlas.space)
