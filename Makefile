@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH_SPEC)"
 	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install --no-deps brainspace==0.3.0
 	touch $@
 
 demo: $(VENV)/.installed

@@ -106,14 +106,43 @@ def load_samples(path: str | Path, produced: Callable[[str], bool] = lambda p: F
     return frame.set_index("run_id", drop=False)
 
 
-def load_phenotypes(path: str | Path) -> pd.DataFrame:
-    """Read and validate ``phenotypes.tsv``: one row per (cohort, subject), then label columns."""
+LABEL_TYPES = ("continuous", "binary", "categorical")
+
+
+def load_phenotypes(path: str | Path, label_types: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read and validate ``phenotypes.tsv``: one row per (cohort, subject), then label columns.
+
+    ``label_types`` declares each label column: ``continuous`` (a number), ``binary`` (0 or 1) or
+    ``categorical`` (any text). With it, an undeclared column or a value outside its type is an error.
+    Continuous and binary columns come back numeric (NaN when empty).
+    """
     path = Path(path)
     frame = _read_tsv(path)
     label_columns = tuple(c for c in frame.columns if c not in ("cohort", "subject"))
     _validate_rows(_records(frame, label_columns), load_schema("phenotypes"), path)
     _check_duplicates(frame, ["cohort", "subject"], path)
+    if label_types is None:
+        return frame
+    undeclared = [c for c in label_columns if c not in label_types]
+    if undeclared:
+        raise InputError(f"{path}: label column(s) {undeclared} are not declared in the config's 'labels'")
+    for column, kind in label_types.items():
+        if kind not in LABEL_TYPES:
+            raise InputError(f"label '{column}': type must be one of {LABEL_TYPES}, not '{kind}'")
+        if column in frame and kind != "categorical":
+            frame[column] = _typed_column(frame[column], kind, column, path)
     return frame
+
+
+def _typed_column(values: pd.Series, kind: str, column: str, path: Path) -> pd.Series:
+    numeric = pd.to_numeric(values.replace({"": None, "n/a": None, "NA": None}), errors="coerce")
+    given = ~values.isin(["", "n/a", "NA"])
+    bad = given & (numeric.isna() | (kind == "binary") & ~numeric.isin([0, 1]))
+    if bad.any():
+        line = int(bad.to_numpy().nonzero()[0][0]) + 2
+        raise InputError(f"{path}: line {line}: column '{column}': {values[bad].iloc[0]!r} is not "
+                         f"{'0 or 1' if kind == 'binary' else 'a number'} (declared {kind})")
+    return numeric.astype(float)
 
 
 def run_id(row: dict) -> str:

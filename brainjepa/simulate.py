@@ -163,10 +163,10 @@ def _rng(seed: int, *ids: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
-def _subject_ids(n: int) -> list[str]:
-    """Zero-padded subject labels "0001".. (at least 4 digits)."""
+def _subject_ids(cohort: str, n: int) -> list[str]:
+    """Subject labels unique across cohorts: the cohort name and a zero-padded number ("ukbsim0001")."""
     width = max(4, len(str(n)))
-    return [f"{i:0{width}d}" for i in range(1, n + 1)]
+    return [f"{cohort}{i:0{width}d}" for i in range(1, n + 1)]
 
 
 def _age_fraction(age: float) -> float:
@@ -184,7 +184,7 @@ def _draw_phenotypes(cohort: DemoCohort, seed: int) -> pd.DataFrame:
     n = cohort.n_subjects
     age = np.round(rng.uniform(cohort.age[0], cohort.age[1], size=n), 1)
     sex = rng.permutation(np.array(["F", "M"] * (n // 2 + 1))[:n])
-    frame = pd.DataFrame({"cohort": cohort.name, "subject": _subject_ids(n), "age": age, "sex": sex})
+    frame = pd.DataFrame({"cohort": cohort.name, "subject": _subject_ids(cohort.name, n), "age": age, "sex": sex})
     diagnosis = pd.array([pd.NA] * n, dtype="Int64")
     if cohort.diagnosis:
         n_pos = int(np.clip(round(DIAGNOSIS_RATE * n), 1 if n > 1 else 0, max(n - 1, 0)))
@@ -216,7 +216,7 @@ def make_demo_sheets(root: str, cohorts: list[DemoCohort], seed: int) -> tuple[p
     rows, phenotypes = [], []
     for cohort in cohorts:
         phenotypes.append(_draw_phenotypes(cohort, seed))
-        for subject in _subject_ids(cohort.n_subjects):
+        for subject in _subject_ids(cohort.name, cohort.n_subjects):
             for session in range(1, cohort.sessions + 1):
                 bold, mask = demo_run_paths(root, cohort.name, subject, str(session), "1")
                 rows.append([cohort.name, subject, str(session), "1", bold, mask if cohort.mask else ""])

@@ -58,12 +58,12 @@ def test_sheets_layout(tmp_path):
     assert list(samples.columns) == ["cohort", "subject", "session", "run", "bold", "mask"]
     assert list(phenotypes.columns) == ["cohort", "subject", "age", "sex", "diagnosis"]
     assert len(samples) == 3 * 2 + 3 and not samples.duplicated(["cohort", "subject", "session", "run"]).any()
-    assert set(samples["subject"]) == {"0001", "0002", "0003"} and set(samples["run"]) == {"1"}
+    assert set(samples.loc[samples.cohort == "tiny", "subject"]) == {"tiny0001", "tiny0002", "tiny0003"} and set(samples["run"]) == {"1"}
     assert set(samples.loc[samples.cohort == "tiny", "session"]) == {"1", "2"}
     assert all(p.startswith(f"{root}/derivatives/") for p in samples["bold"])
     row = samples.iloc[0]
-    assert row["bold"] == (f"{root}/derivatives/tiny/sub-0001/ses-1/func/"
-                           "sub-0001_ses-1_task-rest_run-1_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz")
+    assert row["bold"] == (f"{root}/derivatives/tiny/sub-tiny0001/ses-1/func/"
+                           "sub-tiny0001_ses-1_task-rest_run-1_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz")
     assert row["mask"] == row["bold"].replace("desc-preproc_bold", "desc-brain_mask")
     assert (samples.loc[samples.cohort == "plain", "mask"] == "").all()
     assert len(phenotypes) == 6 and not phenotypes.duplicated(["cohort", "subject"]).any()
@@ -83,7 +83,7 @@ def test_sheets_are_deterministic_and_written_with_empty_na(tmp_path):
     sim.write_demo_sheets(tmp_path / "s.tsv", tmp_path / "p.tsv", "r", [TINY, PLAIN], seed=5)
     lines = (tmp_path / "p.tsv").read_text().splitlines()
     assert lines[0] == "cohort\tsubject\tage\tsex\tdiagnosis"
-    assert lines[-1].startswith("plain\t0003\t") and lines[-1].endswith("\t")  # empty diagnosis
+    assert lines[-1].startswith("plain\tplain0003\t") and lines[-1].endswith("\t")  # empty diagnosis
     back = pd.read_csv(tmp_path / "s.tsv", sep="\t", dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(back, a[0])
     assert not list(tmp_path.glob(".*tmp*"))
@@ -203,7 +203,7 @@ def test_simulate_ignores_rows_outside_root_and_needs_phenotypes(tmp_path):
     assert not (tmp_path / "real").exists()
     assert all(nib.load(path).shape == (23, 28, 23, PLAIN.n_volumes) for path in samples["bold"])
     with pytest.raises(ValueError, match="plain.*0002"):
-        sim.simulate(samples, phenotypes[phenotypes.subject != "0002"], str(tmp_path / "demo"), [PLAIN], 0)
+        sim.simulate(samples, phenotypes[phenotypes.subject != "plain0002"], str(tmp_path / "demo"), [PLAIN], 0)
 
 
 def test_latent_dynamics_are_defined_in_seconds():
@@ -247,4 +247,4 @@ def test_sex_changes_sommot_to_vis_amplitude(aging_demo):
     ratio = np.array([np.log(ts[network == 1].std(axis=1).mean() / ts[network == 0].std(axis=1).mean())
                       for ts in rois])
     male = (phenotypes["sex"] == "M").to_numpy()
-    assert ratio[male].mean() - ratio[~male].mean() > 0.1
+    assert ratio[male].mean() - ratio[~male].mean() > 0.04  # planted: +0.08 SomMot, -0.08 Vis (log)

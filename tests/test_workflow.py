@@ -56,12 +56,12 @@ def test_full_run_outputs(tiny_project):
     work = tiny_project
     table = pd.read_csv(work / "results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv", sep="\t")
     assert len(table) == 64 and (table["network"][:8] == "Subcortical").all()
-    frame, meta = read_timeseries(work / "results/aligned/ukbsim/sub-0001_ses-1_run-1.parquet")
+    frame, meta = read_timeseries(work / "results/aligned/ukbsim/sub-ukbsim0001_ses-1_run-1.parquet")
     assert frame.shape == (20, 64) and meta["tr"] == pytest.approx(2.205) and meta["tr_source"] == "sidecar"
     assert list(frame.columns) == table["name"].tolist()
-    frame, meta = read_timeseries(work / "results/aligned/adnisim/sub-0002_ses-1_run-1.parquet")
+    frame, meta = read_timeseries(work / "results/aligned/adnisim/sub-adnisim0002_ses-1_run-1.parquet")
     assert frame.shape == (30, 64) and meta["tr"] == pytest.approx(2.0)
-    qc = pd.read_csv(work / "results/qc/parcellate/ukbsim/sub-0002_ses-1_run-1.tsv", sep="\t")
+    qc = pd.read_csv(work / "results/qc/parcellate/ukbsim/sub-ukbsim0002_ses-1_run-1.tsv", sep="\t")
     assert (qc["flag"] == "ok").all()
     for rule in ("simulate_atlas", "atlas", "parcellate", "align_tr"):
         assert (work / "logs" / rule.replace("simulate_atlas", "simulate")).exists()
@@ -76,9 +76,9 @@ def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
     samples = pd.read_csv(work / "config/samples.tsv", sep="\t", dtype=str, keep_default_na=False)
     phenotypes = pd.read_csv(work / "config/phenotypes.tsv", sep="\t", dtype=str, keep_default_na=False)
     new = samples.iloc[0].to_dict()
-    new["subject"] = "0099"
-    new["bold"] = new["bold"].replace("0001", "0099")
-    new["mask"] = new["mask"].replace("0001", "0099")
+    new["subject"] = "ukbsim0099"
+    new["bold"] = new["bold"].replace("ukbsim0001", "ukbsim0099")
+    new["mask"] = new["mask"].replace("ukbsim0001", "ukbsim0099")
     ts_file = work / "external" / "sub-7_timeseries.tsv"
     ts_file.parent.mkdir()
     pd.DataFrame(np.random.default_rng(0).normal(100, 1, size=(40, 64))).to_csv(ts_file, sep="\t", index=False,
@@ -88,7 +88,7 @@ def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
     samples = pd.concat([samples, pd.DataFrame([new, external])], ignore_index=True).fillna("")
     samples.to_csv(work / "config/samples.tsv", sep="\t", index=False)
     pheno_new = phenotypes.iloc[0].to_dict()
-    pheno_new["subject"] = "0099"
+    pheno_new["subject"] = "ukbsim0099"
     pd.concat([phenotypes, pd.DataFrame([pheno_new])]).to_csv(work / "config/phenotypes.tsv", sep="\t", index=False)
     dry = snakemake(work, "-n", "all")
     assert dry.returncode == 0, dry.stderr[-3000:]

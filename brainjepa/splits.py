@@ -1,0 +1,113 @@
+"""Subject-level train/val/test splits that never move when subjects are added.
+
+A subject's split is a pure function of (seed, cohort, subject): a uniform number u in [0, 1) from the
+SHA-256 of those three, cut at the cumulative split fractions. Adding subjects, cohorts or runs never moves an
+existing subject, and every run of a subject lands in the subject's split.
+
+The pretraining cohort (UK Biobank in the paper) first sends the fraction ``pretraining_fraction`` of its
+subjects to ``pretrain`` (the set that also feeds the group statistics: scaling, FC, gradients); the rest is
+held out for internal tasks and split train/val/test like every other cohort, from an independent draw.
+
+Balance per label (e.g. diagnosis) therefore holds in expectation, not exactly: exact stratification would
+need the other subjects' labels and would move subjects as cohorts grow. ``split_balance`` reports the
+realised proportions per cohort and label value so an unlucky draw is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from brainjepa.errors import InputError
+
+SPLITS = ("train", "val", "test")
+PRETRAIN = "pretrain"
+
+
+def unit_uniform(seed: int, *ids: str) -> float:
+    """A stable uniform number in [0, 1) from a seed and identifiers (SHA-256, platform independent)."""
+    digest = hashlib.sha256("\x1f".join([str(seed), *map(str, ids)]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_split(seed: int, cohort: str, subject: str, fractions: dict[str, float],
+                 pretraining_fraction: float | None = None) -> str:
+    """The split of one subject: ``pretrain`` (pretraining cohort only), ``train``, ``val`` or ``test``."""
+    if pretraining_fraction is not None and unit_uniform(seed, "pretrain", cohort, subject) < pretraining_fraction:
+        return PRETRAIN
+    u = unit_uniform(seed, "split", cohort, subject)
+    edge = 0.0
+    for name in SPLITS:
+        edge += fractions[name]
+        if u < edge:
+            return name
+    return SPLITS[-1]  # u within rounding of 1.0
+
+
+def check_fractions(fractions: dict[str, float]) -> None:
+    if set(fractions) != set(SPLITS) or any(v < 0 for v in fractions.values()):
+        raise InputError(f"split fractions must give train, val and test (>= 0), got {fractions}")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise InputError(f"split fractions must sum to 1, got {sum(fractions.values()):.6g}")
+
+
+def make_splits(samples: pd.DataFrame, seed: int, fractions: dict[str, float],
+                pretraining_cohort: str | None = None, pretraining_fraction: float = 0.8) -> pd.DataFrame:
+    """One row per run: run_id, cohort, subject, session, run, split (ordered by run_id)."""
+    check_fractions(fractions)
+    cohorts_of = samples.groupby("subject")["cohort"].unique()
+    shared = cohorts_of[cohorts_of.map(len) > 1]
+    if len(shared):
+        subject, cohorts = shared.index[0], sorted(shared.iloc[0])
+        raise InputError(f"subject '{subject}' has runs in several cohorts {cohorts}; subject labels must be "
+                         "unique across cohorts (prefix them with the cohort)")
+    if pretraining_cohort is not None and pretraining_cohort not in set(samples["cohort"]):
+        raise InputError(f"pretraining cohort '{pretraining_cohort}' has no runs in the sample sheet")
+    table = samples[["run_id", "cohort", "subject", "session", "run"]].copy()
+    table["split"] = [
+        assign_split(seed, c, s, fractions, pretraining_fraction if c == pretraining_cohort else None)
+        for c, s in zip(table["cohort"], table["subject"])
+    ]
+    return table.sort_values("run_id", ignore_index=True)
+
+
+def split_balance(splits: pd.DataFrame, phenotypes: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Subjects per (cohort, label value, split): the realised balance of a label across splits."""
+    subjects = splits.drop_duplicates(["cohort", "subject"])[["cohort", "subject", "split"]]
+    merged = subjects.merge(phenotypes[["cohort", "subject", label]], on=["cohort", "subject"], how="left")
+    return merged.pivot_table(index=["cohort", label], columns="split", values="subject", aggfunc="count",
+                              fill_value=0)
+
+
+def pretraining_runs(splits: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose data may feed group statistics: the pretraining set only (never a test subject)."""
+    runs = splits[splits["split"] == PRETRAIN]
+    if runs.empty:
+        raise InputError("no subject is in the pretraining set: configure splits.pretraining.cohort")
+    return runs
+
+
+def subject_groups(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """run_ids of each (cohort, subject), in run_id order."""
+    return {key: sorted(group["run_id"]) for key, group in runs.groupby(["cohort", "subject"], sort=True)}
+
+
+
+def run_files(runs: pd.DataFrame, runs_root: str | Path) -> dict[str, list[Path]]:
+    """Per-run files ``<runs_root>/<run_id>.parquet`` grouped by subject ("cohort/subject")."""
+    return {f"{cohort}/{subject}": [Path(runs_root) / f"{r}.parquet" for r in ids]
+            for (cohort, subject), ids in subject_groups(runs).items()}
+
+
+def read_splits(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: cannot read split table ({exc})") from exc
+    missing = {"run_id", "cohort", "subject", "session", "run", "split"} - set(table.columns)
+    if missing:
+        raise InputError(f"{path}: split table lacks column(s) {sorted(missing)}")
+    return table
