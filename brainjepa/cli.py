@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from brainjepa import __version__
 from brainjepa.errors import InputError
@@ -67,6 +68,69 @@ def _cmd_align_tr(args: argparse.Namespace) -> None:
 
     actual = run_align_tr(args.input, args.out, args.target_tr, args.method)
     log.info("%s: TR %.4f s", args.out, actual)
+
+
+def _cmd_splits(args: argparse.Namespace) -> None:
+    from brainjepa import sheets, splits
+    from brainjepa.io import write_tsv_atomic
+
+    samples = sheets.load_samples(args.samples, produced=lambda p: True)
+    train, val, test = (float(v) for v in args.fractions.split(","))
+    table = splits.make_splits(samples, args.seed, {"train": train, "val": val, "test": test},
+                               args.pretraining_cohort, args.pretraining_fraction)
+    write_tsv_atomic(table, args.out)
+    counts = table.drop_duplicates(["cohort", "subject"]).groupby(["cohort", "split"]).size()
+    log.info("subjects per cohort and split:\n%s", counts.to_string())
+
+
+def _cmd_scaling_stats(args: argparse.Namespace) -> None:
+    from brainjepa import scaling, splits
+
+    runs = splits.pretraining_runs(splits.read_splits(args.splits))
+    stats = scaling.compute_scaling_stats(splits.run_files(runs, args.runs_root), args.method)
+    scaling.write_scaling_stats(stats, args.out)
+    log.info("scaling statistics %s (%s) from %d subjects", stats.id, stats.method, stats.n_subjects)
+
+
+def _cmd_group_fc(args: argparse.Namespace) -> None:
+    from brainjepa import connectivity, splits
+    from brainjepa.atlas import read_label_table
+
+    runs = splits.pretraining_runs(splits.read_splits(args.splits))
+    fc, names = connectivity.group_fc(splits.run_files(runs, args.runs_root))
+    labels = read_label_table(args.labels)
+    if labels["name"].astype(str).tolist() != names:
+        raise InputError(f"{args.labels}: ROI names differ from the time series' columns")
+    if args.figure:
+        connectivity.plot_fc(fc, labels, args.figure)
+    connectivity.write_fc(fc, args.out)
+
+
+def _cmd_gradients(args: argparse.Namespace) -> None:
+    from brainjepa.gradients import run_gradients
+
+    run_gradients(args.fc, args.out, args.n_components, args.labels, args.reference)
+
+
+def _cmd_check_gradients(args: argparse.Namespace) -> None:
+    from brainjepa.gradients import use_gradients_file
+
+    use_gradients_file(args.input, args.labels, args.out)
+
+
+def _cmd_shards(args: argparse.Namespace) -> None:
+    from brainjepa import sheets, shards, splits
+    from brainjepa.scaling import ScalingStats
+
+    label_types = json.loads(args.label_types)
+    table = splits.read_splits(args.splits)
+    phenotypes = sheets.load_phenotypes(args.phenotypes, label_types)
+    runs = table.merge(phenotypes, on=["cohort", "subject"], how="left")
+    runs["path"] = [str(Path(args.runs_root) / f"{r}.parquet") for r in runs["run_id"]]
+    manifest = shards.build_shards(
+        runs, ScalingStats.load(args.stats), args.out_dir, max_shard_bytes=int(args.max_shard_mb * 2**20),
+        dtype=args.dtype, window=args.window, short_policy=args.short_policy, label_columns=label_types)
+    log.info("shards: %s", {k: sum(s["rows"] for s in v) for k, v in manifest["splits"].items()})
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -154,6 +218,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-tr", type=float, default=2.0)
     p.add_argument("--method", choices=("stride", "resample"), default="stride")
     p.set_defaults(func=_cmd_align_tr)
+
+    p = sub.add_parser("splits", help="subject-level train/val/test (and pretrain) splits, one row per run")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", default="0.6,0.2,0.2", help="train,val,test")
+    p.add_argument("--pretraining-cohort")
+    p.add_argument("--pretraining-fraction", type=float, default=0.8)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_splits)
+
+    p = sub.add_parser("scaling-stats", help="robust-scaling statistics from the pretraining set")
+    p.add_argument("--splits", required=True)
+    p.add_argument("--runs-root", required=True, help="folder of <run_id>.parquet (aligned time series)")
+    p.add_argument("--method", choices=("subject_mean", "timepoints", "zscore"), default="subject_mean")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_scaling_stats)
+
+    p = sub.add_parser("group-fc", help="Fisher-z mean FC of the pretraining set (+ heatmap)")
+    p.add_argument("--splits", required=True)
+    p.add_argument("--runs-root", required=True)
+    p.add_argument("--labels", required=True, help="atlas label table (network order for the heatmap)")
+    p.add_argument("--out", required=True, help=".npy")
+    p.add_argument("--figure", help="heatmap (.png/.svg)")
+    p.set_defaults(func=_cmd_group_fc)
+
+    p = sub.add_parser("gradients", help="diffusion-map gradients of a group FC matrix")
+    p.add_argument("--fc", required=True, help=".npy or header-less csv/tsv matrix")
+    p.add_argument("--n-components", type=int, default=30)
+    p.add_argument("--labels", help="label table: ROI names")
+    p.add_argument("--reference", help="gradients TSV to Procrustes-align to")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_gradients)
+
+    p = sub.add_parser("check-gradients", help="adopt a given gradients TSV after checking its ROI names")
+    p.add_argument("--in", dest="input", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_check_gradients)
+
+    p = sub.add_parser("shards", help="scaled runs as Parquet shards per split + manifest")
+    p.add_argument("--splits", required=True)
+    p.add_argument("--runs-root", required=True)
+    p.add_argument("--phenotypes", required=True)
+    p.add_argument("--label-types", default="{}", help='JSON, e.g. {"age": "continuous"}')
+    p.add_argument("--stats", required=True)
+    p.add_argument("--max-shard-mb", type=float, default=256)
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--window", type=int, default=160)
+    p.add_argument("--short-policy", choices=("exclude", "error"), default="exclude")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=_cmd_shards)
 
     p = sub.add_parser("validate", help="validate the sample sheets")
     p.add_argument("--samples", required=True)
