@@ -57,6 +57,7 @@ def make_splits(samples: pd.DataFrame, seed: int, fractions: dict[str, float],
                 pretraining_cohort: str | None = None, pretraining_fraction: float = 0.8) -> pd.DataFrame:
     """One row per run: run_id, cohort, subject, session, run, split (ordered by run_id)."""
     check_fractions(fractions)
+    samples = samples.reset_index(drop=True)
     cohorts_of = samples.groupby("subject")["cohort"].unique()
     shared = cohorts_of[cohorts_of.map(len) > 1]
     if len(shared):

@@ -19,8 +19,8 @@ from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COHORTS = {
-    "ukbsim": {"tr": 0.735, "n_volumes": 60, "n_subjects": 2, "age": [45, 80], "mask": True},
-    "adnisim": {"tr": 2.0, "n_volumes": 30, "n_subjects": 2, "age": [55, 90], "diagnosis": True},
+    "ukbsim": {"tr": 0.735, "n_volumes": 60, "n_subjects": 6, "age": [45, 80], "mask": True},
+    "adnisim": {"tr": 2.0, "n_volumes": 30, "n_subjects": 3, "age": [55, 90], "diagnosis": True},
 }
 
 
@@ -42,6 +42,8 @@ def tiny_project(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("tiny")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["demo"]["cohorts"] = TINY_COHORTS
+    config["shards"]["window"] = 16
+    config["gradients"]["n_components"] = 5
     (work / "config").mkdir()
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     write_demo_sheets(work / "config" / "samples.tsv", work / "config" / "phenotypes.tsv", "resources/demo",
@@ -65,6 +67,25 @@ def test_full_run_outputs(tiny_project):
     assert (qc["flag"] == "ok").all()
     for rule in ("simulate_atlas", "atlas", "parcellate", "align_tr"):
         assert (work / "logs" / rule.replace("simulate_atlas", "simulate")).exists()
+
+
+@pytest.mark.slow
+def test_group_stage_and_shards(tiny_project):
+    work = tiny_project / "results"
+    table = pd.read_csv(work / "group/splits.tsv", sep="\t", dtype=str)
+    assert len(table) == 6 + 3 and set(table["split"]) <= {"pretrain", "train", "val", "test"}
+    assert (table[table.cohort == "adnisim"]["split"] != "pretrain").all()
+    stats = json.loads((work / "group/scaling_stats.json").read_text())
+    assert stats["method"] == "subject_mean" and len(stats["median"]) == 64
+    assert stats["n_subjects"] == table[table.split == "pretrain"]["subject"].nunique()
+    fc = np.load(work / "group/group_fc.npy")
+    assert fc.shape == (64, 64) and np.allclose(np.diag(fc), 1) and (work / "group/group_fc.png").stat().st_size
+    gradients = pd.read_csv(work / "group/gradients.tsv", sep="\t")
+    assert list(gradients.columns) == ["name", "g1", "g2", "g3", "g4", "g5"] and len(gradients) == 64
+    manifest = json.loads((work / "shards/manifest.json").read_text())
+    assert manifest["scaling_stats_id"] == stats["id"] and manifest["window"] == 16
+    rows = {split: sum(s["rows"] for s in shards) for split, shards in manifest["splits"].items()}
+    assert sum(rows.values()) + manifest["excluded"] == len(table)
 
 
 @pytest.mark.slow
@@ -92,7 +113,11 @@ def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
     pd.concat([phenotypes, pd.DataFrame([pheno_new])]).to_csv(work / "config/phenotypes.tsv", sep="\t", index=False)
     dry = snakemake(work, "-n", "all")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert job_counts(dry.stdout) == {"simulate_run": 1, "parcellate": 2, "align_tr": 2, "all": 1}
+    counts = job_counts(dry.stdout)
+    per_run = {rule: counts.pop(rule, 0) for rule in ("simulate_run", "parcellate", "align_tr")}
+    assert per_run == {"simulate_run": 1, "parcellate": 2, "align_tr": 2}  # only the new runs
+    assert "atlas" not in counts and "simulate_atlas" not in counts
+    assert set(counts) <= {"all", "splits", "scaling_stats", "group_fc", "gradients", "shards"}
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     frame, meta = read_timeseries(work / "results/aligned/ext/sub-7_ses-1_run-1.parquet")

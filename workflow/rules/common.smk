@@ -3,10 +3,12 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from brainjepa import bids, sheets
+from brainjepa import bids, sheets, splits
 from brainjepa.simulate import demo_atlas_paths, demo_run_paths
 from brainjepa.errors import InputError
 
@@ -33,7 +35,15 @@ def produced_by_workflow(path):
 
 try:
     SAMPLES = sheets.load_samples(config["samples"], produced=produced_by_workflow)
-    PHENOTYPES = sheets.load_phenotypes(config["phenotypes"])
+    PHENOTYPES = sheets.load_phenotypes(config["phenotypes"], config["labels"])
+    SPLITS = splits.make_splits(
+        SAMPLES,
+        config["splits"]["seed"],
+        config["splits"]["fractions"],
+        config["splits"]["pretraining"]["cohort"],
+        config["splits"]["pretraining"]["fraction"],
+    )
+    PRETRAIN_RUN_IDS = list(splits.pretraining_runs(SPLITS)["run_id"])
 except InputError as exc:
     raise WorkflowError(f"invalid sample sheet: {exc}")
 
@@ -94,7 +104,7 @@ def demo_phenotype(wildcards):
     if not key.any():
         raise WorkflowError(f"demo run {wildcards.cohort}/sub-{wildcards.subject} has no row in {config['phenotypes']}")
     row = PHENOTYPES.loc[key].iloc[0]
-    values = {k: row[k] for k in ("age", "sex", "diagnosis") if k in row and row[k] not in ("", "n/a")}
+    values = {k: row[k] for k in ("age", "sex", "diagnosis") if k in row and pd.notna(row[k]) and row[k] != ""}
     values["age"] = float(values["age"])
     if "diagnosis" in values:
         values["diagnosis"] = int(values["diagnosis"])
@@ -118,8 +128,23 @@ def atlas_args(wildcards, input):
     return " ".join(f"--{name.replace('_', '-')} {quote(path)}" for name, path in input.items())
 
 
+GROUP = "results/group"
+
+
+def aligned_runs(run_ids):
+    return [f"results/aligned/{run_id}.parquet" for run_id in run_ids]
+
+
+def gradients_inputs(wildcards):
+    inputs = {"fc": f"{GROUP}/group_fc.npy", "labels": ATLAS_LABELS}
+    if config["gradients"]["reference"]:
+        inputs["reference"] = config["gradients"]["reference"]
+    return inputs
+
+
 def get_final_outputs():
-    return [ATLAS_IMAGE, ATLAS_LABELS] + [
+    group = [f"{GROUP}/{name}" for name in ("splits.tsv", "scaling_stats.json", "group_fc.npy", "group_fc.png")]
+    return [ATLAS_IMAGE, ATLAS_LABELS, f"{GROUP}/gradients.tsv", "results/shards/manifest.json"] + group + [
         f"results/{stage}/{run_id}.{ext}"
         for run_id in RUN_IDS
         for stage, ext in (("aligned", "parquet"), ("qc/parcellate", "tsv"))

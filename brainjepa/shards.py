@@ -1,0 +1,417 @@
+"""Training data as Parquet shards: scaled runs, one row per run, plus a manifest with checksums.
+
+Layout of ``out_dir``::
+
+    manifest.json                 format, dtype, window, ROI names, scaling-statistics id, shard list
+    excluded.tsv                  runs not written (shorter than the window): run_id, split, n_timepoints, reason
+    <split>/shard-00000.parquet   one set per split, rows ordered by run_id
+
+Shard columns: ``run_id, cohort, subject, session, run, split`` (string), ``tr`` (float64), ``n_rois``,
+``n_timepoints`` (int32), ``data`` (``list<halffloat>`` or ``list<float>``: the scaled R x T matrix,
+row-major and flattened; runs may differ in T), then the label columns (float64 for continuous and binary,
+string for categorical; null when missing). Any Parquet reader sees plain lists; ``n_rois`` and
+``n_timepoints`` give the shape.
+
+Writer settings (design.md and notes section 4): zstd; dictionary encoding for the string identifier
+columns only; byte-stream-split and no statistics for the data column; small row groups for random access.
+Nothing that varies between runs (no timestamps) is written, so the same inputs give byte-identical files.
+The whole set is written into a temporary folder beside ``out_dir`` and renamed onto it at the end, so a
+failed build leaves nothing that looks done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from brainjepa import __version__
+from brainjepa.errors import InputError
+from brainjepa.io import atomic_path, read_timeseries, write_text_atomic, write_tsv_atomic
+from brainjepa.scaling import ScalingStats
+
+FORMAT = "brainjepa-shards/1"
+ID_COLUMNS = ("run_id", "cohort", "subject", "session", "run", "split")
+REQUIRED_COLUMNS = ID_COLUMNS + ("path",)
+LABEL_KINDS = ("continuous", "categorical", "binary")
+DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
+SHORT_POLICIES = ("exclude", "error")
+MISSING_TEXT = ("", "n/a", "NA")
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+METADATA_KEY = b"brainjepa"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run to write: its identifiers and labels (already typed), file and shape."""
+
+    ids: dict
+    labels: dict
+    path: Path
+    n_timepoints: int
+    n_rois: int
+
+
+def shard_schema(n_rois: int, dtype: str, label_columns: dict[str, str]) -> pa.Schema:
+    """The Arrow schema of every shard of a set (label columns in the order given)."""
+    value = pa.field("element", DTYPES[dtype][1], nullable=False)
+    fields = [pa.field(name, pa.string()) for name in ID_COLUMNS]
+    fields += [pa.field("tr", pa.float64(), nullable=False), pa.field("n_rois", pa.int32(), nullable=False),
+               pa.field("n_timepoints", pa.int32(), nullable=False),
+               pa.field("data", pa.list_(value), nullable=False)]
+    fields += [pa.field(name, pa.string() if kind == "categorical" else pa.float64())
+               for name, kind in label_columns.items()]
+    return pa.schema(fields)
+
+
+def _is_missing(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() in MISSING_TEXT
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_id(value) -> str | None:
+    """An identifier as text: None when missing; integral numbers without a trailing '.0'."""
+    if value is None or (not isinstance(value, str) and _is_missing(value)):
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value)
+
+
+def _typed_label(value, kind: str, column: str, run_id: str):
+    if _is_missing(value):
+        return None
+    if kind == "categorical":
+        return _as_id(value).strip()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"run {run_id}: label '{column}': {value!r} is not a number (declared {kind})") from None
+    if not np.isfinite(number):
+        raise InputError(f"run {run_id}: label '{column}': {value!r} is not a finite number")
+    if kind == "binary" and number not in (0.0, 1.0):
+        raise InputError(f"run {run_id}: label '{column}': {value!r} is not 0 or 1 (declared binary)")
+    return number
+
+
+def _check_arguments(stats: ScalingStats, max_shard_bytes: int, dtype: str, window: int, short_policy: str,
+                     rows_per_row_group: int, label_columns: dict[str, str]) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    if short_policy not in SHORT_POLICIES:
+        raise ValueError(f"short_policy must be one of {SHORT_POLICIES}, not {short_policy!r}")
+    for name, value in (("max_shard_bytes", max_shard_bytes), ("window", window),
+                        ("rows_per_row_group", rows_per_row_group)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    for name, kind in label_columns.items():
+        if kind not in LABEL_KINDS:
+            raise InputError(f"label '{name}': type must be one of {LABEL_KINDS}, not '{kind}'")
+        if name in REQUIRED_COLUMNS or name in ("tr", "n_rois", "n_timepoints", "data"):
+            raise InputError(f"label '{name}': the name is taken by a shard column")
+    if not stats.rois:
+        raise InputError("the scaling statistics list no ROIs")
+
+
+def _check_rois(names: list[str], stats: ScalingStats, path: Path) -> None:
+    expected = list(stats.rois)
+    if names == expected:
+        return
+    if len(names) != len(expected):
+        raise InputError(f"{path}: {len(names)} ROI columns, but the scaling statistics have {len(expected)} ROIs "
+                         "(the time series and the statistics must come from the same atlas)")
+    i = next(i for i, (a, b) in enumerate(zip(names, expected)) if a != b)
+    raise InputError(f"{path}: ROI column {i} is '{names[i]}', but the scaling statistics have '{expected[i]}' "
+                     "there (column names must equal the statistics' ROIs, in order)")
+
+
+def _roi_columns(schema: pa.Schema) -> list[str]:
+    """Column names of a time-series file, less a stored pandas index (which ``read_timeseries`` drops)."""
+    index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    return [name for name in schema.names if name not in index]
+
+
+def _plan_runs(runs: pd.DataFrame, stats: ScalingStats, label_columns: dict[str, str]) -> list[_Run]:
+    """Validate the runs table and read each file's shape from its Parquet footer (no data is read)."""
+    missing = [c for c in REQUIRED_COLUMNS + tuple(label_columns) if c not in runs.columns]
+    if missing:
+        raise InputError(f"runs table lacks column(s) {missing}")
+    if runs.empty:
+        raise InputError("runs table is empty: no runs to write")
+    planned, seen = [], set()
+    for rec in runs[list(REQUIRED_COLUMNS + tuple(label_columns))].to_dict("records"):
+        ids = {name: _as_id(rec[name]) for name in ID_COLUMNS}
+        run_id, split = ids["run_id"], ids["split"]
+        if not run_id:
+            raise InputError(f"runs table: a row has no run_id ({rec})")
+        if run_id in seen:
+            raise InputError(f"runs table: run_id '{run_id}' appears more than once")
+        seen.add(run_id)
+        if not split or not SPLIT_NAME.fullmatch(split):
+            raise InputError(f"run {run_id}: split {rec['split']!r} is not a valid name (letters, digits, '_', "
+                             "'-', '.'; it names a folder)")
+        if _is_missing(rec["path"]):
+            raise InputError(f"run {run_id}: no time-series path")
+        path = Path(str(rec["path"]))
+        try:
+            meta = pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: cannot read as Parquet time series (run {run_id}: {exc})") from exc
+        names = _roi_columns(meta.schema.to_arrow_schema())
+        _check_rois(names, stats, path)
+        labels = {name: _typed_label(rec[name], kind, name, run_id) for name, kind in label_columns.items()}
+        planned.append(_Run(ids, labels, path, int(meta.num_rows), len(names)))
+    return planned
+
+
+def _read_scaled(run: _Run, stats: ScalingStats, dtype: str) -> tuple[np.ndarray, float]:
+    """The run's scaled [R, T] matrix in ``dtype`` and its TR."""
+    frame, meta = read_timeseries(run.path)
+    _check_rois([str(c) for c in frame.columns], stats, run.path)
+    if len(frame) != run.n_timepoints:
+        raise InputError(f"{run.path}: changed while the shards were built ({len(frame)} time points, "
+                         f"{run.n_timepoints} before)")
+    try:
+        tr = float(meta["tr"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{run.path}: metadata has no numeric 'tr'") from None
+    scaled = stats.apply(frame.to_numpy(dtype=np.float64).T).astype(DTYPES[dtype][0])
+    if not np.isfinite(scaled).all():
+        r, t = np.argwhere(~np.isfinite(scaled))[0]
+        raise InputError(f"{run.path}: run {run.ids['run_id']}: scaled value at ROI '{stats.rois[r]}', time point "
+                         f"{t} is not finite in {dtype} (missing data in the input, or |value| too large)")
+    return np.ascontiguousarray(scaled), tr
+
+
+class _ShardWriter:
+    """Writes one shard: rows are buffered one row group at a time."""
+
+    def __init__(self, path: Path, schema: pa.Schema, rows_per_row_group: int, label_columns: dict[str, str]):
+        self.path, self.schema, self.rows_per_row_group = path, schema, rows_per_row_group
+        self.label_columns = label_columns
+        self.rows, self.row_groups, self.payload = 0, 0, 0
+        self._buffer: list[tuple[dict, dict, float, np.ndarray]] = []
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(path))
+        string_columns = list(ID_COLUMNS)
+        self._writer = self._stack.enter_context(pq.ParquetWriter(
+            tmp, schema, compression="zstd", use_dictionary=string_columns,
+            write_statistics=[f.name for f in schema if f.name != "data"],
+            use_byte_stream_split=["data.list.element"], store_schema=True))
+
+    def add(self, run: _Run, data: np.ndarray, tr: float) -> None:
+        self._buffer.append((run.ids, run.labels, tr, data))
+        self.rows += 1
+        self.payload += data.nbytes
+        if len(self._buffer) == self.rows_per_row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        ids, labels, trs, arrays = zip(*self._buffer)
+        value_type = self.schema.field("data").type
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([a.size for a in arrays], out=offsets[1:])
+        if offsets[-1] >= 2**31:
+            raise InputError(f"{self.path}: a row group of {len(arrays)} runs holds {offsets[-1]} values, more than "
+                             "a Parquet list can address; lower rows_per_row_group")
+        values = pa.array(np.concatenate([a.ravel() for a in arrays]), type=value_type.value_type)
+        columns = {name: pa.array([i[name] for i in ids], pa.string()) for name in ID_COLUMNS}
+        columns["tr"] = pa.array(trs, pa.float64())
+        columns["n_rois"] = pa.array([a.shape[0] for a in arrays], pa.int32())
+        columns["n_timepoints"] = pa.array([a.shape[1] for a in arrays], pa.int32())
+        columns["data"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=value_type)
+        for name, kind in self.label_columns.items():
+            columns[name] = pa.array([lab[name] for lab in labels],
+                                     pa.string() if kind == "categorical" else pa.float64())
+        table = pa.Table.from_pydict(columns, schema=self.schema)
+        self._writer.write_table(table, row_group_size=len(self._buffer))
+        self.row_groups += 1
+        self._buffer.clear()
+
+    def close(self) -> None:
+        """Flush, close and rename the file into place."""
+        self._flush()
+        self._stack.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stack.__exit__(RuntimeError, RuntimeError("shard build aborted"), None)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 4 * 2**20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, schema: pa.Schema, *,
+                 max_shard_bytes: int, dtype: str, rows_per_row_group: int,
+                 label_columns: dict[str, str]) -> list[dict]:
+    """Write one split's shards under ``root/split``; return their manifest entries."""
+    itemsize = np.dtype(DTYPES[dtype][0]).itemsize
+    entries: list[dict] = []
+    writer: _ShardWriter | None = None
+
+    def finish(w: _ShardWriter) -> None:
+        w.close()
+        entries.append({"path": w.path.relative_to(root).as_posix(), "rows": w.rows, "row_groups": w.row_groups,
+                        "sha256": sha256_file(w.path), "bytes": w.path.stat().st_size})
+
+    try:
+        for run in runs:
+            nbytes = run.n_rois * run.n_timepoints * itemsize
+            if writer is not None and writer.payload + nbytes > max_shard_bytes:
+                finish(writer)
+                writer = None
+            if writer is None:
+                path = root / split / f"shard-{len(entries):05d}.parquet"
+                writer = _ShardWriter(path, schema, rows_per_row_group, label_columns)
+            data, tr = _read_scaled(run, stats, dtype)
+            writer.add(run, data, tr)
+        if writer is not None:
+            finish(writer)
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    return entries
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` onto ``out_dir``, replacing an existing folder (moved aside first, then removed)."""
+    old = None
+    if out_dir.exists() or out_dir.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+        os.replace(out_dir, old / "previous")
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "previous", out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.PathLike, *,
+                 max_shard_bytes: int = 256 * 2**20, dtype: str = "float16", window: int = 160,
+                 short_policy: str = "exclude", rows_per_row_group: int = 16,
+                 label_columns: dict[str, str] | None = None) -> dict:
+    """Scale every run with ``stats`` and write Parquet shards plus ``manifest.json`` into ``out_dir``.
+
+    runs: one row per run with ``run_id, cohort, subject, session, run, split, path`` (a per-run ROI time
+    series, :func:`brainjepa.io.read_timeseries`, whose columns must equal ``stats.rois``) and the label
+    columns named in ``label_columns`` (name -> ``continuous`` | ``categorical`` | ``binary``; empty -> null).
+    Runs with fewer than ``window`` time points are left out and listed in ``excluded.tsv``
+    (``short_policy="exclude"``) or are an error (``"error"``). Each shard holds at most ``max_shard_bytes``
+    of tensor payload (R * T * itemsize; a single larger run gets a shard of its own). One run is read at a
+    time and at most one row group is buffered. Returns the manifest.
+    """
+    label_columns = dict(label_columns or {})
+    _check_arguments(stats, max_shard_bytes, dtype, window, short_policy, rows_per_row_group, label_columns)
+    planned = _plan_runs(runs, stats, label_columns)
+    excluded = [r for r in planned if r.n_timepoints < window]
+    if excluded and short_policy == "error":
+        r = excluded[0]
+        raise InputError(f"run {r.ids['run_id']} ({r.path}): {r.n_timepoints} time points, shorter than the "
+                         f"window of {window} (set short_policy 'exclude' to leave such runs out)")
+    kept = [r for r in planned if r.n_timepoints >= window]
+    by_split: dict[str, list[_Run]] = {}
+    for run in sorted(planned, key=lambda r: r.ids["run_id"]):
+        by_split.setdefault(run.ids["split"], [])
+        if run.n_timepoints >= window:
+            by_split[run.ids["split"]].append(run)
+    categories = {name: sorted({r.labels[name] for r in kept if r.labels[name] is not None})
+                  for name, kind in label_columns.items() if kind == "categorical"}
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        schema = shard_schema(len(stats.rois), dtype, label_columns).with_metadata({METADATA_KEY: json.dumps(
+            {"format": FORMAT, "scaling_stats_id": stats.id, "dtype": dtype}, sort_keys=True).encode()})
+        splits = {}
+        for split in sorted(by_split):
+            splits[split] = _write_split(split, by_split[split], stats, tmp, schema,
+                                         max_shard_bytes=max_shard_bytes, dtype=dtype,
+                                         rows_per_row_group=rows_per_row_group, label_columns=label_columns)
+        table = pd.DataFrame({"run_id": [r.ids["run_id"] for r in excluded],
+                              "split": [r.ids["split"] for r in excluded],
+                              "n_timepoints": [r.n_timepoints for r in excluded],
+                              "reason": [f"shorter than the window ({window})"] * len(excluded)})
+        write_tsv_atomic(table.sort_values("run_id", kind="stable"), tmp / "excluded.tsv")
+        manifest = {"format": FORMAT, "brainjepa_version": __version__, "dtype": dtype, "window": int(window),
+                    "rows_per_row_group": int(rows_per_row_group), "max_shard_bytes": int(max_shard_bytes),
+                    "roi_names": list(stats.rois), "scaling_stats_id": stats.id, "scaling_method": stats.method,
+                    "splits": splits, "label_columns": label_columns, "label_categories": categories,
+                    "excluded": len(excluded)}
+        write_text_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """Read and check a shard manifest (``manifest.json``, or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the shard manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InputError(f"{path}: not a shard manifest of format '{FORMAT}' (found {found!r})")
+    needed = ("dtype", "window", "roi_names", "scaling_stats_id", "splits", "label_columns")
+    lacking = [key for key in needed if key not in manifest]
+    if lacking:
+        raise InputError(f"{path}: shard manifest lacks {lacking}")
+    for split, shards in manifest["splits"].items():
+        for entry in shards:
+            if not {"path", "rows", "row_groups", "sha256", "bytes"} <= set(entry):
+                raise InputError(f"{path}: split '{split}': shard entry {entry} lacks path/rows/row_groups/sha256/"
+                                 "bytes")
+    return manifest
+
+
+def check_scaling_stats(manifest: dict | str | os.PathLike, stats_path: str | os.PathLike) -> None:
+    """InputError if the statistics file at ``stats_path`` is not the one the shards were scaled with.
+
+    ``manifest``: the manifest dict or its path (a path is named in the message).
+    """
+    where = "the shard manifest"
+    if not isinstance(manifest, dict):
+        where = str(manifest)
+        manifest = load_manifest(manifest)
+    stats = ScalingStats.load(stats_path)
+    if stats.id != manifest["scaling_stats_id"]:
+        raise InputError(f"{stats_path}: scaling statistics {stats.id} differ from those the shards were built "
+                         f"with ({where}: scaling_stats_id {manifest['scaling_stats_id']}); rebuild the shards or "
+                         "use the matching statistics file")
