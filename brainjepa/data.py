@@ -23,8 +23,8 @@ Call :meth:`ShardDataset.set_epoch` before each epoch. The epoch lives in shared
 DataLoader workers also with ``persistent_workers=True`` (recommended: each consumer process checks the
 sha256 of a shard the first time it opens it, and persistent workers do that once rather than every epoch).
 
-Reading cost (bench/loader.py): a row group is decoded once and every window of it is copied out as float32;
-decoding Parquet lists costs about 0.6 ms per 450 x 490 run on one core, most of it list levels.
+Reading cost (bench/loader.py): a row group is decoded once (the matrices are raw little-endian bytes, see
+``brainjepa.shards``) and every window of it is copied out as float32.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import torch
 
 from brainjepa.errors import InputError
-from brainjepa.shards import check_scaling_stats, load_manifest, sha256_file
+from brainjepa.shards import DTYPES, check_scaling_stats, load_manifest, sha256_file
 
 MODES = ("train", "eval")
 OPEN_FILES = 16
@@ -133,6 +133,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.categories = {n: list(self.manifest.get("label_categories", {}).get(n, []))
                            for n in names if kinds[n] == "categorical"}
         self.n_rois = len(self.manifest["roi_names"])
+        self.value_dtype = DTYPES[self.manifest["dtype"]]  # little-endian bytes of the scaled matrices
+        self.itemsize = self.value_dtype.itemsize
         self.verify_checksums, self.return_run_id = verify_checksums, return_run_id
         self.shards = self.manifest["splits"][split]
         self.units = [(s, g) for s, entry in enumerate(self.shards) for g in range(int(entry["row_groups"]))]
@@ -230,18 +232,20 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise InputError(f"{path}: cannot read row group {row_group} ({exc})") from exc
         data = table.column("data")
         data = data.chunk(0) if data.num_chunks == 1 else data.combine_chunks()
-        values = data.values.to_numpy(zero_copy_only=False)
-        offsets = data.offsets.to_numpy()
         n_rois = table.column("n_rois").to_numpy()
         n_time = table.column("n_timepoints").to_numpy()
-        if (n_rois != self.n_rois).any() or (np.diff(offsets) != n_rois.astype(np.int64) * n_time).any():
+        _, offsets, payload = data.buffers()
+        offsets = np.frombuffer(offsets, np.int32, count=len(data) + 1, offset=4 * data.offset)
+        if (n_rois != self.n_rois).any() or (np.diff(offsets) != n_rois.astype(np.int64) * n_time * self.itemsize).any():
             raise InputError(f"{path}: row group {row_group}: data length does not match n_rois x n_timepoints "
                              f"({self.n_rois} ROIs in {self.manifest_path})")
+        values = np.frombuffer(payload, self.value_dtype, count=(offsets[-1] - offsets[0]) // self.itemsize,
+                               offset=int(offsets[0]))
         with warnings.catch_warnings():  # a read-only view of the Arrow buffer: windows are copied out of it
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             flat = torch.from_numpy(values)
-        mats = [flat[offsets[i]:offsets[i + 1]].view(int(n_rois[i]), int(n_time[i]))
-                for i in range(table.num_rows)]
+        starts = (offsets - offsets[0]) // self.itemsize
+        mats = [flat[starts[i]:starts[i + 1]].view(int(n_rois[i]), int(n_time[i])) for i in range(table.num_rows)]
         return table.column("run_id").to_pylist(), mats, self._label_matrix(table)
 
     def _samples(self, rank: int, world_size: int, worker: int, num_workers: int

@@ -7,13 +7,18 @@ Layout of ``out_dir``::
     <split>/shard-00000.parquet   one set per split, rows ordered by run_id
 
 Shard columns: ``run_id, cohort, subject, session, run, split`` (string), ``tr`` (float64), ``n_rois``,
-``n_timepoints`` (int32), ``data`` (``list<halffloat>`` or ``list<float>``: the scaled R x T matrix,
-row-major and flattened; runs may differ in T), then the label columns (float64 for continuous and binary,
-string for categorical; null when missing). Any Parquet reader sees plain lists; ``n_rois`` and
-``n_timepoints`` give the shape.
+``n_timepoints`` (int32), ``data`` (binary: the scaled R x T matrix, row-major, little-endian float16 or
+float32 as the manifest's ``dtype`` says; runs may differ in T), then the label columns (float64 for continuous
+and binary, string for categorical; null when missing). Any Parquet reader gets the matrix back with
+``np.frombuffer(data, "<f2").reshape(n_rois, n_timepoints)`` (or :func:`read_shard`).
 
-Writer settings (design.md and notes section 4): zstd; dictionary encoding for the string identifier
-columns only; byte-stream-split and no statistics for the data column; small row groups for random access.
+Why bytes and not a Parquet list of floats: decoding a list's repetition levels costs about 1 ms per 450 x 490
+run, a binary value about 0.04 ms (measured with ``bench/loader.py``'s data); the loader must deliver more than
+1,000 windows/s per worker. For the same reason the data column is stored uncompressed (zstd would save 8% of
+float16 noise at 9x the decoding time).
+
+Writer settings: zstd for every other column; dictionary encoding for the string identifier columns only; no
+statistics for the data column; small row groups for random access.
 Nothing that varies between runs (no timestamps) is written, so the same inputs give byte-identical files.
 The whole set is written into a temporary folder beside ``out_dir`` and renamed onto it at the end, so a
 failed build leaves nothing that looks done.
@@ -45,7 +50,7 @@ FORMAT = "brainjepa-shards/1"
 ID_COLUMNS = ("run_id", "cohort", "subject", "session", "run", "split")
 REQUIRED_COLUMNS = ID_COLUMNS + ("path",)
 LABEL_KINDS = ("continuous", "categorical", "binary")
-DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
+DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 SHORT_POLICIES = ("exclude", "error")
 MISSING_TEXT = ("", "n/a", "NA")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -65,11 +70,10 @@ class _Run:
 
 def shard_schema(n_rois: int, dtype: str, label_columns: dict[str, str]) -> pa.Schema:
     """The Arrow schema of every shard of a set (label columns in the order given)."""
-    value = pa.field("element", DTYPES[dtype][1], nullable=False)
     fields = [pa.field(name, pa.string()) for name in ID_COLUMNS]
     fields += [pa.field("tr", pa.float64(), nullable=False), pa.field("n_rois", pa.int32(), nullable=False),
                pa.field("n_timepoints", pa.int32(), nullable=False),
-               pa.field("data", pa.list_(value), nullable=False)]
+               pa.field("data", pa.binary(), nullable=False)]
     fields += [pa.field(name, pa.string() if kind == "categorical" else pa.float64())
                for name, kind in label_columns.items()]
     return pa.schema(fields)
@@ -194,7 +198,7 @@ def _read_scaled(run: _Run, stats: ScalingStats, dtype: str) -> tuple[np.ndarray
         tr = float(meta["tr"])
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{run.path}: metadata has no numeric 'tr'") from None
-    scaled = stats.apply(frame.to_numpy(dtype=np.float64).T).astype(DTYPES[dtype][0])
+    scaled = stats.apply(frame.to_numpy(dtype=np.float64).T).astype(DTYPES[dtype])
     if not np.isfinite(scaled).all():
         r, t = np.argwhere(~np.isfinite(scaled))[0]
         raise InputError(f"{run.path}: run {run.ids['run_id']}: scaled value at ROI '{stats.rois[r]}', time point "
@@ -214,9 +218,9 @@ class _ShardWriter:
         tmp = self._stack.enter_context(atomic_path(path))
         string_columns = list(ID_COLUMNS)
         self._writer = self._stack.enter_context(pq.ParquetWriter(
-            tmp, schema, compression="zstd", use_dictionary=string_columns,
-            write_statistics=[f.name for f in schema if f.name != "data"],
-            use_byte_stream_split=["data.list.element"], store_schema=True))
+            tmp, schema, compression={f.name: "none" if f.name == "data" else "zstd" for f in schema},
+            use_dictionary=string_columns, write_statistics=[f.name for f in schema if f.name != "data"],
+            store_schema=True))
 
     def add(self, run: _Run, data: np.ndarray, tr: float) -> None:
         self._buffer.append((run.ids, run.labels, tr, data))
@@ -229,18 +233,15 @@ class _ShardWriter:
         if not self._buffer:
             return
         ids, labels, trs, arrays = zip(*self._buffer)
-        value_type = self.schema.field("data").type
-        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        np.cumsum([a.size for a in arrays], out=offsets[1:])
-        if offsets[-1] >= 2**31:
-            raise InputError(f"{self.path}: a row group of {len(arrays)} runs holds {offsets[-1]} values, more than "
-                             "a Parquet list can address; lower rows_per_row_group")
-        values = pa.array(np.concatenate([a.ravel() for a in arrays]), type=value_type.value_type)
+        if sum(a.nbytes for a in arrays) >= 2**31:
+            raise InputError(f"{self.path}: a row group of {len(arrays)} runs holds more than 2 GiB; "
+                             "lower rows_per_row_group")
         columns = {name: pa.array([i[name] for i in ids], pa.string()) for name in ID_COLUMNS}
         columns["tr"] = pa.array(trs, pa.float64())
         columns["n_rois"] = pa.array([a.shape[0] for a in arrays], pa.int32())
         columns["n_timepoints"] = pa.array([a.shape[1] for a in arrays], pa.int32())
-        columns["data"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=value_type)
+        little_endian = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
+        columns["data"] = pa.array(little_endian, pa.binary())
         for name, kind in self.label_columns.items():
             columns[name] = pa.array([lab[name] for lab in labels],
                                      pa.string() if kind == "categorical" else pa.float64())
@@ -271,7 +272,7 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
                  max_shard_bytes: int, dtype: str, rows_per_row_group: int,
                  label_columns: dict[str, str]) -> list[dict]:
     """Write one split's shards under ``root/split``; return their manifest entries."""
-    itemsize = np.dtype(DTYPES[dtype][0]).itemsize
+    itemsize = np.dtype(DTYPES[dtype]).itemsize
     entries: list[dict] = []
     writer: _ShardWriter | None = None
 
@@ -415,3 +416,11 @@ def check_scaling_stats(manifest: dict | str | os.PathLike, stats_path: str | os
         raise InputError(f"{stats_path}: scaling statistics {stats.id} differ from those the shards were built "
                          f"with ({where}: scaling_stats_id {manifest['scaling_stats_id']}); rebuild the shards or "
                          "use the matching statistics file")
+
+
+def read_shard(path: str | os.PathLike, dtype: str = "float16") -> pd.DataFrame:
+    """A shard as a frame with ``data`` decoded to [n_rois, n_timepoints] arrays (``dtype``: the manifest's)."""
+    frame = pq.read_table(path).to_pandas()
+    frame["data"] = [np.frombuffer(b, DTYPES[dtype]).reshape(r, t)
+                     for b, r, t in zip(frame["data"], frame["n_rois"], frame["n_timepoints"])]
+    return frame

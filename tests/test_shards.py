@@ -70,7 +70,7 @@ def test_round_trip_values_types_and_labels(tmp_path, cohort):
     assert manifest["roi_names"] == ROIS and manifest["scaling_stats_id"] == stats.id
     assert manifest["dtype"] == "float16" and manifest["window"] == 16 and manifest["excluded"] == 0
     schema = pq.read_schema(out / manifest["splits"]["train"][0]["path"])
-    assert str(schema.field("data").type) == "list<element: halffloat not null>"
+    assert str(schema.field("data").type) == "binary"
     assert [str(schema.field(c).type) for c in ("tr", "n_rois", "n_timepoints", "age", "sex", "site")] == \
         ["double", "int32", "int32", "double", "double", "string"]
     by_id = runs.set_index("run_id")
@@ -79,7 +79,7 @@ def test_round_trip_values_types_and_labels(tmp_path, cohort):
         for row in read_rows(out, manifest, split):
             run_id = row["run_id"]
             seen.add(run_id)
-            x = np.asarray(row["data"], dtype=np.float32).reshape(row["n_rois"], row["n_timepoints"])
+            x = np.frombuffer(row["data"], "<f2").astype(np.float32).reshape(row["n_rois"], row["n_timepoints"])
             expected = stats.apply(raw[run_id].T)
             np.testing.assert_allclose(x, expected, rtol=1e-3, atol=1e-3)
             assert row["tr"] == 2.0 and row["subject"] == by_id.loc[run_id, "subject"] and row["run"] == "1"
@@ -95,7 +95,7 @@ def test_float32_option(tmp_path, cohort):
     runs, raw, stats = cohort
     manifest = build_shards(runs, stats, tmp_path / "s", window=16, dtype="float32")
     row = read_rows(tmp_path / "s", manifest, "val")[0]
-    x = np.asarray(row["data"], dtype=np.float32).reshape(R, row["n_timepoints"])
+    x = np.frombuffer(row["data"], "<f4").reshape(R, row["n_timepoints"])
     np.testing.assert_array_equal(x, stats.apply(raw[row["run_id"]].T))
 
 
@@ -149,14 +149,25 @@ def test_writer_settings(tmp_path, cohort):
     meta = pq.read_metadata(out / manifest["splits"]["train"][0]["path"])
     columns = {meta.row_group(0).column(j).path_in_schema: meta.row_group(0).column(j)
                for j in range(meta.num_columns)}
-    data = columns["data.list.element"]
-    assert data.compression == "ZSTD"
-    assert "BYTE_STREAM_SPLIT" in data.encodings and "RLE_DICTIONARY" not in data.encodings
+    data = columns["data"]
+    assert data.compression == "UNCOMPRESSED" and columns["run_id"].compression == "ZSTD"
+    assert "RLE_DICTIONARY" not in data.encodings
     assert not data.is_stats_set
     for name in ("run_id", "subject", "split"):
         assert "RLE_DICTIONARY" in columns[name].encodings
     assert "RLE_DICTIONARY" not in columns["site"].encodings
     assert columns["n_timepoints"].is_stats_set
+
+
+def test_read_shard_decodes_matrices(tmp_path, cohort):
+    from brainjepa.shards import read_shard
+
+    runs, raw, stats = cohort
+    manifest = build_shards(runs, stats, tmp_path / "s", window=16)
+    frame = read_shard(tmp_path / "s" / manifest["splits"]["val"][0]["path"])
+    for run_id, data in zip(frame["run_id"], frame["data"]):
+        assert data.shape == (R, raw[run_id].shape[0])
+        np.testing.assert_allclose(data, stats.apply(raw[run_id].T), rtol=1e-3, atol=1e-3)
 
 
 def test_short_runs_excluded_and_listed(tmp_path):
