@@ -76,11 +76,28 @@ def _cmd_splits(args: argparse.Namespace) -> None:
 
     samples = sheets.load_samples(args.samples, produced=lambda p: True)
     train, val, test = (float(v) for v in args.fractions.split(","))
+    stratify = json.loads(args.stratify)
+    phenotypes = None
+    if stratify:
+        if not args.phenotypes:
+            raise InputError("--stratify needs --phenotypes")
+        phenotypes = sheets.load_phenotypes(args.phenotypes, json.loads(args.label_types) or None)
     table = splits.make_splits(samples, args.seed, {"train": train, "val": val, "test": test},
-                               args.pretraining_cohort, args.pretraining_fraction)
+                               args.pretraining_cohort, args.pretraining_fraction, stratify, phenotypes)
     write_tsv_atomic(table, args.out)
     counts = table.drop_duplicates(["cohort", "subject"]).groupby(["cohort", "split"]).size()
     log.info("subjects per cohort and split:\n%s", counts.to_string())
+
+
+def _cmd_split_balance(args: argparse.Namespace) -> None:
+    from brainjepa import sheets, splits
+    from brainjepa.io import write_tsv_atomic
+
+    label_types = json.loads(args.label_types)
+    phenotypes = sheets.load_phenotypes(args.phenotypes, label_types)
+    discrete = [name for name, kind in label_types.items() if kind != "continuous"]
+    table = splits.balance_table(splits.read_splits(args.splits), phenotypes, discrete)
+    write_tsv_atomic(table, args.out)
 
 
 def _cmd_scaling_stats(args: argparse.Namespace) -> None:
@@ -225,8 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", default="0.6,0.2,0.2", help="train,val,test")
     p.add_argument("--pretraining-cohort")
     p.add_argument("--pretraining-fraction", type=float, default=0.8)
+    p.add_argument("--stratify", default="{}", help='JSON {cohort: label}: exact per-label balance there')
+    p.add_argument("--phenotypes", help="phenotypes.tsv (needed with --stratify)")
+    p.add_argument("--label-types", default="{}", help="JSON label declarations for --phenotypes")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_splits)
+
+    p = sub.add_parser("split-balance", help="subjects per split for each discrete label (a balance report)")
+    p.add_argument("--splits", required=True)
+    p.add_argument("--phenotypes", required=True)
+    p.add_argument("--label-types", required=True, help='JSON, e.g. {"sex": "categorical"}')
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_split_balance)
 
     p = sub.add_parser("scaling-stats", help="robust-scaling statistics from the pretraining set")
     p.add_argument("--splits", required=True)

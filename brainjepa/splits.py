@@ -8,9 +8,15 @@ The pretraining cohort (UK Biobank in the paper) first sends the fraction ``pret
 subjects to ``pretrain`` (the set that also feeds the group statistics: scaling, FC, gradients); the rest is
 held out for internal tasks and split train/val/test like every other cohort, from an independent draw.
 
-Balance per label (e.g. diagnosis) therefore holds in expectation, not exactly: exact stratification would
-need the other subjects' labels and would move subjects as cohorts grow. ``split_balance`` reports the
-realised proportions per cohort and label value so an unlucky draw is visible.
+Balance per label (e.g. diagnosis) therefore holds in expectation only: when a split depends on nothing but the
+subject's own identifiers it cannot depend on the other subjects' labels, so no assignment can be both strictly
+stable and exactly stratified. Small downstream cohorts need the balance (12 subjects can leave a class out of
+the training split entirely), and they rarely grow, so stratification is opt-in per cohort
+(``stratify={cohort: label}``): within each (cohort, label value) stratum the subjects are ranked by their
+hash u and cut by rank with largest-remainder counts, so every split gets its exact share of every class. It
+stays deterministic from (seed, the cohort's subjects and labels); adding subjects to a stratified cohort moves
+only the few existing subjects at the rank boundaries of their stratum. Cohorts not listed keep the strict
+guarantee. ``balance_table`` reports the realised counts per split, cohort and label value.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from brainjepa.errors import InputError
@@ -53,9 +60,34 @@ def check_fractions(fractions: dict[str, float]) -> None:
         raise InputError(f"split fractions must sum to 1, got {sum(fractions.values()):.6g}")
 
 
+def stratum_counts(n: int, fractions: dict[str, float]) -> list[int]:
+    """Subjects per split (train, val, test) for a stratum of n: largest-remainder rounding of n * fraction."""
+    exact = [n * fractions[name] for name in SPLITS]
+    counts = [int(v) for v in exact]
+    by_remainder = sorted(range(len(SPLITS)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def stratified_splits(subjects: pd.DataFrame, seed: int, fractions: dict[str, float]) -> dict[str, str]:
+    """Exact per-stratum splits. subjects: cohort, subject, stratum (one row per subject) -> {subject: split}."""
+    out = {}
+    for _, group in subjects.groupby(["cohort", "stratum"], sort=True):
+        ranked = sorted(group["subject"], key=lambda s: unit_uniform(seed, "split", group["cohort"].iloc[0], s))
+        edges = np.cumsum([0] + stratum_counts(len(ranked), fractions))
+        for name, lo, hi in zip(SPLITS, edges[:-1], edges[1:]):
+            out.update({subject: name for subject in ranked[lo:hi]})
+    return out
+
+
 def make_splits(samples: pd.DataFrame, seed: int, fractions: dict[str, float],
-                pretraining_cohort: str | None = None, pretraining_fraction: float = 0.8) -> pd.DataFrame:
-    """One row per run: run_id, cohort, subject, session, run, split (ordered by run_id)."""
+                pretraining_cohort: str | None = None, pretraining_fraction: float = 0.8,
+                stratify: dict[str, str] | None = None, phenotypes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: run_id, cohort, subject, session, run, split (ordered by run_id).
+
+    ``stratify`` maps cohorts to a label column of ``phenotypes`` to balance exactly (see the module notes).
+    """
     check_fractions(fractions)
     samples = samples.reset_index(drop=True)
     cohorts_of = samples.groupby("subject")["cohort"].unique()
@@ -71,7 +103,30 @@ def make_splits(samples: pd.DataFrame, seed: int, fractions: dict[str, float],
         assign_split(seed, c, s, fractions, pretraining_fraction if c == pretraining_cohort else None)
         for c, s in zip(table["cohort"], table["subject"])
     ]
+    if stratify:
+        strata = _strata(table, stratify, phenotypes, pretraining_cohort)
+        if not strata.empty:
+            exact = stratified_splits(strata, seed, fractions)
+            held = table["subject"].isin(list(exact))
+            table.loc[held, "split"] = table.loc[held, "subject"].map(exact)
     return table.sort_values("run_id", ignore_index=True)
+
+
+def _strata(table: pd.DataFrame, stratify: dict[str, str], phenotypes: pd.DataFrame | None,
+            pretraining_cohort: str | None) -> pd.DataFrame:
+    """The held-out subjects of stratified cohorts with their stratum (label value; missing: "n/a")."""
+    if phenotypes is None:
+        raise ValueError("stratified splits need the phenotypes")
+    for cohort, label in stratify.items():
+        if label not in phenotypes.columns:
+            raise InputError(f"splits.stratify: cohort '{cohort}' is stratified by '{label}', "
+                             "which is not a phenotype column")
+    subjects = table.drop_duplicates(["cohort", "subject"])
+    subjects = subjects[subjects["cohort"].isin(list(stratify)) & (subjects["split"] != PRETRAIN)]
+    subjects = subjects[["cohort", "subject"]].merge(phenotypes, on=["cohort", "subject"], how="left")
+    subjects["stratum"] = [str(row[stratify[row["cohort"]]]) if pd.notna(row[stratify[row["cohort"]]]) else "n/a"
+                           for _, row in subjects.iterrows()]
+    return subjects[["cohort", "subject", "stratum"]]
 
 
 def split_balance(splits: pd.DataFrame, phenotypes: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -80,6 +135,23 @@ def split_balance(splits: pd.DataFrame, phenotypes: pd.DataFrame, label: str) ->
     merged = subjects.merge(phenotypes[["cohort", "subject", label]], on=["cohort", "subject"], how="left")
     return merged.pivot_table(index=["cohort", label], columns="split", values="subject", aggfunc="count",
                               fill_value=0)
+
+
+def balance_table(splits: pd.DataFrame, phenotypes: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Long table of subjects per (cohort, label, value, split) for discrete labels (missing values: n/a)."""
+    frames = []
+    for label in labels:
+        counts = split_balance(splits, phenotypes.fillna({label: "n/a"}), label).reset_index()
+        counts = counts.rename(columns={label: "value"})
+        counts.insert(1, "label", label)
+        frames.append(counts)
+    columns = ["cohort", "label", "value", PRETRAIN, *SPLITS]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    for column in columns:
+        if column not in table:
+            table[column] = 0
+    table["value"] = table["value"].astype(str)
+    return table[columns]
 
 
 def pretraining_runs(splits: pd.DataFrame) -> pd.DataFrame:

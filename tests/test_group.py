@@ -209,3 +209,56 @@ def test_no_test_subject_reaches_group_statistics(tmp_path):
     pretrain = table[table["split"] == "pretrain"].iloc[:1]
     _write_runs(runs_root, pretrain, np.random.default_rng(100), n_rois=12)  # the test can fail
     assert group_outputs("changed")["fc.npy"] != before["fc.npy"]
+
+
+# ------------------------------------------------------------------------------------------- stratification
+def _phenotypes(samples: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    subjects = samples.drop_duplicates("subject")[["cohort", "subject"]].reset_index(drop=True)
+    subjects["dx"] = rng.integers(0, 2, size=len(subjects)).astype(float)
+    return subjects
+
+
+@pytest.mark.parametrize("n", [7, 12, 25, 60])
+def test_stratified_cohort_is_exactly_balanced(n):
+    samples = _samples({"down": n, "other": 40})
+    pheno = _phenotypes(samples, np.random.default_rng(n))
+    table = splits.make_splits(samples, 0, FRACTIONS, stratify={"down": "dx"}, phenotypes=pheno)
+    merged = table.merge(pheno, on=["cohort", "subject"])
+    for value, group in merged[merged.cohort == "down"].groupby("dx"):
+        counts = group["split"].value_counts().reindex(list(splits.SPLITS), fill_value=0).tolist()
+        assert counts == splits.stratum_counts(len(group), FRACTIONS), (value, counts)
+    plain = splits.make_splits(samples, 0, FRACTIONS)
+    assert (table[table.cohort == "other"]["split"].to_numpy() == plain[plain.cohort == "other"]["split"]).all()
+
+
+def test_stratum_counts_largest_remainder():
+    assert splits.stratum_counts(10, FRACTIONS) == [6, 2, 2]
+    assert splits.stratum_counts(7, FRACTIONS) == [4, 2, 1]
+    assert splits.stratum_counts(2, FRACTIONS) == [1, 1, 0]
+    assert sum(splits.stratum_counts(13, FRACTIONS)) == 13
+
+
+def test_stratified_growth_moves_few_subjects():
+    before_samples = _samples({"down": 40})
+    after_samples = _samples({"down": 44})
+    pheno = _phenotypes(after_samples, np.random.default_rng(5))
+    before = splits.make_splits(before_samples, 0, FRACTIONS, stratify={"down": "dx"}, phenotypes=pheno)
+    after = splits.make_splits(after_samples, 0, FRACTIONS, stratify={"down": "dx"}, phenotypes=pheno)
+    merged = before.merge(after, on="run_id", suffixes=("_before", "_after"))
+    moved = (merged["split_before"] != merged["split_after"]).sum()
+    assert moved <= 2 * 4 * 2  # at most the rank-boundary subjects of each stratum per added subject
+
+
+def test_stratifying_the_pretraining_cohort_keeps_its_pretrain_set():
+    samples = _samples({"big": 200})
+    pheno = _phenotypes(samples, np.random.default_rng(1))
+    plain = splits.make_splits(samples, 0, FRACTIONS, "big", 0.8)
+    strat = splits.make_splits(samples, 0, FRACTIONS, "big", 0.8, stratify={"big": "dx"}, phenotypes=pheno)
+    assert ((plain["split"] == "pretrain") == (strat["split"] == "pretrain")).all()
+
+
+def test_stratify_by_unknown_label():
+    samples = _samples({"down": 5})
+    with pytest.raises(InputError, match="stratified by 'dx', which is not a phenotype column"):
+        splits.make_splits(samples, 0, FRACTIONS, stratify={"down": "dx"},
+                           phenotypes=samples[["cohort", "subject"]])

@@ -86,6 +86,18 @@ def test_group_stage_and_shards(tiny_project):
     assert manifest["scaling_stats_id"] == stats["id"] and manifest["window"] == 16
     rows = {split: sum(s["rows"] for s in shards) for split, shards in manifest["splits"].items()}
     assert sum(rows.values()) + manifest["excluded"] == len(table)
+    # the loader streams the pretraining shards in batches of [B, 1, R, window]
+    from torch.utils.data import DataLoader
+
+    from brainjepa.data import ShardDataset
+
+    dataset = ShardDataset(work / "shards/manifest.json", "pretrain", window=16, label_columns=["age"],
+                           scaling_stats=str(work / "group/scaling_stats.json"))
+    batches = list(DataLoader(dataset, batch_size=2))
+    assert sum(len(x) for x, _ in batches) == rows["pretrain"]
+    assert batches[0][0].shape[1:] == (1, 64, 16) and batches[0][1].shape[1] == 1
+    balance = pd.read_csv(work / "group/split_balance.tsv", sep="\t")
+    assert set(balance["label"]) == {"sex", "diagnosis"}
 
 
 @pytest.mark.slow
@@ -117,7 +129,7 @@ def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
     per_run = {rule: counts.pop(rule, 0) for rule in ("simulate_run", "parcellate", "align_tr")}
     assert per_run == {"simulate_run": 1, "parcellate": 2, "align_tr": 2}  # only the new runs
     assert "atlas" not in counts and "simulate_atlas" not in counts
-    assert set(counts) <= {"all", "splits", "scaling_stats", "group_fc", "gradients", "shards"}
+    assert set(counts) <= {"all", "splits", "split_balance", "scaling_stats", "group_fc", "gradients", "shards"}
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     frame, meta = read_timeseries(work / "results/aligned/ext/sub-7_ses-1_run-1.parquet")

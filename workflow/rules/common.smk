@@ -1,5 +1,6 @@
 # Config and sample-sheet validation, and the input functions of the per-run rules.
 import json
+import shlex
 import os
 from pathlib import Path
 
@@ -42,6 +43,8 @@ try:
         config["splits"]["fractions"],
         config["splits"]["pretraining"]["cohort"],
         config["splits"]["pretraining"]["fraction"],
+        config["splits"]["stratify"],
+        PHENOTYPES,
     )
     PRETRAIN_RUN_IDS = list(splits.pretraining_runs(SPLITS)["run_id"])
 except InputError as exc:
@@ -135,6 +138,14 @@ def aligned_runs(run_ids):
     return [f"results/aligned/{run_id}.parquet" for run_id in run_ids]
 
 
+def splits_inputs(wildcards):
+    """The sample sheet, and the phenotypes when a cohort is stratified by a label."""
+    inputs = {"samples": config["samples"]}
+    if config["splits"]["stratify"]:
+        inputs["phenotypes"] = config["phenotypes"]
+    return inputs
+
+
 def gradients_inputs(wildcards):
     inputs = {"fc": f"{GROUP}/group_fc.npy", "labels": ATLAS_LABELS}
     if config["gradients"]["reference"]:
@@ -143,7 +154,7 @@ def gradients_inputs(wildcards):
 
 
 def get_final_outputs():
-    group = [f"{GROUP}/{name}" for name in ("splits.tsv", "scaling_stats.json", "group_fc.npy", "group_fc.png")]
+    group = [f"{GROUP}/{name}" for name in ("splits.tsv", "split_balance.tsv", "scaling_stats.json", "group_fc.npy", "group_fc.png")]
     return [ATLAS_IMAGE, ATLAS_LABELS, f"{GROUP}/gradients.tsv", "results/shards/manifest.json"] + group + [
         f"results/{stage}/{run_id}.{ext}"
         for run_id in RUN_IDS

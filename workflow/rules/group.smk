@@ -3,10 +3,16 @@
 
 rule splits:
     input:
-        samples=config["samples"],
+        unpack(splits_inputs),
     output:
         f"{GROUP}/splits.tsv",
     params:
+        stratify=lambda wildcards, input: (
+            f"--stratify {shlex.quote(json.dumps(config['splits']['stratify']))} --phenotypes {input.phenotypes}"
+            f" --label-types {shlex.quote(json.dumps(config['labels']))}"
+            if config["splits"]["stratify"]
+            else ""
+        ),
         seed=config["splits"]["seed"],
         fractions=",".join(str(config["splits"]["fractions"][k]) for k in ("train", "val", "test")),
         cohort=config["splits"]["pretraining"]["cohort"],
@@ -16,8 +22,24 @@ rule splits:
     localrule: True
     shell:
         "brainjepa splits --samples {input.samples:q} --seed {params.seed} --fractions {params.fractions}"
-        " --pretraining-cohort {params.cohort:q} --pretraining-fraction {params.fraction} --out {output:q}"
-        " > {log} 2>&1"
+        " --pretraining-cohort {params.cohort:q} --pretraining-fraction {params.fraction} {params.stratify}"
+        " --out {output:q} > {log} 2>&1"
+
+
+rule split_balance:
+    input:
+        splits=f"{GROUP}/splits.tsv",
+        phenotypes=config["phenotypes"],
+    output:
+        f"{GROUP}/split_balance.tsv",
+    params:
+        labels=json.dumps(config["labels"], sort_keys=True),
+    log:
+        "logs/group/split_balance.log",
+    localrule: True
+    shell:
+        "brainjepa split-balance --splits {input.splits:q} --phenotypes {input.phenotypes:q}"
+        " --label-types {params.labels:q} --out {output:q} > {log} 2>&1"
 
 
 rule scaling_stats:
