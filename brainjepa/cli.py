@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from brainjepa import __version__
-from brainjepa.errors import InputError
+from brainjepa.errors import InputError, TrainingError
 
 log = logging.getLogger("brainjepa")
 
@@ -148,6 +148,20 @@ def _cmd_shards(args: argparse.Namespace) -> None:
         runs, ScalingStats.load(args.stats), args.out_dir, max_shard_bytes=int(args.max_shard_mb * 2**20),
         dtype=args.dtype, window=args.window, short_policy=args.short_policy, label_columns=label_types)
     log.info("shards: %s", {k: sum(s["rows"] for s in v) for k, v in manifest["splits"].items()})
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from brainjepa.train.config import load_config
+    from brainjepa.train.engine import pretrain
+
+    path = pretrain(load_config(args.config, args.set))
+    log.info("checkpoint: %s", path)
+
+
+def _cmd_model_info(args: argparse.Namespace) -> None:
+    from brainjepa.models import model_info
+
+    print(json.dumps(model_info(args.size, args.rois, args.timesteps, args.gradients), indent=2))
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -297,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_cmd_shards)
 
+    p = sub.add_parser("pretrain", help="Brain-JEPA self-supervised pretraining (resumes from latest.pt)")
+    p.add_argument("--config", help="training config YAML (sections model, data, mask, optim, run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. --set optim.epochs=10 --set model.size=small (repeatable)")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("model-info", help="encoder and predictor parameter counts as JSON")
+    p.add_argument("--size", choices=("tiny", "small", "base", "large"), default="base")
+    p.add_argument("--rois", type=int, default=450)
+    p.add_argument("--timesteps", type=int, default=160)
+    p.add_argument("--gradients", type=int, default=30)
+    p.set_defaults(func=_cmd_model_info)
+
     p = sub.add_parser("validate", help="validate the sample sheets")
     p.add_argument("--samples", required=True)
     p.add_argument("--phenotypes")
@@ -310,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except InputError as exc:
+    except (InputError, TrainingError) as exc:
         print(f"brainjepa {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

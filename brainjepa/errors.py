@@ -3,3 +3,7 @@
 
 class InputError(Exception):
     """Bad input. The message names the file, row or ROI and what is wrong."""
+
+
+class TrainingError(Exception):
+    """A training run that must stop (non-finite loss, incompatible resume); the message says why and where."""
