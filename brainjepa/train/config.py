@@ -87,11 +87,33 @@ def _build(cls, values: dict, where: str):
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hint, f"{where}.{name}" if where else name)
     return cls(**kwargs)
+
+
+def _coerce(value, hint, where: str):
+    """Check a scalar against its annotation (int, float, bool, str, optional, tuple); '1e-3' counts as float."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(base)):
+            raise InputError(f"config '{where}': expected {len(typing.get_args(base))} values, got {value!r}")
+        return tuple(_coerce(v, t, where) for v, t in zip(value, typing.get_args(base)))
+    if base is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"config '{where}': expected a number, got {value!r}") from None
+    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InputError(f"config '{where}': expected an integer, got {value!r}")
+    if base in (bool, str) and not isinstance(value, base):
+        raise InputError(f"config '{where}': expected {base.__name__}, got {value!r}")
+    return value
 
 
 def _set_path(tree: dict, dotted: str, value) -> None:

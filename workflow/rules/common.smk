@@ -153,9 +153,18 @@ def gradients_inputs(wildcards):
     return inputs
 
 
+def pretrain_launcher(wildcards):
+    """`brainjepa` for one process; torchrun (one process per GPU, or per CPU slot) for several."""
+    n = config["pretrain"]["processes"]
+    if n == 1:
+        return "brainjepa"
+    return f"torchrun --standalone --nproc_per_node={n} -m brainjepa.cli"
+
+
 def get_final_outputs():
     group = [f"{GROUP}/{name}" for name in ("splits.tsv", "split_balance.tsv", "scaling_stats.json", "group_fc.npy", "group_fc.png")]
-    return [ATLAS_IMAGE, ATLAS_LABELS, f"{GROUP}/gradients.tsv", "results/shards/manifest.json"] + group + [
+    pretrained = f"results/pretrain/{config['pretrain']['name']}/final.pt"
+    return [ATLAS_IMAGE, ATLAS_LABELS, f"{GROUP}/gradients.tsv", "results/shards/manifest.json", pretrained] + group + [
         f"results/{stage}/{run_id}.{ext}"
         for run_id in RUN_IDS
         for stage, ext in (("aligned", "parquet"), ("qc/parcellate", "tsv"))

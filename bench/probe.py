@@ -1,0 +1,116 @@
+"""Does pretraining help? Linear probe of the pretrained vs a randomly initialised encoder on the demo.
+
+For each seed: pretrain the tiny model (config/pretrain.yaml, seed overridden; reused when its final.pt
+exists), then embed every run of every split with (a) the pretrained target encoder and (b) an encoder with
+the same architecture and a fresh random initialisation (same seed). Features: the mean over all tokens of
+each evaluation window, averaged over a subject's windows and runs. Probe: ridge regression (alpha chosen by
+inner CV) of the planted label, scored by 5-fold cross-validation over subjects, repeated 5 times: Pearson r
+and MSE on the z-scored label.
+
+    python bench/probe.py [--seeds 0 1 2] [--label age] [--out bench/out/probe]
+
+Run after `snakemake --cores 2 results/shards/manifest.json results/group/gradients.tsv` (the demo data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pretrain(seed: int, args) -> Path:
+    out = args.out / f"seed{seed}"
+    if not (out / "final.pt").exists():
+        subprocess.run([sys.executable, "-m", "brainjepa.cli", "pretrain", "--config", str(args.config),
+                        "--set", f"data.manifest={args.manifest}", "--set", f"data.gradients={args.gradients}",
+                        "--set", f"run.out_dir={out}", "--set", f"run.seed={seed}", "--set", "run.progress=false"],
+                       check=True)
+    return out / "final.pt"
+
+
+@torch.no_grad()
+def subject_features(encoder, manifest: Path, label: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-pooled features per subject [S, D] and the subject's label [S], over every split of the manifest."""
+    from torch.utils.data import DataLoader
+
+    from brainjepa.data import ShardDataset
+    from brainjepa.shards import load_manifest
+
+    encoder.eval()
+    feats: dict[str, list] = {}
+    labels: dict[str, float] = {}
+    for split in load_manifest(manifest)["splits"]:
+        dataset = ShardDataset(manifest, split, window=window, mode="eval", label_columns=[label],
+                               return_run_id=True)
+        for x, y, run_ids in DataLoader(dataset, batch_size=16):
+            pooled = encoder.forward_features(x).mean(dim=1)
+            for run_id, f, value in zip(run_ids, pooled, y[:, 0]):
+                subject = run_id.split("_ses-")[0]
+                feats.setdefault(subject, []).append(f.numpy())
+                labels[subject] = float(value)
+    subjects = sorted(s for s in feats if np.isfinite(labels[s]))
+    return np.stack([np.mean(feats[s], axis=0) for s in subjects]), np.array([labels[s] for s in subjects])
+
+
+def probe(features: np.ndarray, target: np.ndarray, repeats: int = 5) -> dict:
+    """Cross-validated ridge probe: mean Pearson r and MSE of the z-scored target over repeats."""
+    z = (target - target.mean()) / target.std()
+    rs, mses = [], []
+    for rep in range(repeats):
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
+        pred = cross_val_predict(model, features, z, cv=KFold(5, shuffle=True, random_state=rep))
+        rs.append(np.corrcoef(pred, z)[0, 1])
+        mses.append(np.mean((pred - z) ** 2))
+    return {"r": float(np.mean(rs)), "mse": float(np.mean(mses))}
+
+
+def encoders(checkpoint: Path, seed: int):
+    from brainjepa.models import ModelConfig, build_model
+    from brainjepa.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    cfg = ModelConfig(**state["model_config"])
+    (gradients,) = [v for k, v in state["target_encoder"].items() if k.endswith(".gradients")]
+    pretrained, _ = build_model(cfg, gradients)
+    pretrained.load_state_dict(state["target_encoder"])
+    torch.manual_seed(seed)
+    random_init, _ = build_model(cfg, gradients)  # same architecture and gradients, fresh weights
+    return pretrained, random_init, cfg
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--label", default="age")
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "pretrain.yaml")
+    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
+    parser.add_argument("--gradients", type=Path, default=REPO / "results" / "group" / "gradients.tsv")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "probe")
+    args = parser.parse_args()
+    rows = []
+    for seed in args.seeds:
+        pretrained, random_init, cfg = encoders(pretrain(seed, args), seed)
+        for name, encoder in (("pretrained", pretrained), ("random_init", random_init)):
+            x, y = subject_features(encoder, args.manifest, args.label, cfg.n_timesteps)
+            rows.append({"seed": seed, "encoder": name, "label": args.label, "subjects": len(y), **probe(x, y)})
+            print(json.dumps(rows[-1]), flush=True)
+    summary = {name: {k: float(np.mean([r[k] for r in rows if r["encoder"] == name])) for k in ("r", "mse")}
+               for name in ("pretrained", "random_init")}
+    wins = sum(p["r"] > q["r"] for p, q in zip(rows[::2], rows[1::2]))
+    print(json.dumps({"summary": summary, "pretrained_beats_random_in_seeds": f"{wins}/{len(args.seeds)}"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""Spatiotemporal masks of Brain-JEPA: which tokens the context encoder sees and which it must predict.
+
+Tokens are ROI-major on an R x W grid (R ROIs, W time patches; 450 x 10 in the paper): token = roi * W + t.
+A block is a set of ROIs times a set of time patches. ROIs have no order, so a block's ROIs are a random
+subset; its times are a contiguous range where the region allows one. All sizes are fractions of R or W.
+
+:class:`MaskCollator` collates ``(x, y)`` items into a batch and adds, per sample, the context tokens and
+the target tokens as padded index tensors (the model gathers them; I-JEPA's design). Two modes:
+
+``paper`` (default), the paper's spatiotemporal masking, each sample with its own masks:
+
+1. Observation: ``O_r`` (random ROIs, observation_roi x R) times ``O_t`` (contiguous, observation_time x W,
+   random start).
+2. Alpha, cross-ROI: ROIs from all R (observation plus its region), alpha_roi x R; times a contiguous
+   range inside ``O_t``, alpha_time x W (at most ``|O_t|``).
+3. The removal ("overlapped sampling"): context ROIs ``P_r = O_r - alpha ROIs``.
+4. Beta, cross-time: ROIs from ``P_r``; times a contiguous range anywhere in W outside alpha's times
+   (observation plus its region), beta_gamma_time x W. Context times ``P_t = O_t - beta times``.
+5. Gamma, double-cross, from its own region: ROIs from ``R - P_r``, times from ``W - P_t`` (a random
+   subset: that set need not be contiguous).
+
+Context = ``P_r x P_t``. Every region is defined against the final context, so alpha = other ROIs x
+context times, beta = context ROIs x other times, gamma = other ROIs x other times: the three regions and
+the context are pairwise disjoint. Lists are padded to the batch maximum (index 0, ``valid`` False).
+
+Choices where the paper is silent (section 4 of docs/brainjepa-reference.md):
+
+- Regions are relative to the context after the removal, not to the observation block: relative to the
+  observation, gamma's region (unobserved ROIs x unobserved times, at most 16% x 16% of the grid) would be
+  empty for most samples.
+- A size is ``floor(f * N + u)`` with ``f ~ U(lo, hi)`` and ``u ~ U(0, 1)`` (stochastic rounding), so its
+  mean is exactly the table's fraction of the grid on any grid, then clipped to what its region holds.
+  The public code floors, which shrinks small blocks (beta/gamma times average 1.5 instead of 2 of 10
+  patches) and starves them on short grids.
+- Beta's times avoid alpha's, so alpha keeps "same time as the context"; beta and gamma ROI fractions
+  are of R, as for the other blocks (the code takes them of their candidate set).
+- The context is never empty: one random observed ROI is kept out of alpha (alpha is drawn from the other
+  R - 1), and beta keeps off at least one observed time patch (alpha's times, or one random patch of
+  ``O_t`` when alpha has none, which the table's ranges never give on 10 patches).
+- Targets are listed in token order; ``target_region`` tells the regions apart.
+
+``reference``: the public code's masking (facts from github.com/Eric-LRL/Brain-JEPA, no code taken), to
+fine-tune the released checkpoint with its own masks. Sizes are ``floor(f * N)``; alpha's and the
+observation's are drawn once per batch; the observation spans ``floor(W * f)`` patches starting in
+``[0, W - width)`` (8 or 9 of 10 from 0 or 1: the last patch is never observed); alpha ROIs are any ROIs,
+its times inside the observation but never its last patch; the context loses alpha's ROIs. Then twice
+(right edge, then left edge) beta/gamma: times a random subset of the last (first) ``round(0.3 W)``
+patches (3 of 10), removed from the context; ROIs ``floor(f * n)`` of the observation ROIs *intersected*
+with alpha's ("beta", the upstream bug) and the same fraction of the rest ("gamma"). Targets are
+[alpha, right, left], each in token order, duplicates kept; every sample's lists are truncated to the batch
+minimum, so all are valid and the context favours low ROI indices. Grids where the code would fail (alpha
+wider than the observation allows, e.g. W = 2) raise ValueError.
+
+Randomness: a batch's masks are a pure function of (seed, DDP rank, epoch, step),
+:meth:`MaskCollator.masks_for`; no global RNG. ``step`` is the batch's index in the epoch: the collator
+counts the batches it made since :meth:`MaskCollator.set_epoch`, and DataLoader worker ``w`` of ``n`` uses
+``start + count * n + w``, the index of that batch in a map-style DataLoader's round-robin order. So no
+two batches of an epoch share a seed, the masks do not depend on the number of workers (map-style), and a
+resumed run reproduces them from (seed, rank, epoch, step) with ``set_epoch(epoch, step)``. The epoch lives
+in shared memory, so it reaches persistent workers too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+import torch
+
+from brainjepa.errors import InputError
+
+MODES = ("paper", "reference")
+REGIONS = ("alpha", "beta", "gamma")  # target_region codes 0, 1, 2; -1 is padding
+_STREAM = zlib.crc32(b"brainjepa.masks")  # keeps mask seeds apart from the data loader's streams
+_REFERENCE_EDGE = 0.3  # public code: beta/gamma times from the first/last 3 of 10 time patches
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Mask sampling; ranges are fractions ``(lo, hi)`` of R (``*_roi``) or of W (``*_time``).
+
+    The same ranges drive both modes (the released config's ``enc_mask_scale``, ``pred_mask_R_scale``,
+    ``pred_mask_T_roi_scale``, ``pred_mask_R_roi_scale``, ``pred_mask_T_scale``).
+    """
+
+    mode: str = "paper"
+    observation_roi: Range = (0.84, 1.0)
+    observation_time: Range = (0.84, 1.0)
+    alpha_roi: Range = (0.45, 0.6)
+    alpha_time: Range = (0.2, 0.6)
+    beta_gamma_roi: Range = (0.15, 0.3)
+    beta_gamma_time: Range = (0.0, 0.4)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"mask config: mode must be one of {MODES}, not {self.mode!r}")
+        for f in dataclasses.fields(self):
+            if f.name == "mode":
+                continue
+            value = getattr(self, f.name)
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise InputError(f"mask config: {f.name} must be two numbers (lo, hi), not {value!r}") from None
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise InputError(f"mask config: {f.name} = ({lo}, {hi}) must satisfy 0 <= lo <= hi <= 1")
+            object.__setattr__(self, f.name, (lo, hi))
+        if self.observation_roi[0] <= 0 or self.observation_time[0] <= 0:
+            raise InputError("mask config: the observation block's fractions must be above 0")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MaskConfig:
+        """Build from a YAML/JSON mapping (ranges may be lists); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"mask config: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(d))
+
+
+# -- small vectorised samplers (numpy; B = batch size) ------------------------------------------------------
+def _sizes(rng: np.random.Generator, bounds: Range, n: int | np.ndarray, size: int,
+           stochastic: bool = True) -> np.ndarray:
+    """Block sizes [size] (int64): ``f * n`` with ``f ~ U(lo, hi)``, rounded stochastically or floored."""
+    x = rng.uniform(bounds[0], bounds[1], size) * n
+    if stochastic:
+        x = x + rng.random(size)
+    return np.floor(x).astype(np.int64)
+
+
+def _random_subset(rng: np.random.Generator, candidates: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """A uniformly random subset of each row's candidates: [B, N] bool, ``min(counts[b], candidates)`` True."""
+    keys = rng.random(candidates.shape)
+    keys[~candidates] = 2.0  # non-candidates come after every candidate
+    counts = np.minimum(counts, candidates.sum(axis=1))
+    kth = np.sort(keys, axis=1)[np.arange(len(counts)), np.maximum(counts - 1, 0)]
+    return (keys <= np.where(counts > 0, kth, -1.0)[:, None]) & candidates
+
+
+def _interval(start: np.ndarray, length: np.ndarray, n: int) -> np.ndarray:
+    """Contiguous ranges ``[start, start + length)`` of ``range(n)``: [B, n] bool."""
+    t = np.arange(n)
+    return (t >= start[:, None]) & (t < (start + length)[:, None])
+
+
+def _uniform_int(rng: np.random.Generator, n_choices: np.ndarray) -> np.ndarray:
+    """Per row an integer uniform in ``[0, n_choices)`` (n_choices >= 1): [B] int64."""
+    return np.floor(rng.random(n_choices.shape) * n_choices).astype(np.int64)
+
+
+class Blocks(NamedTuple):
+    """Paper-mode blocks of a batch: ROI sets [B, R] bool and time sets [B, W] bool.
+
+    ``obs_*`` is the observation before the removal; ``ctx_*`` the context after it.
+    """
+
+    obs_roi: np.ndarray
+    obs_time: np.ndarray
+    ctx_roi: np.ndarray
+    ctx_time: np.ndarray
+    alpha_roi: np.ndarray
+    alpha_time: np.ndarray
+    beta_roi: np.ndarray
+    beta_time: np.ndarray
+    gamma_roi: np.ndarray
+    gamma_time: np.ndarray
+
+
+def _observation_and_alpha(rng: np.random.Generator, b: int, r: int, w: int, cfg: MaskConfig):
+    """Observation ROIs/times, alpha ROIs/times ([B, R] / [B, W] bool) and the time span beta must avoid
+    (``keep_start``, ``keep_end`` [B]: alpha's times, or one observed patch if alpha has none)."""
+    n_obs_roi = np.clip(_sizes(rng, cfg.observation_roi, r, b), 1, r)
+    obs_roi = _random_subset(rng, np.ones((b, r), bool), n_obs_roi)
+    width = np.clip(_sizes(rng, cfg.observation_time, w, b), 1, w)
+    start = _uniform_int(rng, w - width + 1)
+    obs_time = _interval(start, width, w)
+    # one random observed ROI stays out of alpha, so the context always has an ROI
+    protected = _random_subset(rng, obs_roi, np.ones(b, np.int64))
+    n_alpha_roi = np.clip(_sizes(rng, cfg.alpha_roi, r, b), 0, r - 1)
+    alpha_roi = _random_subset(rng, ~protected, n_alpha_roi)
+    alpha_len = np.minimum(np.clip(_sizes(rng, cfg.alpha_time, w, b), 0, w), width)
+    alpha_start = start + _uniform_int(rng, width - alpha_len + 1)
+    alpha_time = _interval(alpha_start, alpha_len, w)
+    keep_start = np.where(alpha_len > 0, alpha_start, np.minimum(alpha_start, start + width - 1))
+    keep_end = np.where(alpha_len > 0, alpha_start + alpha_len, keep_start + 1)
+    return obs_roi, obs_time, alpha_roi, alpha_time, keep_start, keep_end
+
+
+def _beta_time(rng: np.random.Generator, keep_start: np.ndarray, keep_end: np.ndarray, w: int,
+               bounds: Range) -> np.ndarray:
+    """Beta's times [B, W] bool: a contiguous range outside ``[keep_start, keep_end)``, placed uniformly
+    among the positions that fit; its length is clipped to the larger gap beside the kept span."""
+    length = np.minimum(np.clip(_sizes(rng, bounds, w, len(keep_start)), 0, w),
+                        np.maximum(keep_start, w - keep_end))
+    n_left = np.maximum(keep_start - length + 1, 0)
+    n_right = np.maximum(w - keep_end - length + 1, 0)
+    j = _uniform_int(rng, n_left + n_right)
+    start = np.where(j < n_left, j, keep_end + j - n_left)
+    return _interval(start, length, w)
+
+
+def paper_blocks(rng: np.random.Generator, batch_size: int, n_rois: int, n_time: int,
+                 cfg: MaskConfig) -> Blocks:
+    """Sample the paper-mode blocks of one batch (module docstring, steps 1-5)."""
+    b, r, w = batch_size, n_rois, n_time
+    obs_roi, obs_time, alpha_roi, alpha_time, keep_start, keep_end = _observation_and_alpha(rng, b, r, w, cfg)
+    ctx_roi = obs_roi & ~alpha_roi
+    beta_time = _beta_time(rng, keep_start, keep_end, w, cfg.beta_gamma_time)
+    ctx_time = obs_time & ~beta_time
+    beta_roi = _random_subset(rng, ctx_roi, _sizes(rng, cfg.beta_gamma_roi, r, b))
+    gamma_roi = _random_subset(rng, ~ctx_roi, _sizes(rng, cfg.beta_gamma_roi, r, b))
+    gamma_time = _random_subset(rng, ~ctx_time, _sizes(rng, cfg.beta_gamma_time, w, b))
+    return Blocks(obs_roi, obs_time, ctx_roi, ctx_time, alpha_roi, alpha_time, beta_roi, beta_time,
+                  gamma_roi, gamma_time)
+
+
+def _outer(roi: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """ROI set [B, R] x time set [B, W] -> token mask [B, R * W] (ROI-major)."""
+    return (roi[:, :, None] & time[:, None, :]).reshape(roi.shape[0], -1)
+
+
+def _paper_grids(rng: np.random.Generator, b: int, r: int, w: int, cfg: MaskConfig):
+    """Context mask [B, R*W] bool and target codes [B, 1, R*W] int8 (0 alpha, 1 beta, 2 gamma, -1 none)
+    of one paper-mode batch; the regions are disjoint, so one grid holds them all."""
+    k = paper_blocks(rng, b, r, w, cfg)
+    codes = np.full((b, r * w), -1, np.int8)
+    for code, (roi, time) in enumerate(((k.alpha_roi, k.alpha_time), (k.beta_roi, k.beta_time),
+                                        (k.gamma_roi, k.gamma_time))):
+        codes[_outer(roi, time)] = code
+    return _outer(k.ctx_roi, k.ctx_time), codes[:, None, :]
+
+
+# -- reference mode -----------------------------------------------------------------------------------------
+def _size_span(bounds: Range, n: int) -> tuple[int, int]:
+    """Smallest and largest ``floor(f * n)`` for ``f`` in ``[lo, hi)`` (``lo`` when lo == hi)."""
+    lo, hi = bounds
+    return int(np.floor(lo * n)), int(np.floor(lo * n) if hi == lo else np.ceil(hi * n) - 1)
+
+
+def check_reference_grid(n_rois: int, n_time: int, cfg: MaskConfig) -> None:
+    """Raise ValueError where the public code's sampler would fail on this grid and these ranges."""
+    obs_w = _size_span(cfg.observation_time, n_time)
+    alpha_w = _size_span(cfg.alpha_time, n_time)
+    if _size_span(cfg.observation_roi, n_rois)[1] >= n_rois or obs_w[1] >= n_time or obs_w[0] < 1:
+        raise ValueError(f"reference masks on {n_rois} x {n_time}: the observation must leave out at least "
+                         "one ROI and one time patch and hold at least one patch (its upper fractions < 1)")
+    if alpha_w[1] >= obs_w[0]:
+        raise ValueError(f"reference masks on {n_rois} x {n_time}: alpha spans up to {alpha_w[1]} time "
+                         f"patches but the observation may span only {obs_w[0]}; the public code needs alpha "
+                         "narrower than the observation (use mode 'paper' on this grid)")
+
+
+def _reference_side(rng: np.random.Generator, edge: np.ndarray, pools: tuple[np.ndarray, np.ndarray],
+                    cfg: MaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One beta/gamma draw of the reference mode on one edge.
+
+    edge: [B, W] candidate times; pools: the beta and gamma ROI candidates [B, R] (disjoint).
+    Returns the times [B, W] bool and target codes [B, R*W] int8 (1 beta, 2 gamma, -1 none).
+    """
+    b, w = edge.shape
+    f = rng.uniform(*cfg.beta_gamma_roi, b)  # one fraction for both pools, as upstream
+    rois = [_random_subset(rng, p, np.floor(p.sum(1) * f).astype(np.int64)) for p in pools]
+    times = _random_subset(rng, edge, _sizes(rng, cfg.beta_gamma_time, w, b, stochastic=False))
+    codes = np.full((b, edge.shape[1] * rois[0].shape[1]), -1, np.int8)
+    codes[_outer(rois[0], times)] = 1
+    codes[_outer(rois[1], times)] = 2
+    return times, codes
+
+
+def _reference_grids(rng: np.random.Generator, b: int, r: int, w: int, cfg: MaskConfig):
+    """Context mask [B, R*W] bool and target codes [B, 3, R*W] int8 of the parts alpha, right edge, left
+    edge (0 alpha, 1 beta, 2 gamma, -1 none) of one reference-mode batch (module docstring)."""
+    alpha_h, alpha_w = (_sizes(rng, bounds, n, 1, stochastic=False)[0]
+                        for bounds, n in ((cfg.alpha_roi, r), (cfg.alpha_time, w)))
+    obs_h, obs_w = (_sizes(rng, bounds, n, 1, stochastic=False)[0]
+                    for bounds, n in ((cfg.observation_roi, r), (cfg.observation_time, w)))
+    every = np.ones((b, r), bool)
+    obs_roi = _random_subset(rng, every, np.full(b, obs_h))
+    start = _uniform_int(rng, np.full(b, w - obs_w))
+    alpha_roi = _random_subset(rng, every, np.full(b, alpha_h))
+    alpha_start = start + _uniform_int(rng, np.full(b, obs_w - alpha_w))
+    alpha = np.where(_outer(alpha_roi, _interval(alpha_start, np.full(b, alpha_w), w)), 0, -1).astype(np.int8)
+    pools = (obs_roi & alpha_roi, ~(obs_roi & alpha_roi))  # upstream intersects where it meant to subtract
+    k = max(1, int(_REFERENCE_EDGE * w + 0.5))
+    t = np.arange(w)[None, :].repeat(b, 0)
+    right_t, right = _reference_side(rng, t >= w - k, pools, cfg)
+    left_t, left = _reference_side(rng, t < k, pools, cfg)
+    ctx_time = _interval(start, np.full(b, obs_w), w) & ~right_t & ~left_t
+    context = _outer(obs_roi & ~alpha_roi, ctx_time)
+    return context, np.stack([alpha, right, left], axis=1)
+
+
+# -- from masks to padded index tensors -------------------------------------------------------------------
+def _pad_lists(mask: np.ndarray, keep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's True positions in increasing order, left-aligned and padded with 0.
+
+    mask: [B, N] bool. keep: truncate every row to this many (default: pad to the longest row).
+    Returns positions [B, L] int64 and valid [B, L] bool.
+    """
+    b, n = mask.shape
+    counts = mask.sum(axis=1)
+    length = int(counts.max(initial=0)) if keep is None else keep
+    flat = np.flatnonzero(mask)  # row-major: each row's positions ascending
+    row = np.repeat(np.arange(b), counts)
+    slot = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    if keep is not None:
+        inside = slot < length
+        flat, row, slot = flat[inside], row[inside], slot[inside]
+    positions = np.zeros(b * length, np.int64)
+    positions[row * length + slot] = flat - row * n
+    valid = np.arange(length)[None, :] < counts[:, None]
+    return positions.reshape(b, length), valid
+
+
+def _index_tensors(context: np.ndarray, codes: np.ndarray, truncate: bool) -> dict[str, torch.Tensor]:
+    """Context mask [B, T] bool and target codes [B, P, T] int8 (region, -1 none) -> the index tensors.
+
+    Targets are the P parts in order, each in token order (a token may recur in two parts).
+    truncate: cut every sample to the batch minimum (reference mode) instead of padding to the maximum.
+    """
+    n_tokens = context.shape[1]
+    flat = codes.reshape(codes.shape[0], -1)
+    is_target = flat >= 0
+    keep_c = int(context.sum(1).min(initial=n_tokens)) if truncate else None
+    keep_t = int(is_target.sum(1).min(initial=flat.shape[1])) if truncate else None
+    ctx_idx, ctx_valid = _pad_lists(context, keep_c)
+    pos, tgt_valid = _pad_lists(is_target, keep_t)
+    region = np.where(tgt_valid, np.take_along_axis(flat, pos, axis=1), -1).astype(np.int64)
+    return {"context_idx": torch.from_numpy(ctx_idx), "context_valid": torch.from_numpy(ctx_valid),
+            "target_idx": torch.from_numpy(np.where(tgt_valid, pos % n_tokens, 0)),
+            "target_valid": torch.from_numpy(tgt_valid), "target_region": torch.from_numpy(region)}
+
+
+def _distributed_rank() -> int:
+    """This process's torch.distributed rank, 0 when not distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+class MaskCollator:
+    """Collate ``(x [1, R, T], y [n_labels])`` items and add the batch's masks (module docstring).
+
+    ``__call__`` returns ``x`` [B, 1, R, T], ``y`` [B, n_labels] (``run_id``: list, when items carry it),
+    ``context_idx``/``context_valid`` [B, Nc], ``target_idx``/``target_valid``/``target_region`` [B, Nt]
+    (region 0 alpha, 1 beta, 2 gamma, -1 padding). Indices are tokens ``roi * W + t``.
+
+    rank: the DDP rank, part of the seed so that ranks draw different masks (default: torch.distributed's
+    when initialised, else 0). Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, n_rois: int, n_time_patches: int, cfg: MaskConfig | None = None, seed: int = 0,
+                 rank: int | None = None):
+        self.n_rois, self.n_time = int(n_rois), int(n_time_patches)
+        self.cfg = cfg if cfg is not None else MaskConfig()
+        if self.n_rois < 1 or self.n_time < 1:
+            raise ValueError(f"grid {n_rois} x {n_time_patches}: needs at least one ROI and one time patch")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be non-negative, not {seed}")
+        if self.cfg.mode == "reference":
+            check_reference_grid(self.n_rois, self.n_time, self.cfg)
+        self.seed = int(seed)
+        self._explicit_rank = rank
+        self.rank = _distributed_rank() if rank is None else int(rank)
+        # [epoch, first step, generation]: shared so that set_epoch reaches persistent workers
+        self._shared = torch.zeros(3, dtype=torch.int64).share_memory_()
+        self._owner: tuple[int, int] | None = None  # (pid, generation) the local count belongs to
+        self._count = 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch set by :meth:`set_epoch` (shared with the DataLoader workers)."""
+        return int(self._shared[0])
+
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
+        """Select the epoch and restart the batch count at ``step`` (non-zero to resume mid-epoch)."""
+        if int(epoch) < 0 or int(step) < 0:
+            raise ValueError(f"epoch and step must be non-negative, not {epoch}, {step}")
+        self._shared[0], self._shared[1] = int(epoch), int(step)
+        self._shared[2] += 1
+        if self._explicit_rank is None and torch.utils.data.get_worker_info() is None:
+            self.rank = _distributed_rank()  # torch.distributed may have started since __init__
+
+    def masks_for(self, batch_size: int, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        """The index tensors of batch ``step`` of ``epoch``: a pure function of them, the seed and the rank."""
+        rng = np.random.default_rng([self.seed, int(epoch), int(step), self.rank, _STREAM])
+        sample = _paper_grids if self.cfg.mode == "paper" else _reference_grids
+        context, parts = sample(rng, int(batch_size), self.n_rois, self.n_time, self.cfg)
+        return _index_tensors(context, parts, self.cfg.mode == "reference")
+
+    def next_step(self) -> int:
+        """The epoch step of the next batch this process makes (module docstring), and count it."""
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        owner = (os.getpid(), int(self._shared[2]))
+        if owner != self._owner:  # a new epoch, or a fresh worker process: count from zero
+            self._owner, self._count = owner, 0
+        step = int(self._shared[1]) + self._count * n_workers + worker
+        self._count += 1
+        return step
+
+    def __call__(self, batch: list) -> dict[str, Any]:
+        """Collate ``batch`` (see the class docstring for the output)."""
+        collated = torch.utils.data.default_collate(batch)
+        x, y = collated[0], collated[1]
+        if x.ndim != 4 or x.shape[2] != self.n_rois or x.shape[3] % self.n_time:
+            raise ValueError(f"batch x has shape {tuple(x.shape)}; expected [B, 1, {self.n_rois}, T] with T a "
+                             f"multiple of {self.n_time} time patches")
+        out = {"x": x, "y": y}
+        if len(collated) > 2:
+            out["run_id"] = list(collated[2])
+        out.update(self.masks_for(len(batch), self.epoch, self.next_step()))
+        return out

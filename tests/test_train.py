@@ -1,0 +1,180 @@
+"""Pretraining: schedules, EMA, config, the loop on tiny shards, exact resume, failure modes."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainjepa.errors import InputError, TrainingError
+from brainjepa.gradients import write_gradients
+from brainjepa.io import write_timeseries
+from brainjepa.scaling import ScalingStats, write_scaling_stats
+from brainjepa.shards import build_shards
+from brainjepa.train import checkpoint as ckpt
+from brainjepa.train.config import load_config
+from brainjepa.train.ema import ema_update
+from brainjepa.train.engine import Trainer, masked_loss, pretrain
+from brainjepa.train.schedules import cosine_ramp, ema_momentum, warmup_cosine
+
+R, T, WINDOW = 12, 48, 32
+
+
+# ------------------------------------------------------------------------------------------- schedules
+def test_warmup_cosine_end_points():
+    assert warmup_cosine(0, 100, 10, 5e-5, 1e-3, 1e-6) == pytest.approx(5e-5)
+    assert warmup_cosine(10, 100, 10, 5e-5, 1e-3, 1e-6) == pytest.approx(1e-3)
+    assert warmup_cosine(100, 100, 10, 5e-5, 1e-3, 1e-6) == pytest.approx(1e-6)
+    assert warmup_cosine(55, 100, 10, 5e-5, 1e-3, 1e-6) == pytest.approx((1e-3 + 1e-6) / 2)
+    values = [warmup_cosine(s, 100, 10, 5e-5, 1e-3, 1e-6) for s in range(101)]
+    assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) <= 0)
+
+
+def test_weight_decay_and_momentum_end_points():
+    assert cosine_ramp(0, 50, 0.04, 0.4) == pytest.approx(0.04)
+    assert cosine_ramp(50, 50, 0.04, 0.4) == pytest.approx(0.4)
+    assert ema_momentum(0, 80, 0.996, 1.0) == pytest.approx(0.996)
+    assert ema_momentum(80, 80, 0.996, 1.0) == pytest.approx(1.0)
+    # the public code: sized per iteration, stepped per optimizer step -> 1/8 of the way with 8 accumulations
+    assert ema_momentum(80, 80, 0.996, 1.0, "code", 8) == pytest.approx(0.996 + 0.004 / 8)
+    with pytest.raises(ValueError):
+        ema_momentum(1, 2, 0.9, 1.0, "other")
+
+
+def test_ema_arithmetic():
+    online, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in target.parameters()]
+    ema_update(target, online, 0.9)
+    for b, t, o in zip(before, target.parameters(), online.parameters()):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
+    ema_update(target, online, 1.0)  # momentum 1: frozen
+    ema_update(target, online, 0.0)  # momentum 0: copy
+    for t, o in zip(target.parameters(), online.parameters()):
+        torch.testing.assert_close(t, o)
+
+
+def test_masked_loss_ignores_padding():
+    pred, target = torch.zeros(2, 3, 4), torch.ones(2, 3, 4)
+    target[:, 2] = 100.0  # padded slots
+    valid = torch.tensor([[True, True, False], [True, True, False]])
+    assert masked_loss(pred, target, valid, "mse").item() == pytest.approx(1.0)
+    assert masked_loss(pred, target, valid, "smooth_l1").item() == pytest.approx(0.5)
+
+
+def test_config_unknown_keys_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  epochs: 3\n  lrr: 0.1\n")
+    with pytest.raises(InputError, match=r"unknown config key\(s\) in 'optim': \['lrr'\]"):
+        load_config(path)
+    path.write_text("optim:\n  epochs: 3\n")
+    cfg = load_config(path, ["optim.lr=0.5", "model.size=small", "optim.betas=[0.8, 0.9]"])
+    assert cfg.optim.epochs == 3 and cfg.optim.lr == 0.5 and cfg.model["size"] == "small"
+    assert cfg.optim.betas == (0.8, 0.9)
+
+
+# ------------------------------------------------------------------------------------------- the loop
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Shards of 24 runs (12 ROIs x 48 steps) with planted structure, gradients and statistics."""
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    names = [f"roi{i}" for i in range(R)]
+    mixing = rng.normal(size=(3, R))
+    rows = []
+    for i in range(24):
+        data = rng.normal(size=(T, 3)) @ mixing + 0.5 * rng.normal(size=(T, R))
+        path = root / "runs" / f"r{i:02d}.parquet"
+        write_timeseries(data.astype(np.float32), names, path, {"tr": 2.0})
+        rows.append({"run_id": f"c/sub-{i:02d}_ses-1_run-1", "cohort": "c", "subject": f"{i:02d}", "session": "1",
+                     "run": "1", "split": "pretrain", "path": str(path)})
+    stats = ScalingStats("subject_mean", tuple(names), np.zeros(R), np.ones(R), 24)
+    write_scaling_stats(stats, root / "stats.json")
+    build_shards(pd.DataFrame(rows), stats, root / "shards", window=WINDOW, rows_per_row_group=4)
+    write_gradients(rng.normal(size=(R, 4)), np.linspace(1, 0.5, 4), names, root / "gradients.tsv")
+    return root
+
+
+def _cfg(root, out, *extra):
+    sets = [f"data.manifest={root / 'shards' / 'manifest.json'}", f"data.gradients={root / 'gradients.tsv'}",
+            f"data.scaling_stats={root / 'stats.json'}", f"run.out_dir={out}", f"data.window={WINDOW}",
+            "data.batch_size=4", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
+            "model.size=tiny", "model.drop_path=0.1", "run.progress=false", "run.log_every=1",
+            "run.checkpoint_every=1", *extra]
+    return load_config(None, sets)
+
+
+def test_loss_falls_and_checkpoints_are_written(tiny_data, tmp_path):
+    final = pretrain(_cfg(tiny_data, tmp_path / "run", "optim.epochs=6", "optim.lr=3e-3"))
+    assert final.name == "final.pt"
+    for name in ("latest.pt", "epoch-0001.pt", "epoch-0006.pt", "config.yaml", "log.csv"):
+        assert (tmp_path / "run" / name).exists(), name
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert log["step"].tolist() == list(range(1, 6 * 6 + 1))
+    assert log["loss"].iloc[-3:].mean() < log["loss"].iloc[:3].mean()
+    assert (log["target_std"] > 0.05).all() and np.isfinite(log["lr"]).all()
+    state = ckpt.load_checkpoint(final)
+    assert state["step"] == 36 and state["epoch"] == 6 and state["scaling_stats_id"]
+    assert torch.load(final, weights_only=True)["format"] == ckpt.FORMAT
+
+
+def _states_equal(a: dict, b: dict) -> None:
+    for module in ckpt.MODULES:
+        assert a[module].keys() == b[module].keys()
+        for key in a[module]:
+            assert torch.equal(a[module][key], b[module][key]), (module, key)
+
+
+def test_exact_resume_mid_epoch(tiny_data, tmp_path):
+    """2N steps in one go == N steps, stop, resume, N more steps (bitwise on CPU)."""
+    straight = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, tmp_path / "a")))
+    stopped = pretrain(_cfg(tiny_data, tmp_path / "b", "run.stop_after_steps=4"))  # 6 steps per epoch: mid-epoch
+    assert stopped.name == "latest.pt" and ckpt.load_checkpoint(stopped)["batch_in_epoch"] == 4
+    resumed = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, tmp_path / "b")))
+    assert resumed["step"] == straight["step"] == 12
+    _states_equal(straight, resumed)
+    assert torch.equal(straight["optimizer"]["state"][0]["exp_avg"], resumed["optimizer"]["state"][0]["exp_avg"])
+    log_a = pd.read_csv(tmp_path / "a" / "log.csv")
+    log_b = pd.read_csv(tmp_path / "b" / "log.csv")
+    assert log_b["step"].tolist() == log_a["step"].tolist()
+    np.testing.assert_array_equal(log_a["loss"], log_b["loss"])
+
+
+def test_resume_with_changed_config_is_refused(tiny_data, tmp_path):
+    pretrain(_cfg(tiny_data, tmp_path / "c", "run.stop_after_steps=2"))
+    with pytest.raises(TrainingError, match=r"configuration changed .*optim.lr"):
+        pretrain(_cfg(tiny_data, tmp_path / "c", "optim.lr=0.5"))
+
+
+def test_non_finite_loss_stops_the_run(tiny_data, tmp_path, monkeypatch):
+    from brainjepa.train import engine
+
+    original = engine.masked_loss
+    monkeypatch.setattr(engine, "masked_loss", lambda *a: original(*a) * float("nan"))
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 0"):
+        pretrain(_cfg(tiny_data, tmp_path / "d"))
+
+
+def test_collapse_monitor_warns(tiny_data, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="brainjepa.train"):
+        pretrain(_cfg(tiny_data, tmp_path / "e", "run.collapse_threshold=10.0", "optim.epochs=1"))
+    assert "possible representation collapse" in caplog.text
+
+
+def test_gradient_names_must_match_shards(tiny_data, tmp_path):
+    names = [f"other{i}" for i in range(R)]
+    write_gradients(np.zeros((R, 4)) + np.arange(R)[:, None], np.ones(4), names, tmp_path / "g.tsv")
+    with pytest.raises(InputError, match="ROI names/order differ"):
+        Trainer(_cfg(tiny_data, tmp_path / "f", f"data.gradients={tmp_path / 'g.tsv'}"))
+
+
+def test_config_types_are_checked():
+    assert load_config(None, ["optim.lr=3e-3"]).optim.lr == pytest.approx(3e-3)
+    with pytest.raises(InputError, match="'optim.epochs': expected an integer"):
+        load_config(None, ["optim.epochs=ten"])
+    with pytest.raises(InputError, match="'run.stop_after_steps': expected an integer"):
+        load_config(None, ["run.stop_after_steps=2.5"])
