@@ -164,6 +164,35 @@ def _cmd_model_info(args: argparse.Namespace) -> None:
     print(json.dumps(model_info(args.size, args.rois, args.timesteps, args.gradients), indent=2))
 
 
+def _cmd_convert_checkpoint(args: argparse.Namespace) -> None:
+    import torch
+
+    from brainjepa.gradients import read_gradients
+    from brainjepa.models.convert import config_from_official, from_official
+    from brainjepa.train.checkpoint import save_weights
+
+    try:  # the official files also hold optimizer state and numpy scalars: a full (trusted) load
+        official = torch.load(args.official, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{args.official}: cannot read the official checkpoint ({exc})") from exc
+    _, gradients = read_gradients(args.gradients)
+    cfg = config_from_official(official, gradients.shape[0])
+    states = from_official(official, torch.tensor(gradients, dtype=torch.float32), cfg)
+    save_weights(args.out, states, cfg.to_dict(), source=str(args.official))
+
+
+def _cmd_export_official(args: argparse.Namespace) -> None:
+    import torch
+
+    from brainjepa.io import atomic_path
+    from brainjepa.models.convert import to_official
+    from brainjepa.train.checkpoint import load_weights
+
+    states, _ = load_weights(args.checkpoint)
+    with atomic_path(args.out) as tmp:
+        torch.save(to_official(states), tmp)
+
+
 def _cmd_validate(args: argparse.Namespace) -> None:
     from brainjepa import sheets
 
@@ -323,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, default=160)
     p.add_argument("--gradients", type=int, default=30)
     p.set_defaults(func=_cmd_model_info)
+
+    p = sub.add_parser("convert-checkpoint", help="the released Brain-JEPA checkpoint -> brainjepa weights")
+    p.add_argument("--official", required=True, help="the official .pth (encoder/predictor/target_encoder)")
+    p.add_argument("--gradients", required=True, help="gradients TSV in the model's ROI order")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_convert_checkpoint)
+
+    p = sub.add_parser("export-official", help="brainjepa checkpoint -> the official Brain-JEPA key layout")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export_official)
 
     p = sub.add_parser("validate", help="validate the sample sheets")
     p.add_argument("--samples", required=True)

@@ -178,3 +178,33 @@ def test_config_types_are_checked():
         load_config(None, ["optim.epochs=ten"])
     with pytest.raises(InputError, match="'run.stop_after_steps': expected an integer"):
         load_config(None, ["run.stop_after_steps=2.5"])
+
+
+def test_convert_and_export_official_cli(tmp_path):
+    """Official layout -> brainjepa weights -> official layout, through the CLI."""
+    from brainjepa.cli import main
+    from brainjepa.models import ModelConfig, build_model
+    from brainjepa.models.convert import to_official
+
+    cfg = ModelConfig.from_dict({"size": "small", "depth": 2, "predictor_depth": 1, "n_rois": 10,
+                                 "n_timesteps": 32, "n_gradients": 4}).resolved()
+    gradients = torch.randn(10, 4)
+    encoder, predictor = build_model(cfg, gradients)
+    states = {"encoder": encoder.state_dict(), "predictor": predictor.state_dict(),
+              "target_encoder": copy.deepcopy(encoder).state_dict()}
+    official = to_official(states)
+    torch.save({**official, "epoch": 3}, tmp_path / "official.pth")
+    write_gradients(gradients.numpy(), np.ones(4), [f"r{i}" for i in range(10)], tmp_path / "g.tsv")
+    assert main(["convert-checkpoint", "--official", str(tmp_path / "official.pth"), "--gradients",
+                 str(tmp_path / "g.tsv"), "--out", str(tmp_path / "ours.pt")]) == 0
+    loaded, model_config = ckpt.load_weights(tmp_path / "ours.pt")
+    assert model_config["embed_dim"] == 384 and model_config["depth"] == 2
+    for module in ckpt.MODULES:
+        for key, value in states[module].items():
+            torch.testing.assert_close(loaded[module][key], value, rtol=1e-5, atol=1e-6)
+    assert main(["export-official", "--checkpoint", str(tmp_path / "ours.pt"), "--out",
+                 str(tmp_path / "back.pth")]) == 0
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert back.keys() == official.keys()
+    for module in official:
+        assert back[module].keys() == official[module].keys()

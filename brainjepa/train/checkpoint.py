@@ -53,3 +53,31 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+WEIGHTS_FORMAT = "brainjepa-weights/1"
+
+
+def save_weights(path: str | Path, states: dict, model_config: dict, source: str) -> None:
+    """Model weights only (e.g. converted from the official release): the three modules and their config."""
+    missing = [m for m in MODULES if m not in states]
+    if missing:
+        raise InputError(f"weights for {path} lack {missing}")
+    with atomic_path(path) as tmp:
+        torch.save({"format": WEIGHTS_FORMAT, **{m: states[m] for m in MODULES},
+                    "model_config": model_config, "source": source}, tmp)
+
+
+def load_weights(path: str | Path) -> tuple[dict, dict]:
+    """The module state dicts and model config of a training checkpoint or a weights file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise InputError(f"{path}: cannot read checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, WEIGHTS_FORMAT):
+        raise InputError(f"{path}: not a brainjepa checkpoint or weights file")
+    missing = [k for k in (*MODULES, "model_config") if k not in state]
+    if missing:
+        raise InputError(f"{path}: lacks {missing}")
+    return {m: state[m] for m in MODULES}, state["model_config"]

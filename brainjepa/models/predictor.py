@@ -1,0 +1,78 @@
+"""Brain-JEPA predictor: from context tokens, predict the encoder's tokens at target positions.
+
+Context tokens are mapped to the predictor width and given the predictor's own positional embedding
+(a separate, separately learned gradient map); each target slot is a learned mask token plus the
+positional embedding of its position. Only the target slots are returned, mapped back to D.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from brainjepa.models.config import ModelConfig
+from brainjepa.models.layers import INIT_STD, LayerNorm, init_weights, key_padding_mask, make_blocks
+from brainjepa.models.pos_embed import BrainPositionalEmbedding
+
+
+class BrainPredictor(nn.Module):
+    """Narrow transformer over [context; mask tokens] (width ``cfg.predictor_dim``, encoder's heads).
+
+    Args:
+        cfg: model configuration (sizes resolved from its preset).
+        gradients: [R, G] brain gradients, needed when ``cfg.positional == "gradient"``.
+        centroids: [R, 3] ROI centroids in mm, needed when ``cfg.positional == "centroid"``.
+    """
+
+    def __init__(self, cfg: ModelConfig, gradients: Tensor | None = None, centroids: Tensor | None = None) -> None:
+        super().__init__()
+        cfg = cfg.resolved()
+        self.cfg = cfg
+        dim = cfg.predictor_dim
+        self.embed = nn.Linear(cfg.embed_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = BrainPositionalEmbedding(dim, cfg.n_rois, cfg.n_time_patches, cfg.positional,
+                                                  cfg.n_gradients, gradients, centroids)
+        self.blocks = make_blocks(dim, cfg.predictor_depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias,
+                                  cfg.drop_path, cfg.attention)
+        self.norm = LayerNorm(dim)
+        self.proj = nn.Linear(dim, cfg.embed_dim)
+        init_weights(self, cfg.init)
+        nn.init.trunc_normal_(self.mask_token, std=INIT_STD)
+
+    def tokens(self, context: Tensor, context_idx: Tensor, target_idx: Tensor) -> Tensor:
+        """Predictor input. context: [B, Nc, D], context_idx: [B, Nc], target_idx: [B, Nt] -> [B, Nc + Nt, Dp]."""
+        if context.shape[:2] != context_idx.shape:
+            raise ValueError(f"context {tuple(context.shape)} and context_idx {tuple(context_idx.shape)} disagree")
+        pos = self.pos_embed()  # [R*W, Dp]
+        ctx = self.embed(context) + pos[context_idx]
+        tgt = self.mask_token + pos[target_idx]
+        return torch.cat([ctx, tgt.to(ctx.dtype)], dim=1)
+
+    def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor,
+                context_valid: Tensor | None = None, target_valid: Tensor | None = None) -> Tensor:
+        """Predict the target tokens. Returns [B, Nt, D].
+
+        context: [B, Nc, D] encoder outputs at ``context_idx`` [B, Nc]; target_idx: [B, Nt] (long,
+        token = roi * W + t). ``context_valid`` [B, Nc] / ``target_valid`` [B, Nt] (bool) mark real
+        entries when samples are padded; padded context is never attended to, and predictions at
+        padded target slots are meaningless (but finite) and must be left out of the loss.
+        """
+        x = self.tokens(context, context_idx, target_idx)
+        attn_mask = key_padding_mask(_joint_valid(context_valid, target_valid, context_idx, target_idx))
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        x = self.norm(x[:, context.shape[1]:])
+        return self.proj(x)
+
+
+def _joint_valid(context_valid: Tensor | None, target_valid: Tensor | None,
+                 context_idx: Tensor, target_idx: Tensor) -> Tensor | None:
+    """[B, Nc + Nt] validity of the predictor's input, or None when nothing is padded."""
+    if context_valid is None and target_valid is None:
+        return None
+    if context_valid is None:
+        context_valid = torch.ones_like(context_idx, dtype=torch.bool)
+    if target_valid is None:
+        target_valid = torch.ones_like(target_idx, dtype=torch.bool)
+    return torch.cat([context_valid, target_valid], dim=1)

@@ -1,0 +1,164 @@
+"""Official Brain-JEPA checkpoint layout <-> our state dicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brainjepa.errors import InputError
+from brainjepa.models import BrainEncoder, BrainPredictor, ModelConfig, build_model
+from brainjepa.models.convert import config_from_official, from_official, strip_ddp_prefix, to_official
+
+
+def block_shapes(prefix: str, dim: int, mlp: int = 4) -> dict[str, tuple[int, ...]]:
+    shapes = {"norm1.weight": (dim,), "norm1.bias": (dim,),
+              "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,),
+              "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
+              "norm2.weight": (dim,), "norm2.bias": (dim,),
+              "mlp.fc1.weight": (mlp * dim, dim), "mlp.fc1.bias": (mlp * dim,),
+              "mlp.fc2.weight": (dim, mlp * dim), "mlp.fc2.bias": (dim,)}
+    return {f"{prefix}{k}": v for k, v in shapes.items()}
+
+
+def official_shapes(dim: int = 768, depth: int = 12, pdim: int = 384, pdepth: int = 6, rois: int = 450,
+                    patches: int = 10, patch: int = 16, grads: int = 30) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Key -> shape of the public checkpoint, written from its published layout (ViT-B by default)."""
+    encoder = {"patch_embed.proj.weight": (dim, 1, 1, patch), "patch_embed.proj.bias": (dim,),
+               "pos_embed_proj.emb_h": (rois * patches, dim // 2),
+               "pos_embed_proj.predictor_pos_embed_proj.weight": (dim // 2, grads),
+               "pos_embed_proj.predictor_pos_embed_proj.bias": (dim // 2,),
+               "norm.weight": (dim,), "norm.bias": (dim,)}
+    for i in range(depth):
+        encoder |= block_shapes(f"blocks.{i}.", dim)
+    predictor = {"mask_token": (1, 1, pdim),
+                 "predictor_embed.weight": (pdim, dim), "predictor_embed.bias": (pdim,),
+                 "predictor_2dpe_proj.emb_h": (rois * patches, pdim // 2),
+                 "predictor_2dpe_proj.predictor_pos_embed_proj.weight": (pdim // 2, grads),
+                 "predictor_2dpe_proj.predictor_pos_embed_proj.bias": (pdim // 2,),
+                 "predictor_norm.weight": (pdim,), "predictor_norm.bias": (pdim,),
+                 "predictor_proj.weight": (dim, pdim), "predictor_proj.bias": (dim,)}
+    for i in range(pdepth):
+        predictor |= block_shapes(f"predictor_blocks.{i}.", pdim)
+    return {"encoder": encoder, "predictor": predictor, "target_encoder": dict(encoder)}
+
+
+def official_checkpoint(shapes: dict[str, dict[str, tuple[int, ...]]], device: str = "cpu",
+                        prefix: str = "module.", seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    make = (lambda s: torch.empty(s, device="meta")) if device == "meta" else (lambda s: torch.randn(s, generator=g))
+    ckpt = {name: {prefix + k: make(s) for k, s in state.items()} for name, state in shapes.items()}
+    return ckpt | {"epoch": 300, "opt": {}, "scaler": None}
+
+
+GRADIENTS = torch.randn(450, 30, generator=torch.Generator().manual_seed(1))
+
+
+def test_vit_base_layout_loads_strictly_into_our_modules():
+    shapes = official_shapes()
+    states = from_official(official_checkpoint(shapes, device="meta"), GRADIENTS)
+    cfg = config_from_official(official_checkpoint(shapes, device="meta"), 450)
+    assert (cfg.size, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.predictor_dim, cfg.predictor_depth,
+            cfg.n_timesteps, cfg.n_gradients) == ("base", 768, 12, 12, 384, 6, 160, 30)
+    with torch.device("meta"):
+        encoder, predictor = build_model(cfg, torch.empty(450, 30))
+    encoder.load_state_dict(states["encoder"], strict=True, assign=True)
+    encoder.load_state_dict(states["target_encoder"], strict=True, assign=True)
+    predictor.load_state_dict(states["predictor"], strict=True, assign=True)
+    back = to_official(states)
+    for name, state in shapes.items():
+        assert {k: tuple(v.shape) for k, v in back[name].items()} == {"module." + k: s for k, s in state.items()}
+
+
+@pytest.mark.parametrize("prefix", ["module.", ""])
+def test_round_trip_values_reduced_depth(prefix):
+    shapes = official_shapes(depth=2, pdepth=1)
+    ckpt = official_checkpoint(shapes, prefix=prefix)
+    states = from_official(ckpt, GRADIENTS)
+    cfg = ModelConfig(size="base", depth=2, predictor_depth=1)
+    encoder, predictor = build_model(cfg, GRADIENTS)
+    encoder.load_state_dict(states["target_encoder"], strict=True)
+    predictor.load_state_dict(states["predictor"], strict=True)
+    assert torch.equal(encoder.pos_embed.gradients, GRADIENTS)
+    back = to_official({"target_encoder": encoder.state_dict(), "predictor": predictor.state_dict()})
+    for name in ("target_encoder", "predictor"):
+        original = strip_ddp_prefix(ckpt[name])
+        assert all(k.startswith("module.") for k in back[name])
+        exported = strip_ddp_prefix(back[name])
+        assert exported.keys() == original.keys()
+        assert all(torch.equal(exported[k], original[k]) for k in original)
+
+
+def test_export_loads_with_weights_only_like_brainmarks(tmp_path):
+    cfg = ModelConfig(size="tiny", n_rois=12, n_timesteps=32, n_gradients=30)
+    grads = GRADIENTS[:12]
+    encoder, predictor = build_model(cfg, grads)
+    path = tmp_path / "ckpt.pth"
+    torch.save(to_official({"encoder": encoder.state_dict(), "target_encoder": encoder.state_dict(),
+                            "predictor": predictor.state_dict()}), path)
+    loaded = torch.load(path, weights_only=True)
+    target = strip_ddp_prefix(loaded["target_encoder"])
+    assert set(target) == set(official_shapes(96, 4, 48, 2, rois=12, patches=2)["target_encoder"])
+    assert all(type(v) is torch.Tensor for v in target.values())
+    # and back into a fresh model, strictly, with identical outputs
+    states = from_official(loaded, grads, cfg)
+    fresh = BrainEncoder(cfg, grads)
+    fresh.load_state_dict(states["target_encoder"], strict=True)
+    x = torch.randn(2, 1, 12, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), encoder(x))
+    pred = BrainPredictor(cfg, grads)
+    pred.load_state_dict(states["predictor"], strict=True)
+
+
+def test_missing_key_is_named():
+    ckpt = official_checkpoint(official_shapes(depth=2, pdepth=1), device="meta")
+    del ckpt["target_encoder"]["module.blocks.1.mlp.fc2.bias"]
+    with pytest.raises(InputError, match=r"target_encoder: missing keys: blocks\.1\.mlp\.fc2\.bias"):
+        from_official(ckpt, GRADIENTS)
+
+
+def test_unexpected_key_is_named():
+    ckpt = official_checkpoint(official_shapes(depth=2, pdepth=1), device="meta")
+    ckpt["predictor"]["module.predictor_blocks.0.attn.rel_pos"] = torch.empty(3, device="meta")
+    ckpt["encoder"]["module.cls_token"] = torch.empty(1, 1, 768, device="meta")
+    with pytest.raises(InputError) as info:
+        from_official(ckpt, GRADIENTS)
+    assert "predictor: unexpected keys: predictor_blocks.0.attn.rel_pos" in str(info.value)
+    assert "encoder: unexpected keys: cls_token" in str(info.value)
+
+
+def test_shape_mismatch_is_named():
+    ckpt = official_checkpoint(official_shapes(depth=2, pdepth=1), device="meta")
+    ckpt["encoder"]["module.blocks.0.attn.qkv.weight"] = torch.empty(2304, 384, device="meta")
+    with pytest.raises(InputError, match=r"blocks\.0\.attn\.qkv\.weight: \(2304, 384\) \(expected \(2304, 768\)\)"):
+        from_official(ckpt, GRADIENTS)
+
+
+def test_wrong_gradients_and_not_a_checkpoint():
+    ckpt = official_checkpoint(official_shapes(depth=1, pdepth=1), device="meta")
+    with pytest.raises(InputError, match="gradients"):
+        from_official(ckpt)
+    with pytest.raises(InputError, match="n_gradients|30"):
+        from_official(ckpt, GRADIENTS[:, :20])
+    with pytest.raises(InputError, match="none of encoder, predictor, target_encoder"):
+        from_official({"model": {}}, GRADIENTS)
+
+
+def test_roi_sincos_maps_to_official_origin_mode():
+    cfg = ModelConfig(size="tiny", n_rois=12, n_timesteps=32, positional="roi_sincos")
+    encoder = BrainEncoder(cfg)
+    official = to_official({"target_encoder": encoder.state_dict()})
+    assert "module.pos_embed_proj.emb_w" in official["target_encoder"]
+    states = from_official(official, cfg=cfg)
+    BrainEncoder(cfg).load_state_dict(states["target_encoder"], strict=True)
+
+
+def test_export_errors():
+    cfg = ModelConfig(size="tiny", n_rois=12, n_timesteps=32, positional="centroid")
+    encoder = BrainEncoder(cfg, centroids=torch.randn(12, 3))
+    with pytest.raises(InputError, match="centroid"):
+        to_official({"encoder": encoder.state_dict()})
+    with pytest.raises(InputError, match="unknown module"):
+        to_official({"head": {}})
+    with pytest.raises(InputError, match="no official name: head.weight"):
+        to_official({"encoder": {"head.weight": torch.zeros(1)}})
