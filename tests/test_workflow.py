@@ -19,8 +19,8 @@ from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COHORTS = {
-    "ukbsim": {"tr": 0.735, "n_volumes": 60, "n_subjects": 6, "age": [45, 80], "mask": True},
-    "adnisim": {"tr": 2.0, "n_volumes": 30, "n_subjects": 3, "age": [55, 90], "diagnosis": True},
+    "ukbsim": {"tr": 0.735, "n_volumes": 100, "n_subjects": 6, "age": [45, 80], "mask": True},
+    "adnisim": {"tr": 2.0, "n_volumes": 40, "n_subjects": 3, "age": [55, 90], "diagnosis": True},
 }
 
 
@@ -41,10 +41,15 @@ def tiny_project(tmp_path_factory) -> Path:
     """A working directory with a tiny demo config and sheets, after one full workflow run."""
     work = tmp_path_factory.mktemp("tiny")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["demo"]["cohorts"] = TINY_COHORTS
-    config["shards"]["window"] = 16
-    config["gradients"]["n_components"] = 5
     (work / "config").mkdir()
+    config["demo"]["cohorts"] = TINY_COHORTS
+    config["shards"]["window"] = 32
+    config["gradients"]["n_components"] = 5
+    config["pretrain"]["config"] = "config/pretrain.yaml"
+    train = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
+    train["data"].update(window=32, batch_size=2)
+    train["optim"].update(epochs=2, warmup_epochs=1)
+    (work / "config" / "pretrain.yaml").write_text(yaml.safe_dump(train))
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     write_demo_sheets(work / "config" / "samples.tsv", work / "config" / "phenotypes.tsv", "resources/demo",
                       cohorts_from_spec(TINY_COHORTS), seed=0)
@@ -59,10 +64,10 @@ def test_full_run_outputs(tiny_project):
     table = pd.read_csv(work / "results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv", sep="\t")
     assert len(table) == 64 and (table["network"][:8] == "Subcortical").all()
     frame, meta = read_timeseries(work / "results/aligned/ukbsim/sub-ukbsim0001_ses-1_run-1.parquet")
-    assert frame.shape == (20, 64) and meta["tr"] == pytest.approx(2.205) and meta["tr_source"] == "sidecar"
+    assert frame.shape == (34, 64) and meta["tr"] == pytest.approx(2.205) and meta["tr_source"] == "sidecar"
     assert list(frame.columns) == table["name"].tolist()
     frame, meta = read_timeseries(work / "results/aligned/adnisim/sub-adnisim0002_ses-1_run-1.parquet")
-    assert frame.shape == (30, 64) and meta["tr"] == pytest.approx(2.0)
+    assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(2.0)
     qc = pd.read_csv(work / "results/qc/parcellate/ukbsim/sub-ukbsim0002_ses-1_run-1.tsv", sep="\t")
     assert (qc["flag"] == "ok").all()
     for rule in ("simulate_atlas", "atlas", "parcellate", "align_tr"):
@@ -83,7 +88,7 @@ def test_group_stage_and_shards(tiny_project):
     gradients = pd.read_csv(work / "group/gradients.tsv", sep="\t")
     assert list(gradients.columns) == ["name", "g1", "g2", "g3", "g4", "g5"] and len(gradients) == 64
     manifest = json.loads((work / "shards/manifest.json").read_text())
-    assert manifest["scaling_stats_id"] == stats["id"] and manifest["window"] == 16
+    assert manifest["scaling_stats_id"] == stats["id"] and manifest["window"] == 32
     rows = {split: sum(s["rows"] for s in shards) for split, shards in manifest["splits"].items()}
     assert sum(rows.values()) + manifest["excluded"] == len(table)
     # the loader streams the pretraining shards in batches of [B, 1, R, window]
@@ -91,13 +96,20 @@ def test_group_stage_and_shards(tiny_project):
 
     from brainjepa.data import ShardDataset
 
-    dataset = ShardDataset(work / "shards/manifest.json", "pretrain", window=16, label_columns=["age"],
+    dataset = ShardDataset(work / "shards/manifest.json", "pretrain", window=32, label_columns=["age"],
                            scaling_stats=str(work / "group/scaling_stats.json"))
     batches = list(DataLoader(dataset, batch_size=2))
     assert sum(len(x) for x, _ in batches) == rows["pretrain"]
-    assert batches[0][0].shape[1:] == (1, 64, 16) and batches[0][1].shape[1] == 1
+    assert batches[0][0].shape[1:] == (1, 64, 32) and batches[0][1].shape[1] == 1
     balance = pd.read_csv(work / "group/split_balance.tsv", sep="\t")
     assert set(balance["label"]) == {"sex", "diagnosis"}
+
+
+@pytest.mark.slow
+def test_pretrain_rule(tiny_project):
+    run = tiny_project / "results" / "pretrain" / "brainjepa_tiny"
+    log = pd.read_csv(run / "log.csv")
+    assert (run / "final.pt").exists() and log["step"].iloc[-1] >= 2 and np.isfinite(log["loss"]).all()
 
 
 @pytest.mark.slow
@@ -114,7 +126,7 @@ def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
     new["mask"] = new["mask"].replace("ukbsim0001", "ukbsim0099")
     ts_file = work / "external" / "sub-7_timeseries.tsv"
     ts_file.parent.mkdir()
-    pd.DataFrame(np.random.default_rng(0).normal(100, 1, size=(40, 64))).to_csv(ts_file, sep="\t", index=False,
+    pd.DataFrame(np.random.default_rng(0).normal(100, 1, size=(80, 64))).to_csv(ts_file, sep="\t", index=False,
                                                                                  header=False)
     external = {"cohort": "ext", "subject": "7", "session": "1", "run": "1", "bold": "", "mask": "",
                 "timeseries": str(ts_file), "tr": "0.8"}
@@ -129,11 +141,12 @@ def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
     per_run = {rule: counts.pop(rule, 0) for rule in ("simulate_run", "parcellate", "align_tr")}
     assert per_run == {"simulate_run": 1, "parcellate": 2, "align_tr": 2}  # only the new runs
     assert "atlas" not in counts and "simulate_atlas" not in counts
-    assert set(counts) <= {"all", "splits", "split_balance", "scaling_stats", "group_fc", "gradients", "shards"}
+    assert set(counts) <= {"all", "splits", "split_balance", "scaling_stats", "group_fc", "gradients", "shards",
+                           "pretrain"}
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     frame, meta = read_timeseries(work / "results/aligned/ext/sub-7_ses-1_run-1.parquet")
-    assert frame.shape == (20, 64) and meta["tr"] == pytest.approx(1.6)
+    assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(1.6)
 
 
 @pytest.mark.slow
