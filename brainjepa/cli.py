@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scaling-stats", help="robust-scaling statistics from the pretraining set")
     p.add_argument("--splits", required=True)
     p.add_argument("--runs-root", required=True, help="folder of <run_id>.parquet (aligned time series)")
-    p.add_argument("--method", choices=("subject_mean", "timepoints", "zscore"), default="subject_mean")
+    p.add_argument("--method", choices=("subject_mean", "timepoints", "zscore", "roi_zscore"), default="subject_mean")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_scaling_stats)
 

@@ -8,6 +8,9 @@ Methods (config switch, brainjepa-reference.md section 1):
   Computed in two streaming passes (range, then a 65,536-bin histogram per ROI), so memory does not grow
   with the cohort; each order statistic is exact to half a bin (1/131,072 of the ROI's range).
 - ``zscore`` (the public HCP-Aging scripts): no group statistics; each sample is z-scored over all its values.
+- ``roi_zscore``: no group statistics; each ROI of each run is z-scored over time (nilearn's
+  ``standardize="zscore_sample"``). Removes per-run baselines and gains, which otherwise dominate the token
+  content (a run's global intensity is trivially predictable from any context token).
 
 Scaling is ``(x - median) / iqr`` per ROI. The statistics file is JSON with a content hash (``id``) that
 the shards record, so a shard set and its statistics cannot be mixed up.
@@ -25,7 +28,8 @@ import numpy as np
 from brainjepa.errors import InputError
 from brainjepa.io import read_timeseries, write_text_atomic
 
-METHODS = ("subject_mean", "timepoints", "zscore")
+METHODS = ("subject_mean", "timepoints", "zscore", "roi_zscore")
+PER_SAMPLE = ("zscore", "roi_zscore")
 HISTOGRAM_BINS = 65536
 
 
@@ -56,6 +60,9 @@ class ScalingStats:
         if self.method == "zscore":
             std = x.std()
             return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+        if self.method == "roi_zscore":
+            std = x.std(axis=1, keepdims=True)
+            return ((x - x.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)).astype(np.float32)
         return ((x - self.median[:, None]) / self.iqr[:, None]).astype(np.float32)
 
     def to_json(self) -> str:
@@ -139,7 +146,7 @@ def compute_scaling_stats(subjects: dict[str, list[Path]], method: str) -> Scali
         q1, median, q3 = np.percentile(means, [25, 50, 75], axis=0)
     else:
         paths = [p for key in sorted(subjects) for p in subjects[key]]
-        if method == "zscore":
+        if method in PER_SAMPLE:
             _, rois = _read_run(paths[0], None)
             return ScalingStats(method, rois, np.zeros(0), np.zeros(0), len(subjects))
         (q1, median, q3), rois = _timepoint_quantiles(paths, (0.25, 0.5, 0.75))

@@ -262,3 +262,11 @@ def test_stratify_by_unknown_label():
     with pytest.raises(InputError, match="stratified by 'dx', which is not a phenotype column"):
         splits.make_splits(samples, 0, FRACTIONS, stratify={"down": "dx"},
                            phenotypes=samples[["cohort", "subject"]])
+
+
+def test_roi_zscore_standardises_each_roi_over_time():
+    stats = scaling.ScalingStats("roi_zscore", ("a", "b"), np.zeros(0), np.zeros(0), 3)
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [10.0, 10.0, 10.0, 10.0]])
+    out = stats.apply(x)
+    np.testing.assert_allclose(out[0], (x[0] - 2.5) / x[0].std(), rtol=1e-6)
+    assert (out[1] == 0).all()  # a constant ROI stays finite
