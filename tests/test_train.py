@@ -208,3 +208,12 @@ def test_convert_and_export_official_cli(tmp_path):
     assert back.keys() == official.keys()
     for module in official:
         assert back[module].keys() == official[module].keys()
+
+
+def test_bf16_autocast_path_runs_on_cpu(tiny_data, tmp_path):
+    """The GPU path's autocast (bf16) exercised on the CPU: same code, finite loss, fp32 master weights."""
+    final = pretrain(_cfg(tiny_data, tmp_path / "bf16", "run.precision=bf16", "optim.epochs=1"))
+    log = pd.read_csv(tmp_path / "bf16" / "log.csv")
+    assert np.isfinite(log["loss"]).all()
+    state = ckpt.load_checkpoint(final)
+    assert all(v.dtype == torch.float32 for v in state["encoder"].values() if v.is_floating_point())
