@@ -217,3 +217,22 @@ def test_bf16_autocast_path_runs_on_cpu(tiny_data, tmp_path):
     assert np.isfinite(log["loss"]).all()
     state = ckpt.load_checkpoint(final)
     assert all(v.dtype == torch.float32 for v in state["encoder"].values() if v.is_floating_point())
+
+
+def test_ddp_with_torchrun_on_cpu(tiny_data, tmp_path):
+    """Two processes (Gloo) through torchrun: the DDP path of the GPU runs, with rank-0 checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    sets = [f"data.manifest={tiny_data / 'shards' / 'manifest.json'}", f"data.gradients={tiny_data / 'gradients.tsv'}",
+            f"run.out_dir={out}", f"data.window={WINDOW}", "data.batch_size=2", "data.num_workers=0",
+            "optim.epochs=1", "optim.warmup_epochs=1", "model.size=tiny", "run.progress=false", "run.log_every=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "brainjepa.cli",
+           "pretrain", *[arg for s in sets for arg in ("--set", s)]]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_csv(out / "log.csv")
+    assert log["step"].tolist() == [1, 2, 3, 4, 5, 6]  # 24 runs / 2 ranks / batch 2 = 6 steps per epoch
+    assert ckpt.load_checkpoint(out / "final.pt")["step"] == 6
