@@ -64,6 +64,28 @@ def subject_features(encoder, manifest: Path, label: str, window: int) -> tuple[
     return np.stack([np.mean(feats[s], axis=0) for s in subjects]), np.array([labels[s] for s in subjects])
 
 
+def fc_features(manifest: Path, label: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference features with the planted signal: each subject's mean FC (upper triangle) over its windows."""
+    from torch.utils.data import DataLoader
+
+    from brainjepa.data import ShardDataset
+    from brainjepa.shards import load_manifest
+
+    feats: dict[str, list] = {}
+    labels: dict[str, float] = {}
+    for split in load_manifest(manifest)["splits"]:
+        dataset = ShardDataset(manifest, split, window=window, mode="eval", label_columns=[label],
+                               return_run_id=True)
+        for x, y, run_ids in DataLoader(dataset, batch_size=16):
+            for run_id, xi, value in zip(run_ids, x, y[:, 0]):
+                fc = np.corrcoef(xi[0].numpy())
+                subject = run_id.split("_ses-")[0]
+                feats.setdefault(subject, []).append(fc[np.triu_indices(len(fc), 1)])
+                labels[subject] = float(value)
+    subjects = sorted(s for s in feats if np.isfinite(labels[s]))
+    return np.stack([np.mean(feats[s], axis=0) for s in subjects]), np.array([labels[s] for s in subjects])
+
+
 def probe(features: np.ndarray, target: np.ndarray, repeats: int = 5) -> dict:
     """Cross-validated ridge probe: mean Pearson r and MSE of the z-scored target over repeats."""
     z = (target - target.mean()) / target.std()
@@ -100,6 +122,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "probe")
     args = parser.parse_args()
     rows = []
+    x, y = fc_features(args.manifest, args.label, 160)
+    print(json.dumps({"reference": "fc_upper_triangle", "label": args.label, "subjects": len(y), **probe(x, y)}),
+          flush=True)
     for seed in args.seeds:
         pretrained, random_init, cfg = encoders(pretrain(seed, args), seed)
         for name, encoder in (("pretrained", pretrained), ("random_init", random_init)):
