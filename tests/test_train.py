@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
-import math
 
 import numpy as np
 import pandas as pd
