@@ -41,49 +41,40 @@ def pretrain(seed: int, args) -> Path:
 
 
 @torch.no_grad()
-def subject_features(encoder, manifest: Path, label: str, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean-pooled features per subject [S, D] and the subject's label [S], over every split of the manifest."""
+def per_subject(featurize, manifest: Path, label: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """featurize(x [B, 1, R, T]) -> [B, F], averaged over each subject's evaluation windows and runs.
+
+    Returns features [S, F] and the subject's label [S] (subjects with the label), over every split.
+    """
     from torch.utils.data import DataLoader
 
     from brainjepa.data import ShardDataset
     from brainjepa.shards import load_manifest
 
+    feats: dict[str, list] = {}
+    labels: dict[str, float] = {}
+    for split in load_manifest(manifest)["splits"]:
+        dataset = ShardDataset(manifest, split, window=window, mode="eval", label_columns=[label],
+                               return_run_id=True)
+        for x, y, run_ids in DataLoader(dataset, batch_size=16):
+            for run_id, f, value in zip(run_ids, featurize(x), y[:, 0]):
+                subject = run_id.split("_ses-")[0]
+                feats.setdefault(subject, []).append(np.asarray(f))
+                labels[subject] = float(value)
+    subjects = sorted(s for s in feats if np.isfinite(labels[s]))
+    return np.stack([np.mean(feats[s], axis=0) for s in subjects]), np.array([labels[s] for s in subjects])
+
+
+def mean_pooled(encoder):
+    """Encoder features: the mean over all tokens of each window."""
     encoder.eval()
-    feats: dict[str, list] = {}
-    labels: dict[str, float] = {}
-    for split in load_manifest(manifest)["splits"]:
-        dataset = ShardDataset(manifest, split, window=window, mode="eval", label_columns=[label],
-                               return_run_id=True)
-        for x, y, run_ids in DataLoader(dataset, batch_size=16):
-            pooled = encoder.forward_features(x).mean(dim=1)
-            for run_id, f, value in zip(run_ids, pooled, y[:, 0]):
-                subject = run_id.split("_ses-")[0]
-                feats.setdefault(subject, []).append(f.numpy())
-                labels[subject] = float(value)
-    subjects = sorted(s for s in feats if np.isfinite(labels[s]))
-    return np.stack([np.mean(feats[s], axis=0) for s in subjects]), np.array([labels[s] for s in subjects])
+    return lambda x: encoder.forward_features(x).mean(dim=1).numpy()
 
 
-def fc_features(manifest: Path, label: str, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference features with the planted signal: each subject's mean FC (upper triangle) over its windows."""
-    from torch.utils.data import DataLoader
-
-    from brainjepa.data import ShardDataset
-    from brainjepa.shards import load_manifest
-
-    feats: dict[str, list] = {}
-    labels: dict[str, float] = {}
-    for split in load_manifest(manifest)["splits"]:
-        dataset = ShardDataset(manifest, split, window=window, mode="eval", label_columns=[label],
-                               return_run_id=True)
-        for x, y, run_ids in DataLoader(dataset, batch_size=16):
-            for run_id, xi, value in zip(run_ids, x, y[:, 0]):
-                fc = np.corrcoef(xi[0].numpy())
-                subject = run_id.split("_ses-")[0]
-                feats.setdefault(subject, []).append(fc[np.triu_indices(len(fc), 1)])
-                labels[subject] = float(value)
-    subjects = sorted(s for s in feats if np.isfinite(labels[s]))
-    return np.stack([np.mean(feats[s], axis=0) for s in subjects]), np.array([labels[s] for s in subjects])
+def fc_upper_triangle(x: torch.Tensor) -> np.ndarray:
+    """Reference features carrying the planted signal: each window's FC, upper triangle. x: [B, 1, R, T]."""
+    fcs = [np.corrcoef(xi[0].numpy()) for xi in x]
+    return np.stack([fc[np.triu_indices(len(fc), 1)] for fc in fcs])
 
 
 def probe(features: np.ndarray, target: np.ndarray, repeats: int = 5) -> dict:
@@ -122,13 +113,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "probe")
     args = parser.parse_args()
     rows = []
-    x, y = fc_features(args.manifest, args.label, 160)
+    x, y = per_subject(fc_upper_triangle, args.manifest, args.label, 160)
     print(json.dumps({"reference": "fc_upper_triangle", "label": args.label, "subjects": len(y), **probe(x, y)}),
           flush=True)
     for seed in args.seeds:
         pretrained, random_init, cfg = encoders(pretrain(seed, args), seed)
         for name, encoder in (("pretrained", pretrained), ("random_init", random_init)):
-            x, y = subject_features(encoder, args.manifest, args.label, cfg.n_timesteps)
+            x, y = per_subject(mean_pooled(encoder), args.manifest, args.label, cfg.n_timesteps)
             rows.append({"seed": seed, "encoder": name, "label": args.label, "subjects": len(y), **probe(x, y)})
             print(json.dumps(rows[-1]), flush=True)
     summary = {name: {k: float(np.mean([r[k] for r in rows if r["encoder"] == name])) for k in ("r", "mse")}

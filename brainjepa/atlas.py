@@ -31,7 +31,7 @@ import pandas as pd
 
 from brainjepa import bids
 from brainjepa.errors import InputError
-from brainjepa.io import atomic_path, write_tsv_atomic, write_text_atomic
+from brainjepa.io import atomic_path, sha256_file, write_tsv_atomic, write_text_atomic
 
 SPACES = ("MNI152NLin6Asym", "MNI152NLin2009cAsym")
 SUBCORTICAL_NETWORK = "Subcortical"
@@ -122,14 +122,6 @@ def read_label_table(path: str | Path) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------- fetching
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_pinned(url: str, sha256: str, dest: Path) -> Path:
     """Download ``url`` to ``dest`` unless a file with the right sha256 is already there; verify it."""
     if dest.exists() and sha256_file(dest) == sha256:

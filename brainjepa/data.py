@@ -42,7 +42,8 @@ import pyarrow.parquet as pq
 import torch
 
 from brainjepa.errors import InputError
-from brainjepa.shards import DTYPES, check_scaling_stats, load_manifest, sha256_file
+from brainjepa.io import sha256_file
+from brainjepa.shards import DTYPES, check_scaling_stats, load_manifest
 
 MODES = ("train", "eval")
 OPEN_FILES = 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +19,15 @@ from brainjepa import __version__
 from brainjepa.errors import InputError
 
 METADATA_KEY = b"brainjepa"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 4 * 2**20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

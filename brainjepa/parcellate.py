@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from brainjepa import atlas as atlas_mod
 from brainjepa import bids
 from brainjepa.errors import InputError
-from brainjepa.io import write_timeseries, write_tsv_atomic
+from brainjepa.io import METADATA_KEY, write_timeseries, write_tsv_atomic
 
 try:  # ISA-L inflates about 2x faster than zlib; same stream format
     from isal import igzip as _gzip
@@ -293,7 +293,7 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None) -
             frame = pd.DataFrame(np.load(path, allow_pickle=False))
         elif name.endswith(".parquet"):
             table = pq.read_table(path)
-            raw = (table.schema.metadata or {}).get(b"brainjepa")
+            raw = (table.schema.metadata or {}).get(METADATA_KEY)
             meta_tr = json.loads(raw).get("tr") if raw else None
             frame = table.to_pandas()
         elif name.endswith((".tsv", ".csv", ".tsv.gz", ".csv.gz")):

@@ -27,7 +27,6 @@ failed build leaves nothing that looks done.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -43,7 +42,7 @@ import pyarrow.parquet as pq
 
 from brainjepa import __version__
 from brainjepa.errors import InputError
-from brainjepa.io import atomic_path, read_timeseries, write_text_atomic, write_tsv_atomic
+from brainjepa.io import METADATA_KEY, atomic_path, read_timeseries, sha256_file, write_text_atomic, write_tsv_atomic
 from brainjepa.scaling import ScalingStats
 
 FORMAT = "brainjepa-shards/1"
@@ -54,7 +53,6 @@ DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 SHORT_POLICIES = ("exclude", "error")
 MISSING_TEXT = ("", "n/a", "NA")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-METADATA_KEY = b"brainjepa"
 
 
 @dataclass(frozen=True)
@@ -258,14 +256,6 @@ class _ShardWriter:
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._stack.__exit__(RuntimeError, RuntimeError("shard build aborted"), None)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 4 * 2**20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, schema: pa.Schema, *,
