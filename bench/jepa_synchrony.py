@@ -1,7 +1,8 @@
 """Does a pretrained Brain-JEPA use cross-ROI synchrony? Its JEPA loss on real vs synchrony-destroyed inputs.
 
 For a checkpoint, the mean JEPA loss (MSE on layer-normed targets, paper masks) over the pretraining split for:
-the real windows; the same windows with each ROI's series circularly shifted by a random lag (every ROI keeps
+the real windows (targets normalised as the run was trained: ``optim.target_norm``); the same windows
+with each ROI's series circularly shifted by a random lag (every ROI keeps
 its own dynamics, the synchrony between ROIs is gone); and Gaussian noise of the same scale. A model that
 predicts cross-ROI targets from the other ROIs has a clearly higher loss on the shifted input.
 
@@ -54,11 +55,13 @@ def main() -> None:
     dataset = ShardDataset(args.manifest, "pretrain", window=cfg.n_timesteps, mode="eval")
     collator = MaskCollator(cfg.n_rois, cfg.n_time_patches, MaskConfig(), seed=5)
     rng = np.random.default_rng(0)
+    target_norm = state["config"]["optim"].get("target_norm", "layer")
     inputs = {"real": lambda x: x, "roi_shifted": lambda x: shift_rois(x, rng),
               "noise": lambda x: torch.randn_like(x) * x.std()}
-    result = {"checkpoint": str(args.checkpoint), "step": state["step"]}
+    result = {"checkpoint": str(args.checkpoint), "step": state["step"], "target_norm": target_norm}
     for name, transform in inputs.items():
-        losses = [jepa_step(encoder, target, predictor, {**b, "x": transform(b["x"])}, "mse")[0].item()
+        losses = [jepa_step(encoder, target, predictor, {**b, "x": transform(b["x"])}, "mse",
+                            target_norm)[0].item()
                   for b in DataLoader(dataset, batch_size=8, collate_fn=collator, drop_last=True)]
         result[f"loss_{name}"] = round(float(np.mean(losses)), 5)
     print(json.dumps(result))

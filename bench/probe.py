@@ -2,12 +2,17 @@
 
 For each seed: pretrain the tiny model (config/pretrain.yaml, seed overridden; reused when its final.pt
 exists), then embed every run of every split with (a) the pretrained target encoder and (b) an encoder with
-the same architecture and a fresh random initialisation (same seed). Features: the mean over all tokens of
+the same architecture and a fresh random initialisation (same seed: the pretraining run's own starting
+point). Features: the mean over all tokens of
 each evaluation window, averaged over a subject's windows and runs. Probe: ridge regression (alpha chosen by
 inner CV) of the planted label, scored by 5-fold cross-validation over subjects, repeated 5 times: Pearson r
-and MSE on the z-scored label.
+and MSE on the z-scored label. Also reported per encoder: ``content_share``, the share of its layer-normed
+features that depends on the input rather than on the token position (falls towards 0 on positional collapse).
 
-    python bench/probe.py [--seeds 0 1 2] [--label age] [--out bench/out/probe]
+    python bench/probe.py [--seeds 0 1 2] [--label age] [--out bench/out/probe] [--set optim.epochs=200 ...]
+
+``--set`` overrides the pretraining config (as ``brainjepa pretrain --set``); each combination of overrides
+gets its own run directory under ``--out`` (named by a hash of the overrides), so runs are reused.
 
 Run after `snakemake --cores 2 results/shards/manifest.json results/group/gradients.tsv` (the demo data).
 """
@@ -15,6 +20,7 @@ Run after `snakemake --cores 2 results/shards/manifest.json results/group/gradie
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -30,13 +36,22 @@ from sklearn.preprocessing import StandardScaler
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_dir(args, seed: int) -> Path:
+    """bench/out/probe/seed0 for the demo's data and config; .../<hash of data and overrides>/seed0 otherwise."""
+    default_data = args.manifest.resolve() == (REPO / "results" / "shards" / "manifest.json").resolve()
+    if not args.set and default_data:
+        return args.out / f"seed{seed}"
+    key = hashlib.sha256("\n".join([str(args.manifest.resolve()), *sorted(args.set)]).encode()).hexdigest()[:10]
+    return args.out / key / f"seed{seed}"
+
+
 def pretrain(seed: int, args) -> Path:
-    out = args.out / f"seed{seed}"
+    out = run_dir(args, seed)
     if not (out / "final.pt").exists():
         subprocess.run([sys.executable, "-m", "brainjepa.cli", "pretrain", "--config", str(args.config),
                         "--set", f"data.manifest={args.manifest}", "--set", f"data.gradients={args.gradients}",
-                        "--set", f"run.out_dir={out}", "--set", f"run.seed={seed}", "--set", "run.progress=false"],
-                       check=True)
+                        "--set", f"run.out_dir={out}", "--set", f"run.seed={seed}", "--set", "run.progress=false",
+                        *[x for item in args.set for x in ("--set", item)]], check=True)
     return out / "final.pt"
 
 
@@ -63,6 +78,25 @@ def per_subject(featurize, manifest: Path, label: str, window: int) -> tuple[np.
                 labels[subject] = float(value)
     subjects = sorted(s for s in feats if np.isfinite(labels[s]))
     return np.stack([np.mean(feats[s], axis=0) for s in subjects]), np.array([labels[s] for s in subjects])
+
+
+@torch.no_grad()
+def content_share(encoder, manifest: Path, window: int) -> float:
+    """Share of the layer-normed output that depends on the input, not on the token's position.
+
+    Over the pretraining split's evaluation windows: ``h`` [N, L, D] layer-normed encoder outputs; the
+    per-position mean over windows is the positional part; returns ``|h - mean_N h|^2 / |h|^2`` (0 when
+    every window gives the same features: positional collapse).
+    """
+    from torch.utils.data import DataLoader
+
+    from brainjepa.data import ShardDataset
+
+    encoder.eval()
+    x = torch.cat([b[0] for b in DataLoader(ShardDataset(manifest, "pretrain", window=window, mode="eval"),
+                                            batch_size=16)])
+    h = torch.nn.functional.layer_norm(encoder.forward_features(x), (encoder.embed_dim,))
+    return float(((h - h.mean(dim=0, keepdim=True)) ** 2).mean() / (h ** 2).mean())
 
 
 def mean_pooled(encoder):
@@ -111,6 +145,8 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
     parser.add_argument("--gradients", type=Path, default=REPO / "results" / "group" / "gradients.tsv")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "probe")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="pretraining config override (repeatable)")
     args = parser.parse_args()
     rows = []
     x, y = per_subject(fc_upper_triangle, args.manifest, args.label, 160)
@@ -120,12 +156,15 @@ def main() -> None:
         pretrained, random_init, cfg = encoders(pretrain(seed, args), seed)
         for name, encoder in (("pretrained", pretrained), ("random_init", random_init)):
             x, y = per_subject(mean_pooled(encoder), args.manifest, args.label, cfg.n_timesteps)
-            rows.append({"seed": seed, "encoder": name, "label": args.label, "subjects": len(y), **probe(x, y)})
+            rows.append({"seed": seed, "encoder": name, "label": args.label, "subjects": len(y), **probe(x, y),
+                         "content_share": round(content_share(encoder, args.manifest, cfg.n_timesteps), 4)})
             print(json.dumps(rows[-1]), flush=True)
-    summary = {name: {k: float(np.mean([r[k] for r in rows if r["encoder"] == name])) for k in ("r", "mse")}
+    summary = {name: {k: float(np.mean([r[k] for r in rows if r["encoder"] == name]))
+                      for k in ("r", "mse", "content_share")}
                for name in ("pretrained", "random_init")}
     wins = sum(p["r"] > q["r"] for p, q in zip(rows[::2], rows[1::2]))
-    print(json.dumps({"summary": summary, "pretrained_beats_random_in_seeds": f"{wins}/{len(args.seeds)}"}))
+    print(json.dumps({"overrides": args.set, "summary": summary,
+                      "pretrained_beats_random_in_seeds": f"{wins}/{len(args.seeds)}"}))
 
 
 if __name__ == "__main__":

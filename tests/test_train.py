@@ -17,7 +17,7 @@ from brainjepa.shards import build_shards
 from brainjepa.train import checkpoint as ckpt
 from brainjepa.train.config import load_config
 from brainjepa.train.ema import ema_update
-from brainjepa.train.engine import Trainer, masked_loss, pretrain
+from brainjepa.train.engine import Trainer, masked_loss, normalize_targets, pretrain
 from brainjepa.train.schedules import cosine_ramp, ema_momentum, warmup_cosine
 
 R, T, WINDOW = 12, 48, 32
@@ -62,6 +62,33 @@ def test_masked_loss_ignores_padding():
     valid = torch.tensor([[True, True, False], [True, True, False]])
     assert masked_loss(pred, target, valid, "mse").item() == pytest.approx(1.0)
     assert masked_loss(pred, target, valid, "smooth_l1").item() == pytest.approx(0.5)
+
+
+def test_target_normalisation():
+    h = torch.randn(5, 7, 8) * 3 + torch.randn(1, 7, 8) * 10  # per-position offsets shared by the batch
+    layer, spread = normalize_targets(h, "layer")
+    assert torch.allclose(layer, torch.nn.functional.layer_norm(h, (8,)))
+    assert spread == pytest.approx(layer.std(dim=0).mean().item())
+    centered, spread_centered = normalize_targets(h, "layer_centered")
+    assert spread_centered == spread  # the monitor is on the layer-normed features either way
+    assert torch.allclose(centered.mean(-1), torch.zeros(5, 7), atol=1e-5)   # layer-normed per token
+    assert torch.allclose(centered.var(-1, unbiased=False), torch.ones(5, 7), atol=1e-2)
+    # the positional part is gone: adding the same vector to every sample at a position changes nothing
+    # beyond what the first layer norm does, and a batch of identical samples cannot be normalised
+    same, spread_same = normalize_targets(h[:1].expand(5, -1, -1), "layer_centered")
+    assert same.abs().max() < 1e-2 and spread_same.item() == 0.0
+    with pytest.raises(InputError, match="at least 2 samples"):
+        normalize_targets(h[:1], "layer_centered")
+    with pytest.raises(InputError, match="target_norm"):
+        normalize_targets(h, "batch")
+
+
+def test_config_choices_are_checked_at_load():
+    with pytest.raises(InputError, match=r"optim.target_norm is 'batch'; allowed: layer, layer_centered"):
+        load_config(None, ["optim.target_norm=batch"])
+    with pytest.raises(InputError, match=r"optim.loss is 'l1'"):
+        load_config(None, ["optim.loss=l1"])
+    assert load_config(None, ["optim.target_norm=layer_centered"]).optim.target_norm == "layer_centered"
 
 
 def test_config_unknown_keys_and_overrides(tmp_path):
@@ -155,6 +182,12 @@ def test_non_finite_loss_stops_the_run(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "masked_loss", lambda *a: original(*a) * float("nan"))
     with pytest.raises(TrainingError, match="non-finite loss .* at step 0"):
         pretrain(_cfg(tiny_data, tmp_path / "d"))
+
+
+def test_centered_targets_train(tiny_data, tmp_path):
+    pretrain(_cfg(tiny_data, tmp_path / "c", "optim.target_norm=layer_centered", "optim.epochs=3"))
+    log = pd.read_csv(tmp_path / "c" / "log.csv")
+    assert np.isfinite(log["loss"]).all() and (log["target_std"] > 0.05).all()
 
 
 def test_collapse_monitor_warns(tiny_data, tmp_path, caplog):

@@ -48,6 +48,7 @@ class OptimConfig:
     ema: tuple[float, float] = (0.996, 1.0)
     ema_schedule: str = "paper"           # paper (linear over all optimizer steps) | code (stops near 0.9965)
     loss: str = "mse"                     # mse (paper) | smooth_l1 (code)
+    target_norm: str = "layer"            # layer (paper) | layer_centered (also removes the positional part)
     clip_grad: float | None = None
 
 
@@ -137,7 +138,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise InputError(f"override '{item}' must look like section.key=value")
         key, value = item.split("=", 1)
         _set_path(tree, key.strip(), yaml.safe_load(value))
-    return _build(TrainConfig, tree, "")
+    cfg = _build(TrainConfig, tree, "")
+    _check_choices(cfg, path)
+    return cfg
+
+
+# String settings and their allowed values, checked when the config is loaded (not at the first step).
+CHOICES = {
+    ("optim", "loss"): ("mse", "smooth_l1"),
+    ("optim", "ema_schedule"): ("paper", "code"),
+    ("optim", "target_norm"): ("layer", "layer_centered"),
+    ("run", "device"): ("auto", "cpu", "cuda"),
+    ("run", "precision"): ("auto", "bf16", "fp32"),
+}
+
+
+def _check_choices(cfg: TrainConfig, path) -> None:
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise InputError(f"{path or 'training config'}: {section}.{key} is {value!r}; "
+                             f"allowed: {', '.join(allowed)}")
 
 
 def to_dict(cfg: TrainConfig) -> dict:

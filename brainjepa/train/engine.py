@@ -4,6 +4,13 @@ One optimizer step = ``accumulation_steps`` micro-batches. Per micro-batch: the 
 whole input (no grad), its output is layer-normalised (no affine) and gathered at the target tokens; the
 encoder sees the context tokens only; the predictor predicts the targets; loss MSE (paper) or smooth L1 (code)
 over the valid target tokens. After the step: EMA update of the target encoder.
+
+``optim.target_norm: layer_centered`` (not in the paper) guards against positional collapse: the part of a
+layer-normed target that is the same for every sample at a token position (its positional embedding's
+imprint) is subtracted (the mean over the micro-batch at that position) and the rest is layer-normed again,
+so the loss is about content only and shrinking content cannot lower it. Measured on the demo
+(``bench/jepa_synchrony.py``): with ``layer`` the tiny model's loss settles at the position-only level and
+the content of its targets shrinks; with ``layer_centered`` the loss falls below it.
 """
 
 from __future__ import annotations
@@ -99,13 +106,35 @@ def gather_tokens(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
 
 
-def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str) -> tuple[torch.Tensor, dict]:
+TARGET_NORMS = ("layer", "layer_centered")
+
+
+def normalize_targets(h: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target-encoder output -> (regression targets [B, N, D] float32, collapse monitor (scalar)).
+
+    h: [B, N, D], all tokens. ``layer`` (paper): layer norm without affine. ``layer_centered``: layer norm,
+    minus the mean over the batch at each token position, layer norm again (needs B >= 2). The monitor
+    (``target_std``) is the spread across the batch of the layer-normed features, whatever ``kind`` is:
+    ~0 when every sample's targets are the same (positional or total collapse).
+    """
+    if kind not in TARGET_NORMS:
+        raise InputError(f"optim.target_norm must be one of {TARGET_NORMS}, not {kind!r}")
+    h = F.layer_norm(h.float(), (h.shape[-1],))
+    target_std = h.std(dim=0).mean() if h.shape[0] > 1 else h.new_full((), float("nan"))  # undefined for B = 1
+    if kind == "layer_centered":
+        if h.shape[0] < 2:
+            raise InputError("optim.target_norm 'layer_centered' needs at least 2 samples per micro-batch "
+                             f"(data.batch_size), got {h.shape[0]}")
+        h = F.layer_norm(h - h.mean(dim=0, keepdim=True), (h.shape[-1],))
+    return h, target_std
+
+
+def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
+              target_norm: str = "layer") -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch and its monitors. batch: the mask collator's dict, already on the device."""
     x = batch["x"]
     with torch.no_grad():
-        h = target_encoder(x)                                  # [B, R*W, D], all tokens
-        h = F.layer_norm(h.float(), (h.shape[-1],))
-        target_std = h.std(dim=0).mean()                       # spread across the batch; ~0 on collapse
+        h, target_std = normalize_targets(target_encoder(x), target_norm)  # [B, R*W, D], all tokens
         targets = gather_tokens(h, batch["target_idx"])        # [B, Nt, D]
     z = encoder(x, batch["context_idx"], batch["context_valid"])
     pred = predictor(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"])
@@ -359,7 +388,8 @@ class Trainer:
         """Forward and backward of one micro-batch (DDP gradient sync only on the last micro-batch)."""
         sync = nullcontext() if last_micro or self.dist.world_size == 1 else _no_sync(self.online)
         with sync, autocast_for(self.device, self.cfg.run.precision):
-            loss, monitors = jepa_step(self.online[0], self.target, self.online[1], batch, self.cfg.optim.loss)
+            loss, monitors = jepa_step(self.online[0], self.target, self.online[1], batch, self.cfg.optim.loss,
+                                      self.cfg.optim.target_norm)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {self.step}, epoch {self.epoch}, "
                                 f"batch {self.batch_in_epoch}; lower optim.lr or check the data")
