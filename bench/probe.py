@@ -12,7 +12,8 @@ features that depends on the input rather than on the token position (falls towa
     python bench/probe.py [--seeds 0 1 2] [--label age] [--out bench/out/probe] [--set optim.epochs=200 ...]
 
 ``--set`` overrides the pretraining config (as ``brainjepa pretrain --set``); each combination of overrides
-gets its own run directory under ``--out`` (named by a hash of the overrides), so runs are reused.
+gets its own run directory under ``--out`` (named by a hash of the data and the overrides), so runs are
+reused, and an interrupted one resumes from its ``latest.pt``.
 
 Run after `snakemake --cores 2 results/shards/manifest.json results/group/gradients.tsv` (the demo data).
 """

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from brainjepa.errors import InputError, TrainingError
 from brainjepa.io import write_text_atomic
 from brainjepa.train import checkpoint as ckpt
-from brainjepa.train.config import TrainConfig, dump_config, to_dict
+from brainjepa.train.config import CHOICES, TrainConfig, dump_config, to_dict
 from brainjepa.train.ema import ema_update
 from brainjepa.train.schedules import cosine_ramp, ema_momentum, warmup_cosine
 
@@ -106,7 +106,7 @@ def gather_tokens(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
 
 
-TARGET_NORMS = ("layer", "layer_centered")
+TARGET_NORMS = CHOICES[("optim", "target_norm")]
 
 
 def normalize_targets(h: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
