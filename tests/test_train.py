@@ -73,8 +73,8 @@ def test_target_normalisation():
     assert spread_centered == spread  # the monitor is on the layer-normed features either way
     assert torch.allclose(centered.mean(-1), torch.zeros(5, 7), atol=1e-5)   # layer-normed per token
     assert torch.allclose(centered.var(-1, unbiased=False), torch.ones(5, 7), atol=1e-2)
-    # the positional part is gone: adding the same vector to every sample at a position changes nothing
-    # beyond what the first layer norm does, and a batch of identical samples cannot be normalised
+    # only what differs between samples survives: a batch of identical samples (all of it "positional")
+    # leaves nothing, and the collapse monitor reads 0
     same, spread_same = normalize_targets(h[:1].expand(5, -1, -1), "layer_centered")
     assert same.abs().max() < 1e-2 and spread_same.item() == 0.0
     with pytest.raises(InputError, match="at least 2 samples"):
