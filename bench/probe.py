@@ -4,7 +4,11 @@ For each seed: pretrain the tiny model (config/pretrain.yaml, seed overridden; r
 exists), then embed every run of every split with (a) the pretrained target encoder and (b) an encoder with
 the same architecture and a fresh random initialisation (same seed: the pretraining run's own starting
 point). Features: the mean over all tokens of
-each evaluation window, averaged over a subject's windows and runs. Probe: ridge regression (alpha chosen by
+each evaluation window, averaged over a subject's windows and runs. Two references bracket the result: the
+probe on each window's FC (what the planted label lives in), and ``random_init_network_mixing``: the random
+encoder with every attention layer restricted to tokens of the query's own network and time patch (atlas
+``network`` labels). That is what mean-pooled features of an encoder that had learnt to mix ROIs within a
+network could carry, with no training at all. Probe: ridge regression (alpha chosen by
 inner CV) of the planted label, scored by 5-fold cross-validation over subjects, repeated 5 times: Pearson r
 and MSE on the z-scored label. Also reported per encoder: ``content_share``, the share of its layer-normed
 features that depends on the input rather than on the token position (falls towards 0 on positional collapse).
@@ -28,6 +32,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
@@ -106,6 +111,38 @@ def mean_pooled(encoder):
     return lambda x: encoder.forward_features(x).mean(dim=1).numpy()
 
 
+def same_network_same_time(networks: np.ndarray, n_time_patches: int,
+                           token_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Which keys each query may attend to when confined to its own network and time patch.
+
+    networks: [R] network label per ROI; token = roi * W + t. token_idx: [B, N] kept tokens (None: all
+    R * W). Returns bool [N_all, N_all], or [B, 1, N, N] for ``token_idx`` (an SDPA mask, True = attend;
+    every token may attend to itself).
+    """
+    codes = torch.as_tensor(pd.factorize(np.asarray(networks))[0])
+    net = codes.repeat_interleave(n_time_patches)
+    time = torch.arange(n_time_patches).repeat(len(codes))
+    if token_idx is None:
+        return (net[:, None] == net[None, :]) & (time[:, None] == time[None, :])
+    n, t = net[token_idx], time[token_idx]
+    return ((n[:, :, None] == n[:, None, :]) & (t[:, :, None] == t[:, None, :]))[:, None]
+
+
+def network_mixing(encoder, networks: np.ndarray, n_time_patches: int, blocks=None):
+    """Mean-pooled features with the attention of ``blocks`` (None: all) confined to same-network, same-time keys."""
+    allowed = same_network_same_time(networks, n_time_patches)
+    confined = set(range(len(encoder.blocks))) if blocks is None else set(blocks)
+    encoder.eval()
+
+    def featurize(x):
+        tokens = encoder.embed(x)
+        for i, block in enumerate(encoder.blocks):
+            tokens = block(tokens, allowed if i in confined else None)
+        return encoder.norm(tokens).mean(dim=1).numpy()
+
+    return featurize
+
+
 def fc_upper_triangle(x: torch.Tensor) -> np.ndarray:
     """Reference features carrying the planted signal: each window's FC, upper triangle. x: [B, 1, R, T]."""
     fcs = [np.corrcoef(xi[0].numpy()) for xi in x]
@@ -145,6 +182,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "config" / "pretrain.yaml")
     parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
     parser.add_argument("--gradients", type=Path, default=REPO / "results" / "group" / "gradients.tsv")
+    parser.add_argument("--labels", type=Path,
+                        default=REPO / "results" / "atlas" / "atlas_space-MNI152NLin6Asym_labels.tsv",
+                        help="atlas labels with a 'network' column (for the network-mixing reference)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "probe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="pretraining config override (repeatable)")
@@ -153,8 +193,15 @@ def main() -> None:
     x, y = per_subject(fc_upper_triangle, args.manifest, args.label, 160)
     print(json.dumps({"reference": "fc_upper_triangle", "label": args.label, "subjects": len(y), **probe(x, y)}),
           flush=True)
+    networks = pd.read_csv(args.labels, sep="\t")["network"].to_numpy()
     for seed in args.seeds:
         pretrained, random_init, cfg = encoders(pretrain(seed, args), seed)
+        if len(networks) != cfg.n_rois:
+            raise SystemExit(f"{args.labels}: {len(networks)} ROIs, the model has {cfg.n_rois}")
+        x, y = per_subject(network_mixing(random_init, networks, cfg.n_time_patches), args.manifest, args.label,
+                           cfg.n_timesteps)
+        print(json.dumps({"seed": seed, "reference": "random_init_network_mixing", "label": args.label,
+                          "subjects": len(y), **probe(x, y)}), flush=True)
         for name, encoder in (("pretrained", pretrained), ("random_init", random_init)):
             x, y = per_subject(mean_pooled(encoder), args.manifest, args.label, cfg.n_timesteps)
             rows.append({"seed": seed, "encoder": name, "label": args.label, "subjects": len(y), **probe(x, y),
