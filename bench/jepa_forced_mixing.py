@@ -46,6 +46,8 @@ def confined_encoder(networks: np.ndarray, blocks: set[int]):
     original = BrainEncoder.forward
 
     def forward(self, x, token_idx=None, token_valid=None):
+        if max(blocks) >= len(self.blocks):
+            raise ValueError(f"--blocks {sorted(blocks)}: the encoder has blocks 0..{len(self.blocks) - 1}")
         tokens = self.embed(x, token_idx)
         padding = key_padding_mask(token_valid)
         idx = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1) if token_idx is None else token_idx
@@ -76,9 +78,11 @@ def pretrain(out: Path, args, seed: int) -> Path:
 
 
 def tail_loss(run: Path, steps: int = 200) -> float:
+    """Mean logged loss over the run's last ``steps`` optimizer steps (whatever ``run.log_every`` is)."""
     with open(run / "log.csv") as handle:
-        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
-    return float(np.mean(losses[-steps:]))
+        rows = [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+    last = rows[-1][0]
+    return float(np.mean([loss for step, loss in rows if step > last - steps]))
 
 
 def main() -> None:
