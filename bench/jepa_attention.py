@@ -49,7 +49,7 @@ def attention_mass(encoder, x: torch.Tensor, relations: dict[str, torch.Tensor])
 
 
 def main() -> None:
-    from brainjepa.data import ShardDataset
+    from brainjepa.data.dataset import ShardDataset
     from brainjepa.models import ModelConfig, build_model
     from brainjepa.train.checkpoint import load_checkpoint
 

@@ -68,7 +68,7 @@ def confined_encoder(networks: np.ndarray, blocks: set[int]):
 def pretrain(out: Path, args, seed: int) -> Path:
     """Run (or reuse) one pretraining in-process; returns its final checkpoint."""
     from brainjepa.train.config import load_config
-    from brainjepa.train.engine import pretrain as run
+    from brainjepa.train.pretrain import pretrain as run
 
     if not (out / "final.pt").exists():
         sets = [f"data.manifest={args.manifest}", f"data.gradients={args.gradients}", f"run.out_dir={out}",

@@ -31,8 +31,8 @@ DATASETS = {"demo": (64, 164, 200), "ukb": (450, 490, 300)}
 def build(root: Path, n_rois: int, n_time: int, n_runs: int) -> tuple[Path, float]:
     """Per-run files and shards under ``root``; returns the manifest path and the build time (s)."""
     from brainjepa.io import write_timeseries
-    from brainjepa.scaling import ScalingStats
-    from brainjepa.shards import build_shards
+    from brainjepa.group.scaling import ScalingStats
+    from brainjepa.data.shards import build_shards
 
     rois = [f"roi{i:03d}" for i in range(n_rois)]
     rng = np.random.default_rng(0)
@@ -51,7 +51,7 @@ def build(root: Path, n_rois: int, n_time: int, n_runs: int) -> tuple[Path, floa
 def measure(manifest: Path, num_workers: int, repeats: int, mode: str, batch_size: int = 32) -> dict:
     from torch.utils.data import DataLoader
 
-    from brainjepa.data import ShardDataset
+    from brainjepa.data.dataset import ShardDataset
 
     dataset = ShardDataset(manifest, "train", window=160, mode=mode)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,

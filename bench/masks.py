@@ -1,4 +1,4 @@
-"""Mask statistics and collator cost of brainjepa.masks, both modes (prints measured figures).
+"""Mask statistics and collator cost of brainjepa.train.masks, both modes (prints measured figures).
 
     python bench/masks.py [--batches 2000] [--rois 450] [--time-patches 10]
 
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from brainjepa.masks import REGIONS, MaskCollator, MaskConfig
+from brainjepa.train.masks import REGIONS, MaskCollator, MaskConfig
 
 
 def mask_statistics(collator: MaskCollator, n_batches: int, batch_size: int = 16) -> dict[str, object]:

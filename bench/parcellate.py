@@ -30,7 +30,7 @@ def build_inputs(atlas_dir: Path, out: Path, n_volumes: int) -> tuple[Path, Path
     from isal import igzip
     from scipy.ndimage import binary_dilation
 
-    from brainjepa.atlas import build_atlas
+    from brainjepa.preprocess.atlas import build_atlas
 
     atlas, labels = out / "atlas_space-MNI152NLin6Asym_dseg.nii.gz", out / "atlas_labels.tsv"
     if not atlas.exists():
@@ -65,7 +65,7 @@ def build_inputs(atlas_dir: Path, out: Path, n_volumes: int) -> tuple[Path, Path
 def run_method(method: str, atlas: Path, labels: Path, bold: Path, result: Path) -> None:
     """Executed in a child process: parcellate once and save the [T, R] result."""
     if method == "brainjepa":
-        from brainjepa.parcellate import Atlas, parcellate_bold
+        from brainjepa.preprocess.parcellate import Atlas, parcellate_bold
 
         ts, _, _ = parcellate_bold(bold, Atlas.load(atlas, labels))
     else:

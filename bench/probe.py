@@ -69,8 +69,8 @@ def per_subject(featurize, manifest: Path, label: str, window: int) -> tuple[np.
     """
     from torch.utils.data import DataLoader
 
-    from brainjepa.data import ShardDataset
-    from brainjepa.shards import load_manifest
+    from brainjepa.data.dataset import ShardDataset
+    from brainjepa.data.shards import load_manifest
 
     feats: dict[str, list] = {}
     labels: dict[str, float] = {}
@@ -96,7 +96,7 @@ def content_share(encoder, manifest: Path, window: int) -> float:
     """
     from torch.utils.data import DataLoader
 
-    from brainjepa.data import ShardDataset
+    from brainjepa.data.dataset import ShardDataset
 
     encoder.eval()
     x = torch.cat([b[0] for b in DataLoader(ShardDataset(manifest, "pretrain", window=window, mode="eval"),

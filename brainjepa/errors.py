@@ -1,7 +1,7 @@
 """User-facing errors: bad input that the user must fix, reported without a traceback."""
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """Bad input. The message names the file, row or ROI and what is wrong."""
 
 

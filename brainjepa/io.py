@@ -1,4 +1,4 @@
-"""Atomic file output and the ROI time-series Parquet format (design.md, "File formats")."""
+"""Atomic file output, the ROI time-series Parquet format and ROI-order checks (docs/formats.md)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,28 @@ def read_timeseries(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read as Parquet time series ({exc})") from exc
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
+    meta = read_timeseries_metadata(table)
+    if meta is None:
         raise InputError(f"{path}: not a brainjepa time series (no '{METADATA_KEY.decode()}' metadata)")
-    return table.to_pandas(), json.loads(raw)
+    return table.to_pandas(), meta
+
+
+def read_timeseries_metadata(table: pa.Table) -> dict | None:
+    """The brainjepa metadata of a Parquet table (TR, atlas id, source, ...), or None for a foreign file."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def check_roi_names(names: list[str], expected: list[str], source: str | os.PathLike, against: str) -> None:
+    """Refuse ``names`` (read from ``source``) unless they equal ``expected`` (from ``against``) in order.
+
+    The message names the first ROI where they differ, so a wrong atlas or a reordered file is found fast.
+    """
+    names, expected = [str(n) for n in names], [str(n) for n in expected]
+    if names == expected:
+        return
+    if len(names) != len(expected):
+        raise InputError(f"{source}: ROI names/order differ from {against} ({len(names)} vs {len(expected)} ROIs)")
+    i = next(i for i, (a, b) in enumerate(zip(names, expected)) if a != b)
+    raise InputError(f"{source}: ROI names/order differ from {against} (ROI {i + 1} is '{names[i]}', there "
+                     f"'{expected[i]}')")

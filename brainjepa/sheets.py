@@ -148,3 +148,12 @@ def _typed_column(values: pd.Series, kind: str, column: str, path: Path) -> pd.S
 def run_id(row: dict) -> str:
     """Stable identifier and relative output path stem of a run: ``<cohort>/sub-<s>_ses-<s>_run-<r>``."""
     return f"{row['cohort']}/sub-{row['subject']}_ses-{row['session']}_run-{row['run']}"
+
+
+def validate_sheets(samples_path: str | Path, phenotypes_path: str | Path | None = None) -> str:
+    """``brainjepa validate``: check a sample sheet (and a phenotypes sheet); returns a one-line summary."""
+    samples = load_samples(samples_path)
+    if phenotypes_path:
+        load_phenotypes(phenotypes_path)
+    n_subjects = samples[["cohort", "subject"]].drop_duplicates().shape[0]
+    return f"{samples_path}: {len(samples)} runs of {n_subjects} subjects: valid"

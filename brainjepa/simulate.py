@@ -591,6 +591,17 @@ def simulate_run(bold_path, mask_path, cohort: DemoCohort, subject: str, session
         _save_nifti(mask.astype(np.uint8), mask_path)
 
 
+def simulate_one_run(root: str, bold_path: str, mask_path: str, cohort: str, tr: float, n_volumes: int,
+                     subject: str, session: str, run: str, phenotype: dict, seed: int) -> None:
+    """The ``simulate_run`` rule: one run of a demo cohort, from its acquisition (TR, volumes) and labels.
+
+    Only the acquisition enters a run; the sheet settings of a cohort (subjects, sessions, age range, ...)
+    are inputs of ``brainjepa demo-sheets``.
+    """
+    acquisition = DemoCohort(name=cohort, tr=tr, n_volumes=n_volumes, n_subjects=1)
+    simulate_run(bold_path, mask_path, acquisition, subject, session, run, phenotype, seed, load_demo_atlas(root))
+
+
 def _under(path: str, root: Path) -> bool:
     """Whether ``path`` lies inside the folder ``root`` (both resolved)."""
     return Path(path).resolve().is_relative_to(root)

@@ -27,7 +27,7 @@ def require_real_atlases() -> Path:
 @pytest.fixture(scope="session")
 def real_atlas(tmp_path_factory) -> tuple[Path, Path]:
     """The combined Tian S3 + Schaefer-400 (7 networks) atlas, built from the real files in local mode."""
-    from brainjepa.atlas import build_atlas
+    from brainjepa.preprocess.atlas import build_atlas
 
     src = require_real_atlases()
     out = tmp_path_factory.mktemp("real_atlas")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainjepa import atlas as A
+from brainjepa.preprocess import atlas as A
 from brainjepa.errors import InputError
 from conftest import FSL_2MM, require_real_atlases
 
@@ -89,8 +89,8 @@ def test_build_atlas_local_files(tmp_path):
                           subcortical_image=str(tmp_path / "s.nii.gz"), subcortical_labels=str(tmp_path / "s.csv"))
     out = np.asarray(nib.load(tmp_path / "out.nii.gz").dataobj)
     assert (out[2:4, 2:4, 2:4] == 1).all() and set(np.unique(out)) == {1, 2, 3}
-    assert A.atlas_space(tmp_path / "out.nii.gz") == "MNI152NLin6Asym"
-    assert A.atlas_identifier(tmp_path / "out.nii.gz") == ident
+    read = A.read_atlas(tmp_path / "out.nii.gz", tmp_path / "out.tsv")
+    assert read.space == "MNI152NLin6Asym" and read.identifier == ident
 
 
 def test_label_missing_from_image_is_an_error(tmp_path):

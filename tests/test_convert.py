@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 
 from brainjepa.errors import InputError
 from brainjepa.models import BrainEncoder, BrainPredictor, ModelConfig, build_model
+from brainjepa.group.gradients import write_gradients
 from brainjepa.models.convert import config_from_official, from_official, strip_ddp_prefix, to_official
+from brainjepa.models.weights import MODULES, load_weights
 
 
 def block_shapes(prefix: str, dim: int, mlp: int = 4) -> dict[str, tuple[int, ...]]:
@@ -162,3 +167,33 @@ def test_export_errors():
         to_official({"head": {}})
     with pytest.raises(InputError, match="no official name: head.weight"):
         to_official({"encoder": {"head.weight": torch.zeros(1)}})
+
+
+def test_convert_and_export_official_cli(tmp_path):
+    """Official layout -> brainjepa weights -> official layout, through the CLI."""
+    from brainjepa.cli import main
+    from brainjepa.models import ModelConfig, build_model
+    from brainjepa.models.convert import to_official
+
+    cfg = ModelConfig.from_dict({"size": "small", "depth": 2, "predictor_depth": 1, "n_rois": 10,
+                                 "n_timesteps": 32, "n_gradients": 4}).resolved()
+    gradients = torch.randn(10, 4)
+    encoder, predictor = build_model(cfg, gradients)
+    states = {"encoder": encoder.state_dict(), "predictor": predictor.state_dict(),
+              "target_encoder": copy.deepcopy(encoder).state_dict()}
+    official = to_official(states)
+    torch.save({**official, "epoch": 3}, tmp_path / "official.pth")
+    write_gradients(gradients.numpy(), np.ones(4), [f"r{i}" for i in range(10)], tmp_path / "g.tsv")
+    assert main(["convert-checkpoint", "--official", str(tmp_path / "official.pth"), "--gradients",
+                 str(tmp_path / "g.tsv"), "--out", str(tmp_path / "ours.pt")]) == 0
+    loaded, model_config = load_weights(tmp_path / "ours.pt")
+    assert model_config["embed_dim"] == 384 and model_config["depth"] == 2
+    for module in MODULES:
+        for key, value in states[module].items():
+            torch.testing.assert_close(loaded[module][key], value, rtol=1e-5, atol=1e-6)
+    assert main(["export-official", "--checkpoint", str(tmp_path / "ours.pt"), "--out",
+                 str(tmp_path / "back.pth")]) == 0
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert back.keys() == official.keys()
+    for module in official:
+        assert back[module].keys() == official[module].keys()

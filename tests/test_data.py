@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from brainjepa.data import ShardDataset, assign_units, window_starts
+from brainjepa.data.dataset import ShardDataset, assign_units, window_starts
 from brainjepa.errors import InputError
 from brainjepa.io import write_timeseries
-from brainjepa.scaling import ScalingStats
-from brainjepa.shards import build_shards
+from brainjepa.group.scaling import ScalingStats
+from brainjepa.data.shards import build_shards
 
 R, WINDOW = 8, 16
 ROIS = [f"roi{i}" for i in range(R)]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from brainjepa.errors import InputError
-from brainjepa.gradients import (
+from brainjepa.group.gradients import (
     diffusion_map_gradients,
     eigenvalues_path,
     load_fc,

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainjepa import connectivity, scaling, sheets, splits
+from brainjepa import sheets
+from brainjepa.group import group_fc as connectivity
+from brainjepa.group import scaling
+from brainjepa.group import splits
 from brainjepa.cli import main
 from brainjepa.errors import InputError
 from brainjepa.io import write_timeseries
@@ -194,7 +197,7 @@ def test_no_test_subject_reaches_group_statistics(tmp_path):
     def group_outputs(tag: str) -> dict[str, str]:
         paths = {k: out / f"{tag}_{k}" for k in ("stats.json", "fc.npy", "gradients.tsv")}
         for method in ("subject_mean", "timepoints"):
-            assert main(["scaling-stats", "--splits", str(tmp_path / "splits.tsv"), "--runs-root", str(runs_root),
+            assert main(["scaling", "--splits", str(tmp_path / "splits.tsv"), "--runs-root", str(runs_root),
                          "--method", method, "--out", str(paths["stats.json"])]) == 0
         assert main(["group-fc", "--splits", str(tmp_path / "splits.tsv"), "--runs-root", str(runs_root),
                      "--labels", str(tmp_path / "labels.tsv"), "--out", str(paths["fc.npy"])]) == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from brainjepa.errors import InputError
-from brainjepa.masks import MaskCollator, MaskConfig, paper_blocks
+from brainjepa.train.masks import MaskCollator, MaskConfig, paper_blocks
 
 GRIDS = [(450, 10), (64, 10), (12, 2)]
 KEYS = ("context_idx", "context_valid", "target_idx", "target_valid", "target_region")

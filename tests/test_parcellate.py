@@ -13,7 +13,7 @@ import pytest
 
 from brainjepa.errors import InputError
 from brainjepa.io import read_timeseries
-from brainjepa.parcellate import Atlas, parcellate_bold, run_parcellate
+from brainjepa.preprocess.parcellate import Atlas, parcellate_bold, run_parcellate
 from conftest import FSL_2MM, save_bold
 
 
@@ -94,7 +94,7 @@ def test_without_label_table_columns_are_label_values(tmp_path, small_atlas, sma
 
 def test_memory_does_not_depend_on_volume_count(small_atlas, small_bold):
     """Streaming: the image is read a chunk at a time (never the whole 4-D array)."""
-    from brainjepa import parcellate as P
+    from brainjepa.preprocess import parcellate as P
 
     info = P.read_bold_header(small_bold)
     chunks = list(P.iter_volume_chunks(info, chunk=3))
@@ -261,7 +261,7 @@ def test_cli_bad_input_exits_1_with_message(tmp_path, small_atlas, capsys):
 
 def test_axis_permuted_grid_is_not_oblique(tmp_path, small_atlas):
     """A grid stored with swapped axes is still a standard-space grid (not an error)."""
-    from brainjepa.parcellate import check_space, read_bold_header
+    from brainjepa.preprocess.parcellate import check_space, read_bold_header
 
     affine = np.array([[0, -2.0, 0, 90], [2, 0, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
     path = save_bold(tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz", np.ones((12, 10, 10, 3), np.float32),

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
-from brainjepa.data import ShardDataset
+from brainjepa.data.dataset import ShardDataset
 from brainjepa.errors import InputError
 from brainjepa.io import write_timeseries
-from brainjepa.scaling import ScalingStats
-from brainjepa.shards import build_shards, check_scaling_stats, load_manifest
+from brainjepa.group.scaling import ScalingStats
+from brainjepa.data.shards import build_shards, check_scaling_stats, load_manifest
 
 R = 8
 ROIS = [f"roi{i}" for i in range(R)]
@@ -160,7 +160,7 @@ def test_writer_settings(tmp_path, cohort):
 
 
 def test_read_shard_decodes_matrices(tmp_path, cohort):
-    from brainjepa.shards import read_shard
+    from brainjepa.data.shards import read_shard
 
     runs, raw, stats = cohort
     manifest = build_shards(runs, stats, tmp_path / "s", window=16)

@@ -94,7 +94,7 @@ def test_group_stage_and_shards(tiny_project):
     # the loader streams the pretraining shards in batches of [B, 1, R, window]
     from torch.utils.data import DataLoader
 
-    from brainjepa.data import ShardDataset
+    from brainjepa.data.dataset import ShardDataset
 
     dataset = ShardDataset(work / "shards/manifest.json", "pretrain", window=32, label_columns=["age"],
                            scaling_stats=str(work / "group/scaling_stats.json"))

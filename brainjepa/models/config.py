@@ -1,4 +1,4 @@
-"""Model configuration: one frozen dataclass, sizes from named presets (brainjepa-reference.md section 3)."""
+"""Model configuration: one frozen dataclass, sizes from named presets (docs/reference.md section 3)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from brainjepa.config import choices, from_mapping
 from brainjepa.errors import InputError
 
 Size = Literal["tiny", "small", "base", "large"]
@@ -21,11 +22,9 @@ PRESETS: dict[str, dict[str, int]] = {
     "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "predictor_dim": 384, "predictor_depth": 12},
 }
 CHOICES: dict[str, tuple[str, ...]] = {
-    "size": tuple(PRESETS),
-    "positional": ("gradient", "roi_sincos", "centroid"),
-    "init": ("trunc_normal", "xavier"),
-    "attention": ("sdpa", "flash_attn"),
+    "size": choices(Size), "positional": choices(Positional), "init": choices(Init), "attention": choices(AttentionBackend),
 }
+assert CHOICES["size"] == tuple(PRESETS)
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,9 @@ class ModelConfig:
             raise InputError(f"model.mlp_ratio: must be positive, got {self.mlp_ratio}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from a mapping (a YAML section); unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"model: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: str = "model") -> ModelConfig:
+        """Build from a mapping (a YAML section); unknown keys and bad values are errors naming the key."""
+        return from_mapping(cls, d, where)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

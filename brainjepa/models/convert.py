@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -245,3 +246,30 @@ def to_official(states: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[st
             raise InputError(f"to_official: {name} has keys with no official name: {_listing(unknown)}")
         out[name] = converted
     return out
+
+
+def convert_official(official_path: str | Path, gradients_path: str | Path, out: str | Path) -> ModelConfig:
+    """``convert-checkpoint``: the released Brain-JEPA ``.pth`` -> a brainjepa weights file.
+
+    The official files also hold optimizer state and numpy scalars, so they are unpickled in full: convert
+    only files you trust (the authors' release).
+    """
+    from brainjepa.group.gradients import read_gradients
+    from brainjepa.models.weights import read_torch_file, save_weights
+
+    official = read_torch_file(official_path, "official checkpoint", weights_only=False)
+    _, gradients = read_gradients(gradients_path)
+    cfg = config_from_official(official, gradients.shape[0])
+    states = from_official(official, torch.tensor(gradients, dtype=torch.float32), cfg)
+    save_weights(out, states, cfg.to_dict(), source=str(official_path))
+    return cfg
+
+
+def export_official(checkpoint_path: str | Path, out: str | Path) -> None:
+    """``export-official``: a brainjepa checkpoint or weights file -> the official key layout (``.pth``)."""
+    from brainjepa.io import atomic_path
+    from brainjepa.models.weights import load_weights
+
+    states, _ = load_weights(checkpoint_path)
+    with atomic_path(out) as tmp:
+        torch.save(to_official(states), tmp)

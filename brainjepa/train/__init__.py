@@ -1,1 +1,1 @@
-"""Self-supervised Brain-JEPA pretraining: typed config, pure schedules, EMA, the training loop, checkpoints."""
+"""Self-supervised pretraining: typed config, masks, the JEPA objective, schedules, EMA, the loop, checkpoints."""

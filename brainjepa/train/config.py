@@ -1,37 +1,47 @@
-"""Pretraining configuration: typed dataclasses per section, defaults in code, YAML + CLI overrides merged once.
+"""Pretraining configuration: one typed tree of frozen dataclasses, defaults in code, YAML + overrides merged once.
 
-Unknown keys are errors; the resolved configuration is written next to the run (``config.yaml``).
-Defaults follow the paper (brainjepa-reference.md section 5); where the public code differs, a switch says so.
+Sections: ``model`` (:class:`brainjepa.models.ModelConfig`), ``data``, ``mask``
+(:class:`brainjepa.train.masks.MaskConfig`), ``optim``, ``run``. Unknown keys, wrong types and values outside
+a setting's choices are errors naming the key's dotted path, when the file is loaded (the workflow loads it
+before any job runs). The resolved configuration is written next to the run (``config.yaml``).
+Defaults follow the paper (docs/reference.md section 5: ViT-B, 300 epochs, 40 warm-up epochs, AdamW, EMA
+0.996 -> 1.0); where the public code differs, a switch says so. Two defaults are not the paper's run on 4 GPUs
+but its per-process share: ``data.batch_size`` (16 per GPU) and ``optim.accumulation_steps`` (1; the paper's
+global batch needs 8 on 4 GPUs, see config/pretrain.yaml).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
+from brainjepa.config import from_mapping, to_plain
 from brainjepa.errors import InputError
+from brainjepa.models.config import ModelConfig
+from brainjepa.train.masks import MaskConfig
+
+Loss = Literal["mse", "smooth_l1"]                 # mse (paper) | smooth_l1 (public code)
+TargetNorm = Literal["layer", "layer_centered"]    # layer (paper) | layer_centered (also removes the positional part)
+EmaSchedule = Literal["paper", "code"]             # paper (linear over all optimizer steps) | code (stops near 0.9965)
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "bf16", "fp32"]        # auto: bf16 on GPU, fp32 on CPU
+DATA_DERIVED = ("n_rois", "n_timesteps", "n_gradients")  # model fields set from the shards and gradients
 
 
 @dataclass(frozen=True)
 class DataConfig:
     manifest: str = "results/shards/manifest.json"
     split: str = "pretrain"
-    scaling_stats: str | None = None     # checked against the shards' statistics id when given
-    gradients: str = "results/group/gradients.tsv"
-    labels: str | None = None             # atlas label table (centroids for positional='centroid')
-    window: int = 160
+    scaling_stats: str | None = None     # when given, checked against the shards' statistics id
+    gradients: str = "results/gradients/gradients.tsv"
+    labels: str | None = None             # atlas label table (centroids for model.positional 'centroid')
+    window: int | None = None             # time steps per sample; None: the shard manifest's window
     batch_size: int = 16                  # per process
     num_workers: int = 2
-
-
-@dataclass(frozen=True)
-class MaskSection:
-    mode: str = "paper"                   # paper | reference (the public code's collator)
-    options: dict = field(default_factory=dict)   # further MaskConfig fields (block size ranges)
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     accumulation_steps: int = 1
     ema: tuple[float, float] = (0.996, 1.0)
-    ema_schedule: str = "paper"           # paper (linear over all optimizer steps) | code (stops near 0.9965)
-    loss: str = "mse"                     # mse (paper) | smooth_l1 (code)
-    target_norm: str = "layer"            # layer (paper) | layer_centered (also removes the positional part)
+    ema_schedule: EmaSchedule = "paper"
+    loss: Loss = "mse"
+    target_norm: TargetNorm = "layer"
     clip_grad: float | None = None
 
 
@@ -56,8 +66,8 @@ class OptimConfig:
 class RunConfig:
     out_dir: str = "results/pretrain/brainjepa"
     seed: int = 0
-    device: str = "auto"                  # auto | cpu | cuda
-    precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    device: Device = "auto"
+    precision: Precision = "auto"
     checkpoint_every: int = 10            # epochs; `latest.pt` is written at every epoch end too
     log_every: int = 10                   # optimizer steps between CSV rows
     collapse_threshold: float = 0.05      # warn when the target features' batch spread falls below this
@@ -67,54 +77,25 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: dict = field(default_factory=lambda: {"size": "tiny"})   # brainjepa.models ModelConfig fields
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    mask: MaskSection = field(default_factory=MaskSection)
+    mask: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-
-def _build(cls, values: dict, where: str):
-    """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclasses; unknown keys are errors."""
-    if not isinstance(values, dict):
-        raise InputError(f"config section '{where}' must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise InputError(f"unknown config key(s) in '{where}': {unknown}; allowed: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}" if where else name)
-        else:
-            kwargs[name] = _coerce(value, hint, f"{where}.{name}" if where else name)
-    return cls(**kwargs)
-
-
-def _coerce(value, hint, where: str):
-    """Check a scalar against its annotation (int, float, bool, str, optional, tuple); '1e-3' counts as float."""
-    args = typing.get_args(hint)
-    if value is None and type(None) in args:
-        return None
-    base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
-    if typing.get_origin(base) is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(base)):
-            raise InputError(f"config '{where}': expected {len(typing.get_args(base))} values, got {value!r}")
-        return tuple(_coerce(v, t, where) for v, t in zip(value, typing.get_args(base)))
-    if base is float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"config '{where}': expected a number, got {value!r}") from None
-    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InputError(f"config '{where}': expected an integer, got {value!r}")
-    if base in (bool, str) and not isinstance(value, base):
-        raise InputError(f"config '{where}': expected {base.__name__}, got {value!r}")
-    return value
+    def __post_init__(self) -> None:
+        for name in ("epochs", "accumulation_steps"):
+            if getattr(self.optim, name) < 1:
+                raise InputError(f"config 'optim.{name}' must be at least 1, got {getattr(self.optim, name)}")
+        for section, name in (("data", "batch_size"), ("run", "checkpoint_every"), ("run", "log_every")):
+            if getattr(getattr(self, section), name) < 1:
+                raise InputError(f"config '{section}.{name}' must be at least 1")
+        if self.data.num_workers < 0:
+            raise InputError("config 'data.num_workers' must be >= 0")
+        if self.data.window is not None:
+            if self.data.window % self.model.patch_size:
+                raise InputError(f"config 'data.window' ({self.data.window}) is not a multiple of "
+                                 f"'model.patch_size' ({self.model.patch_size})")
 
 
 def _set_path(tree: dict, dotted: str, value) -> None:
@@ -122,11 +103,13 @@ def _set_path(tree: dict, dotted: str, value) -> None:
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise InputError(f"override '{dotted}': '{key}' is not a section")
     node[keys[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- ``key.sub=value`` overrides (values parsed as YAML)."""
+    """Defaults <- YAML file <- ``key.sub=value`` overrides (values parsed as YAML); checked once."""
     tree: dict = {}
     if path is not None:
         try:
@@ -138,39 +121,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise InputError(f"override '{item}' must look like section.key=value")
         key, value = item.split("=", 1)
         _set_path(tree, key.strip(), yaml.safe_load(value))
-    cfg = _build(TrainConfig, tree, "")
-    _check_choices(cfg, path)
-    return cfg
-
-
-# String settings and their allowed values, checked when the config is loaded (not at the first step).
-CHOICES = {
-    ("optim", "loss"): ("mse", "smooth_l1"),
-    ("optim", "ema_schedule"): ("paper", "code"),
-    ("optim", "target_norm"): ("layer", "layer_centered"),
-    ("run", "device"): ("auto", "cpu", "cuda"),
-    ("run", "precision"): ("auto", "bf16", "fp32"),
-}
-
-
-def _check_choices(cfg: TrainConfig, path) -> None:
-    for (section, key), allowed in CHOICES.items():
-        value = getattr(getattr(cfg, section), key)
-        if value not in allowed:
-            raise InputError(f"{path or 'training config'}: {section}.{key} is {value!r}; "
-                             f"allowed: {', '.join(allowed)}")
+    if isinstance(tree, dict) and isinstance(tree.get("model"), dict):
+        derived = sorted(set(tree["model"]) & set(DATA_DERIVED))
+        if derived:
+            raise InputError(f"{path or 'training config'}: model.{derived[0]} is set from the data "
+                             "(shards, gradients); remove it")
+    try:
+        return from_mapping(TrainConfig, tree)
+    except InputError as exc:
+        raise InputError(f"{path or 'training config'}: {exc}") from None
 
 
 def to_dict(cfg: TrainConfig) -> dict:
-    """Plain-Python form (lists for tuples) for YAML and checkpoints."""
-    def plain(value):
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-    return plain(dataclasses.asdict(cfg))
+    """Plain-Python form (lists for tuples) for YAML and checkpoints; data-derived model fields left out."""
+    tree = to_plain(cfg)
+    for name in DATA_DERIVED:
+        tree["model"].pop(name)
+    return tree
 
 
 def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def with_data_shape(cfg: ModelConfig, n_rois: int, n_timesteps: int, n_gradients: int) -> ModelConfig:
+    """The model config at the data's shape (ROIs and window from the shards, gradient columns)."""
+    return dataclasses.replace(cfg, n_rois=n_rois, n_timesteps=n_timesteps, n_gradients=n_gradients)

@@ -1,4 +1,5 @@
-# Config and sample-sheet validation, and the input functions of the per-run rules.
+# Config, sample-sheet and training-config validation (before any job runs), the results layout, and the
+# input functions of the rules. Layout: every rule writes under results/<stage>/ and logs to logs/<rule>/.
 import json
 import shlex
 import os
@@ -9,12 +10,17 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from brainjepa import bids, sheets, splits
-from brainjepa.simulate import demo_atlas_paths, demo_run_paths
+from brainjepa import bids, sheets
 from brainjepa.errors import InputError
-
+from brainjepa.group import splits
+from brainjepa.simulate import demo_atlas_paths, demo_run_paths
+from brainjepa.train.config import load_config
 
 validate(config, schema="../schemas/config.schema.yaml")
+try:  # the training configuration is checked now, not when the pretrain job starts hours later
+    TRAIN_CONFIG = load_config(config["pretrain"]["config"])
+except InputError as exc:
+    raise WorkflowError(f"invalid training config: {exc}")
 
 DEMO_ROOT = Path(os.path.normpath(config["demo"]["root"]))
 
@@ -47,7 +53,7 @@ try:
         PHENOTYPES,
     )
     PRETRAIN_RUN_IDS = list(splits.pretraining_runs(SPLITS)["run_id"])
-except InputError as exc:
+except InputError as exc:  # the split table is rebuilt by the splits job from the same config
     raise WorkflowError(f"invalid sample sheet: {exc}")
 
 RUN_IDS = list(SAMPLES["run_id"])
@@ -66,6 +72,16 @@ DEMO_FUNC = os.path.join(
 )
 ATLAS_IMAGE = f"results/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
 ATLAS_LABELS = f"results/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
+PARCELLATE = "results/parcellate/{cohort}/{stem}"  # + .parquet (ROI time series), _qc.tsv (per ROI)
+ALIGN_TR_ROOT = "results/align_tr"                 # <cohort>/<stem>.parquet at the target TR
+SPLITS = "results/splits/splits.tsv"
+SPLIT_BALANCE = "results/splits/balance.tsv"
+SCALING_STATS = "results/scaling/scaling_stats.json"
+GROUP_FC = "results/group_fc/group_fc.npy"
+GROUP_FC_FIGURE = "results/group_fc/group_fc.png"
+GRADIENTS = "results/gradients/gradients.tsv"
+SHARDS_MANIFEST = "results/shards/manifest.json"
+PRETRAIN_DIR = os.path.normpath(TRAIN_CONFIG.run.out_dir)  # the training config's run folder
 
 
 def sample_row(wildcards):
@@ -78,7 +94,7 @@ def parcellate_inputs(wildcards):
     inputs = {"atlas": ATLAS_IMAGE, "labels": ATLAS_LABELS}
     if row["bold"]:
         inputs["data"] = row["bold"]
-        sidecar = str(Path(row["bold"]).with_name(Path(row["bold"]).name.split(".nii")[0] + ".json"))
+        sidecar = str(bids.sidecar_path(row["bold"]))
         if Path(sidecar).exists() or produced_by_workflow(sidecar):
             inputs["sidecar"] = sidecar
     else:
@@ -131,11 +147,8 @@ def atlas_args(wildcards, input):
     return " ".join(f"--{name.replace('_', '-')} {quote(path)}" for name, path in input.items())
 
 
-GROUP = "results/group"
-
-
 def aligned_runs(run_ids):
-    return [f"results/aligned/{run_id}.parquet" for run_id in run_ids]
+    return [str(splits.run_file(ALIGN_TR_ROOT, run_id)) for run_id in run_ids]
 
 
 def splits_inputs(wildcards):
@@ -147,10 +160,23 @@ def splits_inputs(wildcards):
 
 
 def gradients_inputs(wildcards):
-    inputs = {"fc": f"{GROUP}/group_fc.npy", "labels": ATLAS_LABELS}
+    """A given gradients file (config gradients.file), else the group FC and an optional reference."""
+    if config["gradients"]["file"]:
+        return {"given": config["gradients"]["file"], "labels": ATLAS_LABELS}
+    inputs = {"fc": GROUP_FC, "labels": ATLAS_LABELS}
     if config["gradients"]["reference"]:
         inputs["reference"] = config["gradients"]["reference"]
     return inputs
+
+
+def gradients_args(wildcards, input):
+    """`brainjepa gradients` source options: a given gradients file, or the group FC (+ reference)."""
+    if "given" in input.keys():
+        return f"--given {shlex.quote(input.given)}"
+    args = f"--fc {shlex.quote(input.fc)} --n-components {config['gradients']['n_components']}"
+    if "reference" in input.keys():
+        args += f" --reference {shlex.quote(input.reference)}"
+    return args
 
 
 def pretrain_launcher(wildcards):
@@ -162,10 +188,7 @@ def pretrain_launcher(wildcards):
 
 
 def get_final_outputs():
-    group = [f"{GROUP}/{name}" for name in ("splits.tsv", "split_balance.tsv", "scaling_stats.json", "group_fc.npy", "group_fc.png")]
-    pretrained = f"results/pretrain/{config['pretrain']['name']}/final.pt"
-    return [ATLAS_IMAGE, ATLAS_LABELS, f"{GROUP}/gradients.tsv", "results/shards/manifest.json", pretrained] + group + [
-        f"results/{stage}/{run_id}.{ext}"
-        for run_id in RUN_IDS
-        for stage, ext in (("aligned", "parquet"), ("qc/parcellate", "tsv"))
-    ]
+    group = [SPLITS, SPLIT_BALANCE, SCALING_STATS, GROUP_FC, GROUP_FC_FIGURE, GRADIENTS]
+    per_run = [f"{ALIGN_TR_ROOT}/{run_id}.parquet" for run_id in RUN_IDS]
+    per_run += [f"results/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
+    return [ATLAS_IMAGE, ATLAS_LABELS, *group, SHARDS_MANIFEST, f"{PRETRAIN_DIR}/final.pt", *per_run]

@@ -1,24 +1,28 @@
-# Group stage: splits, then statistics of the pretraining set only (scaling, FC, gradients).
+# Pooled statistics: the splits, then statistics of the pretraining set only (scaling, group FC, gradients).
+# One rule per stage; each writes under results/<stage>/.
 
 
 rule splits:
     input:
         unpack(splits_inputs),
     output:
-        f"{GROUP}/splits.tsv",
+        SPLITS,
     params:
         stratify=lambda wildcards, input: (
-            f"--stratify {shlex.quote(json.dumps(config['splits']['stratify']))} --phenotypes {input.phenotypes}"
+            f"--stratify {shlex.quote(json.dumps(config['splits']['stratify']))}"
+            f" --phenotypes {shlex.quote(input.phenotypes)}"
             f" --label-types {shlex.quote(json.dumps(config['labels']))}"
             if config["splits"]["stratify"]
             else ""
         ),
         seed=config["splits"]["seed"],
-        fractions=",".join(str(config["splits"]["fractions"][k]) for k in ("train", "val", "test")),
+        fractions=",".join(
+            str(config["splits"]["fractions"][k]) for k in ("train", "val", "test")
+        ),
         cohort=config["splits"]["pretraining"]["cohort"],
         fraction=config["splits"]["pretraining"]["fraction"],
     log:
-        "logs/group/splits.log",
+        "logs/splits/splits.log",
     localrule: True
     shell:
         "brainjepa splits --samples {input.samples:q} --seed {params.seed} --fractions {params.fractions}"
@@ -28,88 +32,73 @@ rule splits:
 
 rule split_balance:
     input:
-        splits=f"{GROUP}/splits.tsv",
+        splits=SPLITS,
         phenotypes=config["phenotypes"],
     output:
-        f"{GROUP}/split_balance.tsv",
+        SPLIT_BALANCE,
     params:
         labels=json.dumps(config["labels"], sort_keys=True),
     log:
-        "logs/group/split_balance.log",
+        "logs/split_balance/split_balance.log",
     localrule: True
     shell:
         "brainjepa split-balance --splits {input.splits:q} --phenotypes {input.phenotypes:q}"
         " --label-types {params.labels:q} --out {output:q} > {log} 2>&1"
 
 
-rule scaling_stats:
+rule scaling:
     input:
-        splits=f"{GROUP}/splits.tsv",
+        splits=SPLITS,
         runs=aligned_runs(PRETRAIN_RUN_IDS),
     output:
-        f"{GROUP}/scaling_stats.json",
+        SCALING_STATS,
     params:
         method=config["scaling"]["method"],
+        runs_root=ALIGN_TR_ROOT,
     log:
-        "logs/group/scaling_stats.log",
+        "logs/scaling/scaling.log",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
-        "brainjepa scaling-stats --splits {input.splits:q} --runs-root results/aligned"
+        "brainjepa scaling --splits {input.splits:q} --runs-root {params.runs_root:q}"
         " --method {params.method} --out {output:q} > {log} 2>&1"
 
 
 rule group_fc:
     input:
-        splits=f"{GROUP}/splits.tsv",
+        splits=SPLITS,
         labels=ATLAS_LABELS,
         runs=aligned_runs(PRETRAIN_RUN_IDS),
     output:
-        fc=f"{GROUP}/group_fc.npy",
-        figure=f"{GROUP}/group_fc.png",
+        fc=GROUP_FC,
+        figure=GROUP_FC_FIGURE,
+    params:
+        runs_root=ALIGN_TR_ROOT,
     log:
-        "logs/group/group_fc.log",
+        "logs/group_fc/group_fc.log",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
-        "brainjepa group-fc --splits {input.splits:q} --runs-root results/aligned --labels {input.labels:q}"
+        "brainjepa group-fc --splits {input.splits:q} --runs-root {params.runs_root:q} --labels {input.labels:q}"
         " --out {output.fc:q} --figure {output.figure:q} > {log} 2>&1"
 
 
-if config["gradients"]["file"]:
-
-    rule gradients:
-        input:
-            given=config["gradients"]["file"],
-            labels=ATLAS_LABELS,
-        output:
-            f"{GROUP}/gradients.tsv",
-        log:
-            "logs/group/gradients.log",
-        localrule: True
-        shell:
-            "brainjepa check-gradients --in {input.given:q} --labels {input.labels:q} --out {output:q} > {log} 2>&1"
-
-else:
-
-    rule gradients:
-        input:
-            unpack(gradients_inputs),
-        output:
-            f"{GROUP}/gradients.tsv",
-        params:
-            n=config["gradients"]["n_components"],
-            reference=lambda wildcards, input: f"--reference {input.reference}" if "reference" in input.keys() else "",
-        log:
-            "logs/group/gradients.log",
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=30,
-        shell:
-            "brainjepa gradients --fc {input.fc:q} --labels {input.labels:q} --n-components {params.n}"
-            " {params.reference} --out {output:q} > {log} 2>&1"
+rule gradients:
+    input:
+        unpack(gradients_inputs),
+    output:
+        GRADIENTS,
+    params:
+        source=gradients_args,
+    log:
+        "logs/gradients/gradients.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "brainjepa gradients {params.source} --labels {input.labels:q} --out {output:q} > {log} 2>&1"

@@ -5,8 +5,8 @@ rule parcellate:
     input:
         unpack(parcellate_inputs),
     output:
-        timeseries="results/timeseries/{cohort}/{stem}.parquet",
-        qc="results/qc/parcellate/{cohort}/{stem}.tsv",
+        timeseries=f"{PARCELLATE}.parquet",
+        qc=f"{PARCELLATE}_qc.tsv",
     params:
         source=parcellate_args,
         empty_roi=config["parcellate"]["empty_roi"],

@@ -1,21 +1,21 @@
-# Brain-JEPA self-supervised pretraining on the pretraining shards (GPU rule on a cluster).
-# Reruns continue from results/pretrain/<name>/latest.pt when a previous job died midway.
+# Brain-JEPA self-supervised pretraining on the pretraining shards (GPU rule on a cluster), into the training
+# config's run.out_dir. Reruns continue from its latest.pt when a previous job died midway.
 
 
 rule pretrain:
     input:
         train_config=config["pretrain"]["config"],
-        manifest="results/shards/manifest.json",
-        gradients=f"{GROUP}/gradients.tsv",
-        stats=f"{GROUP}/scaling_stats.json",
+        manifest=SHARDS_MANIFEST,
+        gradients=GRADIENTS,
+        stats=SCALING_STATS,
+        labels=ATLAS_LABELS,
     output:
-        checkpoint=f"results/pretrain/{config['pretrain']['name']}/final.pt",
-        log_csv=f"results/pretrain/{config['pretrain']['name']}/log.csv",
+        checkpoint=f"{PRETRAIN_DIR}/final.pt",
+        log_csv=f"{PRETRAIN_DIR}/log.csv",
     params:
         launcher=pretrain_launcher,
-        out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
     log:
-        f"logs/pretrain/{config['pretrain']['name']}.log",
+        f"logs/pretrain/{os.path.basename(PRETRAIN_DIR)}.log",
     threads: config["pretrain"]["threads"]
     resources:
         gpu=config["pretrain"]["gpus"],
@@ -24,4 +24,4 @@ rule pretrain:
     shell:
         "{params.launcher} pretrain --config {input.train_config:q} --set data.manifest={input.manifest:q}"
         " --set data.gradients={input.gradients:q} --set data.scaling_stats={input.stats:q}"
-        " --set run.out_dir={params.out_dir:q} --set run.progress=false > {log} 2>&1"
+        " --set data.labels={input.labels:q} --set run.progress=false > {log} 2>&1"

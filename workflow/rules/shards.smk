@@ -3,14 +3,15 @@
 
 rule shards:
     input:
-        splits=f"{GROUP}/splits.tsv",
-        stats=f"{GROUP}/scaling_stats.json",
+        splits=SPLITS,
+        stats=SCALING_STATS,
         phenotypes=config["phenotypes"],
         runs=aligned_runs(RUN_IDS),
     output:
-        manifest="results/shards/manifest.json",
+        manifest=SHARDS_MANIFEST,
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        runs_root=ALIGN_TR_ROOT,
         labels=json.dumps(config["labels"], sort_keys=True),
         max_mb=config["shards"]["max_shard_mb"],
         dtype=config["shards"]["dtype"],
@@ -23,7 +24,7 @@ rule shards:
         mem_mb=4000,
         runtime=120,
     shell:
-        "brainjepa shards --splits {input.splits:q} --runs-root results/aligned --phenotypes {input.phenotypes:q}"
-        " --label-types {params.labels:q} --stats {input.stats:q} --max-shard-mb {params.max_mb}"
-        " --dtype {params.dtype} --window {params.window} --short-policy {params.short}"
-        " --out-dir {params.out_dir:q} > {log} 2>&1"
+        "brainjepa shards --splits {input.splits:q} --runs-root {params.runs_root:q}"
+        " --phenotypes {input.phenotypes:q} --label-types {params.labels:q} --stats {input.stats:q}"
+        " --max-shard-mb {params.max_mb} --dtype {params.dtype} --window {params.window}"
+        " --short-policy {params.short} --out-dir {params.out_dir:q} > {log} 2>&1"

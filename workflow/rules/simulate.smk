@@ -27,7 +27,8 @@ if config["demo"]["enabled"]:
         params:
             root=lambda wildcards, input: Path(input.cortical_image).parent.parent,
             seed=config["demo"]["seed"],
-            spec=lambda wc: json.dumps(config["demo"]["cohorts"][wc.cohort], sort_keys=True),
+            tr=lambda wc: config["demo"]["cohorts"][wc.cohort]["tr"],
+            n_volumes=lambda wc: config["demo"]["cohorts"][wc.cohort]["n_volumes"],
             phenotype=demo_phenotype,
         log:
             "logs/simulate/{cohort}/sub-{subject}_ses-{session}_run-{run}.log",
@@ -41,6 +42,6 @@ if config["demo"]["enabled"]:
             runtime=10,
         shell:
             "brainjepa simulate-run --root {params.root:q} --bold {output.bold:q} --mask {output.mask:q}"
-            " --cohort {wildcards.cohort} --cohort-spec {params.spec:q} --subject {wildcards.subject}"
+            " --cohort {wildcards.cohort} --tr {params.tr} --n-volumes {params.n_volumes} --subject {wildcards.subject}"
             " --session {wildcards.session} --run {wildcards.run} --phenotype {params.phenotype:q}"
             " --seed {params.seed} > {log} 2>&1"

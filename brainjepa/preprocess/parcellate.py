@@ -20,10 +20,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from brainjepa import atlas as atlas_mod
 from brainjepa import bids
 from brainjepa.errors import InputError
-from brainjepa.io import METADATA_KEY, write_timeseries, write_tsv_atomic
+from brainjepa.io import read_timeseries_metadata, write_timeseries, write_tsv_atomic
+from brainjepa.preprocess.atlas import read_atlas
+from brainjepa.preprocess.grid import resample_nearest
 
 try:  # ISA-L inflates about 2x faster than zlib; same stream format
     from isal import igzip as _gzip
@@ -162,21 +163,7 @@ def load_mask(path: str | Path, info: BoldInfo) -> np.ndarray:
     if data.ndim != 3:
         raise InputError(f"{path}: mask must be 3-D, got shape {data.shape}")
     img = nib.Nifti1Image((data > 0).astype(np.int32), img.affine)
-    return np.asarray(atlas_mod.resample_labels(img, info.shape[:3], info.affine).dataobj) > 0
-
-
-def atlas_rois(atlas_img: nib.Nifti1Image, labels: pd.DataFrame | None) -> tuple[np.ndarray, list[str]]:
-    """Label values [R] in ascending order and their column names (label table names, or the values)."""
-    present = np.unique(np.asarray(atlas_img.dataobj))
-    present = present[present > 0].astype(np.int64)
-    if labels is None:
-        return present, [str(v) for v in present]
-    values = labels["index"].to_numpy(dtype=np.int64)
-    unlisted = np.setdiff1d(present, values)
-    if len(unlisted):
-        raise InputError(f"atlas labels {unlisted[:10].tolist()} are not in the label table")
-    order = np.argsort(values)
-    return values[order], [str(n) for n in labels["name"].to_numpy()[order]]
+    return np.asarray(resample_nearest(img, info.shape[:3], info.affine).dataobj) > 0
 
 
 @dataclass
@@ -192,16 +179,14 @@ class Atlas:
 
     @classmethod
     def load(cls, path: str | Path, labels: str | Path | None = None) -> "Atlas":
-        img = atlas_mod.load_label_image(path)
-        table = atlas_mod.read_label_table(labels) if labels else None
-        values, names = atlas_rois(img, table)
-        return cls(img, values, names, atlas_mod.atlas_space(path), atlas_mod.atlas_identifier(path), {})
+        atlas = read_atlas(path, labels)
+        return cls(atlas.image, atlas.values, atlas.names, atlas.space, atlas.identifier, {})
 
     def operator(self, info: BoldInfo, mask: np.ndarray | None = None) -> ParcelOperator:
         """The averaging operator on the BOLD grid (atlas resampled with nearest neighbour if needed)."""
         key = (info.shape[:3], info.affine.round(5).tobytes())
         if key not in self._operators:
-            grid = atlas_mod.resample_labels(self.image, info.shape[:3], info.affine)
+            grid = resample_nearest(self.image, info.shape[:3], info.affine)
             self._operators[key] = np.asarray(grid.dataobj)
         labels = self._operators[key]
         return ParcelOperator.from_labels(labels, self.values, mask)
@@ -293,8 +278,7 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None) -
             frame = pd.DataFrame(np.load(path, allow_pickle=False))
         elif name.endswith(".parquet"):
             table = pq.read_table(path)
-            raw = (table.schema.metadata or {}).get(METADATA_KEY)
-            meta_tr = json.loads(raw).get("tr") if raw else None
+            meta_tr = (read_timeseries_metadata(table) or {}).get("tr")
             frame = table.to_pandas()
         elif name.endswith((".tsv", ".csv", ".tsv.gz", ".csv.gz")):
             frame = _read_delimited(path, sep="\t" if ".tsv" in name else ",")

@@ -23,7 +23,7 @@ Context = ``P_r x P_t``. Every region is defined against the final context, so a
 context times, beta = context ROIs x other times, gamma = other ROIs x other times: the three regions and
 the context are pairwise disjoint. Lists are padded to the batch maximum (index 0, ``valid`` False).
 
-Choices where the paper is silent (section 4 of docs/brainjepa-reference.md):
+Choices where the paper is silent (docs/reference.md section 4; the whole design: docs/masks.md):
 
 - Regions are relative to the context after the removal, not to the observation block: relative to the
   observation, gamma's region (unobserved ROIs x unobserved times, at most 16% x 16% of the grid) would be
@@ -66,14 +66,17 @@ import dataclasses
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+import typing
+from typing import Any, Literal, Mapping, NamedTuple
 
 import numpy as np
 import torch
 
+from brainjepa.config import from_mapping
 from brainjepa.errors import InputError
 
-MODES = ("paper", "reference")
+MaskMode = Literal["paper", "reference"]
+MODES = typing.get_args(MaskMode)
 REGIONS = ("alpha", "beta", "gamma")  # target_region codes 0, 1, 2; -1 is padding
 _STREAM = zlib.crc32(b"brainjepa.masks")  # keeps mask seeds apart from the data loader's streams
 _REFERENCE_EDGE = 0.3  # public code: beta/gamma times from the first/last 3 of 10 time patches
@@ -89,7 +92,7 @@ class MaskConfig:
     ``pred_mask_T_roi_scale``, ``pred_mask_R_roi_scale``, ``pred_mask_T_scale``).
     """
 
-    mode: str = "paper"
+    mode: MaskMode = "paper"
     observation_roi: Range = (0.84, 1.0)
     observation_time: Range = (0.84, 1.0)
     alpha_roi: Range = (0.45, 0.6)
@@ -115,13 +118,9 @@ class MaskConfig:
             raise InputError("mask config: the observation block's fractions must be above 0")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MaskConfig:
-        """Build from a YAML/JSON mapping (ranges may be lists); unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"mask config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(d))
+    def from_dict(cls, d: Mapping[str, Any], where: str = "mask") -> MaskConfig:
+        """Build from a YAML/JSON mapping (ranges may be lists); unknown keys are errors naming the key."""
+        return from_mapping(cls, d, where)
 
 
 # -- small vectorised samplers (numpy; B = batch size) ------------------------------------------------------

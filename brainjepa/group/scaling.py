@@ -138,7 +138,7 @@ def _timepoint_quantiles(paths: list[Path], qs: tuple[float, ...]) -> tuple[np.n
 def compute_scaling_stats(subjects: dict[str, list[Path]], method: str) -> ScalingStats:
     """Statistics from the runs of the given (training) subjects: {subject key: [run files]}."""
     if method not in METHODS:
-        raise ValueError(f"scaling method must be one of {METHODS}, not {method!r}")
+        raise InputError(f"scaling method must be one of {METHODS}, not {method!r}")
     if not subjects:
         raise InputError("no training subjects to compute scaling statistics from")
     if method == "subject_mean":
@@ -160,3 +160,12 @@ def compute_scaling_stats(subjects: dict[str, list[Path]], method: str) -> Scali
 
 def write_scaling_stats(stats: ScalingStats, path: str | Path) -> None:
     write_text_atomic(path, stats.to_json())
+
+
+def run_scaling_stats(splits_path: str | Path, runs_root: str | Path, method: str, out: str | Path) -> ScalingStats:
+    """The ``scaling`` stage: the pretraining set's runs (from the splits table) -> scaling statistics JSON."""
+    from brainjepa.group.splits import pretraining_runs, read_splits, run_files
+
+    stats = compute_scaling_stats(run_files(pretraining_runs(read_splits(splits_path)), runs_root), method)
+    write_scaling_stats(stats, out)
+    return stats

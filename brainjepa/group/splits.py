@@ -116,7 +116,7 @@ def _strata(table: pd.DataFrame, stratify: dict[str, str], phenotypes: pd.DataFr
             pretraining_cohort: str | None) -> pd.DataFrame:
     """The held-out subjects of stratified cohorts with their stratum (label value; missing: "n/a")."""
     if phenotypes is None:
-        raise ValueError("stratified splits need the phenotypes")
+        raise InputError("stratified splits need the phenotypes sheet")
     for cohort, label in stratify.items():
         if label not in phenotypes.columns:
             raise InputError(f"splits.stratify: cohort '{cohort}' is stratified by '{label}', "
@@ -167,10 +167,14 @@ def subject_groups(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
     return {key: sorted(group["run_id"]) for key, group in runs.groupby(["cohort", "subject"], sort=True)}
 
 
+def run_file(runs_root: str | Path, run_id: str) -> Path:
+    """The per-run file of a stage whose outputs are ``<runs_root>/<cohort>/<stem>.parquet`` (run_id = cohort/stem)."""
+    return Path(runs_root) / f"{run_id}.parquet"
+
 
 def run_files(runs: pd.DataFrame, runs_root: str | Path) -> dict[str, list[Path]]:
     """Per-run files ``<runs_root>/<run_id>.parquet`` grouped by subject ("cohort/subject")."""
-    return {f"{cohort}/{subject}": [Path(runs_root) / f"{r}.parquet" for r in ids]
+    return {f"{cohort}/{subject}": [run_file(runs_root, r) for r in ids]
             for (cohort, subject), ids in subject_groups(runs).items()}
 
 
@@ -184,3 +188,33 @@ def read_splits(path: str | Path) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path}: split table lacks column(s) {sorted(missing)}")
     return table
+
+
+def run_splits(samples_path: str | Path, out: str | Path, seed: int, fractions: dict[str, float],
+               pretraining_cohort: str | None, pretraining_fraction: float, stratify: dict[str, str] | None = None,
+               phenotypes_path: str | Path | None = None, label_types: dict[str, str] | None = None) -> pd.DataFrame:
+    """The ``splits`` stage: the sample sheet (+ phenotypes when stratifying) -> the split table TSV."""
+    from brainjepa import sheets
+    from brainjepa.io import write_tsv_atomic
+
+    samples = sheets.load_samples(samples_path, produced=lambda p: True)
+    phenotypes = None
+    if stratify:
+        if not phenotypes_path:
+            raise InputError(f"stratified splits ({stratify}) need the phenotypes sheet")
+        phenotypes = sheets.load_phenotypes(phenotypes_path, label_types or None)
+    table = make_splits(samples, seed, fractions, pretraining_cohort, pretraining_fraction, stratify or {},
+                        phenotypes)
+    write_tsv_atomic(table, out)
+    return table
+
+
+def run_split_balance(splits_path: str | Path, phenotypes_path: str | Path, label_types: dict[str, str],
+                      out: str | Path) -> None:
+    """The splits stage's balance report: subjects per split for every discrete label -> TSV."""
+    from brainjepa import sheets
+    from brainjepa.io import write_tsv_atomic
+
+    phenotypes = sheets.load_phenotypes(phenotypes_path, label_types)
+    discrete = [name for name, kind in label_types.items() if kind != "continuous"]
+    write_tsv_atomic(balance_table(read_splits(splits_path), phenotypes, discrete), out)

@@ -3,12 +3,12 @@
 
 rule align_tr:
     input:
-        "results/timeseries/{cohort}/{stem}.parquet",
+        f"{PARCELLATE}.parquet",
     output:
-        "results/aligned/{cohort}/{stem}.parquet",
+        f"{ALIGN_TR_ROOT}/{{cohort}}/{{stem}}.parquet",
     params:
-        target_tr=config["temporal"]["target_tr"],
-        method=config["temporal"]["method"],
+        target_tr=config["align_tr"]["target_tr"],
+        method=config["align_tr"]["method"],
     log:
         "logs/align_tr/{cohort}/{stem}.log",
     threads: 1

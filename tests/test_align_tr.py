@@ -7,7 +7,7 @@ import pytest
 
 from brainjepa.cli import main
 from brainjepa.io import read_timeseries, write_timeseries
-from brainjepa.temporal import align_tr, stride_for
+from brainjepa.preprocess.align_tr import align_tr, stride_for
 
 
 @pytest.mark.parametrize("tr,stride", [(0.735, 3), (0.72, 3), (0.8, 2), (2.0, 1), (3.0, 1), (1.0, 2)])
@@ -59,7 +59,7 @@ def test_align_tr_cli_records_actual_tr(tmp_path):
     assert frame.shape == (164, 3) and list(frame.columns) == ["a", "b", "c"]
     assert meta["tr"] == pytest.approx(2.205) and meta["source_tr"] == pytest.approx(0.735)
     assert meta["tr_alignment"] == "stride" and meta["target_tr"] == 2.0
-    assert main(["align-tr", "--in", str(src), "--out", str(dst), "--method", "resample"]) == 0
+    assert main(["align-tr", "--in", str(src), "--out", str(dst), "--target-tr", "2.0", "--method", "resample"]) == 0
     assert read_timeseries(dst)[1]["tr"] == pytest.approx(2.0)
 
 

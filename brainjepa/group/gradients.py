@@ -1,7 +1,7 @@
 """Brain gradient positioning: diffusion-map gradients of a group functional-connectivity matrix.
 
 Reproduces BrainSpace's ``GradientMaps(kernel="normalized_angle", approach="dm", alpha=0.5)``
-(brainjepa-reference.md section 2; notes-gradients-atlases-brainlm.md section 1), with one change:
+(docs/reference.md section 2), with one change:
 BrainSpace runs ARPACK's symmetric solver (``eigsh``) on the non-symmetric diffusion operator
 ``P = D^-1 W``, so its result is approximate and depends on the random seed. Here the symmetric
 conjugate ``S = D^-1/2 W D^-1/2`` is solved exactly with a dense symmetric eigensolver and its
@@ -23,7 +23,8 @@ import pandas as pd
 import scipy.linalg
 
 from brainjepa.errors import InputError
-from brainjepa.io import atomic_path
+from brainjepa.io import atomic_path, check_roi_names
+from brainjepa.preprocess.atlas import read_roi_names
 
 SYMMETRY_RTOL = 1e-6
 # More digits than io.write_tsv_atomic's 6, so that the exact solve survives the round trip.
@@ -226,20 +227,6 @@ def read_gradients(path: str | Path) -> tuple[list[str], np.ndarray]:
     return names, values
 
 
-def _label_names(path: Path) -> list[str]:
-    """ROI names, in ROI (row) order, from a label table TSV with columns index, name, ..."""
-    try:
-        table = pd.read_csv(path, sep="\t", dtype={"name": str})
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise InputError(f"{path}: cannot read label table ({exc})") from exc
-    if not {"index", "name"} <= set(table.columns):
-        raise InputError(f"{path}: label table needs columns index and name, got {list(table.columns)}")
-    names = [str(n) for n in table["name"]]
-    if len(set(names)) != len(names):
-        raise InputError(f"{path}: ROI names in the label table are not unique")
-    return names
-
-
 # ----------------------------------------------------------------------------------------------- stage
 def run_gradients(fc_path: str | Path, out_path: str | Path, n_components: int = 30,
                   labels_path: str | Path | None = None, reference_path: str | Path | None = None) -> None:
@@ -256,7 +243,7 @@ def run_gradients(fc_path: str | Path, out_path: str | Path, n_components: int =
         raise InputError(f"{fc_path}: {n_rois} ROIs allow 1 to {n_rois - 1} gradients, not {n_components}")
     names = [f"roi_{i + 1}" for i in range(n_rois)]
     if labels_path is not None:
-        names = _label_names(Path(labels_path))
+        names = read_roi_names(labels_path)
         if len(names) != n_rois:
             raise InputError(f"{labels_path}: {len(names)} labels, but the FC matrix {fc_path} has {n_rois} ROIs")
     gradients, eigenvalues = diffusion_map_gradients(fc, n_components)
@@ -268,9 +255,7 @@ def run_gradients(fc_path: str | Path, out_path: str | Path, n_components: int =
 def _reference_columns(path: Path, names: list[str], n_components: int) -> np.ndarray:
     """The first n_components columns [R, n] of a reference gradients TSV whose names match ``names``."""
     ref_names, reference = read_gradients(path)
-    if ref_names != names:
-        raise InputError(f"{path}: reference ROI names/order differ from the FC's ROIs "
-                         f"({len(ref_names)} vs {len(names)} ROIs)")
+    check_roi_names(ref_names, names, path, "the FC's ROIs")
     if reference.shape[1] < n_components:
         raise InputError(f"{path}: reference has {reference.shape[1]} gradients, {n_components} needed")
     return reference[:, :n_components]
@@ -283,10 +268,7 @@ def use_gradients_file(given_path: str | Path, labels_path: str | Path, out_path
     file: none are known).
     """
     names, gradients = read_gradients(given_path)
-    expected = _label_names(Path(labels_path))
-    if names != expected:
-        raise InputError(f"{given_path}: ROI names/order differ from the atlas labels {labels_path} "
-                         f"({len(names)} vs {len(expected)} ROIs)")
+    check_roi_names(names, read_roi_names(labels_path), given_path, f"the atlas labels {labels_path}")
     frame = pd.DataFrame(gradients, columns=[f"g{i + 1}" for i in range(gradients.shape[1])])
     frame.insert(0, "name", names)
     with atomic_path(out_path) as tmp:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from brainjepa.errors import InputError
-from brainjepa.io import atomic_path, read_timeseries
+from brainjepa.io import atomic_path, check_roi_names, read_timeseries
 
 Z_CLIP = 1.0 - 1e-7  # |r| is clipped below 1 before arctanh so identical series give a finite z
 
@@ -58,28 +57,20 @@ def write_fc(fc: np.ndarray, path: str | Path) -> None:
             np.save(fh, fc.astype(np.float64))
 
 
-def plot_fc(fc: np.ndarray, labels: pd.DataFrame, path: str | Path) -> None:
-    """Heatmap of FC with ROIs ordered by network (label table order within a network), boundaries drawn."""
-    import matplotlib
+def run_group_fc(splits_path: str | Path, runs_root: str | Path, labels_path: str | Path, out: str | Path,
+                 figure: str | Path | None = None) -> None:
+    """The ``group_fc`` stage: the pretraining set's runs (from the splits table) -> FC ``.npy`` (+ heatmap).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The time series' ROI columns must equal the atlas label table's names, in order.
+    """
+    from brainjepa.group.splits import pretraining_runs, read_splits, run_files
+    from brainjepa.preprocess.atlas import read_label_table
 
-    networks = labels["network"].astype(str).to_numpy()
-    first_seen = list(dict.fromkeys(networks))
-    order = np.argsort([first_seen.index(n) for n in networks], kind="stable")
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
-    image = ax.imshow(fc[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    edges = np.cumsum([np.sum(networks == n) for n in first_seen])
-    for edge in edges[:-1]:
-        ax.axhline(edge - 0.5, color="k", lw=0.5)
-        ax.axvline(edge - 0.5, color="k", lw=0.5)
-    centres = edges - np.array([np.sum(networks == n) for n in first_seen]) / 2
-    ax.set_xticks(centres - 0.5, first_seen, rotation=90, fontsize=7)
-    ax.set_yticks(centres - 0.5, first_seen, fontsize=7)
-    fig.colorbar(image, ax=ax, label="Pearson r (Fisher-z mean)")
-    ax.set_title(f"Group FC ({len(fc)} ROIs, ordered by network)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
+    fc, names = group_fc(run_files(pretraining_runs(read_splits(splits_path)), runs_root))
+    labels = read_label_table(labels_path)
+    check_roi_names(labels["name"].astype(str).tolist(), names, labels_path, "the time series' columns")
+    if figure:
+        from brainjepa.figures.group_fc import plot_fc
+
+        plot_fc(fc, labels, figure)
+    write_fc(fc, out)

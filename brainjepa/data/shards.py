@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from brainjepa import __version__
 from brainjepa.errors import InputError
 from brainjepa.io import METADATA_KEY, atomic_path, read_timeseries, sha256_file, write_text_atomic, write_tsv_atomic
-from brainjepa.scaling import ScalingStats
+from brainjepa.group.scaling import ScalingStats
 
 FORMAT = "brainjepa-shards/1"
 ID_COLUMNS = ("run_id", "cohort", "subject", "session", "run", "split")
@@ -118,13 +118,13 @@ def _typed_label(value, kind: str, column: str, run_id: str):
 def _check_arguments(stats: ScalingStats, max_shard_bytes: int, dtype: str, window: int, short_policy: str,
                      rows_per_row_group: int, label_columns: dict[str, str]) -> None:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     if short_policy not in SHORT_POLICIES:
-        raise ValueError(f"short_policy must be one of {SHORT_POLICIES}, not {short_policy!r}")
+        raise InputError(f"short_policy must be one of {SHORT_POLICIES}, not {short_policy!r}")
     for name, value in (("max_shard_bytes", max_shard_bytes), ("window", window),
                         ("rows_per_row_group", rows_per_row_group)):
         if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            raise InputError(f"{name} must be a positive integer, not {value!r}")
     for name, kind in label_columns.items():
         if kind not in LABEL_KINDS:
             raise InputError(f"label '{name}': type must be one of {LABEL_KINDS}, not '{kind}'")
@@ -366,6 +366,26 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phenotypes_path: str | os.PathLike,
+               label_types: dict[str, str], stats_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+               max_shard_mb: float = 256, dtype: str = "float16", window: int = 160,
+               short_policy: str = "exclude") -> dict:
+    """The ``shards`` stage: every run of the split table, with its subject's labels, scaled -> shards + manifest.
+
+    Run files are ``<runs_root>/<run_id>.parquet`` (the align_tr stage's outputs); labels come from the
+    phenotypes sheet (declared kinds in ``label_types``).
+    """
+    from brainjepa import sheets
+    from brainjepa.group.splits import read_splits, run_file
+
+    table = read_splits(splits_path)
+    phenotypes = sheets.load_phenotypes(phenotypes_path, label_types)
+    runs = table.merge(phenotypes, on=["cohort", "subject"], how="left")
+    runs["path"] = [str(run_file(runs_root, r)) for r in runs["run_id"]]
+    return build_shards(runs, ScalingStats.load(stats_path), out_dir, max_shard_bytes=int(max_shard_mb * 2**20),
+                        dtype=dtype, window=window, short_policy=short_policy, label_columns=label_types)
 
 
 def load_manifest(path: str | os.PathLike) -> dict:

@@ -1,4 +1,4 @@
-"""Torch loading of the Parquet shards written by :mod:`brainjepa.shards`.
+"""Torch loading of the Parquet shards written by :mod:`brainjepa.data.shards`.
 
 :class:`ShardDataset` is an ``IterableDataset`` that yields ``(x, y)``:
 
@@ -24,7 +24,7 @@ DataLoader workers also with ``persistent_workers=True`` (recommended: each cons
 sha256 of a shard the first time it opens it, and persistent workers do that once rather than every epoch).
 
 Reading cost (bench/loader.py): a row group is decoded once (the matrices are raw little-endian bytes, see
-``brainjepa.shards``) and every window of it is copied out as float32.
+``brainjepa.data.shards``) and every window of it is copied out as float32.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 
 from brainjepa.errors import InputError
 from brainjepa.io import sha256_file
-from brainjepa.shards import DTYPES, check_scaling_stats, load_manifest
+from brainjepa.data.shards import DTYPES, check_scaling_stats, load_manifest
 
 MODES = ("train", "eval")
 OPEN_FILES = 16

@@ -1,0 +1,71 @@
+"""Subcommands of the per-run stages: atlas, parcellate, align-tr."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from brainjepa.cli.common import parent
+
+log = logging.getLogger("brainjepa")
+
+
+def _atlas(args: argparse.Namespace) -> None:
+    from brainjepa.preprocess.atlas import build_atlas
+
+    ident = build_atlas(
+        args.space, args.out_image, args.out_labels, args.cache_dir, overlap=args.overlap,
+        n_parcels=args.n_parcels, networks=args.networks, resolution=args.resolution,
+        cortical_image=args.cortical_image, cortical_labels=args.cortical_labels,
+        subcortical_image=args.subcortical_image, subcortical_labels=args.subcortical_labels)
+    log.info("atlas %s written to %s", ident, args.out_image)
+
+
+def _parcellate(args: argparse.Namespace) -> None:
+    from brainjepa.preprocess.parcellate import run_parcellate
+
+    run_parcellate(args.out, args.atlas, args.labels, bold=args.bold, timeseries=args.timeseries,
+                   mask=args.mask, tr=args.tr, qc_out=args.qc, empty_roi=args.empty_roi)
+
+
+def _align_tr(args: argparse.Namespace) -> None:
+    from brainjepa.preprocess.align_tr import run_align_tr
+
+    actual = run_align_tr(args.input, args.out, args.target_tr, args.method)
+    log.info("%s: TR %.4f s", args.out, actual)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("atlas", help="build the combined subcortical + cortical atlas and its label table")
+    p.add_argument("--space", required=True, help="MNI152NLin6Asym or MNI152NLin2009cAsym")
+    p.add_argument("--n-parcels", type=int, default=400, help="Schaefer-2018 parcels (TemplateFlow)")
+    p.add_argument("--networks", type=int, default=7, help="Schaefer network order: 7 or 17")
+    p.add_argument("--resolution", type=int, default=2, help="TemplateFlow resolution index (2 = 2 mm)")
+    p.add_argument("--cortical-image")
+    p.add_argument("--cortical-labels")
+    p.add_argument("--subcortical-image")
+    p.add_argument("--subcortical-labels")
+    p.add_argument("--overlap", default="subcortical", help="which atlas keeps voxels labelled by both: "
+                   "subcortical | cortical")
+    p.add_argument("--cache-dir", default="resources/cache", help="pinned downloads (Tian S3)")
+    p.add_argument("--out-image", required=True)
+    p.add_argument("--out-labels", required=True)
+    p.set_defaults(func=_atlas)
+
+    p = sub.add_parser("parcellate", parents=[parent("out")], help="ROI mean time series of one run (streaming)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bold", help="4-D BOLD NIfTI in the atlas's space")
+    src.add_argument("--timeseries", help="already-parcellated T x R file (tsv/csv/npy/parquet)")
+    p.add_argument("--atlas", required=True)
+    p.add_argument("--labels", help="label table (index, name, ...); column names come from it")
+    p.add_argument("--mask")
+    p.add_argument("--tr", type=float, help="TR in seconds (else sidecar, then header)")
+    p.add_argument("--qc", help="per-ROI QC table (TSV)")
+    p.add_argument("--empty-roi", default="error", help="ROIs without signal: error | zero")
+    p.set_defaults(func=_parcellate)
+
+    p = sub.add_parser("align-tr", parents=[parent("out")], help="align a run's time series to a target TR")
+    p.add_argument("--in", dest="input", required=True)
+    p.add_argument("--target-tr", type=float, required=True, help="seconds")
+    p.add_argument("--method", default="stride", help="stride (the paper) | resample (anti-aliased)")
+    p.set_defaults(func=_align_tr)

@@ -1,0 +1,1 @@
+"""Pooled statistics of the pretraining set: splits, scaling statistics, group FC, gradients (rules/group.smk)."""

@@ -1,0 +1,76 @@
+"""The JEPA objective: normalised EMA-target features, the masked regression loss, one micro-batch's loss.
+
+Per micro-batch: the EMA target encoder sees the whole input (no grad), its output is layer-normalised (no
+affine) and gathered at the target tokens; the encoder sees the context tokens only; the predictor predicts
+the targets; the loss is MSE (paper) or smooth L1 (public code) over the valid target tokens.
+
+``optim.target_norm: layer_centered`` (not in the paper) guards against positional collapse: the part of a
+layer-normed target that is the same for every sample at a token position (its positional embedding's
+imprint) is subtracted (the mean over the micro-batch at that position) and the rest is layer-normed again,
+so the loss is about content only and shrinking content cannot lower it. Measured on the demo
+(``bench/jepa_synchrony.py``): with ``layer`` the tiny model's loss settles at the position-only level and
+the content of its targets shrinks; with ``layer_centered`` the loss falls below it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from brainjepa.errors import InputError
+from brainjepa.models.layers import gather_tokens
+
+LOSSES = ("mse", "smooth_l1")
+TARGET_NORMS = ("layer", "layer_centered")
+REGION_LOSSES = ("loss_alpha", "loss_beta", "loss_gamma")  # target_region codes 0, 1, 2
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over valid target tokens and features. pred, target: [B, Nt, D]; valid: [B, Nt] bool."""
+    if kind == "mse":
+        per = F.mse_loss(pred, target, reduction="none")
+    elif kind == "smooth_l1":
+        per = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
+    else:
+        raise InputError(f"optim.loss must be one of {', '.join(LOSSES)}, not {kind!r}")
+    weight = valid.unsqueeze(-1).to(per.dtype)
+    return (per * weight).sum() / (weight.sum() * per.shape[-1]).clamp_min(1.0)
+
+
+def normalize_targets(h: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target-encoder output -> (regression targets [B, N, D] float32, collapse monitor (scalar)).
+
+    h: [B, N, D], all tokens. ``layer`` (paper): layer norm without affine. ``layer_centered``: layer norm,
+    minus the mean over the batch at each token position, layer norm again (needs B >= 2). The monitor
+    (``target_std``) is the spread across the batch of the layer-normed features, whatever ``kind`` is:
+    ~0 when every sample's targets are the same (positional or total collapse).
+    """
+    if kind not in TARGET_NORMS:
+        raise InputError(f"optim.target_norm must be one of {TARGET_NORMS}, not {kind!r}")
+    h = F.layer_norm(h.float(), (h.shape[-1],))
+    target_std = h.std(dim=0).mean() if h.shape[0] > 1 else h.new_full((), float("nan"))  # undefined for B = 1
+    if kind == "layer_centered":
+        if h.shape[0] < 2:
+            raise InputError("optim.target_norm 'layer_centered' needs at least 2 samples per micro-batch "
+                             f"(data.batch_size), got {h.shape[0]}")
+        h = F.layer_norm(h - h.mean(dim=0, keepdim=True), (h.shape[-1],))
+    return h, target_std
+
+
+def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
+              target_norm: str = "layer") -> tuple[torch.Tensor, dict]:
+    """Loss of one micro-batch and its monitors. batch: the mask collator's dict, already on the device."""
+    x = batch["x"]
+    with torch.no_grad():
+        h, target_std = normalize_targets(target_encoder(x), target_norm)  # [B, R*W, D], all tokens
+        targets = gather_tokens(h, batch["target_idx"])        # [B, Nt, D]
+    z = encoder(x, batch["context_idx"], batch["context_valid"])
+    pred = predictor(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"])
+    loss = masked_loss(pred.float(), targets, batch["target_valid"], loss_kind)
+    monitors = {"target_std": target_std.detach()}
+    with torch.no_grad():
+        for region, name in enumerate(REGION_LOSSES):
+            valid = batch["target_valid"] & (batch["target_region"] == region)
+            monitors[name] = masked_loss(pred.float(), targets, valid, loss_kind) if valid.any() else \
+                torch.tensor(float("nan"), device=x.device)
+    return loss, monitors

@@ -1,0 +1,75 @@
+"""Process runtime shared by pretraining and evaluation: torchrun's environment, devices, autocast, batches.
+
+CPU and GPU run the same code: on a GPU, ``autocast_for`` adds bf16 autocast and the models' SDPA attention
+picks flash kernels; under torchrun, one process per device joins a process group (NCCL, or Gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from brainjepa.errors import TrainingError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> tuple[Distributed, torch.device]:
+    """torchrun's environment -> process group (NCCL on GPU, Gloo on CPU) and this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dist_info = Distributed(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
+    if device_kind == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("run.device is 'cuda' but no GPU is visible")
+    device = torch.device(f"cuda:{dist_info.local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist_info, device
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on GPU (precision auto/bf16); fp32 otherwise. ``precision`` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise TrainingError(f"run.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def batches_per_epoch(dataset, batch_size: int, accumulation: int, device: torch.device) -> int:
+    """Micro-batches every rank runs this epoch: the smallest rank's full batches, whole optimizer steps."""
+    local = torch.tensor(len(dataset) // batch_size, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(local, op=dist.ReduceOp.MIN)
+    return int(local) // accumulation * accumulation
+
+
+def no_sync(modules) -> ExitStack:
+    """Skip DDP's gradient all-reduce for these modules (accumulation micro-batches before the last)."""
+    stack = ExitStack()
+    for module in modules:
+        if hasattr(module, "no_sync"):
+            stack.enter_context(module.no_sync())
+    return stack
