@@ -35,9 +35,9 @@ def shift_rois(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 @torch.no_grad()
 def main() -> None:
     from brainjepa.data.dataset import ShardDataset
-    from brainjepa.train.masks import MaskCollator, MaskConfig
     from brainjepa.models import ModelConfig, build_model
     from brainjepa.train.checkpoint import load_checkpoint
+    from brainjepa.train.masks import MaskCollator, MaskConfig
     from brainjepa.train.pretrain import jepa_step
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -30,9 +30,9 @@ DATASETS = {"demo": (64, 164, 200), "ukb": (450, 490, 300)}
 
 def build(root: Path, n_rois: int, n_time: int, n_runs: int) -> tuple[Path, float]:
     """Per-run files and shards under ``root``; returns the manifest path and the build time (s)."""
-    from brainjepa.io import write_timeseries
-    from brainjepa.group.scaling import ScalingStats
     from brainjepa.data.shards import build_shards
+    from brainjepa.group.scaling import ScalingStats
+    from brainjepa.io import write_timeseries
 
     rois = [f"roi{i:03d}" for i in range(n_rois)]
     rng = np.random.default_rng(0)

@@ -6,9 +6,9 @@ file, the line and the column.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import jsonschema
 import pandas as pd

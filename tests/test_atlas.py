@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
-from brainjepa.preprocess import atlas as A
-from brainjepa.errors import InputError
 from conftest import FSL_2MM, require_real_atlases
+
+from brainjepa.errors import InputError
+from brainjepa.preprocess import atlas as A
 
 
 def test_label_list_formats(tmp_path):

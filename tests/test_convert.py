@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from brainjepa.errors import InputError
-from brainjepa.models import BrainEncoder, BrainPredictor, ModelConfig, build_model
 from brainjepa.group.gradients import write_gradients
+from brainjepa.models import BrainEncoder, BrainPredictor, ModelConfig, build_model
 from brainjepa.models.convert import config_from_official, from_official, strip_ddp_prefix, to_official
 from brainjepa.models.weights import MODULES, load_weights
 

@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from brainjepa.data.dataset import ShardDataset, assign_units, window_starts
-from brainjepa.errors import InputError
-from brainjepa.io import write_timeseries
-from brainjepa.group.scaling import ScalingStats
 from brainjepa.data.shards import build_shards
+from brainjepa.errors import InputError
+from brainjepa.group.scaling import ScalingStats
+from brainjepa.io import write_timeseries
 
 R, WINDOW = 8, 16
 ROIS = [f"roi{i}" for i in range(R)]
@@ -70,7 +70,7 @@ def test_labels_and_missing_values(shard_set):
     assert dataset.label_names == ["age", "sex", "site"] and dataset.categories == {"site": ["x", "y", "z"]}
     by_id = runs.set_index("run_id")
     seen = 0
-    for xs, ys, ids in DataLoader(dataset, batch_size=5):
+    for _xs, ys, ids in DataLoader(dataset, batch_size=5):
         for y, run_id in zip(ys, ids):
             src = by_id.loc[run_id]
             for value, name in zip(y.tolist(), ("age", "sex")):

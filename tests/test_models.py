@@ -14,8 +14,15 @@ import pytest
 import torch
 
 from brainjepa.errors import InputError
-from brainjepa.models import (BrainEncoder, BrainPredictor, ModelConfig, PatchEmbed, build_model,
-                              count_parameters, model_info)
+from brainjepa.models import (
+    BrainEncoder,
+    BrainPredictor,
+    ModelConfig,
+    PatchEmbed,
+    build_model,
+    count_parameters,
+    model_info,
+)
 
 R, T, P, G = 12, 32, 16, 6  # 12 ROIs x 2 time patches = 24 tokens
 W, N = T // P, R * (T // P)

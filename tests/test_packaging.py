@@ -1,4 +1,4 @@
-"""Packaging: environment.yml (conda, clusters) stays consistent with pyproject.toml (pip)."""
+"""Packaging: the conda environments (clusters, rules) stay consistent with pyproject.toml (pip)."""
 
 from __future__ import annotations
 
@@ -17,31 +17,43 @@ def _split(spec: str) -> tuple[str, str]:
     return match[1].lower(), match[2].replace(" ", "")
 
 
-def test_environment_matches_pyproject():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pip = dict(_split(d) for d in project["dependencies"])
-    env = yaml.safe_load((REPO / "environment.yml").read_text())
+def _conda_deps(path: Path) -> dict[str, str]:
+    env = yaml.safe_load(path.read_text())
     conda = {}
     for dep in env["dependencies"]:
         if isinstance(dep, str):
             name, version = _split(dep)
             conda[CONDA_NAMES.get(name, name)] = version
+    return conda
+
+
+def _pip_deps() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return dict(_split(d) for d in project["dependencies"])
+
+
+def test_environment_matches_pyproject():
+    conda = _conda_deps(REPO / "environment.yml")
     assert conda.pop("python") == "=3.11"
     conda.pop("pip")
-    assert conda == pip, "environment.yml and pyproject.toml list different packages or versions"
+    assert conda == _pip_deps(), "environment.yml and pyproject.toml list different packages or versions"
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert any(line.startswith("-e .") for line in pip_section), "the package itself is installed from the repo"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "gpu" in project["optional-dependencies"]
 
 
-def test_python_version_pins_agree():
+def test_rule_environment_matches_pyproject():
+    """workflow/envs/brainjepa.yaml (--sdm conda) holds the package's dependencies, Snakemake aside."""
+    conda = _conda_deps(REPO / "workflow" / "envs" / "brainjepa.yaml")
+    assert conda.pop("python") == "=3.11"
+    pip = _pip_deps()
+    pip.pop("snakemake")
+    assert conda == pip
+
+
+def test_python_requirement_and_console_script():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["requires-python"].startswith(">=3.11")
     assert project["scripts"]["brainjepa"] == "brainjepa.cli:main"
-
-
-def test_makefile_installs_cpu_torch_before_the_package():
-    makefile = (REPO / "Makefile").read_text()
-    torch_at = makefile.index('pip install "$(TORCH_SPEC)"')
-    assert "TORCH_SPEC ?= torch==2.13.0" in makefile
-    assert torch_at < makefile.index('pip install -e ".[test]"')

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from brainjepa.data.shards import build_shards
 from brainjepa.errors import InputError, TrainingError
 from brainjepa.group.gradients import write_gradients
-from brainjepa.io import write_timeseries
 from brainjepa.group.scaling import ScalingStats, write_scaling_stats
-from brainjepa.data.shards import build_shards
+from brainjepa.io import write_timeseries
 from brainjepa.train import checkpoint as ckpt
 from brainjepa.train.config import load_config
 from brainjepa.train.ema import ema_update
@@ -236,7 +234,8 @@ def test_ddp_with_torchrun_on_cpu(tiny_data, tmp_path):
             "optim.epochs=1", "optim.warmup_epochs=1", "model.size=tiny", "run.progress=false", "run.log_every=1"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "brainjepa.cli",
            "pretrain", *[arg for s in sets for arg in ("--set", s)]]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     log = pd.read_csv(out / "log.csv")
     assert log["step"].tolist() == [1, 2, 3, 4, 5, 6]  # 24 runs / 2 ranks / batch 2 = 6 steps per epoch

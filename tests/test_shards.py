@@ -13,10 +13,10 @@ import pytest
 from torch.utils.data import DataLoader
 
 from brainjepa.data.dataset import ShardDataset
-from brainjepa.errors import InputError
-from brainjepa.io import write_timeseries
-from brainjepa.group.scaling import ScalingStats
 from brainjepa.data.shards import build_shards, check_scaling_stats, load_manifest
+from brainjepa.errors import InputError
+from brainjepa.group.scaling import ScalingStats
+from brainjepa.io import write_timeseries
 
 R = 8
 ROIS = [f"roi{i}" for i in range(R)]

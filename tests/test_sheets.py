@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -78,3 +79,24 @@ def test_validate_cli_reports_error_without_traceback(tmp_path, bold, capsys):
     assert main(["validate", "--samples", str(sheet)]) == 1
     err = capsys.readouterr().err
     assert "duplicate rows" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("body,match", [
+    ("a\t1\tyoung\tF\t0\n", r"line 2: column 'age': 'young' is not a number \(declared continuous\)"),
+    ("a\t1\t50\tF\t2\n", r"line 2: column 'diagnosis': '2' is not 0 or 1 \(declared binary\)"),
+])
+def test_phenotype_values_outside_their_type(tmp_path, body, match):
+    path = tmp_path / "p.tsv"
+    path.write_text("cohort\tsubject\tage\tsex\tdiagnosis\n" + body)
+    types = {"age": "continuous", "sex": "categorical", "diagnosis": "binary"}
+    with pytest.raises(InputError, match=match):
+        load_phenotypes(path, types)
+
+
+def test_phenotype_types_and_undeclared_column(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text("cohort\tsubject\tage\tsex\tdiagnosis\na\t1\t50.5\tF\t\na\t2\t61\tM\t1\n")
+    frame = load_phenotypes(path, {"age": "continuous", "sex": "categorical", "diagnosis": "binary"})
+    assert frame["age"].tolist() == [50.5, 61.0] and np.isnan(frame["diagnosis"][0])
+    with pytest.raises(InputError, match=r"\['sex', 'diagnosis'\] are not declared"):
+        load_phenotypes(path, {"age": "continuous"})

@@ -18,7 +18,7 @@ from brainjepa.io import read_timeseries
 from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_COHORTS = {
+TINY_COHORTS = {  # the demo-sheets spec; the workflow config takes each cohort's acquisition (tr, n_volumes)
     "ukbsim": {"tr": 0.735, "n_volumes": 100, "n_subjects": 6, "age": [45, 80], "mask": True},
     "adnisim": {"tr": 2.0, "n_volumes": 40, "n_subjects": 3, "age": [55, 90], "diagnosis": True},
 }
@@ -42,12 +42,12 @@ def tiny_project(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("tiny")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     (work / "config").mkdir()
-    config["demo"]["cohorts"] = TINY_COHORTS
+    config["demo"]["cohorts"] = {name: {k: spec[k] for k in ("tr", "n_volumes")} for name, spec in TINY_COHORTS.items()}
     config["shards"]["window"] = 32
     config["gradients"]["n_components"] = 5
     config["pretrain"]["config"] = "config/pretrain.yaml"
     train = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
-    train["data"].update(window=32, batch_size=2)
+    train["data"].update(batch_size=2)  # data.window: the shards' window (32)
     train["optim"].update(epochs=2, warmup_epochs=1)
     (work / "config" / "pretrain.yaml").write_text(yaml.safe_dump(train))
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -63,29 +63,32 @@ def test_full_run_outputs(tiny_project):
     work = tiny_project
     table = pd.read_csv(work / "results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv", sep="\t")
     assert len(table) == 64 and (table["network"][:8] == "Subcortical").all()
-    frame, meta = read_timeseries(work / "results/aligned/ukbsim/sub-ukbsim0001_ses-1_run-1.parquet")
+    frame, meta = read_timeseries(work / "results/align_tr/ukbsim/sub-ukbsim0001_ses-1_run-1.parquet")
     assert frame.shape == (34, 64) and meta["tr"] == pytest.approx(2.205) and meta["tr_source"] == "sidecar"
     assert list(frame.columns) == table["name"].tolist()
-    frame, meta = read_timeseries(work / "results/aligned/adnisim/sub-adnisim0002_ses-1_run-1.parquet")
+    frame, meta = read_timeseries(work / "results/align_tr/adnisim/sub-adnisim0002_ses-1_run-1.parquet")
     assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(2.0)
-    qc = pd.read_csv(work / "results/qc/parcellate/ukbsim/sub-ukbsim0002_ses-1_run-1.tsv", sep="\t")
+    qc = pd.read_csv(work / "results/parcellate/ukbsim/sub-ukbsim0002_ses-1_run-1_qc.tsv", sep="\t")
     assert (qc["flag"] == "ok").all()
-    for rule in ("simulate_atlas", "atlas", "parcellate", "align_tr"):
-        assert (work / "logs" / rule.replace("simulate_atlas", "simulate")).exists()
+    # the layout: every rule writes under results/<stage>/ and logs to logs/<rule>/
+    stages = ("atlas", "parcellate", "align_tr", "splits", "scaling", "group_fc", "gradients", "shards", "pretrain")
+    assert sorted(p.name for p in (work / "results").iterdir()) == sorted(stages)
+    rules = stages + ("split_balance", "simulate")
+    assert sorted(p.name for p in (work / "logs").iterdir()) == sorted(rules)
 
 
 @pytest.mark.slow
 def test_group_stage_and_shards(tiny_project):
     work = tiny_project / "results"
-    table = pd.read_csv(work / "group/splits.tsv", sep="\t", dtype=str)
+    table = pd.read_csv(work / "splits/splits.tsv", sep="\t", dtype=str)
     assert len(table) == 6 + 3 and set(table["split"]) <= {"pretrain", "train", "val", "test"}
     assert (table[table.cohort == "adnisim"]["split"] != "pretrain").all()
-    stats = json.loads((work / "group/scaling_stats.json").read_text())
+    stats = json.loads((work / "scaling/scaling_stats.json").read_text())
     assert stats["method"] == "subject_mean" and len(stats["median"]) == 64
     assert stats["n_subjects"] == table[table.split == "pretrain"]["subject"].nunique()
-    fc = np.load(work / "group/group_fc.npy")
-    assert fc.shape == (64, 64) and np.allclose(np.diag(fc), 1) and (work / "group/group_fc.png").stat().st_size
-    gradients = pd.read_csv(work / "group/gradients.tsv", sep="\t")
+    fc = np.load(work / "group_fc/group_fc.npy")
+    assert fc.shape == (64, 64) and np.allclose(np.diag(fc), 1) and (work / "group_fc/group_fc.png").stat().st_size
+    gradients = pd.read_csv(work / "gradients/gradients.tsv", sep="\t")
     assert list(gradients.columns) == ["name", "g1", "g2", "g3", "g4", "g5"] and len(gradients) == 64
     manifest = json.loads((work / "shards/manifest.json").read_text())
     assert manifest["scaling_stats_id"] == stats["id"] and manifest["window"] == 32
@@ -97,11 +100,11 @@ def test_group_stage_and_shards(tiny_project):
     from brainjepa.data.dataset import ShardDataset
 
     dataset = ShardDataset(work / "shards/manifest.json", "pretrain", window=32, label_columns=["age"],
-                           scaling_stats=str(work / "group/scaling_stats.json"))
+                           scaling_stats=str(work / "scaling/scaling_stats.json"))
     batches = list(DataLoader(dataset, batch_size=2))
     assert sum(len(x) for x, _ in batches) == rows["pretrain"]
     assert batches[0][0].shape[1:] == (1, 64, 32) and batches[0][1].shape[1] == 1
-    balance = pd.read_csv(work / "group/split_balance.tsv", sep="\t")
+    balance = pd.read_csv(work / "splits/balance.tsv", sep="\t")
     assert set(balance["label"]) == {"sex", "diagnosis"}
 
 
@@ -141,11 +144,11 @@ def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
     per_run = {rule: counts.pop(rule, 0) for rule in ("simulate_run", "parcellate", "align_tr")}
     assert per_run == {"simulate_run": 1, "parcellate": 2, "align_tr": 2}  # only the new runs
     assert "atlas" not in counts and "simulate_atlas" not in counts
-    assert set(counts) <= {"all", "splits", "split_balance", "scaling_stats", "group_fc", "gradients", "shards",
+    assert set(counts) <= {"all", "splits", "split_balance", "scaling", "group_fc", "gradients", "shards",
                            "pretrain"}
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
-    frame, meta = read_timeseries(work / "results/aligned/ext/sub-7_ses-1_run-1.parquet")
+    frame, meta = read_timeseries(work / "results/align_tr/ext/sub-7_ses-1_run-1.parquet")
     assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(1.6)
 
 
@@ -168,7 +171,7 @@ def test_unknown_config_key_is_an_error(tiny_project, tmp_path):
     work = tmp_path / "badcfg"
     (work / "config").mkdir(parents=True)
     config = yaml.safe_load((tiny_project / "config/config.yaml").read_text())
-    config["temporal"]["targettr"] = 2.0
+    config["align_tr"]["targettr"] = 2.0
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(work, "-n", "all")
     assert result.returncode != 0 and "targettr" in result.stdout + result.stderr
@@ -182,3 +185,26 @@ def test_dry_run_of_default_demo_config():
     n_runs = len(pd.read_csv(REPO / "config/samples.tsv", sep="\t"))
     assert counts["simulate_run"] == counts["parcellate"] == counts["align_tr"] == n_runs == 64
     assert counts["atlas"] == counts["simulate_atlas"] == 1
+
+
+def _copy_demo_config(work: Path) -> None:
+    (work / "config").mkdir(parents=True)
+    for name in ("config.yaml", "samples.tsv", "phenotypes.tsv", "pretrain.yaml"):
+        (work / "config" / name).write_text((REPO / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("typo, key", [("optim:\n  lrr: 0.1\n", "optim.lrr"),
+                                       ("model:\n  size: huge\n", "model.size"),
+                                       ("mask:\n  alpha_roi: [0.6, 0.4]\n", "alpha_roi")])
+def test_training_config_typo_fails_the_dry_run(tmp_path, typo, key):
+    """A bad config/pretrain.yaml stops `snakemake -n` (before any job) with a message naming the key."""
+    work = tmp_path / "typo"
+    _copy_demo_config(work)
+    path = work / "config" / "pretrain.yaml"
+    train = yaml.safe_load(path.read_text())
+    train.update(yaml.safe_load(typo))
+    path.write_text(yaml.safe_dump(train))
+    result = snakemake(work, "-n", "all")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "invalid training config" in output and key in output, output[-2000:]
+    assert not (work / "results").exists()

@@ -33,17 +33,17 @@ import os
 import warnings
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from brainjepa.data.shards import DTYPES, check_scaling_stats, load_manifest
 from brainjepa.errors import InputError
 from brainjepa.io import sha256_file
-from brainjepa.data.shards import DTYPES, check_scaling_stats, load_manifest
 
 MODES = ("train", "eval")
 OPEN_FILES = 16
@@ -237,7 +237,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         n_time = table.column("n_timepoints").to_numpy()
         _, offsets, payload = data.buffers()
         offsets = np.frombuffer(offsets, np.int32, count=len(data) + 1, offset=4 * data.offset)
-        if (n_rois != self.n_rois).any() or (np.diff(offsets) != n_rois.astype(np.int64) * n_time * self.itemsize).any():
+        sizes = n_rois.astype(np.int64) * n_time * self.itemsize
+        if (n_rois != self.n_rois).any() or (np.diff(offsets) != sizes).any():
             raise InputError(f"{path}: row group {row_group}: data length does not match n_rois x n_timepoints "
                              f"({self.n_rois} ROIs in {self.manifest_path})")
         values = np.frombuffer(payload, self.value_dtype, count=(offsets[-1] - offsets[0]) // self.itemsize,

@@ -42,8 +42,8 @@ import pyarrow.parquet as pq
 
 from brainjepa import __version__
 from brainjepa.errors import InputError
-from brainjepa.io import METADATA_KEY, atomic_path, read_timeseries, sha256_file, write_text_atomic, write_tsv_atomic
 from brainjepa.group.scaling import ScalingStats
+from brainjepa.io import METADATA_KEY, atomic_path, read_timeseries, sha256_file, write_text_atomic, write_tsv_atomic
 
 FORMAT = "brainjepa-shards/1"
 ID_COLUMNS = ("run_id", "cohort", "subject", "session", "run", "split")

@@ -22,7 +22,8 @@ PRESETS: dict[str, dict[str, int]] = {
     "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "predictor_dim": 384, "predictor_depth": 12},
 }
 CHOICES: dict[str, tuple[str, ...]] = {
-    "size": choices(Size), "positional": choices(Positional), "init": choices(Init), "attention": choices(AttentionBackend),
+    "size": choices(Size), "positional": choices(Positional), "init": choices(Init),
+    "attention": choices(AttentionBackend),
 }
 assert CHOICES["size"] == tuple(PRESETS)
 

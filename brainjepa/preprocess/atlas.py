@@ -31,7 +31,7 @@ import pandas as pd
 
 from brainjepa import bids
 from brainjepa.errors import InputError
-from brainjepa.io import atomic_path, sha256_file, write_tsv_atomic, write_text_atomic
+from brainjepa.io import atomic_path, sha256_file, write_text_atomic, write_tsv_atomic
 from brainjepa.preprocess.grid import resample_nearest
 
 SPACES = ("MNI152NLin6Asym", "MNI152NLin2009cAsym")

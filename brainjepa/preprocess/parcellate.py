@@ -8,11 +8,10 @@ The result equals nilearn's ``NiftiLabelsMasker(strategy="mean")`` (float64 accu
 
 from __future__ import annotations
 
-import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -208,7 +207,8 @@ def extract_roi_means(info: BoldInfo, op: ParcelOperator) -> tuple[np.ndarray, n
             vol, vox = np.argwhere(bad)[0]
             ijk = np.unravel_index(vox, info.shape[:3], order="F")
             raise InputError(f"{info.path}: {int(bad.sum())} NaN/Inf voxel values in volumes "
-                             f"{start}-{start + len(chunk) - 1} (first at volume {start + vol}, voxel {tuple(map(int, ijk))})")
+                             f"{start}-{start + len(chunk) - 1} (first at volume {start + vol}, "
+                             f"voxel {tuple(map(int, ijk))})")
         sel = chunk[:, op.voxels]
         np.minimum(vmin, sel.min(axis=0, initial=np.inf), out=vmin)
         np.maximum(vmax, sel.max(axis=0, initial=-np.inf), out=vmax)

@@ -34,7 +34,8 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; any problem is an error naming the file."""
     state = read_torch_file(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise InputError(f"{path}: not a brainjepa checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise InputError(f"{path}: not a brainjepa checkpoint (format {found!r})")
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise InputError(f"{path}: checkpoint lacks {missing}")

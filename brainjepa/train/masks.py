@@ -64,10 +64,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zlib
-from dataclasses import dataclass
 import typing
-from typing import Any, Literal, Mapping, NamedTuple
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch

@@ -216,7 +216,8 @@ class Trainer:
                 self.save("latest.pt")
                 return self.out / "latest.pt"
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            names = ["latest.pt"] + ([f"epoch-{self.epoch:04d}.pt"] if self.epoch % self.cfg.run.checkpoint_every == 0 else [])
+            keep = self.epoch % self.cfg.run.checkpoint_every == 0
+            names = ["latest.pt"] + ([f"epoch-{self.epoch:04d}.pt"] if keep else [])
             self.save(*names)
         self.save("latest.pt", "final.pt")
         return self.out / "final.pt"

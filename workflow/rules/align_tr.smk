@@ -6,15 +6,17 @@ rule align_tr:
         f"{PARCELLATE}.parquet",
     output:
         f"{ALIGN_TR_ROOT}/{{cohort}}/{{stem}}.parquet",
-    params:
-        target_tr=config["align_tr"]["target_tr"],
-        method=config["align_tr"]["method"],
     log:
         "logs/align_tr/{cohort}/{stem}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
         runtime=10,
+    params:
+        target_tr=config["align_tr"]["target_tr"],
+        method=config["align_tr"]["method"],
     shell:
         "brainjepa align-tr --in {input:q} --out {output:q} --target-tr {params.target_tr}"
         " --method {params.method} > {log} 2>&1"

@@ -8,6 +8,14 @@ rule atlas:
         image=ATLAS_IMAGE,
         labels=ATLAS_LABELS,
         sidecar=ATLAS_IMAGE.replace(".nii.gz", ".json"),
+    log:
+        "logs/atlas/atlas.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         sources=atlas_args,
         space=config["atlas"]["space"],
@@ -16,12 +24,6 @@ rule atlas:
         n_parcels=config["atlas"]["cortical"]["n_parcels"],
         networks=config["atlas"]["cortical"]["networks"],
         resolution=config["atlas"]["cortical"]["resolution"],
-    log:
-        "logs/atlas/atlas.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
     shell:
         "brainjepa atlas --space {params.space} --overlap {params.overlap} --cache-dir {params.cache:q}"
         " --n-parcels {params.n_parcels} --networks {params.networks} --resolution {params.resolution}"

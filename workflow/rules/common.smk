@@ -1,8 +1,9 @@
 # Config, sample-sheet and training-config validation (before any job runs), the results layout, and the
 # input functions of the rules. Layout: every rule writes under results/<stage>/ and logs to logs/<rule>/.
 import json
-import shlex
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,20 @@ from brainjepa.simulate import demo_atlas_paths, demo_run_paths
 from brainjepa.train.config import load_config
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Every rule runs this checkout's command line. In a rule's shell, `brainjepa` is a shell function for
+# `python -m brainjepa.cli` with the repository on PYTHONPATH, run by the rules' environment (ENV) under
+# --sdm conda, else by the Python that runs Snakemake (a venv or the brainjepa conda env).
+ENV = "../envs/brainjepa.yaml"
+REPO_ROOT = os.path.normpath(os.path.join(workflow.basedir, ".."))
+_CONDA = "conda" in {str(m).lower().split(".")[-1] for m in workflow.deployment_settings.deployment_method}
+_PYTHON = "python" if _CONDA else shlex.quote(sys.executable)
+_PREFIX = (
+    "set -euo pipefail; "
+    f'brainjepa_python() {{ PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} "$@"; }}; '
+    'brainjepa() { brainjepa_python -m brainjepa.cli "$@"; }; '
+)
+shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
 try:  # the training configuration is checked now, not when the pretrain job starts hours later
     TRAIN_CONFIG = load_config(config["pretrain"]["config"])
 except InputError as exc:
@@ -59,11 +74,6 @@ except InputError as exc:  # the split table is rebuilt by the splits job from t
 RUN_IDS = list(SAMPLES["run_id"])
 
 
-wildcard_constraints:
-    cohort="[A-Za-z0-9]+",
-    stem="sub-[A-Za-z0-9]+_ses-[A-Za-z0-9]+_run-[A-Za-z0-9]+",
-
-
 DEMO_ATLAS = demo_atlas_paths(str(DEMO_ROOT))
 DEMO_FUNC = os.path.join(
     str(DEMO_ROOT),
@@ -73,7 +83,7 @@ DEMO_FUNC = os.path.join(
 ATLAS_IMAGE = f"results/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
 ATLAS_LABELS = f"results/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
 PARCELLATE = "results/parcellate/{cohort}/{stem}"  # + .parquet (ROI time series), _qc.tsv (per ROI)
-ALIGN_TR_ROOT = "results/align_tr"                 # <cohort>/<stem>.parquet at the target TR
+ALIGN_TR_ROOT = "results/align_tr"  # <cohort>/<stem>.parquet at the target TR
 SPLITS = "results/splits/splits.tsv"
 SPLIT_BALANCE = "results/splits/balance.tsv"
 SCALING_STATS = "results/scaling/scaling_stats.json"
@@ -147,6 +157,11 @@ def atlas_args(wildcards, input):
     return " ".join(f"--{name.replace('_', '-')} {quote(path)}" for name, path in input.items())
 
 
+def runs_root(wildcards, input):
+    """The align_tr stage's folder, from the declared run files (<root>/<cohort>/<stem>.parquet)."""
+    return os.path.dirname(os.path.dirname(input.runs[0])) if input.runs else ALIGN_TR_ROOT
+
+
 def aligned_runs(run_ids):
     return [str(splits.run_file(ALIGN_TR_ROOT, run_id)) for run_id in run_ids]
 
@@ -180,11 +195,11 @@ def gradients_args(wildcards, input):
 
 
 def pretrain_launcher(wildcards):
-    """`brainjepa` for one process; torchrun (one process per GPU, or per CPU slot) for several."""
+    """The CLI for one process; torchrun's module (one process per GPU, or per CPU slot) for several."""
     n = config["pretrain"]["processes"]
     if n == 1:
         return "brainjepa"
-    return f"torchrun --standalone --nproc_per_node={n} -m brainjepa.cli"
+    return f"brainjepa_python -m torch.distributed.run --standalone --nproc_per_node={n} -m brainjepa.cli"
 
 
 def get_final_outputs():

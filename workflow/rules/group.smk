@@ -7,6 +7,11 @@ rule splits:
         unpack(splits_inputs),
     output:
         SPLITS,
+    log:
+        "logs/splits/splits.log",
+    localrule: True
+    conda:
+        ENV
     params:
         stratify=lambda wildcards, input: (
             f"--stratify {shlex.quote(json.dumps(config['splits']['stratify']))}"
@@ -16,14 +21,9 @@ rule splits:
             else ""
         ),
         seed=config["splits"]["seed"],
-        fractions=",".join(
-            str(config["splits"]["fractions"][k]) for k in ("train", "val", "test")
-        ),
+        fractions=",".join(str(config["splits"]["fractions"][k]) for k in ("train", "val", "test")),
         cohort=config["splits"]["pretraining"]["cohort"],
         fraction=config["splits"]["pretraining"]["fraction"],
-    log:
-        "logs/splits/splits.log",
-    localrule: True
     shell:
         "brainjepa splits --samples {input.samples:q} --seed {params.seed} --fractions {params.fractions}"
         " --pretraining-cohort {params.cohort:q} --pretraining-fraction {params.fraction} {params.stratify}"
@@ -36,11 +36,13 @@ rule split_balance:
         phenotypes=config["phenotypes"],
     output:
         SPLIT_BALANCE,
-    params:
-        labels=json.dumps(config["labels"], sort_keys=True),
     log:
         "logs/split_balance/split_balance.log",
     localrule: True
+    conda:
+        ENV
+    params:
+        labels=json.dumps(config["labels"], sort_keys=True),
     shell:
         "brainjepa split-balance --splits {input.splits:q} --phenotypes {input.phenotypes:q}"
         " --label-types {params.labels:q} --out {output:q} > {log} 2>&1"
@@ -52,15 +54,17 @@ rule scaling:
         runs=aligned_runs(PRETRAIN_RUN_IDS),
     output:
         SCALING_STATS,
-    params:
-        method=config["scaling"]["method"],
-        runs_root=ALIGN_TR_ROOT,
     log:
         "logs/scaling/scaling.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        method=config["scaling"]["method"],
+        runs_root=runs_root,
     shell:
         "brainjepa scaling --splits {input.splits:q} --runs-root {params.runs_root:q}"
         " --method {params.method} --out {output:q} > {log} 2>&1"
@@ -74,14 +78,16 @@ rule group_fc:
     output:
         fc=GROUP_FC,
         figure=GROUP_FC_FIGURE,
-    params:
-        runs_root=ALIGN_TR_ROOT,
     log:
         "logs/group_fc/group_fc.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        runs_root=runs_root,
     shell:
         "brainjepa group-fc --splits {input.splits:q} --runs-root {params.runs_root:q} --labels {input.labels:q}"
         " --out {output.fc:q} --figure {output.figure:q} > {log} 2>&1"
@@ -92,13 +98,15 @@ rule gradients:
         unpack(gradients_inputs),
     output:
         GRADIENTS,
-    params:
-        source=gradients_args,
     log:
         "logs/gradients/gradients.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        source=gradients_args,
     shell:
         "brainjepa gradients {params.source} --labels {input.labels:q} --out {output:q} > {log} 2>&1"

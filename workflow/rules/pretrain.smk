@@ -12,15 +12,17 @@ rule pretrain:
     output:
         checkpoint=f"{PRETRAIN_DIR}/final.pt",
         log_csv=f"{PRETRAIN_DIR}/log.csv",
-    params:
-        launcher=pretrain_launcher,
     log:
         f"logs/pretrain/{os.path.basename(PRETRAIN_DIR)}.log",
+    conda:
+        ENV
     threads: config["pretrain"]["threads"]
     resources:
         gpu=config["pretrain"]["gpus"],
         mem_mb=16000,
         runtime=config["pretrain"]["runtime"],
+    params:
+        launcher=pretrain_launcher,
     shell:
         "{params.launcher} pretrain --config {input.train_config:q} --set data.manifest={input.manifest:q}"
         " --set data.gradients={input.gradients:q} --set data.scaling_stats={input.stats:q}"

@@ -9,20 +9,22 @@ rule shards:
         runs=aligned_runs(RUN_IDS),
     output:
         manifest=SHARDS_MANIFEST,
+    log:
+        "logs/shards/shards.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-        runs_root=ALIGN_TR_ROOT,
+        runs_root=runs_root,
         labels=json.dumps(config["labels"], sort_keys=True),
         max_mb=config["shards"]["max_shard_mb"],
         dtype=config["shards"]["dtype"],
         window=config["shards"]["window"],
         short=config["shards"]["short_policy"],
-    log:
-        "logs/shards/shards.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
     shell:
         "brainjepa shards --splits {input.splits:q} --runs-root {params.runs_root:q}"
         " --phenotypes {input.phenotypes:q} --label-types {params.labels:q} --stats {input.stats:q}"
