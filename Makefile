@@ -27,8 +27,11 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Lint (CI runs it with the tests): Python style and errors, Snakefile formatting, Snakemake's own checks.
 lint: $(VENV)/.installed
-	$(BIN)/snakemake --lint --cores 1
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check workflow
+	$(BIN)/snakemake --lint
 
 clean-demo:
 	rm -rf results logs resources/demo .snakemake

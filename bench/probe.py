@@ -19,7 +19,7 @@ features that depends on the input rather than on the token position (falls towa
 gets its own run directory under ``--out`` (named by a hash of the data and the overrides), so runs are
 reused, and an interrupted one resumes from its ``latest.pt``.
 
-Run after `snakemake --cores 2 results/shards/manifest.json results/group/gradients.tsv` (the demo data).
+Run after `snakemake --cores 2 results/shards/manifest.json results/gradients/gradients.tsv` (the demo data).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--label", default="age")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "pretrain.yaml")
     parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
-    parser.add_argument("--gradients", type=Path, default=REPO / "results" / "group" / "gradients.tsv")
+    parser.add_argument("--gradients", type=Path, default=REPO / "results" / "gradients" / "gradients.tsv")
     parser.add_argument("--labels", type=Path,
                         default=REPO / "results" / "atlas" / "atlas_space-MNI152NLin6Asym_labels.tsv",
                         help="atlas labels with a 'network' column (for the network-mixing reference)")

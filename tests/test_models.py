@@ -31,7 +31,7 @@ CONFIGS = {
     "tiny": ModelConfig(size="tiny", n_rois=R, n_timesteps=T, n_gradients=G),
     "small": ModelConfig(size="small", n_rois=R, n_timesteps=T, n_gradients=G, depth=2, predictor_depth=1),
 }
-# Reference counts at 450 x 160 (brainjepa-reference.md section 3), millions.
+# Reference counts at 450 x 160 (docs/reference.md section 3), millions.
 REFERENCE = {
     "small": {"encoder": (22.17, 21.31), "predictor": (3.25, 2.82)},
     "base": {"encoder": (86.81, 85.08), "predictor": (12.11, 11.24)},

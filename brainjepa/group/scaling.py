@@ -1,6 +1,6 @@
 """Robust scaling of ROI time series: per-ROI median and interquartile range.
 
-Methods (config switch, brainjepa-reference.md section 1):
+Methods (config switch, docs/reference.md section 1):
 - ``subject_mean`` (the public Brain-JEPA code, default): for each training subject take each ROI's temporal
   mean (averaged over the subject's runs); the statistics are the median and IQR of those means across
   subjects, per ROI.
@@ -8,9 +8,9 @@ Methods (config switch, brainjepa-reference.md section 1):
   Computed in two streaming passes (range, then a 65,536-bin histogram per ROI), so memory does not grow
   with the cohort; each order statistic is exact to half a bin (1/131,072 of the ROI's range).
 - ``zscore`` (the public HCP-Aging scripts): no group statistics; each sample is z-scored over all its values.
-- ``roi_zscore``: no group statistics; each ROI of each run is z-scored over time (nilearn's
-  ``standardize="zscore_sample"``). Removes per-run baselines and gains, which otherwise dominate the token
-  content (a run's global intensity is trivially predictable from any context token).
+- ``roi_zscore``: no group statistics; each ROI of each run is z-scored over time (as nilearn's
+  ``standardize="zscore"``: population std, ddof 0). Removes per-run baselines and gains, which otherwise
+  dominate the token content (a run's global intensity is trivially predictable from any context token).
 
 Scaling is ``(x - median) / iqr`` per ROI. The statistics file is JSON with a content hash (``id``) that
 the shards record, so a shard set and its statistics cannot be mixed up.

@@ -1,4 +1,4 @@
-"""Brain gradient positioning (brainjepa-reference.md section 2) and its ablation alternatives.
+"""Brain gradient positioning (docs/reference.md section 2) and its ablation alternatives.
 
 The embedding of token ``roi * W + t`` is ``concat([temporal(t), spatial(roi)])``:
 - temporal half: fixed 1-D sin-cos of the time-patch index ``t``, stored as a frozen parameter so

@@ -1,63 +1,14 @@
 """Spatiotemporal masks of Brain-JEPA: which tokens the context encoder sees and which it must predict.
 
 Tokens are ROI-major on an R x W grid (R ROIs, W time patches; 450 x 10 in the paper): token = roi * W + t.
-A block is a set of ROIs times a set of time patches. ROIs have no order, so a block's ROIs are a random
-subset; its times are a contiguous range where the region allows one. All sizes are fractions of R or W.
-
 :class:`MaskCollator` collates ``(x, y)`` items into a batch and adds, per sample, the context tokens and
-the target tokens as padded index tensors (the model gathers them; I-JEPA's design). Two modes:
-
-``paper`` (default), the paper's spatiotemporal masking, each sample with its own masks:
-
-1. Observation: ``O_r`` (random ROIs, observation_roi x R) times ``O_t`` (contiguous, observation_time x W,
-   random start).
-2. Alpha, cross-ROI: ROIs from all R (observation plus its region), alpha_roi x R; times a contiguous
-   range inside ``O_t``, alpha_time x W (at most ``|O_t|``).
-3. The removal ("overlapped sampling"): context ROIs ``P_r = O_r - alpha ROIs``.
-4. Beta, cross-time: ROIs from ``P_r``; times a contiguous range anywhere in W outside alpha's times
-   (observation plus its region), beta_gamma_time x W. Context times ``P_t = O_t - beta times``.
-5. Gamma, double-cross, from its own region: ROIs from ``R - P_r``, times from ``W - P_t`` (a random
-   subset: that set need not be contiguous).
-
-Context = ``P_r x P_t``. Every region is defined against the final context, so alpha = other ROIs x
-context times, beta = context ROIs x other times, gamma = other ROIs x other times: the three regions and
-the context are pairwise disjoint. Lists are padded to the batch maximum (index 0, ``valid`` False).
-
-Choices where the paper is silent (docs/reference.md section 4; the whole design: docs/masks.md):
-
-- Regions are relative to the context after the removal, not to the observation block: relative to the
-  observation, gamma's region (unobserved ROIs x unobserved times, at most 16% x 16% of the grid) would be
-  empty for most samples.
-- A size is ``floor(f * N + u)`` with ``f ~ U(lo, hi)`` and ``u ~ U(0, 1)`` (stochastic rounding), so its
-  mean is exactly the table's fraction of the grid on any grid, then clipped to what its region holds.
-  The public code floors, which shrinks small blocks (beta/gamma times average 1.5 instead of 2 of 10
-  patches) and starves them on short grids.
-- Beta's times avoid alpha's, so alpha keeps "same time as the context"; beta and gamma ROI fractions
-  are of R, as for the other blocks (the code takes them of their candidate set).
-- The context is never empty: one random observed ROI is kept out of alpha (alpha is drawn from the other
-  R - 1), and beta keeps off at least one observed time patch (alpha's times, or one random patch of
-  ``O_t`` when alpha has none, which the table's ranges never give on 10 patches).
-- Targets are listed in token order; ``target_region`` tells the regions apart.
-
-``reference``: the public code's masking (facts from github.com/Eric-LRL/Brain-JEPA, no code taken), to
-fine-tune the released checkpoint with its own masks. Sizes are ``floor(f * N)``; alpha's and the
-observation's are drawn once per batch; the observation spans ``floor(W * f)`` patches starting in
-``[0, W - width)`` (8 or 9 of 10 from 0 or 1: the last patch is never observed); alpha ROIs are any ROIs,
-its times inside the observation but never its last patch; the context loses alpha's ROIs. Then twice
-(right edge, then left edge) beta/gamma: times a random subset of the last (first) ``round(0.3 W)``
-patches (3 of 10), removed from the context; ROIs ``floor(f * n)`` of the observation ROIs *intersected*
-with alpha's ("beta", the upstream bug) and the same fraction of the rest ("gamma"). Targets are
-[alpha, right, left], each in token order, duplicates kept; every sample's lists are truncated to the batch
-minimum, so all are valid and the context favours low ROI indices. Grids where the code would fail (alpha
-wider than the observation allows, e.g. W = 2) raise ValueError.
-
-Randomness: a batch's masks are a pure function of (seed, DDP rank, epoch, step),
-:meth:`MaskCollator.masks_for`; no global RNG. ``step`` is the batch's index in the epoch: the collator
-counts the batches it made since :meth:`MaskCollator.set_epoch`, and DataLoader worker ``w`` of ``n`` uses
-``start + count * n + w``, the index of that batch in a map-style DataLoader's round-robin order. So no
-two batches of an epoch share a seed, the masks do not depend on the number of workers (map-style), and a
-resumed run reproduces them from (seed, rank, epoch, step) with ``set_epoch(epoch, step)``. The epoch lives
-in shared memory, so it reaches persistent workers too.
+the target tokens as padded index tensors (the model gathers them). ``paper`` mode samples the paper's
+observation block, then the alpha (cross-ROI), beta (cross-time) and gamma (double-cross) target regions,
+pairwise disjoint from the context; ``reference`` mode reproduces the public code's collator (its sizes, its
+per-batch draws, its beta-ROI bug, lists truncated to the batch minimum). A batch's masks are a pure function
+of (seed, DDP rank, epoch, step), :meth:`MaskCollator.masks_for`, so DataLoader workers and resumed runs
+reproduce them. The design, every choice made where the paper is silent and the measured statistics:
+docs/masks.md (facts of the paper and code: docs/reference.md section 4).
 """
 
 from __future__ import annotations

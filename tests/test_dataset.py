@@ -1,4 +1,4 @@
-"""ShardDataset: batches, labels, windows per mode and epoch, and exactly-once coverage over ranks/workers."""
+"""The torch dataset of the shards (brainjepa.data.dataset): exactly-once coverage over ranks and workers, windows."""
 
 from __future__ import annotations
 
