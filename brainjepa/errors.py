@@ -7,3 +7,9 @@ class InputError(ValueError):
 
 class TrainingError(Exception):
     """A training run that must stop (non-finite loss, incompatible resume); the message says why and where."""
+
+
+class Preempted(TrainingError):
+    """Training stopped by a signal (a scheduler's SIGTERM, SIGINT) after writing ``latest.pt``; rerun to go on."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again

@@ -105,25 +105,29 @@ def test_config_unknown_keys_and_overrides(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- the loop
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Shards of 24 runs (12 ROIs x 48 steps) with planted structure, gradients and statistics."""
-    root = tmp_path_factory.mktemp("train")
+def _make_data(root, n_rois: int, n_time: int, n_runs: int, window: int):
+    """Shards of ``n_runs`` runs (n_rois x n_time, planted structure; units of 4 rows), gradients, statistics."""
     rng = np.random.default_rng(0)
-    names = [f"roi{i}" for i in range(R)]
-    mixing = rng.normal(size=(3, R))
+    names = [f"roi{i}" for i in range(n_rois)]
+    mixing = rng.normal(size=(3, n_rois))
     rows = []
-    for i in range(24):
-        data = rng.normal(size=(T, 3)) @ mixing + 0.5 * rng.normal(size=(T, R))
+    for i in range(n_runs):
+        data = rng.normal(size=(n_time, 3)) @ mixing + 0.5 * rng.normal(size=(n_time, n_rois))
         path = root / "runs" / f"r{i:02d}.parquet"
         write_timeseries(data.astype(np.float32), names, path, {"tr": 2.0})
         rows.append({"run_id": f"c/sub-{i:02d}_ses-1_run-1", "cohort": "c", "subject": f"{i:02d}", "session": "1",
                      "run": "1", "split": "pretrain", "path": str(path)})
-    stats = ScalingStats("subject_mean", tuple(names), np.zeros(R), np.ones(R), 24)
+    stats = ScalingStats("subject_mean", tuple(names), np.zeros(n_rois), np.ones(n_rois), n_runs)
     write_scaling_stats(stats, root / "stats.json")
-    build_shards(pd.DataFrame(rows), stats, root / "shards", window=WINDOW, rows_per_row_group=4)
-    write_gradients(rng.normal(size=(R, 4)), np.linspace(1, 0.5, 4), names, root / "gradients.tsv")
+    build_shards(pd.DataFrame(rows), stats, root / "shards", window=window, rows_per_row_group=4)
+    write_gradients(rng.normal(size=(n_rois, 4)), np.linspace(1, 0.5, 4), names, root / "gradients.tsv")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Shards of 24 runs (12 ROIs x 48 steps) with planted structure, gradients and statistics."""
+    return _make_data(tmp_path_factory.mktemp("train"), R, T, 24, WINDOW)
 
 
 def _cfg(root, out, *extra):
@@ -171,10 +175,76 @@ def test_exact_resume_mid_epoch(tiny_data, tmp_path):
     np.testing.assert_array_equal(log_a["loss"], log_b["loss"])
 
 
-def test_resume_with_changed_config_is_refused(tiny_data, tmp_path):
+def _folder(path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.iterdir())}
+
+
+def test_changed_identity_starts_a_new_run_and_keeps_the_old(tiny_data, tmp_path):
+    """A rerun with another config (or data) trains from step 0; the old run is moved aside, never mixed."""
     pretrain(_cfg(tiny_data, tmp_path / "c", "run.stop_after_steps=2"))
-    with pytest.raises(TrainingError, match=r"configuration changed .*optim.lr"):
-        pretrain(_cfg(tiny_data, tmp_path / "c", "optim.lr=0.5"))
+    old = _folder(tmp_path / "c")
+    final = pretrain(_cfg(tiny_data, tmp_path / "c", "optim.lr=0.5"))
+    assert _folder(tmp_path / "c.replaced-1") == old
+    assert ckpt.load_checkpoint(final)["step"] == 12
+    assert pd.read_csv(tmp_path / "c" / "log.csv")["step"].tolist() == list(range(1, 13))
+    assert "lr: 0.5" in (tmp_path / "c" / "config.yaml").read_text()
+
+
+def test_finished_run_is_not_trained_again_unless_restarted(tiny_data, tmp_path):
+    out = tmp_path / "done"
+    first = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out)))
+    log = (out / "log.csv").read_text()
+    assert pretrain(_cfg(tiny_data, out, "run.progress=true")) == out / "final.pt"  # a resumable change only
+    (out / "final.pt").unlink()  # what Snakemake does before rerunning the rule
+    _states_equal(first, ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out))))
+    assert (out / "log.csv").read_text() == log and not (tmp_path / "done.replaced-1").exists()
+    again = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out), restart=True))  # --forcerun pretrain
+    assert (tmp_path / "done.replaced-1" / "final.pt").exists()
+    assert pd.read_csv(out / "log.csv")["step"].tolist() == list(range(1, 13))
+    _states_equal(first, again)  # the same identity trains the same model
+
+
+def test_refused_resume_changes_nothing(tiny_data, tmp_path):
+    out = tmp_path / "r"
+    pretrain(_cfg(tiny_data, out, "run.stop_after_steps=2"))
+    (out / "latest.pt").write_bytes(b"truncated")
+    before = _folder(out)
+    with pytest.raises(InputError, match="latest.pt: cannot read checkpoint"):
+        pretrain(_cfg(tiny_data, out, "optim.lr=0.5"))
+    assert _folder(out) == before
+
+
+def test_workers_give_the_epoch_of_one_process(tiny_data, tmp_path):
+    """2 DataLoader workers, 24 runs in units of 4, batch 7: every epoch completes (3 batches), bitwise as 0 workers."""
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        runs[workers] = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out, "data.batch_size=7",
+                                                           f"data.num_workers={workers}")))
+        assert pd.read_csv(out / "log.csv")["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    _states_equal(runs[0], runs[2])
+
+
+def test_resume_with_another_worker_count_reproduces_the_epoch(tiny_data, tmp_path):
+    straight = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, tmp_path / "a", "data.batch_size=7")))
+    pretrain(_cfg(tiny_data, tmp_path / "b", "data.batch_size=7", "run.stop_after_steps=2"))
+    resumed = pretrain(_cfg(tiny_data, tmp_path / "b", "data.batch_size=7", "data.num_workers=2"))
+    _states_equal(straight, ckpt.load_checkpoint(resumed))
+
+
+def test_runs_at_two_threads_are_bitwise_identical(tmp_path):
+    """Three runs, one seed, 2 threads: equal bits. 64 ROIs x 4 patches: big enough for the CPU backward of
+    indexing to split its accumulation over threads (it did with ``pos[idx]`` in the predictor)."""
+    data = _make_data(tmp_path / "data", 64, 64, 16, 64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        states = [ckpt.load_checkpoint(pretrain(_cfg(data, tmp_path / f"t{i}", "data.batch_size=8",
+                                                     "data.window=64"))) for i in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    _states_equal(states[0], states[1])
+    _states_equal(states[0], states[2])
 
 
 def test_non_finite_loss_stops_the_run(tiny_data, tmp_path, monkeypatch):

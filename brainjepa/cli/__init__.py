@@ -4,7 +4,8 @@ library function (the Snakemake rules run these same commands).
 Subcommands are registered per stage group (:mod:`.preprocess`, :mod:`.group`, :mod:`.data`, :mod:`.train`,
 :mod:`.models`, :mod:`.demo`, :mod:`.sheets`). Error policy: bad input, whatever exception the library raises
 for it, reaches the user as one line (``brainjepa <command>: error: ...``) and exit status 1; ``-v`` adds
-the traceback. An interrupt exits with status 130.
+the traceback. An interrupt exits with status 130; pretraining stopped by SIGTERM/SIGINT after writing its
+checkpoint exits with status 75.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import traceback
 
 from brainjepa import __version__
-from brainjepa.errors import InputError, TrainingError
+from brainjepa.errors import InputError, Preempted, TrainingError
 
 GROUPS = ("preprocess", "group", "data", "train", "models", "demo", "sheets")
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
+    except Preempted as exc:  # a signal stopped training after a checkpoint: the job may be requeued
+        print(f"brainjepa {args.command}: stopped: {_one_line(exc)}", file=sys.stderr)
+        return Preempted.exit_code
     except KeyboardInterrupt:
         print(f"brainjepa {args.command}: interrupted", file=sys.stderr)
         return 130

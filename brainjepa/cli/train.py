@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 log = logging.getLogger("brainjepa")
+RESTART_ENV = "BRAINJEPA_PRETRAIN_RESTART"
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from brainjepa.train.config import load_config
     from brainjepa.train.pretrain import pretrain
 
-    path = pretrain(load_config(args.config, args.set))
+    path = pretrain(load_config(args.config, args.set), restart=args.restart)
     log.info("checkpoint: %s", path)
 
 
@@ -21,4 +23,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="training config YAML (sections model, data, mask, optim, run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. --set optim.epochs=10 --set model.size=small (repeatable)")
+    p.add_argument("--restart", action="store_true", default=os.environ.get(RESTART_ENV) == "1",
+                   help=f"train from step 0 even if run.out_dir holds this run, finished (the old folder is moved "
+                        f"aside); also when {RESTART_ENV}=1 (the workflow sets it for --forcerun pretrain)")
     p.set_defaults(func=_pretrain)

@@ -19,6 +19,13 @@ on its number of workers.
 unit); each run gives one window whose start is drawn from (seed, epoch, crc32(run_id)). ``eval`` mode: fixed
 order, and every non-overlapping window starting at time 0 (floor(T / window) per run).
 
+With ``batch_size`` (the pretraining loader), train mode yields whole batches only: the rank's stream above is
+cut into batches of ``batch_size`` consecutive samples (the last partial batch dropped), and DataLoader worker
+``w`` of ``n`` makes batches ``start + w``, ``start + w + n``, ... (``start``: :meth:`set_epoch`'s
+``start_batch``), the order in which a DataLoader takes them from its workers. So an epoch has the same
+batches, in the same order, whatever the number of workers (each worker reads the units its batches need), and
+a resumed epoch starts at its batch without reading the ones before.
+
 Call :meth:`ShardDataset.set_epoch` before each epoch. The epoch lives in shared memory, so it reaches
 DataLoader workers also with ``persistent_workers=True`` (recommended: each consumer process checks the
 sha256 of a shard the first time it opens it, and persistent workers do that once rather than every epoch).
@@ -102,7 +109,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def __init__(self, manifest_path: str | os.PathLike, split: str, *, window: int = 160, mode: str = "train",
                  seed: int = 0, label_columns: list[str] | None = None, rank: int | None = None,
                  world_size: int | None = None, verify_checksums: bool = True,
-                 scaling_stats: str | os.PathLike | None = None, return_run_id: bool = False):
+                 scaling_stats: str | os.PathLike | None = None, return_run_id: bool = False,
+                 batch_size: int | None = None):
         super().__init__()
         path = Path(manifest_path)
         self.manifest_path = path / "manifest.json" if path.is_dir() else path
@@ -117,6 +125,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
                              f"({self.manifest_path}; runs shorter than that were left out)")
         if int(seed) < 0:
             raise ValueError(f"seed must be non-negative, not {seed}")
+        if batch_size is not None and (mode != "train" or int(batch_size) < 1):
+            raise ValueError(f"batch_size {batch_size}: whole batches are for train mode, at least 1 sample")
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
         if rank is not None and not 0 <= rank < world_size:
@@ -141,18 +151,24 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.units = [(s, g) for s, entry in enumerate(self.shards) for g in range(int(entry["row_groups"]))]
         self._explicit_ranks = None if rank is None else (int(rank), int(world_size))
         self._ranks = self._explicit_ranks or _distributed()
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self._epoch = torch.zeros(2, dtype=torch.int64).share_memory_()  # [epoch, first batch]
         self._files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
         self._verified: set[int] = set()
         self._pid = os.getpid()
         self._windows_per_unit: list[int] | None = None
 
     # -- epoch and consumers --------------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (seeds the shuffles and windows in train mode). Call before each epoch."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be non-negative, not {epoch}")
-        self._epoch.fill_(int(epoch))
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (seeds the shuffles and windows in train mode). Call before each epoch.
+
+        start_batch: with ``batch_size``, the first batch to make (resuming mid-epoch); 0 otherwise.
+        """
+        if int(epoch) < 0 or int(start_batch) < 0:
+            raise ValueError(f"epoch and start_batch must be non-negative, not {epoch}, {start_batch}")
+        if start_batch and self.batch_size is None:
+            raise ValueError("start_batch needs a dataset made with batch_size")
+        self._epoch[0], self._epoch[1] = int(epoch), int(start_batch)
         self._refresh_ranks()
 
     def _refresh_ranks(self) -> tuple[int, int]:
@@ -165,7 +181,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch.item())
+        return int(self._epoch[0])
 
     def _consumer(self) -> tuple[int, int, int, int]:
         info = torch.utils.data.get_worker_info()
@@ -269,8 +285,36 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     yield run_ids[i], start, x, torch.from_numpy(labels[i].copy())
             del mats, labels
 
+    def _batched_samples(self, rank: int, world_size: int, worker: int, num_workers: int
+                         ) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
+        """Like :meth:`_samples`, for the batches of one worker (module docstring: whole batches)."""
+        epoch, first, size = self.epoch, int(self._epoch[1]), self.batch_size
+        picked = assign_units(len(self.units), mode=self.mode, seed=self.seed, epoch=epoch, rank=rank,
+                              world_size=world_size, worker=0, num_workers=1)
+        units, counts = [self.units[u] for u in picked], self._unit_windows()
+        rows = [counts[u] for u in picked]
+        ends = np.cumsum(rows)  # one window per row in train mode: samples = rows
+        cached: tuple[int, list, list, np.ndarray, list[int]] | None = None
+        for batch in range(first + worker, int(ends[-1]) // size if len(ends) else 0, num_workers):
+            for position in range(batch * size, (batch + 1) * size):
+                j = int(np.searchsorted(ends, position, side="right"))
+                if cached is None or cached[0] != j:
+                    shard, row_group = units[j]
+                    run_ids, mats, labels = self._read_unit(shard, row_group)
+                    unit_seed = [self.seed, epoch, _ROWS, stable_hash(self.shards[shard]["path"]), row_group]
+                    order = np.random.default_rng(unit_seed).permutation(len(run_ids)).tolist()
+                    cached = (j, run_ids, mats, labels, order)
+                _, run_ids, mats, labels, order = cached
+                i = order[position - (int(ends[j - 1]) if j else 0)]
+                (start,) = window_starts(mats[i].shape[1], self.window, mode="train", seed=self.seed, epoch=epoch,
+                                         run_id=run_ids[i])
+                x = torch.empty((1, mats[i].shape[0], self.window), dtype=torch.float32)
+                x[0].copy_(mats[i][:, start:start + self.window])
+                yield run_ids[i], start, x, torch.from_numpy(labels[i].copy())
+
     def __iter__(self):
-        for run_id, _start, x, y in self._samples(*self._consumer()):
+        samples = self._batched_samples if self.batch_size is not None else self._samples
+        for run_id, _start, x, y in samples(*self._consumer()):
             yield (x, y, run_id) if self.return_run_id else (x, y)
 
     # -- sizes ---------------------------------------------------------------------------------------------------
@@ -289,12 +333,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return self._windows_per_unit
 
     def __len__(self) -> int:
-        """Samples this rank yields in the current epoch, over all its DataLoader workers."""
+        """Samples this rank yields in the current epoch, over all its DataLoader workers (with ``batch_size``:
+        in whole batches, from batch 0)."""
         rank, world = self._refresh_ranks()
         counts = self._unit_windows()
         order = assign_units(len(self.units), mode=self.mode, seed=self.seed, epoch=self.epoch, rank=rank,
                              world_size=world, worker=0, num_workers=1)
-        return sum(counts[u] for u in order)
+        total = sum(counts[u] for u in order)
+        return total if self.batch_size is None else total // self.batch_size * self.batch_size
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -8,6 +8,7 @@ positional embedding of its position. Only the target slots are returned, mapped
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainjepa.models.config import ModelConfig
@@ -45,8 +46,10 @@ class BrainPredictor(nn.Module):
         if context.shape[:2] != context_idx.shape:
             raise ValueError(f"context {tuple(context.shape)} and context_idx {tuple(context_idx.shape)} disagree")
         pos = self.pos_embed()  # [R*W, Dp]
-        ctx = self.embed(context) + pos[context_idx]
-        tgt = self.mask_token + pos[target_idx]
+        # F.embedding, not pos[idx]: the backward of advanced indexing accumulates in a thread-dependent order
+        # on CPU (runs at 2 threads differed by ~1e-8); the embedding backward is deterministic.
+        ctx = self.embed(context) + F.embedding(context_idx, pos)
+        tgt = self.mask_token + F.embedding(target_idx, pos)
         return torch.cat([ctx, tgt.to(ctx.dtype)], dim=1)
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor,

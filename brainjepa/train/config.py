@@ -73,6 +73,7 @@ class RunConfig:
     collapse_threshold: float = 0.05      # warn when the target features' batch spread falls below this
     stop_after_steps: int | None = None   # leave cleanly (writing latest.pt) after this many steps in this call
     progress: bool = True
+    deterministic: bool = False           # torch.use_deterministic_algorithms (GPU: slower kernels; CPU: always)
 
 
 @dataclass(frozen=True)

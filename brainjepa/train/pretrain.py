@@ -9,8 +9,11 @@ the step, the EMA update of the target encoder (:mod:`.ema`). Schedules are pure
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from brainjepa.errors import InputError, TrainingError
+from brainjepa.errors import InputError, Preempted, TrainingError
 from brainjepa.io import check_roi_names, write_text_atomic
 from brainjepa.train import checkpoint as ckpt
 from brainjepa.train.config import OptimConfig, TrainConfig, dump_config, to_dict, with_data_shape
@@ -29,7 +32,6 @@ from brainjepa.train.runtime import Distributed, autocast_for, batches_per_epoch
 from brainjepa.train.schedules import cosine_ramp, ema_momentum, warmup_cosine
 
 log = logging.getLogger("brainjepa.train")
-RESUMABLE_CHANGES = {"run.stop_after_steps", "run.progress", "data.num_workers"}
 
 
 def param_groups(modules: list[torch.nn.Module]) -> list[dict]:
@@ -117,7 +119,7 @@ def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, windo
 
     dataset = ShardDataset(cfg.data.manifest, cfg.data.split, window=window, mode="train",
                            seed=cfg.run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
-                           scaling_stats=cfg.data.scaling_stats)
+                           scaling_stats=cfg.data.scaling_stats, batch_size=cfg.data.batch_size)
     collator = MaskCollator(len(manifest["roi_names"]), patches, cfg.mask, seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=collator, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
@@ -126,35 +128,80 @@ def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, windo
 
 
 # ----------------------------------------------------------------------------------------------- the run
-class Trainer:
-    """Holds one run's state; ``fit`` trains to the end (or to ``run.stop_after_steps``), resuming if possible."""
+# Settings that do not change what is trained: a run may resume with other values. Paths are left out of a
+# run's identity too; the content they point at is in it (run_identity).
+RESUMABLE_CHANGES = {"run.stop_after_steps", "run.progress", "data.num_workers", "run.log_every",
+                     "run.checkpoint_every", "run.collapse_threshold", "run.out_dir", "data.manifest",
+                     "data.gradients", "data.scaling_stats", "data.labels"}
 
-    def __init__(self, cfg: TrainConfig):
+
+def run_identity(cfg: TrainConfig, manifest: dict) -> dict:
+    """What a run trains: its configuration (less RESUMABLE_CHANGES) and the content of its data.
+
+    Data: the sha256 of every shard of the split (from the manifest), the scaling statistics id, the sha256 of
+    the gradients file (and of the label table when ROI centroids are the positions). Two runs with equal
+    identities train the same model.
+    """
+    from brainjepa.io import sha256_file
+
+    config = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in RESUMABLE_CHANGES}
+    data = {"shards": [entry["sha256"] for entry in manifest["splits"].get(cfg.data.split, [])],
+            "scaling_stats_id": manifest["scaling_stats_id"], "gradients_sha256": sha256_file(cfg.data.gradients)}
+    if cfg.model.positional == "centroid":
+        data["labels_sha256"] = sha256_file(cfg.data.labels)
+    return {"config": config, "data": data}
+
+
+def identity_changes(old: dict, new: dict) -> list[str]:
+    """Dotted names of what differs between two identities (config keys, data items)."""
+    changes = [f"config {k}" for k in sorted(set(old["config"]) | set(new["config"]))
+               if old["config"].get(k) != new["config"].get(k)]
+    return changes + [f"data {k}" for k in sorted(set(old["data"]) | set(new["data"]))
+                      if old["data"].get(k) != new["data"].get(k)]
+
+
+class Trainer:
+    """Holds one run's state; ``fit`` trains to the end (or to ``run.stop_after_steps``), resuming if possible.
+
+    The run folder (``run.out_dir``) holds one run. ``fit`` decides from ``latest.pt`` (see :meth:`start`):
+    resume an unfinished run of the same identity; do nothing for a finished one whose ``final.pt`` is there
+    (rewriting ``final.pt`` from ``latest.pt`` when only it is missing, unless ``restart``); otherwise train
+    afresh, first moving the old folder aside to ``<out_dir>.replaced-<n>`` (never mixing two runs).
+    """
+
+    def __init__(self, cfg: TrainConfig, restart: bool = False):
         from brainjepa.data.shards import load_manifest
 
-        self.cfg = cfg
+        self.cfg, self.restart = cfg, restart
         self.out = Path(cfg.run.out_dir)
         self.dist, self.device = setup_distributed(cfg.run.device)
-        torch.manual_seed(cfg.run.seed + self.dist.rank)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(cfg.run.seed)  # every rank builds the same models (the target encoder included)
         self.manifest = load_manifest(cfg.data.manifest)
+        self.identity = run_identity(cfg, self.manifest)
         window = data_window(cfg, self.manifest)
         self.encoder, self.target, self.predictor, self.model_cfg = build_models(
             cfg, self.manifest["roi_names"], window, self.device)
+        if self.dist.rank > 0:  # dropout / drop path differ by rank; rank 0 keeps a single process's stream
+            torch.manual_seed(cfg.run.seed + self.dist.rank)
         self.dataset, self.collator, self.loader = build_loader(cfg, self.manifest, self.dist, window,
                                                                 self.model_cfg.n_time_patches)
         self.online = [self._wrap(self.encoder), self._wrap(self.predictor)]
         self.optimizer = torch.optim.AdamW(param_groups([self.encoder, self.predictor]), lr=cfg.optim.lr,
                                            betas=tuple(cfg.optim.betas))
-        per_epoch = len(self.dataset) // cfg.data.batch_size // cfg.optim.accumulation_steps
+        # one figure for every rank: the smallest rank's full batches, in whole optimizer steps
+        self.batches_per_epoch = batches_per_epoch(self.dataset, cfg.data.batch_size,
+                                                   cfg.optim.accumulation_steps, self.device)
+        per_epoch = self.batches_per_epoch // cfg.optim.accumulation_steps
         if per_epoch < 1:
             raise InputError(f"{cfg.data.manifest}: split '{cfg.data.split}' has {len(self.dataset)} samples for "
                              f"this rank, fewer than one optimizer step (batch {cfg.data.batch_size} x "
                              f"{cfg.optim.accumulation_steps} accumulation)")
         self.schedule = Schedule(cfg.optim.epochs * per_epoch, cfg.optim.warmup_epochs * per_epoch, cfg.optim)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        self.csv = CSVLog(self.out / "log.csv", self.dist.is_main)
+        self.signal: int | None = None
+        self.csv = CSVLog(self.out / "log.csv", False)  # opened by fit, once the run folder is settled
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.dist.world_size == 1:
@@ -172,7 +219,8 @@ class Trainer:
                 "rng": ckpt.rng_state(), "config": to_dict(self.cfg),
                 "model_config": self.model_cfg.to_dict(),
                 "roi_names": list(self.manifest["roi_names"]),
-                "scaling_stats_id": self.manifest["scaling_stats_id"]}
+                "scaling_stats_id": self.manifest["scaling_stats_id"],
+                "identity": self.identity, "total_steps": self.schedule.total_steps}
 
     def save(self, *names: str) -> None:
         if self.dist.is_main:
@@ -181,58 +229,106 @@ class Trainer:
         if dist.is_initialized():
             dist.barrier()
 
-    def resume(self) -> bool:
-        """Continue from ``latest.pt`` when the run directory has one (same configuration required)."""
+    def start(self) -> str:
+        """Settle the run folder: 'fresh', 'resume' or 'done' (nothing to train). Writes nothing on refusal."""
         path = self.out / "latest.pt"
         if not path.exists():
-            return False
+            return "fresh"
         state = ckpt.load_checkpoint(path)
-        changed = _config_changes(state["config"], to_dict(self.cfg)) - RESUMABLE_CHANGES
-        if changed:
-            raise TrainingError(f"{path}: the configuration changed since this run started ({sorted(changed)}); "
-                                "use a new run.out_dir or restore the configuration")
+        if "identity" not in state:
+            raise TrainingError(f"{path}: written by an older brainjepa (no run identity); move {self.out} away "
+                                "or use another run.out_dir")
+        changes = identity_changes(state["identity"], self.identity)
+        finished = state["step"] >= state.get("total_steps", float("inf"))
+        if changes:
+            log.warning("%s: a new run (changed since the last: %s)", self.out, ", ".join(changes[:8]))
+            return "fresh"
+        if finished and (self.out / "final.pt").exists() and not self.restart:
+            return "done"
+        if finished and not self.restart:
+            log.info("%s: finished run; final.pt rewritten from latest.pt (nothing to train)", self.out)
+            return "done"
+        if self.restart:
+            log.warning("%s: restart asked for: a new run from step 0", self.out)
+            return "fresh"
+        self.load(state)
+        return "resume"
+
+    def load(self, state: dict) -> None:
         for name, module in (("encoder", self.encoder), ("target_encoder", self.target),
                              ("predictor", self.predictor)):
             module.load_state_dict(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         ckpt.set_rng_state(state["rng"])
+        log.info("resumed %s at step %d (epoch %d, batch %d)", self.out / "latest.pt", self.step, self.epoch,
+                 self.batch_in_epoch)
+
+    def _settle_folder(self, how: str) -> None:
+        """Rank 0: move an old run aside (fresh), or cut the log back to the resumed step (resume)."""
         if self.dist.is_main:
-            truncate_log(self.out / "log.csv", self.step)
-        log.info("resumed %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
-        return True
+            if how == "fresh" and self.out.exists() and any(self.out.iterdir()):
+                aside = _free_name(self.out)
+                self.out.rename(aside)
+                log.warning("previous run in %s moved to %s", self.out, aside)
+            self.out.mkdir(parents=True, exist_ok=True)
+            if how == "resume":
+                truncate_log(self.out / "log.csv", self.step)
+            write_text_atomic(self.out / "config.yaml", dump_config(self.cfg))
+        if dist.is_initialized():
+            dist.barrier()
+        self.csv = CSVLog(self.out / "log.csv", self.dist.is_main)
 
     # -- training ------------------------------------------------------------------------------------------
     def fit(self) -> Path:
-        """Train every remaining epoch; returns the path of ``final.pt`` (or ``latest.pt`` if stopped early)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Train every remaining epoch; returns the path of ``final.pt`` (or ``latest.pt`` if stopped early).
+
+        SIGTERM and SIGINT finish the current optimizer step, write ``latest.pt`` and raise :class:`Preempted`.
+        """
+        how = self.start()
+        if how == "done":
+            if self.dist.is_main and not (self.out / "final.pt").exists():
+                shutil.copyfile(self.out / "latest.pt", self.out / "final.pt.tmp")
+                os.replace(self.out / "final.pt.tmp", self.out / "final.pt")
+            return self.out / "final.pt"
+        self._settle_folder(how)
         self.t0 = self.tick = time.perf_counter()
-        if self.dist.is_main:
-            write_text_atomic(self.out / "config.yaml", dump_config(self.cfg))
-        self.resume()
         start_step = self.step
-        while self.epoch < self.cfg.optim.epochs:
-            if not self.train_one_epoch(start_step):
-                self.save("latest.pt")
-                return self.out / "latest.pt"
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            keep = self.epoch % self.cfg.run.checkpoint_every == 0
-            names = ["latest.pt"] + ([f"epoch-{self.epoch:04d}.pt"] if keep else [])
-            self.save(*names)
+        with _catch_signals(self):
+            while self.epoch < self.cfg.optim.epochs:
+                if not self.train_one_epoch(start_step):
+                    self.save("latest.pt")
+                    if self.signal is not None:
+                        log.warning("signal %d: stopped at step %d (epoch %d, batch %d); latest.pt written, "
+                                    "rerun to continue", self.signal, self.step, self.epoch, self.batch_in_epoch)
+                        raise Preempted(f"signal {self.signal} at step {self.step}: {self.out / 'latest.pt'} "
+                                        "written; rerun to continue")
+                    return self.out / "latest.pt"
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                keep = self.epoch % self.cfg.run.checkpoint_every == 0
+                names = ["latest.pt"] + ([f"epoch-{self.epoch:04d}.pt"] if keep else [])
+                self.save(*names)
         self.save("latest.pt", "final.pt")
         return self.out / "final.pt"
 
+    def stop_requested(self) -> bool:
+        """A signal reached this process (or, under DDP, any rank): every rank stops at the same step."""
+        flag = torch.tensor(0 if self.signal is None else 1, device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal is None:
+            self.signal = signal.SIGTERM
+        return bool(flag.item())
+
     def train_one_epoch(self, start_step: int) -> bool:
-        """One epoch from ``batch_in_epoch``; False when ``run.stop_after_steps`` ends this call first."""
+        """One epoch from ``batch_in_epoch``; False when ``run.stop_after_steps`` or a signal ends this call."""
         from tqdm import tqdm
 
         cfg, accumulation = self.cfg, self.cfg.optim.accumulation_steps
-        self.dataset.set_epoch(self.epoch)
-        self.collator.set_epoch(self.epoch)
-        n_batches = batches_per_epoch(self.dataset, cfg.data.batch_size, accumulation, self.device)
+        self.dataset.set_epoch(self.epoch, start_batch=self.batch_in_epoch)  # resume mid-epoch: nothing replayed
+        self.collator.set_epoch(self.epoch, self.batch_in_epoch)
+        n_batches = self.batches_per_epoch
         batches = iter(self.loader)
-        for _ in range(self.batch_in_epoch):  # resume mid-epoch: same data and masks, no compute
-            next(batches)
         bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}", leave=False,
                    disable=not (cfg.run.progress and self.dist.is_main))
         for index in range(self.batch_in_epoch, n_batches):
@@ -248,7 +344,7 @@ class Trainer:
                 self.tick = now
                 self.optimizer_step(loss, monitors, samples_per_s, bar)
                 stop = cfg.run.stop_after_steps
-                if stop is not None and self.step - start_step >= stop:
+                if (stop is not None and self.step - start_step >= stop) or self.stop_requested():
                     bar.close()
                     return False
         bar.close()
@@ -306,14 +402,45 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _config_changes(old: dict, new: dict) -> set[str]:
-    a, b = _flatten(old), _flatten(new)
-    return {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
 
 
-def pretrain(cfg: TrainConfig) -> Path:
-    """Run (or resume) pretraining; returns the final (or latest) checkpoint path."""
-    trainer = Trainer(cfg)
+def _free_name(out: Path) -> Path:
+    """``<out>.replaced-<n>``, the first that does not exist."""
+    n = 1
+    while out.with_name(f"{out.name}.replaced-{n}").exists():
+        n += 1
+    return out.with_name(f"{out.name}.replaced-{n}")
+
+
+@contextmanager
+def _catch_signals(trainer: Trainer):
+    """SIGTERM / SIGINT set ``trainer.signal`` (the loop stops after the current step) instead of killing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        trainer.signal = signum
+        log.warning("signal %d received: finishing step %d, then writing latest.pt", signum, trainer.step + 1)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def pretrain(cfg: TrainConfig, restart: bool = False) -> Path:
+    """Run (or resume) pretraining; returns the final (or latest) checkpoint path.
+
+    restart: train from step 0 even when ``run.out_dir`` holds this run finished (the old folder is moved aside).
+    """
+    trainer = Trainer(cfg, restart)
     try:
         return trainer.fit()
     finally:
