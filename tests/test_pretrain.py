@@ -232,6 +232,46 @@ def test_resume_with_another_worker_count_reproduces_the_epoch(tiny_data, tmp_pa
     _states_equal(straight, ckpt.load_checkpoint(resumed))
 
 
+def _cli(tiny_data, out, *extra):
+    import sys
+
+    sets = [f"data.manifest={tiny_data / 'shards' / 'manifest.json'}", f"data.gradients={tiny_data / 'gradients.tsv'}",
+            f"run.out_dir={out}", f"data.window={WINDOW}", "data.batch_size=4", "data.num_workers=0",
+            "optim.epochs=2", "optim.warmup_epochs=1", "model.size=tiny", "model.drop_path=0.1",
+            "run.progress=false", "run.log_every=1", "run.checkpoint_every=1", *extra]
+    return [sys.executable, "-m", "brainjepa.cli", "pretrain", *[arg for s in sets for arg in ("--set", s)]]
+
+
+def test_sigterm_writes_latest_and_the_rerun_ends_as_an_uninterrupted_run(tiny_data, tmp_path):
+    """SIGTERM mid-epoch: the step finishes, latest.pt is written, exit 75; the rerun continues bitwise."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run(_cli(tiny_data, tmp_path / "a"), env=env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    out = tmp_path / "b"
+    proc = subprocess.Popen(_cli(tiny_data, out), env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the third optimizer step in the log (6 per epoch)
+        if (out / "log.csv").exists() and len((out / "log.csv").read_text().splitlines()) > 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "signal 15" in err and "latest.pt written" in err
+    stopped = ckpt.load_checkpoint(out / "latest.pt")
+    assert 3 <= stopped["step"] < 12 and not (out / "final.pt").exists()
+    resumed = subprocess.run(_cli(tiny_data, out), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _states_equal(ckpt.load_checkpoint(tmp_path / "a" / "final.pt"), ckpt.load_checkpoint(out / "final.pt"))
+    log = pd.read_csv(out / "log.csv")
+    assert log["step"].tolist() == list(range(1, 13))  # every step once, from 1
+
+
 def test_runs_at_two_threads_are_bitwise_identical(tmp_path):
     """Three runs, one seed, 2 threads: equal bits. 64 ROIs x 4 patches: big enough for the CPU backward of
     indexing to split its accumulation over threads (it did with ``pos[idx]`` in the predictor)."""
@@ -292,21 +332,41 @@ def test_bf16_autocast_path_runs_on_cpu(tiny_data, tmp_path):
     assert all(v.dtype == torch.float32 for v in state["encoder"].values() if v.is_floating_point())
 
 
-def test_ddp_with_torchrun_on_cpu(tiny_data, tmp_path):
-    """Two processes (Gloo) through torchrun: the DDP path of the GPU runs, with rank-0 checkpoints."""
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from brainjepa.train.config import load_config
+from brainjepa.train.pretrain import Trainer
+trainer = Trainer(load_config(None, sys.argv[2:]))
+trainer.fit()
+modules = {"encoder": trainer.encoder, "target_encoder": trainer.target, "predictor": trainer.predictor}
+torch.save({name: m.state_dict() for name, m in modules.items()}, f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_replicas_agree_with_uneven_ranks(tmp_path):
+    """Two processes (Gloo) through torchrun, 20 runs in 5 units (ranks hold 12 and 8 samples): one schedule
+    (the smaller rank's 4 steps per epoch), and every rank ends with the same encoder, target and predictor."""
     import os
     import subprocess
     import sys
 
+    data = _make_data(tmp_path / "data", R, T, 20, WINDOW)
     out = tmp_path / "ddp"
-    sets = [f"data.manifest={tiny_data / 'shards' / 'manifest.json'}", f"data.gradients={tiny_data / 'gradients.tsv'}",
+    script = tmp_path / "ddp_ranks.py"
+    script.write_text(DDP_SCRIPT)
+    sets = [f"data.manifest={data / 'shards' / 'manifest.json'}", f"data.gradients={data / 'gradients.tsv'}",
             f"run.out_dir={out}", f"data.window={WINDOW}", "data.batch_size=2", "data.num_workers=0",
-            "optim.epochs=1", "optim.warmup_epochs=1", "model.size=tiny", "run.progress=false", "run.log_every=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "brainjepa.cli",
-           "pretrain", *[arg for s in sets for arg in ("--set", s)]]
+            "optim.epochs=2", "optim.warmup_epochs=1", "model.size=tiny", "model.drop_path=0.1",
+            "run.progress=false", "run.log_every=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path), *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    log = pd.read_csv(out / "log.csv")
-    assert log["step"].tolist() == [1, 2, 3, 4, 5, 6]  # 24 runs / 2 ranks / batch 2 = 6 steps per epoch
-    assert ckpt.load_checkpoint(out / "final.pt")["step"] == 6
+    assert pd.read_csv(out / "log.csv")["step"].tolist() == list(range(1, 9))
+    state = ckpt.load_checkpoint(out / "final.pt")
+    assert state["step"] == state["total_steps"] == 8
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    _states_equal(*ranks)
+    _states_equal(ranks[0], state)

@@ -90,16 +90,18 @@ def test_group_stage_and_shards(tiny_project):
     assert fc.shape == (64, 64) and np.allclose(np.diag(fc), 1) and (work / "group_fc/group_fc.png").stat().st_size
     gradients = pd.read_csv(work / "gradients/gradients.tsv", sep="\t")
     assert list(gradients.columns) == ["name", "g1", "g2", "g3", "g4", "g5"] and len(gradients) == 64
-    manifest = json.loads((work / "shards/manifest.json").read_text())
-    assert manifest["scaling_stats_id"] == stats["id"] and manifest["window"] == 32
-    rows = {split: sum(s["rows"] for s in shards) for split, shards in manifest["splits"].items()}
-    assert sum(rows.values()) + manifest["excluded"] == len(table)
+    manifests = {s: json.loads((work / f"shards/{s}/manifest.json").read_text()) for s in set(table["split"])}
+    assert all(m["scaling_stats_id"] == stats["id"] and m["window"] == 32 for m in manifests.values())
+    assert all(list(m["splits"]) == [s] for s, m in manifests.items())  # one shard set per split
+    assert len({json.dumps(m["label_categories"]) for m in manifests.values()}) == 1  # codes agree
+    rows = {s: sum(e["rows"] for e in m["splits"][s]) for s, m in manifests.items()}
+    assert sum(rows.values()) + sum(m["excluded"] for m in manifests.values()) == len(table)
     # the loader streams the pretraining shards in batches of [B, 1, R, window]
     from torch.utils.data import DataLoader
 
     from brainjepa.data.dataset import ShardDataset
 
-    dataset = ShardDataset(work / "shards/manifest.json", "pretrain", window=32, label_columns=["age"],
+    dataset = ShardDataset(work / "shards/pretrain/manifest.json", "pretrain", window=32, label_columns=["age"],
                            scaling_stats=str(work / "scaling/scaling_stats.json"))
     batches = list(DataLoader(dataset, batch_size=2))
     assert sum(len(x) for x, _ in batches) == rows["pretrain"]
@@ -115,41 +117,95 @@ def test_pretrain_rule(tiny_project):
     assert (run / "final.pt").exists() and log["step"].iloc[-1] >= 2 and np.isfinite(log["loss"]).all()
 
 
+def _sheets(work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    read = lambda name: pd.read_csv(work / "config" / name, sep="\t", dtype=str, keep_default_na=False)
+    return read("samples.tsv"), read("phenotypes.tsv")
+
+
+def _checkpoint_bits(path: Path) -> dict:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {f"{m}.{k}": v for m in ("encoder", "target_encoder", "predictor") for k, v in state[m].items()}
+
+
 @pytest.mark.slow
-def test_rerun_is_a_no_op_and_new_rows_run_alone(tiny_project):
+def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_project):
+    """A new cohort outside the pretraining set: only its runs and its splits' shards are made."""
     work = tiny_project
     dry = snakemake(work, "-n", "all")
     assert "Nothing to be done" in dry.stdout + dry.stderr
-    # a new demo subject and a new already-parcellated run from elsewhere
-    samples = pd.read_csv(work / "config/samples.tsv", sep="\t", dtype=str, keep_default_na=False)
-    phenotypes = pd.read_csv(work / "config/phenotypes.tsv", sep="\t", dtype=str, keep_default_na=False)
-    new = samples.iloc[0].to_dict()
-    new["subject"] = "ukbsim0099"
-    new["bold"] = new["bold"].replace("ukbsim0001", "ukbsim0099")
-    new["mask"] = new["mask"].replace("ukbsim0001", "ukbsim0099")
+    run_dir = work / "results/pretrain/brainjepa_tiny"
+    before = {name: (run_dir / name).read_bytes() for name in ("final.pt", "log.csv")}
+    samples, _ = _sheets(work)
     ts_file = work / "external" / "sub-7_timeseries.tsv"
     ts_file.parent.mkdir()
     pd.DataFrame(np.random.default_rng(0).normal(100, 1, size=(80, 64))).to_csv(ts_file, sep="\t", index=False,
                                                                                  header=False)
     external = {"cohort": "ext", "subject": "7", "session": "1", "run": "1", "bold": "", "mask": "",
                 "timeseries": str(ts_file), "tr": "0.8"}
-    samples = pd.concat([samples, pd.DataFrame([new, external])], ignore_index=True).fillna("")
-    samples.to_csv(work / "config/samples.tsv", sep="\t", index=False)
-    pheno_new = phenotypes.iloc[0].to_dict()
-    pheno_new["subject"] = "ukbsim0099"
-    pd.concat([phenotypes, pd.DataFrame([pheno_new])]).to_csv(work / "config/phenotypes.tsv", sep="\t", index=False)
+    pd.concat([samples, pd.DataFrame([external])], ignore_index=True).fillna("").to_csv(
+        work / "config/samples.tsv", sep="\t", index=False)
     dry = snakemake(work, "-n", "all")
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = job_counts(dry.stdout)
-    per_run = {rule: counts.pop(rule, 0) for rule in ("simulate_run", "parcellate", "align_tr")}
-    assert per_run == {"simulate_run": 1, "parcellate": 2, "align_tr": 2}  # only the new runs
-    assert "atlas" not in counts and "simulate_atlas" not in counts
-    assert set(counts) <= {"all", "splits", "split_balance", "scaling", "group_fc", "gradients", "shards",
-                           "pretrain"}
+    assert counts.pop("parcellate") == counts.pop("align_tr") == counts.pop("shards") == 1  # ext's split only
+    assert set(counts) <= {"all", "splits", "split_balance"}, counts  # no scaling, FC, gradients, pretrain
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     frame, meta = read_timeseries(work / "results/align_tr/ext/sub-7_ses-1_run-1.parquet")
     assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(1.6)
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+@pytest.mark.slow
+def test_a_new_pretraining_subject_retrains(tiny_project):
+    """A subject added to the pretraining set changes statistics and gradients: a new run from step 1."""
+    from brainjepa import sheets
+    from brainjepa.group import splits
+
+    work = tiny_project
+    run_dir = work / "results/pretrain/brainjepa_tiny"
+    old = _checkpoint_bits(run_dir / "final.pt")
+    samples, phenotypes = _sheets(work)
+    config = yaml.safe_load((work / "config/config.yaml").read_text())
+    for n in range(90, 100):  # the first new id that the stable split puts in the pretraining set
+        subject = f"ukbsim00{n}"
+        key = sheets.run_id({"cohort": "ukbsim", "subject": subject, "session": "1", "run": "1"})
+        table = splits.make_splits(pd.DataFrame([{"cohort": "ukbsim", "subject": subject, "session": "1", "run": "1",
+                                                  "run_id": key}]), config["splits"]["seed"],
+                                   config["splits"]["fractions"], "ukbsim", config["splits"]["pretraining"]["fraction"])
+        if table["split"].iloc[0] == "pretrain":
+            break
+    new = samples.iloc[0].to_dict()
+    new.update(subject=subject, bold=new["bold"].replace("ukbsim0001", subject),
+               mask=new["mask"].replace("ukbsim0001", subject))
+    pd.concat([samples, pd.DataFrame([new])], ignore_index=True).to_csv(work / "config/samples.tsv", sep="\t",
+                                                                         index=False)
+    pheno = phenotypes.iloc[0].to_dict() | {"subject": subject}
+    pd.concat([phenotypes, pd.DataFrame([pheno])]).to_csv(work / "config/phenotypes.tsv", sep="\t", index=False)
+    run = snakemake(work, "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert job_counts(run.stdout + run.stderr)["pretrain"] == 1
+    new_bits = _checkpoint_bits(run_dir / "final.pt")
+    assert any(not np.array_equal(old[k].numpy(), new_bits[k].numpy()) for k in old)
+    log = pd.read_csv(run_dir / "log.csv")
+    assert log["step"].iloc[0] == 1 and log["step"].is_monotonic_increasing and log["step"].is_unique
+    assert (work / "results/pretrain/brainjepa_tiny.replaced-1/latest.pt").exists()  # the old run, kept
+
+
+@pytest.mark.slow
+def test_forcerun_pretrain_retrains_from_step_0(tiny_project):
+    work = tiny_project
+    run_dir = work / "results/pretrain/brainjepa_tiny"
+    run = snakemake(work, "--forcerun", "pretrain", "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (work / "logs/pretrain/brainjepa_tiny.log").read_text()
+    assert "restart asked for" in log and "resumed" not in log
+    steps = pd.read_csv(run_dir / "log.csv")["step"]
+    assert steps.iloc[0] == 1 and steps.is_unique
+    assert (work / "results/pretrain/brainjepa_tiny.replaced-2").exists()
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(work, "-n", "all"))
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ def _shards(args: argparse.Namespace) -> None:
 
     manifest = run_shards(args.splits, args.runs_root, args.phenotypes, args.label_types, args.stats, args.out_dir,
                           max_shard_mb=args.max_shard_mb, dtype=args.dtype, window=args.window,
-                          short_policy=args.short_policy)
+                          short_policy=args.short_policy, split=args.split)
     log.info("shards: %s", {k: sum(s["rows"] for s in v) for k, v in manifest["splits"].items()})
 
 
@@ -27,5 +27,6 @@ def register(sub) -> None:
     p.add_argument("--dtype", required=True, help="float16 | float32")
     p.add_argument("--window", type=int, required=True, help="model window (time steps)")
     p.add_argument("--short-policy", required=True, help="runs shorter than the window: exclude | error")
+    p.add_argument("--split", help="only this split's runs, its shards directly in --out-dir")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_shards)

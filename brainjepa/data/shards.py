@@ -260,8 +260,8 @@ class _ShardWriter:
 
 def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, schema: pa.Schema, *,
                  max_shard_bytes: int, dtype: str, rows_per_row_group: int,
-                 label_columns: dict[str, str]) -> list[dict]:
-    """Write one split's shards under ``root/split``; return their manifest entries."""
+                 label_columns: dict[str, str], flat: bool = False) -> list[dict]:
+    """Write one split's shards under ``root/split`` (``root`` when flat); return their manifest entries."""
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     entries: list[dict] = []
     writer: _ShardWriter | None = None
@@ -278,7 +278,7 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
                 finish(writer)
                 writer = None
             if writer is None:
-                path = root / split / f"shard-{len(entries):05d}.parquet"
+                path = (root if flat else root / split) / f"shard-{len(entries):05d}.parquet"
                 writer = _ShardWriter(path, schema, rows_per_row_group, label_columns)
             data, tr = _read_scaled(run, stats, dtype)
             writer.add(run, data, tr)
@@ -311,7 +311,8 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
 def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.PathLike, *,
                  max_shard_bytes: int = 256 * 2**20, dtype: str = "float16", window: int = 160,
                  short_policy: str = "exclude", rows_per_row_group: int = 16,
-                 label_columns: dict[str, str] | None = None) -> dict:
+                 label_columns: dict[str, str] | None = None, categories: dict[str, list] | None = None,
+                 flat: bool = False) -> dict:
     """Scale every run with ``stats`` and write Parquet shards plus ``manifest.json`` into ``out_dir``.
 
     runs: one row per run with ``run_id, cohort, subject, session, run, split, path`` (a per-run ROI time
@@ -321,6 +322,9 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
     (``short_policy="exclude"``) or are an error (``"error"``). Each shard holds at most ``max_shard_bytes``
     of tensor payload (R * T * itemsize; a single larger run gets a shard of its own). One run is read at a
     time and at most one row group is buffered. Returns the manifest.
+
+    categories: the values of each categorical label (default: those of the kept runs), so that codes agree
+    between shard sets built apart (one per split). flat: the shards of a single split directly in ``out_dir``.
     """
     label_columns = dict(label_columns or {})
     _check_arguments(stats, max_shard_bytes, dtype, window, short_policy, rows_per_row_group, label_columns)
@@ -336,8 +340,11 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
         by_split.setdefault(run.ids["split"], [])
         if run.n_timepoints >= window:
             by_split[run.ids["split"]].append(run)
-    categories = {name: sorted({r.labels[name] for r in kept if r.labels[name] is not None})
-                  for name, kind in label_columns.items() if kind == "categorical"}
+    if categories is None:
+        categories = {name: sorted({r.labels[name] for r in kept if r.labels[name] is not None})
+                      for name, kind in label_columns.items() if kind == "categorical"}
+    if flat and len(by_split) > 1:
+        raise ValueError(f"flat shards hold one split, not {sorted(by_split)}")
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +356,8 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
         for split in sorted(by_split):
             splits[split] = _write_split(split, by_split[split], stats, tmp, schema,
                                          max_shard_bytes=max_shard_bytes, dtype=dtype,
-                                         rows_per_row_group=rows_per_row_group, label_columns=label_columns)
+                                         rows_per_row_group=rows_per_row_group, label_columns=label_columns,
+                                         flat=flat)
         table = pd.DataFrame({"run_id": [r.ids["run_id"] for r in excluded],
                               "split": [r.ids["split"] for r in excluded],
                               "n_timepoints": [r.n_timepoints for r in excluded],
@@ -371,21 +379,36 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
 def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phenotypes_path: str | os.PathLike,
                label_types: dict[str, str], stats_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                max_shard_mb: float = 256, dtype: str = "float16", window: int = 160,
-               short_policy: str = "exclude") -> dict:
+               short_policy: str = "exclude", split: str | None = None) -> dict:
     """The ``shards`` stage: every run of the split table, with its subject's labels, scaled -> shards + manifest.
 
     Run files are ``<runs_root>/<run_id>.parquet`` (the align_tr stage's outputs); labels come from the
-    phenotypes sheet (declared kinds in ``label_types``).
+    phenotypes sheet (declared kinds in ``label_types``). With ``split``, only that split's runs, its shards
+    directly in ``out_dir`` (the workflow builds one shard set per split, so a new downstream cohort leaves the
+    pretraining shards alone); categorical codes then come from every subject of the sheet.
     """
     from brainjepa import sheets
     from brainjepa.group.splits import read_splits, run_file
 
     table = read_splits(splits_path)
     phenotypes = sheets.load_phenotypes(phenotypes_path, label_types)
+    categories = None
+    if split is not None:
+        if split not in set(table["split"]):
+            raise InputError(f"{splits_path}: no run is in split '{split}'")
+        table = table[table["split"] == split]
+        categories = sheet_categories(phenotypes, label_types)
     runs = table.merge(phenotypes, on=["cohort", "subject"], how="left")
     runs["path"] = [str(run_file(runs_root, r)) for r in runs["run_id"]]
     return build_shards(runs, ScalingStats.load(stats_path), out_dir, max_shard_bytes=int(max_shard_mb * 2**20),
-                        dtype=dtype, window=window, short_policy=short_policy, label_columns=label_types)
+                        dtype=dtype, window=window, short_policy=short_policy, label_columns=label_types,
+                        categories=categories, flat=split is not None)
+
+
+def sheet_categories(phenotypes: pd.DataFrame, label_types: dict[str, str]) -> dict[str, list[str]]:
+    """The values of each categorical label over every subject of the phenotypes sheet, sorted."""
+    return {name: sorted({_as_id(v) for v in phenotypes[name] if not _is_missing(v)})
+            for name, kind in label_types.items() if kind == "categorical" and name in phenotypes}
 
 
 def load_manifest(path: str | os.PathLike) -> dict:

@@ -31,6 +31,10 @@ _PREFIX = (
     f'brainjepa_python() {{ PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} "$@"; }}; '
     'brainjepa() { brainjepa_python -m brainjepa.cli "$@"; }; '
 )
+# `--forcerun pretrain` (or -F) must retrain from step 0, although the run folder holds this run, finished.
+_DAG = workflow.dag_settings  # None when Snakemake only lints
+if _DAG is not None and (_DAG.forceall or "pretrain" in set(map(str, _DAG.forcerun or ()))):
+    _PREFIX += "export BRAINJEPA_PRETRAIN_RESTART=1; "
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
 try:  # the training configuration is checked now, not when the pretrain job starts hours later
     TRAIN_CONFIG = load_config(config["pretrain"]["config"])
@@ -58,7 +62,7 @@ def produced_by_workflow(path):
 try:
     SAMPLES = sheets.load_samples(config["samples"], produced=produced_by_workflow)
     PHENOTYPES = sheets.load_phenotypes(config["phenotypes"], config["labels"])
-    SPLITS = splits.make_splits(
+    SPLIT_TABLE = splits.make_splits(
         SAMPLES,
         config["splits"]["seed"],
         config["splits"]["fractions"],
@@ -67,7 +71,7 @@ try:
         config["splits"]["stratify"],
         PHENOTYPES,
     )
-    PRETRAIN_RUN_IDS = list(splits.pretraining_runs(SPLITS)["run_id"])
+    PRETRAIN_RUN_IDS = list(splits.pretraining_runs(SPLIT_TABLE)["run_id"])
 except InputError as exc:  # the split table is rebuilt by the splits job from the same config
     raise WorkflowError(f"invalid sample sheet: {exc}")
 
@@ -90,7 +94,8 @@ SCALING_STATS = "results/scaling/scaling_stats.json"
 GROUP_FC = "results/group_fc/group_fc.npy"
 GROUP_FC_FIGURE = "results/group_fc/group_fc.png"
 GRADIENTS = "results/gradients/gradients.tsv"
-SHARDS_MANIFEST = "results/shards/manifest.json"
+SHARDS_MANIFEST = "results/shards/{split}/manifest.json"  # one shard set per split
+SPLIT_NAMES = sorted(set(SPLIT_TABLE["split"]))
 PRETRAIN_DIR = os.path.normpath(TRAIN_CONFIG.run.out_dir)  # the training config's run folder
 
 
@@ -162,6 +167,27 @@ def runs_root(wildcards, input):
     return os.path.dirname(os.path.dirname(input.runs[0])) if input.runs else ALIGN_TR_ROOT
 
 
+def split_runs(wildcards):
+    """The aligned run files of one split (from the split table computed when the workflow starts)."""
+    return aligned_runs(SPLIT_TABLE.loc[SPLIT_TABLE["split"] == wildcards.split, "run_id"])
+
+
+def split_content(wildcards):
+    """A digest of what one split's shards hold besides the run files: its runs' labels and the categories.
+
+    The shards rule reads the split table and the phenotypes sheet as ancient inputs (their edits for other
+    cohorts must not rebuild this split); this parameter reruns it when its own labels change.
+    """
+    import hashlib
+
+    table = SPLIT_TABLE[SPLIT_TABLE["split"] == wildcards.split][["run_id", "cohort", "subject"]]
+    rows = table.merge(PHENOTYPES, on=["cohort", "subject"], how="left").astype(str)
+    kinds = config["labels"]
+    categories = {k: sorted(set(PHENOTYPES[k].astype(str))) for k, v in kinds.items() if v == "categorical"}
+    text = rows.sort_values("run_id").to_csv(index=False) + json.dumps([kinds, categories], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def aligned_runs(run_ids):
     return [str(splits.run_file(ALIGN_TR_ROOT, run_id)) for run_id in run_ids]
 
@@ -206,4 +232,5 @@ def get_final_outputs():
     group = [SPLITS, SPLIT_BALANCE, SCALING_STATS, GROUP_FC, GROUP_FC_FIGURE, GRADIENTS]
     per_run = [f"{ALIGN_TR_ROOT}/{run_id}.parquet" for run_id in RUN_IDS]
     per_run += [f"results/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
-    return [ATLAS_IMAGE, ATLAS_LABELS, *group, SHARDS_MANIFEST, f"{PRETRAIN_DIR}/final.pt", *per_run]
+    shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
+    return [ATLAS_IMAGE, ATLAS_LABELS, *group, *shards, f"{PRETRAIN_DIR}/final.pt", *per_run]

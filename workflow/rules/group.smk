@@ -50,7 +50,7 @@ rule split_balance:
 
 rule scaling:
     input:
-        splits=SPLITS,
+        splits=ancient(SPLITS),  # what matters of it is the pretraining set: the runs below
         runs=aligned_runs(PRETRAIN_RUN_IDS),
     output:
         SCALING_STATS,
@@ -72,7 +72,7 @@ rule scaling:
 
 rule group_fc:
     input:
-        splits=SPLITS,
+        splits=ancient(SPLITS),  # what matters of it is the pretraining set: the runs below
         labels=ATLAS_LABELS,
         runs=aligned_runs(PRETRAIN_RUN_IDS),
     output:

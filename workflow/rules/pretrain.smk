@@ -1,17 +1,18 @@
 # Brain-JEPA self-supervised pretraining on the pretraining shards (GPU rule on a cluster), into the training
-# config's run.out_dir. Reruns continue from its latest.pt when a previous job died midway.
+# config's run.out_dir. A rerun resumes an unfinished run of the same identity (config + data content) from
+# latest.pt, retrains from step 0 when either changed (the old folder is kept as <out_dir>.replaced-<n>), and
+# rewrites final.pt from a finished latest.pt otherwise; --forcerun pretrain retrains from step 0.
 
 
 rule pretrain:
     input:
         train_config=config["pretrain"]["config"],
-        manifest=SHARDS_MANIFEST,
+        manifest=SHARDS_MANIFEST.format(split="pretrain"),
         gradients=GRADIENTS,
         stats=SCALING_STATS,
         labels=ATLAS_LABELS,
     output:
-        checkpoint=f"{PRETRAIN_DIR}/final.pt",
-        log_csv=f"{PRETRAIN_DIR}/log.csv",
+        checkpoint=f"{PRETRAIN_DIR}/final.pt",  # log.csv is not an output: Snakemake would delete its history
     log:
         f"logs/pretrain/{os.path.basename(PRETRAIN_DIR)}.log",
     conda:

@@ -1,16 +1,17 @@
-# Training data: every run scaled with the pretraining statistics, in Parquet shards per split.
+# Training data: the runs of each split scaled with the pretraining statistics, one Parquet shard set per split
+# (results/shards/<split>/), so that a new downstream cohort never rebuilds the pretraining shards.
 
 
 rule shards:
     input:
-        splits=SPLITS,
+        splits=ancient(SPLITS),
         stats=SCALING_STATS,
-        phenotypes=config["phenotypes"],
-        runs=aligned_runs(RUN_IDS),
+        phenotypes=ancient(config["phenotypes"]),
+        runs=split_runs,
     output:
         manifest=SHARDS_MANIFEST,
     log:
-        "logs/shards/shards.log",
+        "logs/shards/{split}.log",
     conda:
         ENV
     threads: 1
@@ -21,12 +22,13 @@ rule shards:
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
         runs_root=runs_root,
         labels=json.dumps(config["labels"], sort_keys=True),
+        content=split_content,
         max_mb=config["shards"]["max_shard_mb"],
         dtype=config["shards"]["dtype"],
         window=config["shards"]["window"],
         short=config["shards"]["short_policy"],
     shell:
-        "brainjepa shards --splits {input.splits:q} --runs-root {params.runs_root:q}"
+        "brainjepa shards --split {wildcards.split} --splits {input.splits:q} --runs-root {params.runs_root:q}"
         " --phenotypes {input.phenotypes:q} --label-types {params.labels:q} --stats {input.stats:q}"
         " --max-shard-mb {params.max_mb} --dtype {params.dtype} --window {params.window}"
         " --short-policy {params.short} --out-dir {params.out_dir:q} > {log} 2>&1"
