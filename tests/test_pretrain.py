@@ -344,29 +344,36 @@ dist.destroy_process_group()
 """
 
 
-def test_ddp_replicas_agree_with_uneven_ranks(tmp_path):
-    """Two processes (Gloo) through torchrun, 20 runs in 5 units (ranks hold 12 and 8 samples): one schedule
-    (the smaller rank's 4 steps per epoch), and every rank ends with the same encoder, target and predictor."""
+def test_ddp_replicas_agree_and_equal_one_process_with_the_global_batch(tmp_path):
+    """Two processes (Gloo) through torchrun with batch 2, on 20 runs in 5 units (units do not divide over the
+    ranks): every rank ends with the same encoder, target and predictor, and the run equals one process with
+    batch 4 (the same samples, masks and loss per step) to float tolerance."""
     import os
     import subprocess
     import sys
 
     data = _make_data(tmp_path / "data", R, T, 20, WINDOW)
-    out = tmp_path / "ddp"
     script = tmp_path / "ddp_ranks.py"
     script.write_text(DDP_SCRIPT)
     sets = [f"data.manifest={data / 'shards' / 'manifest.json'}", f"data.gradients={data / 'gradients.tsv'}",
-            f"run.out_dir={out}", f"data.window={WINDOW}", "data.batch_size=2", "data.num_workers=0",
-            "optim.epochs=2", "optim.warmup_epochs=1", "model.size=tiny", "model.drop_path=0.1",
-            "run.progress=false", "run.log_every=1"]
+            f"data.window={WINDOW}", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
+            "model.size=tiny", "run.progress=false", "run.log_every=1"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(tmp_path), *sets]
+           str(tmp_path), *sets, f"run.out_dir={tmp_path / 'ddp'}", "data.batch_size=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert pd.read_csv(out / "log.csv")["step"].tolist() == list(range(1, 9))
-    state = ckpt.load_checkpoint(out / "final.pt")
-    assert state["step"] == state["total_steps"] == 8
+    ddp = ckpt.load_checkpoint(tmp_path / "ddp" / "final.pt")
+    assert ddp["step"] == ddp["total_steps"] == 10  # 20 samples / global batch 4, 2 epochs
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     _states_equal(*ranks)
-    _states_equal(ranks[0], state)
+    _states_equal(ranks[0], ddp)
+    single = ckpt.load_checkpoint(pretrain(load_config(None, [*sets, f"run.out_dir={tmp_path / 'one'}",
+                                                               "data.batch_size=4"])))
+    losses = [pd.read_csv(tmp_path / name / "log.csv")["loss"].to_numpy() for name in ("ddp", "one")]
+    np.testing.assert_allclose(*losses, rtol=1e-5)  # every step's loss (measured: equal to the 6 digits logged)
+    # Adam divides by sqrt(v): where a gradient is ~0, reduction-order differences (1e-7) become visible in the
+    # update; measured at most 2.5e-4 after 10 steps at lr 1e-3 (an update is up to 1e-3 per step).
+    for module in ckpt.MODULES:
+        for key, value in single[module].items():
+            torch.testing.assert_close(ddp[module][key], value, rtol=0, atol=1e-3, msg=f"{module}.{key}")

@@ -19,12 +19,15 @@ on its number of workers.
 unit); each run gives one window whose start is drawn from (seed, epoch, crc32(run_id)). ``eval`` mode: fixed
 order, and every non-overlapping window starting at time 0 (floor(T / window) per run).
 
-With ``batch_size`` (the pretraining loader), train mode yields whole batches only: the rank's stream above is
-cut into batches of ``batch_size`` consecutive samples (the last partial batch dropped), and DataLoader worker
+With ``batch_size`` B (the pretraining loader), train mode yields whole batches only, cut from one global
+stream: the units in their shuffled order (as for a single rank), rows shuffled within each unit. Global batch
+``k`` is positions ``[k G, (k + 1) G)`` with ``G = B x world_size`` (the last partial one dropped); rank ``r``
+takes its slice ``[k G + r B, k G + (r + 1) B)``. So every rank runs the same number of batches, and
+``world_size`` processes with batch B train on the samples one process with batch G would. DataLoader worker
 ``w`` of ``n`` makes batches ``start + w``, ``start + w + n``, ... (``start``: :meth:`set_epoch`'s
-``start_batch``), the order in which a DataLoader takes them from its workers. So an epoch has the same
-batches, in the same order, whatever the number of workers (each worker reads the units its batches need), and
-a resumed epoch starts at its batch without reading the ones before.
+``start_batch``), the order in which a DataLoader takes them from its workers: an epoch has the same batches,
+in the same order, whatever the number of workers (each worker reads only the units its batches need), and a
+resumed epoch starts at its batch without reading the ones before.
 
 Call :meth:`ShardDataset.set_epoch` before each epoch. The epoch lives in shared memory, so it reaches
 DataLoader workers also with ``persistent_workers=True`` (recommended: each consumer process checks the
@@ -289,14 +292,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
                          ) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
         """Like :meth:`_samples`, for the batches of one worker (module docstring: whole batches)."""
         epoch, first, size = self.epoch, int(self._epoch[1]), self.batch_size
-        picked = assign_units(len(self.units), mode=self.mode, seed=self.seed, epoch=epoch, rank=rank,
-                              world_size=world_size, worker=0, num_workers=1)
+        picked = assign_units(len(self.units), mode=self.mode, seed=self.seed, epoch=epoch, rank=0,
+                              world_size=1, worker=0, num_workers=1)  # the global stream
         units, counts = [self.units[u] for u in picked], self._unit_windows()
         rows = [counts[u] for u in picked]
         ends = np.cumsum(rows)  # one window per row in train mode: samples = rows
         cached: tuple[int, list, list, np.ndarray, list[int]] | None = None
-        for batch in range(first + worker, int(ends[-1]) // size if len(ends) else 0, num_workers):
-            for position in range(batch * size, (batch + 1) * size):
+        step = size * world_size  # a global batch
+        for batch in range(first + worker, int(ends[-1]) // step if len(ends) else 0, num_workers):
+            for position in range(batch * step + rank * size, batch * step + (rank + 1) * size):
                 j = int(np.searchsorted(ends, position, side="right"))
                 if cached is None or cached[0] != j:
                     shard, row_group = units[j]
@@ -337,10 +341,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
         in whole batches, from batch 0)."""
         rank, world = self._refresh_ranks()
         counts = self._unit_windows()
+        if self.batch_size is not None:  # this rank's slices of the whole global batches
+            return sum(counts) // (self.batch_size * world) * self.batch_size
         order = assign_units(len(self.units), mode=self.mode, seed=self.seed, epoch=self.epoch, rank=rank,
                              world_size=world, worker=0, num_workers=1)
-        total = sum(counts[u] for u in order)
-        return total if self.batch_size is None else total // self.batch_size * self.batch_size
+        return sum(counts[u] for u in order)
 
     def __getstate__(self):
         state = self.__dict__.copy()

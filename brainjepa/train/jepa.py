@@ -25,8 +25,13 @@ TARGET_NORMS = ("layer", "layer_centered")
 REGION_LOSSES = ("loss_alpha", "loss_beta", "loss_gamma")  # target_region codes 0, 1, 2
 
 
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean over valid target tokens and features. pred, target: [B, Nt, D]; valid: [B, Nt] bool."""
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str,
+                n_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over valid target tokens and features. pred, target: [B, Nt, D]; valid: [B, Nt] bool.
+
+    n_valid: the number of valid tokens to divide by (default: ``valid.sum()``); under DDP, the global batch's
+    count divided by the world size, so that DDP's mean over ranks is the global batch's mean.
+    """
     if kind == "mse":
         per = F.mse_loss(pred, target, reduction="none")
     elif kind == "smooth_l1":
@@ -34,7 +39,8 @@ def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, k
     else:
         raise InputError(f"optim.loss must be one of {', '.join(LOSSES)}, not {kind!r}")
     weight = valid.unsqueeze(-1).to(per.dtype)
-    return (per * weight).sum() / (weight.sum() * per.shape[-1]).clamp_min(1.0)
+    count = weight.sum() if n_valid is None else n_valid.to(per.dtype)
+    return (per * weight).sum() / (count * per.shape[-1]).clamp_min(1.0)
 
 
 def normalize_targets(h: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,15 +64,18 @@ def normalize_targets(h: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.T
 
 
 def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
-              target_norm: str = "layer") -> tuple[torch.Tensor, dict]:
-    """Loss of one micro-batch and its monitors. batch: the mask collator's dict, already on the device."""
+              target_norm: str = "layer", n_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss of one micro-batch and its monitors. batch: the mask collator's dict, already on the device.
+
+    n_valid: see :func:`masked_loss` (the region monitors stay local to this process's micro-batch).
+    """
     x = batch["x"]
     with torch.no_grad():
         h, target_std = normalize_targets(target_encoder(x), target_norm)  # [B, R*W, D], all tokens
         targets = gather_tokens(h, batch["target_idx"])        # [B, Nt, D]
     z = encoder(x, batch["context_idx"], batch["context_valid"])
     pred = predictor(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"])
-    loss = masked_loss(pred.float(), targets, batch["target_valid"], loss_kind)
+    loss = masked_loss(pred.float(), targets, batch["target_valid"], loss_kind, n_valid)
     monitors = {"target_std": target_std.detach()}
     with torch.no_grad():
         for region, name in enumerate(REGION_LOSSES):

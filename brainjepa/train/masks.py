@@ -7,7 +7,8 @@ observation block, then the alpha (cross-ROI), beta (cross-time) and gamma (doub
 pairwise disjoint from the context; ``reference`` mode reproduces the public code's collator (its sizes, its
 per-batch draws, its beta-ROI bug, lists truncated to the batch minimum). A batch's masks are a pure function
 of (seed, DDP rank, epoch, step), :meth:`MaskCollator.masks_for`, so DataLoader workers and resumed runs
-reproduce them. The design, every choice made where the paper is silent and the measured statistics:
+reproduce them; in paper mode each sample's come from its index in the global batch, so DDP ranks draw what
+one process with the global batch would. The design, every choice made where the paper is silent and the measured statistics:
 docs/masks.md (facts of the paper and code: docs/reference.md section 4).
 """
 
@@ -302,7 +303,7 @@ class MaskCollator:
     ``context_idx``/``context_valid`` [B, Nc], ``target_idx``/``target_valid``/``target_region`` [B, Nt]
     (region 0 alpha, 1 beta, 2 gamma, -1 padding). Indices are tokens ``roi * W + t``.
 
-    rank: the DDP rank, part of the seed so that ranks draw different masks (default: torch.distributed's
+    rank: the DDP rank, which places this process's samples in the global batch (default: torch.distributed's
     when initialised, else 0). Call :meth:`set_epoch` before each epoch.
     """
 
@@ -339,11 +340,22 @@ class MaskCollator:
             self.rank = _distributed_rank()  # torch.distributed may have started since __init__
 
     def masks_for(self, batch_size: int, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        """The index tensors of batch ``step`` of ``epoch``: a pure function of them, the seed and the rank."""
-        rng = np.random.default_rng([self.seed, int(epoch), int(step), self.rank, _STREAM])
-        sample = _paper_grids if self.cfg.mode == "paper" else _reference_grids
-        context, parts = sample(rng, int(batch_size), self.n_rois, self.n_time, self.cfg)
-        return _index_tensors(context, parts, self.cfg.mode == "reference")
+        """The index tensors of batch ``step`` of ``epoch``: a pure function of them, the seed and the rank.
+
+        Paper mode draws each sample's masks from (seed, epoch, step, its index in the global batch: rank x
+        batch_size + i), so DDP ranks with batch B draw what one process with batch B x world_size would;
+        reference mode draws per batch and rank, as the public code does.
+        """
+        if self.cfg.mode == "reference":
+            rng = np.random.default_rng([self.seed, int(epoch), int(step), self.rank, _STREAM])
+            context, parts = _reference_grids(rng, int(batch_size), self.n_rois, self.n_time, self.cfg)
+            return _index_tensors(context, parts, True)
+        first = self.rank * int(batch_size)
+        grids = [_paper_grids(np.random.default_rng([self.seed, int(epoch), int(step), first + i, _STREAM]), 1,
+                              self.n_rois, self.n_time, self.cfg) for i in range(int(batch_size))]
+        context = np.concatenate([g[0] for g in grids])
+        parts = np.concatenate([g[1] for g in grids])
+        return _index_tensors(context, parts, False)
 
     def next_step(self) -> int:
         """The epoch step of the next batch this process makes (module docstring), and count it."""

@@ -353,9 +353,18 @@ class Trainer:
     def micro_step(self, batch: dict, last_micro: bool) -> tuple[torch.Tensor, dict]:
         """Forward and backward of one micro-batch (DDP gradient sync only on the last micro-batch)."""
         sync = nullcontext() if last_micro or self.dist.world_size == 1 else no_sync(self.online)
+        n_valid = None
+        if self.dist.world_size > 1:  # normalise by the global batch's targets: DDP's mean is then its mean
+            n_valid = batch["target_valid"].sum().to(torch.float64)
+            dist.all_reduce(n_valid)
+            n_valid = n_valid / self.dist.world_size
         with sync, autocast_for(self.device, self.cfg.run.precision):
             loss, monitors = jepa_step(self.online[0], self.target, self.online[1], batch, self.cfg.optim.loss,
-                                      self.cfg.optim.target_norm)
+                                       self.cfg.optim.target_norm, n_valid)
+        if self.dist.world_size > 1:  # the logged loss: the global batch's (the mean of the ranks' shares)
+            monitors["loss_global"] = loss.detach().clone()
+            dist.all_reduce(monitors["loss_global"])
+            monitors["loss_global"] /= self.dist.world_size
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {self.step}, epoch {self.epoch}, "
                                 f"batch {self.batch_in_epoch}; lower optim.lr or check the data")
@@ -379,6 +388,7 @@ class Trainer:
         self.monitor(loss, monitors, values, samples_per_s * self.dist.world_size, bar)
 
     def monitor(self, loss, monitors: dict, values: dict, samples_per_s: float, bar) -> None:
+        loss = monitors.pop("loss_global", loss)
         target_std = float(monitors["target_std"])
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{values['lr']:.2e}", std=f"{target_std:.3f}",
                         sps=f"{samples_per_s:.0f}")
