@@ -7,7 +7,7 @@ windows and heads; for each layer, the mean over query tokens of the attention m
 of its network in the same time patch: what cross-ROI synchrony needs) and ``same_roi``; with the
 ``chance`` values of uniform attention. Networks come from the atlas labels' ``network`` column.
 
-    python bench/jepa_attention.py CHECKPOINT [--manifest results/shards/manifest.json]
+    python bench/jepa_attention.py CHECKPOINT [--manifest results/shards/pretrain/manifest.json]
         [--labels results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv] [--seed 0]
 """
 
@@ -55,7 +55,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
+    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "pretrain" / "manifest.json")
     parser.add_argument("--labels", type=Path,
                         default=REPO / "results" / "atlas" / "atlas_space-MNI152NLin6Asym_labels.tsv")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation to compare with")

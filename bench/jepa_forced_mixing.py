@@ -11,7 +11,7 @@ or not). If pretraining made the confined encoder's features more informative th
 objective would favour ROI mixing; if they fall below the random start, it works against it.
 
     python bench/jepa_forced_mixing.py [--seeds 0] [--blocks 0] [--set optim.target_norm=layer_centered ...]
-        [--manifest results/shards/manifest.json] [--gradients results/gradients/gradients.tsv]
+        [--manifest results/shards/pretrain/manifest.json] [--gradients results/gradients/gradients.tsv]
 
 Runs are kept under ``--out`` (named by a hash of the data, blocks and overrides) and reused.
 """
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[0], help="encoder blocks to confine")
     parser.add_argument("--label", default="age")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "pretrain.yaml")
-    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
+    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "pretrain" / "manifest.json")
     parser.add_argument("--gradients", type=Path, default=REPO / "results" / "gradients" / "gradients.tsv")
     parser.add_argument("--labels", type=Path,
                         default=REPO / "results" / "atlas" / "atlas_space-MNI152NLin6Asym_labels.tsv")

@@ -6,7 +6,7 @@ with each ROI's series circularly shifted by a random lag (every ROI keeps
 its own dynamics, the synchrony between ROIs is gone); and Gaussian noise of the same scale. A model that
 predicts cross-ROI targets from the other ROIs has a clearly higher loss on the shifted input.
 
-    python bench/jepa_synchrony.py CHECKPOINT [--manifest results/shards/manifest.json]
+    python bench/jepa_synchrony.py CHECKPOINT [--manifest results/shards/pretrain/manifest.json]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
+    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "pretrain" / "manifest.json")
     args = parser.parse_args()
     state = load_checkpoint(args.checkpoint)
     cfg = ModelConfig(**state["model_config"])

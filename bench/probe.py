@@ -19,7 +19,8 @@ features that depends on the input rather than on the token position (falls towa
 gets its own run directory under ``--out`` (named by a hash of the data and the overrides), so runs are
 reused, and an interrupted one resumes from its ``latest.pt``.
 
-Run after `snakemake --cores 2 results/shards/manifest.json results/gradients/gradients.tsv` (the demo data).
+Run after `snakemake --cores 2 all` (the demo data). ``--shards``: the folder of the per-split shard sets
+(``results/shards``, one ``<split>/manifest.json`` each) or a single manifest holding several splits.
 """
 
 from __future__ import annotations
@@ -42,9 +43,22 @@ from sklearn.preprocessing import StandardScaler
 REPO = Path(__file__).resolve().parents[1]
 
 
+def split_manifests(shards: Path) -> list[tuple[Path, str]]:
+    """(manifest, split) pairs: every ``<split>/manifest.json`` under a folder, or the splits of one manifest."""
+    from brainjepa.data.shards import load_manifest
+
+    if shards.is_dir() and not (shards / "manifest.json").exists():
+        return [(m, m.parent.name) for m in sorted(shards.glob("*/manifest.json"))]
+    return [(shards, split) for split in load_manifest(shards)["splits"]]
+
+
+def pretrain_manifest(shards: Path) -> Path:
+    return dict((split, m) for m, split in split_manifests(shards))["pretrain"]
+
+
 def run_dir(args, seed: int) -> Path:
     """bench/out/probe/seed0 for the demo's data and config; .../<hash of data and overrides>/seed0 otherwise."""
-    default_data = args.manifest.resolve() == (REPO / "results" / "shards" / "manifest.json").resolve()
+    default_data = args.manifest.resolve() == (REPO / "results" / "shards").resolve()
     if not args.set and default_data:
         return args.out / f"seed{seed}"
     key = hashlib.sha256("\n".join([str(args.manifest.resolve()), *sorted(args.set)]).encode()).hexdigest()[:10]
@@ -55,7 +69,8 @@ def pretrain(seed: int, args) -> Path:
     out = run_dir(args, seed)
     if not (out / "final.pt").exists():
         subprocess.run([sys.executable, "-m", "brainjepa.cli", "pretrain", "--config", str(args.config),
-                        "--set", f"data.manifest={args.manifest}", "--set", f"data.gradients={args.gradients}",
+                        "--set", f"data.manifest={pretrain_manifest(args.manifest)}",
+                        "--set", f"data.gradients={args.gradients}",
                         "--set", f"run.out_dir={out}", "--set", f"run.seed={seed}", "--set", "run.progress=false",
                         *[x for item in args.set for x in ("--set", item)]], check=True)
     return out / "final.pt"
@@ -70,12 +85,11 @@ def per_subject(featurize, manifest: Path, label: str, window: int) -> tuple[np.
     from torch.utils.data import DataLoader
 
     from brainjepa.data.dataset import ShardDataset
-    from brainjepa.data.shards import load_manifest
 
     feats: dict[str, list] = {}
     labels: dict[str, float] = {}
-    for split in load_manifest(manifest)["splits"]:
-        dataset = ShardDataset(manifest, split, window=window, mode="eval", label_columns=[label],
+    for path, split in split_manifests(manifest):
+        dataset = ShardDataset(path, split, window=window, mode="eval", label_columns=[label],
                                return_run_id=True)
         for x, y, run_ids in DataLoader(dataset, batch_size=16):
             for run_id, f, value in zip(run_ids, featurize(x), y[:, 0]):
@@ -99,7 +113,8 @@ def content_share(encoder, manifest: Path, window: int) -> float:
     from brainjepa.data.dataset import ShardDataset
 
     encoder.eval()
-    x = torch.cat([b[0] for b in DataLoader(ShardDataset(manifest, "pretrain", window=window, mode="eval"),
+    x = torch.cat([b[0] for b in DataLoader(ShardDataset(pretrain_manifest(manifest), "pretrain", window=window,
+                                                         mode="eval"),
                                             batch_size=16)])
     h = torch.nn.functional.layer_norm(encoder.forward_features(x), (encoder.embed_dim,))
     return float(((h - h.mean(dim=0, keepdim=True)) ** 2).mean() / (h ** 2).mean())
@@ -180,7 +195,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label", default="age")
     parser.add_argument("--config", type=Path, default=REPO / "config" / "pretrain.yaml")
-    parser.add_argument("--manifest", type=Path, default=REPO / "results" / "shards" / "manifest.json")
+    parser.add_argument("--shards", dest="manifest", type=Path, default=REPO / "results" / "shards",
+                        help="per-split shard sets (results/shards) or one manifest of several splits")
     parser.add_argument("--gradients", type=Path, default=REPO / "results" / "gradients" / "gradients.tsv")
     parser.add_argument("--labels", type=Path,
                         default=REPO / "results" / "atlas" / "atlas_space-MNI152NLin6Asym_labels.tsv",

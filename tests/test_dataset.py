@@ -195,3 +195,36 @@ def test_construction_checks(shard_set):
     ShardDataset(manifest, "train", window=WINDOW, scaling_stats=manifest.parents[1] / "stats.json")
     smaller = ShardDataset(manifest, "train", window=8, mode="eval")
     assert all(s % 8 == 0 for _, s in collect(smaller, 0, 1, 0, 1))
+
+
+@pytest.mark.parametrize("world,workers,batch", [(1, 2, 4), (2, 2, 3), (3, 1, 2), (2, 3, 2)])
+def test_whole_batches_are_slices_of_one_global_stream(shard_set, world, workers, batch):
+    """With batch_size: rank r's batch k is slice r of global batch k of the single-process stream, whatever the
+    ranks and workers; every sample of the whole global batches once; a start batch skips exactly the ones before."""
+    manifest, _, _ = shard_set
+    single = collect(ShardDataset(manifest, "train", window=WINDOW, mode="train", seed=3), 0, 1, 0, 1)
+    size = batch * world
+    n_batches = len(single) // size
+    for start in (0, 1):
+        got = {}
+        for rank in range(world):
+            dataset = ShardDataset(manifest, "train", window=WINDOW, seed=3, rank=rank, world_size=world,
+                                   batch_size=batch)
+            dataset.set_epoch(0, start_batch=start)
+            assert len(dataset) == n_batches * batch
+            for worker in range(workers):
+                samples = [(r, s) for r, s, _, _ in dataset._batched_samples(rank, world, worker, workers)]
+                for j, k in enumerate(range(start + worker, n_batches, workers)):
+                    got[(k, rank)] = samples[j * batch:(j + 1) * batch]
+        flat = [s for k in range(start, n_batches) for rank in range(world) for s in got[(k, rank)]]
+        assert flat == single[start * size:n_batches * size]
+
+
+def test_whole_batches_through_dataloader_workers(shard_set):
+    """A DataLoader with 2 workers yields the batches of 0 workers, in order (18 samples, batch 4: 4 batches)."""
+    manifest, _, _ = shard_set
+    def batches(workers):
+        dataset = ShardDataset(manifest, "train", window=WINDOW, seed=1, batch_size=4, return_run_id=True)
+        dataset.set_epoch(2)
+        return [list(b[2]) for b in DataLoader(dataset, batch_size=4, num_workers=workers)]
+    assert batches(2) == batches(0) and len(batches(0)) == 4

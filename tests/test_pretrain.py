@@ -195,13 +195,14 @@ def test_finished_run_is_not_trained_again_unless_restarted(tiny_data, tmp_path)
     first = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out)))
     log = (out / "log.csv").read_text()
     assert pretrain(_cfg(tiny_data, out, "run.progress=true")) == out / "final.pt"  # a resumable change only
-    (out / "final.pt").unlink()  # what Snakemake does before rerunning the rule
-    _states_equal(first, ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out))))
     assert (out / "log.csv").read_text() == log and not (tmp_path / "done.replaced-1").exists()
-    again = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out), restart=True))  # --forcerun pretrain
+    again = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out), restart=True))
     assert (tmp_path / "done.replaced-1" / "final.pt").exists()
     assert pd.read_csv(out / "log.csv")["step"].tolist() == list(range(1, 13))
     _states_equal(first, again)  # the same identity trains the same model
+    (out / "final.pt").unlink()  # what Snakemake does before it reruns the rule (--forcerun pretrain)
+    pretrain(_cfg(tiny_data, out))
+    assert (tmp_path / "done.replaced-2" / "latest.pt").exists() and (out / "final.pt").exists()
 
 
 def test_refused_resume_changes_nothing(tiny_data, tmp_path):

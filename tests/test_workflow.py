@@ -201,7 +201,7 @@ def test_forcerun_pretrain_retrains_from_step_0(tiny_project):
     run = snakemake(work, "--forcerun", "pretrain", "all")
     assert run.returncode == 0, run.stderr[-3000:]
     log = (work / "logs/pretrain/brainjepa_tiny.log").read_text()
-    assert "restart asked for" in log and "resumed" not in log
+    assert "a new run from step 0" in log and "resumed" not in log
     steps = pd.read_csv(run_dir / "log.csv")["step"]
     assert steps.iloc[0] == 1 and steps.is_unique
     assert (work / "results/pretrain/brainjepa_tiny.replaced-2").exists()
@@ -212,8 +212,8 @@ def test_forcerun_pretrain_retrains_from_step_0(tiny_project):
 def test_bad_sheet_fails_before_any_job(tiny_project, tmp_path):
     work = tmp_path / "bad"
     (work / "config").mkdir(parents=True)
-    (work / "config/config.yaml").write_text((tiny_project / "config/config.yaml").read_text())
-    (work / "config/phenotypes.tsv").write_text((tiny_project / "config/phenotypes.tsv").read_text())
+    for name in ("config.yaml", "phenotypes.tsv", "pretrain.yaml"):
+        (work / "config" / name).write_text((tiny_project / "config" / name).read_text())
     lines = (tiny_project / "config/samples.tsv").read_text().splitlines()
     (work / "config/samples.tsv").write_text("\n".join(lines + [lines[1]]) + "\n")
     result = snakemake(work, "all")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 log = logging.getLogger("brainjepa")
-RESTART_ENV = "BRAINJEPA_PRETRAIN_RESTART"
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -23,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="training config YAML (sections model, data, mask, optim, run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. --set optim.epochs=10 --set model.size=small (repeatable)")
-    p.add_argument("--restart", action="store_true", default=os.environ.get(RESTART_ENV) == "1",
-                   help=f"train from step 0 even if run.out_dir holds this run, finished (the old folder is moved "
-                        f"aside); also when {RESTART_ENV}=1 (the workflow sets it for --forcerun pretrain)")
+    p.add_argument("--restart", action="store_true",
+                   help="train from step 0 even if run.out_dir holds this run, finished (the old folder is moved "
+                        "aside)")
     p.set_defaults(func=_pretrain)

@@ -34,7 +34,7 @@ DATA_DERIVED = ("n_rois", "n_timesteps", "n_gradients")  # model fields set from
 
 @dataclass(frozen=True)
 class DataConfig:
-    manifest: str = "results/shards/manifest.json"
+    manifest: str = "results/shards/pretrain/manifest.json"
     split: str = "pretrain"
     scaling_stats: str | None = None     # when given, checked against the shards' statistics id
     gradients: str = "results/gradients/gradients.tsv"

@@ -8,8 +8,8 @@ pairwise disjoint from the context; ``reference`` mode reproduces the public cod
 per-batch draws, its beta-ROI bug, lists truncated to the batch minimum). A batch's masks are a pure function
 of (seed, DDP rank, epoch, step), :meth:`MaskCollator.masks_for`, so DataLoader workers and resumed runs
 reproduce them; in paper mode each sample's come from its index in the global batch, so DDP ranks draw what
-one process with the global batch would. The design, every choice made where the paper is silent and the measured statistics:
-docs/masks.md (facts of the paper and code: docs/reference.md section 4).
+one process with the global batch would. The design, every choice made where the paper is silent and the
+measured statistics: docs/masks.md (facts of the paper and code: docs/reference.md section 4).
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ the step, the EMA update of the target encoder (:mod:`.ema`). Schedules are pure
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -165,8 +163,10 @@ class Trainer:
 
     The run folder (``run.out_dir``) holds one run. ``fit`` decides from ``latest.pt`` (see :meth:`start`):
     resume an unfinished run of the same identity; do nothing for a finished one whose ``final.pt`` is there
-    (rewriting ``final.pt`` from ``latest.pt`` when only it is missing, unless ``restart``); otherwise train
-    afresh, first moving the old folder aside to ``<out_dir>.replaced-<n>`` (never mixing two runs).
+    (unless ``restart``); otherwise train afresh, first moving the old folder aside to
+    ``<out_dir>.replaced-<n>`` (never mixing two runs). A finished run without ``final.pt`` is trained again:
+    that is what Snakemake asks for when it reruns the rule (it deletes ``final.pt`` first; the workflow reruns
+    it only when an input changed or on ``--forcerun pretrain``).
     """
 
     def __init__(self, cfg: TrainConfig, restart: bool = False):
@@ -245,11 +245,9 @@ class Trainer:
             return "fresh"
         if finished and (self.out / "final.pt").exists() and not self.restart:
             return "done"
-        if finished and not self.restart:
-            log.info("%s: finished run; final.pt rewritten from latest.pt (nothing to train)", self.out)
-            return "done"
-        if self.restart:
-            log.warning("%s: restart asked for: a new run from step 0", self.out)
+        if finished or self.restart:
+            log.warning("%s: %s: a new run from step 0", self.out,
+                        "restart asked for" if self.restart else "finished run without final.pt (a rerun)")
             return "fresh"
         self.load(state)
         return "resume"
@@ -287,9 +285,7 @@ class Trainer:
         """
         how = self.start()
         if how == "done":
-            if self.dist.is_main and not (self.out / "final.pt").exists():
-                shutil.copyfile(self.out / "latest.pt", self.out / "final.pt.tmp")
-                os.replace(self.out / "final.pt.tmp", self.out / "final.pt")
+            log.info("%s: finished run of the same identity: nothing to train", self.out)
             return self.out / "final.pt"
         self._settle_folder(how)
         self.t0 = self.tick = time.perf_counter()

@@ -31,10 +31,6 @@ _PREFIX = (
     f'brainjepa_python() {{ PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} "$@"; }}; '
     'brainjepa() { brainjepa_python -m brainjepa.cli "$@"; }; '
 )
-# `--forcerun pretrain` (or -F) must retrain from step 0, although the run folder holds this run, finished.
-_DAG = workflow.dag_settings  # None when Snakemake only lints
-if _DAG is not None and (_DAG.forceall or "pretrain" in set(map(str, _DAG.forcerun or ()))):
-    _PREFIX += "export BRAINJEPA_PRETRAIN_RESTART=1; "
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
 try:  # the training configuration is checked now, not when the pretrain job starts hours later
     TRAIN_CONFIG = load_config(config["pretrain"]["config"])

@@ -1,7 +1,7 @@
 # Brain-JEPA self-supervised pretraining on the pretraining shards (GPU rule on a cluster), into the training
 # config's run.out_dir. A rerun resumes an unfinished run of the same identity (config + data content) from
-# latest.pt, retrains from step 0 when either changed (the old folder is kept as <out_dir>.replaced-<n>), and
-# rewrites final.pt from a finished latest.pt otherwise; --forcerun pretrain retrains from step 0.
+# latest.pt; a finished one is trained again from step 0 (the rule reruns only when an input changed, or on
+# --forcerun pretrain), the old folder kept as <out_dir>.replaced-<n>.
 
 
 rule pretrain:
