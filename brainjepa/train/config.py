@@ -1,7 +1,7 @@
 """Pretraining configuration: one typed tree of frozen dataclasses, defaults in code, YAML + overrides merged once.
 
 Sections: ``model`` (:class:`brainjepa.models.ModelConfig`), ``data``, ``mask``
-(:class:`brainjepa.train.masks.MaskConfig`), ``optim``, ``run``. Unknown keys, wrong types and values outside
+(:class:`brainjepa.train.mask_config.MaskConfig`), ``optim``, ``run``. Unknown keys, wrong types and values outside
 a setting's choices are errors naming the key's dotted path, when the file is loaded (the workflow loads it
 before any job runs). The resolved configuration is written next to the run (``config.yaml``).
 Defaults follow the paper (docs/reference.md section 5: ViT-B, 300 epochs, 40 warm-up epochs, AdamW, EMA
@@ -22,7 +22,7 @@ import yaml
 from brainjepa.config import from_mapping, to_plain
 from brainjepa.errors import InputError
 from brainjepa.models.config import ModelConfig
-from brainjepa.train.masks import MaskConfig
+from brainjepa.train.mask_config import MaskConfig
 
 Loss = Literal["mse", "smooth_l1"]                 # mse (paper) | smooth_l1 (public code)
 TargetNorm = Literal["layer", "layer_centered"]    # layer (paper) | layer_centered (also removes the positional part)

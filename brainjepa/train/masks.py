@@ -14,66 +14,19 @@ measured statistics: docs/masks.md (facts of the paper and code: docs/reference.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from brainjepa.config import from_mapping
-from brainjepa.errors import InputError
+from brainjepa.train.mask_config import MODES, MaskConfig, Range  # noqa: F401 (the masks API)
 
-MaskMode = Literal["paper", "reference"]
-MODES = typing.get_args(MaskMode)
 REGIONS = ("alpha", "beta", "gamma")  # target_region codes 0, 1, 2; -1 is padding
 _STREAM = zlib.crc32(b"brainjepa.masks")  # keeps mask seeds apart from the data loader's streams
 _REFERENCE_EDGE = 0.3  # public code: beta/gamma times from the first/last 3 of 10 time patches
 
-Range = tuple[float, float]
-
-
-@dataclass(frozen=True)
-class MaskConfig:
-    """Mask sampling; ranges are fractions ``(lo, hi)`` of R (``*_roi``) or of W (``*_time``).
-
-    The same ranges drive both modes (the released config's ``enc_mask_scale``, ``pred_mask_R_scale``,
-    ``pred_mask_T_roi_scale``, ``pred_mask_R_roi_scale``, ``pred_mask_T_scale``).
-    """
-
-    mode: MaskMode = "paper"
-    observation_roi: Range = (0.84, 1.0)
-    observation_time: Range = (0.84, 1.0)
-    alpha_roi: Range = (0.45, 0.6)
-    alpha_time: Range = (0.2, 0.6)
-    beta_gamma_roi: Range = (0.15, 0.3)
-    beta_gamma_time: Range = (0.0, 0.4)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"mask config: mode must be one of {MODES}, not {self.mode!r}")
-        for f in dataclasses.fields(self):
-            if f.name == "mode":
-                continue
-            value = getattr(self, f.name)
-            try:
-                lo, hi = (float(v) for v in value)
-            except (TypeError, ValueError):
-                raise InputError(f"mask config: {f.name} must be two numbers (lo, hi), not {value!r}") from None
-            if not 0.0 <= lo <= hi <= 1.0:
-                raise InputError(f"mask config: {f.name} = ({lo}, {hi}) must satisfy 0 <= lo <= hi <= 1")
-            object.__setattr__(self, f.name, (lo, hi))
-        if self.observation_roi[0] <= 0 or self.observation_time[0] <= 0:
-            raise InputError("mask config: the observation block's fractions must be above 0")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "mask") -> MaskConfig:
-        """Build from a YAML/JSON mapping (ranges may be lists); unknown keys are errors naming the key."""
-        return from_mapping(cls, d, where)
 
 
 # -- small vectorised samplers (numpy; B = batch size) ------------------------------------------------------
