@@ -12,7 +12,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from brainjepa.errors import InputError
 from brainjepa.io import read_timeseries, write_timeseries
@@ -37,6 +36,8 @@ def align_resample(ts: np.ndarray, tr: float, target_tr: float) -> tuple[np.ndar
 
     ts: [T, R] -> [~T * TR / target, R]; returns the series and the TR it actually has (seconds).
     """
+    from scipy.signal import resample_poly  # imported here: 1 s, and stride needs none
+
     ratio = Fraction(tr / target_tr).limit_denominator(MAX_DENOMINATOR)
     up, down = ratio.numerator, ratio.denominator
     if up == down:
