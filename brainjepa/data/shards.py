@@ -407,7 +407,7 @@ def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phe
 
 def sheet_categories(phenotypes: pd.DataFrame, label_types: dict[str, str]) -> dict[str, list[str]]:
     """The values of each categorical label over every subject of the phenotypes sheet, sorted."""
-    return {name: sorted({_as_id(v) for v in phenotypes[name] if not _is_missing(v)})
+    return {name: sorted({_typed_label(v, kind, name, "") for v in phenotypes[name] if not _is_missing(v)})
             for name, kind in label_types.items() if kind == "categorical" and name in phenotypes}
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from brainjepa.config import choices
 from brainjepa.errors import InputError
 from brainjepa.models.layers import gather_tokens
+from brainjepa.train.config import Loss, TargetNorm
 
-LOSSES = ("mse", "smooth_l1")
-TARGET_NORMS = ("layer", "layer_centered")
+LOSSES = choices(Loss)  # the config's lists, not copies
+TARGET_NORMS = choices(TargetNorm)
 REGION_LOSSES = ("loss_alpha", "loss_beta", "loss_gamma")  # target_region codes 0, 1, 2
 
 

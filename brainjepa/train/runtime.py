@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from brainjepa.config import choices
 from brainjepa.errors import TrainingError
+from brainjepa.train.config import Precision
 
-PRECISIONS = ("auto", "bf16", "fp32")
-DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = choices(Precision)
 
 
 @dataclass
