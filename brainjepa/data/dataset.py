@@ -7,7 +7,8 @@
 - ``y``: float32 tensor ``[n_labels]`` in the order of ``dataset.label_names``; NaN where a label is missing.
   Continuous and binary labels are their value; a categorical label is the index of its value in
   ``manifest["label_categories"][name]`` (sorted values; the workflow's per-split shard sets take them from
-  every subject of the phenotypes sheet, so codes agree across splits). With ``return_run_id=True`` it yields ``(x, y, run_id)``.
+  every subject of the phenotypes sheet, so codes agree across splits). With ``return_run_id=True`` it yields
+  ``(x, y, run_id)``.
 
 Units of work are (shard file, row group). Each rank takes every ``world_size``-th unit, and each DataLoader
 worker of a rank every ``num_workers``-th of those, so within one epoch every sample appears exactly once
