@@ -55,6 +55,10 @@ def coerce(value, hint, where: str):
         if value not in args:
             raise InputError(f"{where} is {value!r}; allowed: {', '.join(map(str, args))}")
         return value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise InputError(f"config '{where}': expected a list, got {value!r}")
+        return tuple(coerce(v, args[0], where) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise InputError(f"config '{where}': expected {len(args)} values, got {value!r}")
@@ -72,6 +76,8 @@ def coerce(value, hint, where: str):
         raise InputError(f"config '{where}': expected {hint.__name__}, got {value!r}")
     if (hint is dict or origin is dict) and not isinstance(value, Mapping):
         raise InputError(f"config '{where}': expected a mapping, got {value!r}")
+    if origin is list and (isinstance(value, str) or not isinstance(value, (list, tuple))):
+        raise InputError(f"config '{where}': expected a list, got {value!r}")
     return value
 
 

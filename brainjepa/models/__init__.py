@@ -19,6 +19,7 @@ _WHERE = {
     "gather_tokens": "layers", "key_padding_mask": "layers",
     "BrainPositionalEmbedding": "pos_embed", "sincos_1d": "pos_embed",
     "BrainPredictor": "predictor",
+    "AttentiveProbe": "heads", "FineTuneModel": "heads", "LinearProbe": "heads", "MeanPoolHead": "heads",
 }
 __all__ = sorted(_WHERE)
 

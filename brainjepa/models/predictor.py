@@ -23,9 +23,12 @@ class BrainPredictor(nn.Module):
         cfg: model configuration (sizes resolved from its preset).
         gradients: [R, G] brain gradients, needed when ``cfg.positional == "gradient"``.
         centroids: [R, 3] ROI centroids in mm, needed when ``cfg.positional == "centroid"``.
+        out_dim: width of each prediction (default D, the encoder's tokens; ``patch_size`` for the MAE
+            decoder, which predicts the patch's raw values).
     """
 
-    def __init__(self, cfg: ModelConfig, gradients: Tensor | None = None, centroids: Tensor | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, gradients: Tensor | None = None, centroids: Tensor | None = None,
+                 out_dim: int | None = None) -> None:
         super().__init__()
         cfg = cfg.resolved()
         self.cfg = cfg
@@ -37,7 +40,7 @@ class BrainPredictor(nn.Module):
         self.blocks = make_blocks(dim, cfg.predictor_depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias,
                                   cfg.drop_path, cfg.attention)
         self.norm = LayerNorm(dim)
-        self.proj = nn.Linear(dim, cfg.embed_dim)
+        self.proj = nn.Linear(dim, cfg.embed_dim if out_dim is None else out_dim)
         init_weights(self, cfg.init)
         nn.init.trunc_normal_(self.mask_token, std=INIT_STD)
 
@@ -54,7 +57,7 @@ class BrainPredictor(nn.Module):
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor,
                 context_valid: Tensor | None = None, target_valid: Tensor | None = None) -> Tensor:
-        """Predict the target tokens. Returns [B, Nt, D].
+        """Predict the target tokens. Returns [B, Nt, out_dim] (out_dim D by default).
 
         context: [B, Nc, D] encoder outputs at ``context_idx`` [B, Nc]; target_idx: [B, Nt] (long,
         token = roi * W + t). ``context_valid`` [B, Nc] / ``target_valid`` [B, Nt] (bool) mark real

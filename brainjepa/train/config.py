@@ -24,6 +24,7 @@ from brainjepa.errors import InputError
 from brainjepa.models.config import ModelConfig
 from brainjepa.train.mask_config import MaskConfig
 
+Objective = Literal["jepa", "mae"]                 # jepa (Brain-JEPA) | mae (BrainLM-style masked autoencoder baseline)
 Loss = Literal["mse", "smooth_l1"]                 # mse (paper) | smooth_l1 (public code)
 TargetNorm = Literal["layer", "layer_centered"]    # layer (paper) | layer_centered (also removes the positional part)
 EmaSchedule = Literal["paper", "code"]             # paper (linear over all optimizer steps) | code (stops near 0.9965)
@@ -78,6 +79,12 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """``objective``: ``jepa`` (predict the EMA target encoder's features of hidden tokens) or ``mae`` (the
+    BrainLM-style baseline: the same encoder, ``mask.mode: random`` patch masking, the predictor as a light
+    decoder of the hidden patches' raw values, MSE; no target encoder, so the saved ``target_encoder`` is
+    the encoder itself, what downstream evaluation takes)."""
+
+    objective: Objective = "jepa"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -93,6 +100,8 @@ class TrainConfig:
                 raise InputError(f"config '{section}.{name}' must be at least 1")
         if self.data.num_workers < 0:
             raise InputError("config 'data.num_workers' must be >= 0")
+        if self.objective == "mae" and self.optim.loss != "mse":
+            raise InputError("config 'optim.loss': the mae objective reconstructs with mse")
         if self.data.window is not None:
             if self.data.window % self.model.patch_size:
                 raise InputError(f"config 'data.window' ({self.data.window}) is not a multiple of "

@@ -1,4 +1,6 @@
-"""The JEPA objective: normalised EMA-target features, the masked regression loss, one micro-batch's loss.
+"""The pretraining objectives: JEPA (:func:`jepa_step`) and the masked-autoencoder baseline (:func:`mae_step`).
+
+JEPA: normalised EMA-target features, the masked regression loss, one micro-batch's loss.
 
 Per micro-batch: the EMA target encoder sees the whole input (no grad), its output is layer-normalised (no
 affine) and gathered at the target tokens; the encoder sees the context tokens only; the predictor predicts
@@ -85,3 +87,29 @@ def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
             monitors[name] = masked_loss(pred.float(), targets, valid, loss_kind) if valid.any() else \
                 torch.tensor(float("nan"), device=x.device)
     return loss, monitors
+
+
+def patch_targets(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Raw patch values in token order: x [B, 1, R, T] -> [B, R * W, patch_size] (token = roi * W + t)."""
+    b, _, r, t = x.shape
+    return x.reshape(b, r * (t // patch_size), patch_size)
+
+
+def mae_step(encoder, decoder, batch: dict, patch_size: int,
+             n_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The masked-autoencoder baseline's loss of one micro-batch: MSE of the hidden patches' raw values.
+
+    The encoder sees the visible tokens (``context_idx``), the decoder (a predictor with ``out_dim =
+    patch_size``) fills the hidden ones (``target_idx``). Monitor ``target_std``: the spread across the batch
+    of the mean-pooled, layer-normed encoder output (~0 when every sample encodes alike).
+    """
+    x = batch["x"]
+    z = encoder(x, batch["context_idx"], batch["context_valid"])
+    pred = decoder(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"])
+    targets = gather_tokens(patch_targets(x.float(), patch_size), batch["target_idx"])
+    loss = masked_loss(pred.float(), targets, batch["target_valid"], "mse", n_valid)
+    with torch.no_grad():
+        pooled = F.layer_norm(z.float(), (z.shape[-1],)).mean(dim=1)
+        spread = pooled.std(dim=0).mean() if pooled.shape[0] > 1 else pooled.new_full((), float("nan"))
+    nan = torch.tensor(float("nan"), device=x.device)
+    return loss, {"target_std": spread.detach(), **{name: nan for name in REGION_LOSSES}}

@@ -4,9 +4,10 @@ Tokens are ROI-major on an R x W grid (R ROIs, W time patches; 450 x 10 in the p
 :class:`MaskCollator` collates ``(x, y)`` items into a batch and adds, per sample, the context tokens and
 the target tokens as padded index tensors (the model gathers them). ``paper`` mode samples the paper's
 observation block, then the alpha (cross-ROI), beta (cross-time) and gamma (double-cross) target regions,
-pairwise disjoint from the context; ``reference`` mode reproduces the public code's collator (its sizes, its
-per-batch draws, its beta-ROI bug, lists truncated to the batch minimum). A batch's masks are a pure function
-of (seed, DDP rank, epoch, step), :meth:`MaskCollator.masks_for`, so DataLoader workers and resumed runs
+pairwise disjoint from the context; ``random`` mode hides a fixed share of tokens drawn uniformly (the MAE /
+BrainLM objective's masking: context = visible tokens, targets = the hidden ones); ``reference`` mode
+reproduces the public code's collator (its sizes, its per-batch draws, its beta-ROI bug, lists truncated to
+the batch minimum). A batch's masks are a pure function of (seed, DDP rank, epoch, step), :meth:`MaskCollator.masks_for`, so DataLoader workers and resumed runs
 reproduce them; in paper mode each sample's come from its index in the global batch, so DDP ranks draw what
 one process with the global batch would. The design, every choice made where the paper is silent and the
 measured statistics: docs/masks.md (facts of the paper and code: docs/reference.md section 4).
@@ -242,6 +243,24 @@ def _index_tensors(context: np.ndarray, codes: np.ndarray, truncate: bool) -> di
             "target_valid": torch.from_numpy(tgt_valid), "target_region": torch.from_numpy(region)}
 
 
+def random_masks(rngs: list[np.random.Generator], n_tokens: int, ratio: float) -> dict[str, torch.Tensor]:
+    """Uniform patch masking, one generator per sample: ``round(ratio * N)`` hidden tokens (at least 1, at
+    most N - 1), the same count for every sample, so nothing is padded. Indices sorted ascending.
+
+    Returns context_idx/context_valid [B, Nc], target_idx/target_valid/target_region [B, Nt] (region -1:
+    no alpha/beta/gamma region).
+    """
+    n_hidden = int(min(max(round(ratio * n_tokens), 1), n_tokens - 1))
+    perms = [rng.permutation(n_tokens) for rng in rngs]
+    hidden = np.sort(np.stack([p[:n_hidden] for p in perms]), axis=1)
+    visible = np.sort(np.stack([p[n_hidden:] for p in perms]), axis=1)
+    return {"context_idx": torch.from_numpy(visible.astype(np.int64)),
+            "context_valid": torch.ones(visible.shape, dtype=torch.bool),
+            "target_idx": torch.from_numpy(hidden.astype(np.int64)),
+            "target_valid": torch.ones(hidden.shape, dtype=torch.bool),
+            "target_region": torch.full(hidden.shape, -1, dtype=torch.int64)}
+
+
 def _distributed_rank() -> int:
     """This process's torch.distributed rank, 0 when not distributed."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -299,6 +318,10 @@ class MaskCollator:
         batch_size + i), so DDP ranks with batch B draw what one process with batch B x world_size would;
         reference mode draws per batch and rank, as the public code does.
         """
+        if self.cfg.mode == "random":
+            first = self.rank * int(batch_size)
+            return random_masks([np.random.default_rng([self.seed, int(epoch), int(step), first + i, _STREAM])
+                                 for i in range(int(batch_size))], self.n_rois * self.n_time, self.cfg.mask_ratio)
         if self.cfg.mode == "reference":
             rng = np.random.default_rng([self.seed, int(epoch), int(step), self.rank, _STREAM])
             context, parts = _reference_grids(rng, int(batch_size), self.n_rois, self.n_time, self.cfg)

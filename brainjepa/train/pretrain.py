@@ -1,5 +1,8 @@
 """The ``pretrain`` stage: Brain-JEPA self-supervised pretraining, setup in one place and a short epoch loop.
 
+The same engine trains the masked-autoencoder baseline (``objective: mae``, :func:`.jepa.mae_step`): no EMA
+target encoder then, and the saved ``target_encoder`` is the encoder.
+
 One optimizer step = ``optim.accumulation_steps`` micro-batches of the JEPA objective (:mod:`.jepa`); after
 the step, the EMA update of the target encoder (:mod:`.ema`). Schedules are pure functions of the step
 (:mod:`.schedules`), so a resume from ``latest.pt`` replays nothing; runtime pieces shared with evaluation
@@ -24,7 +27,7 @@ from brainjepa.io import check_roi_names, write_text_atomic
 from brainjepa.train import checkpoint as ckpt
 from brainjepa.train.config import OptimConfig, TrainConfig, dump_config, to_dict, with_data_shape
 from brainjepa.train.ema import ema_update
-from brainjepa.train.jepa import jepa_step
+from brainjepa.train.jepa import jepa_step, mae_step
 from brainjepa.train.log import CSVLog, truncate_log
 from brainjepa.train.runtime import Distributed, autocast_for, batches_per_epoch, no_sync, setup_distributed
 from brainjepa.train.schedules import cosine_ramp, ema_momentum, warmup_cosine
@@ -85,14 +88,24 @@ def load_centroids_for(cfg: TrainConfig, roi_names: list[str]) -> torch.Tensor |
 
 
 def build_models(cfg: TrainConfig, roi_names: list[str], window: int, device: torch.device):
-    """Encoder, EMA target encoder (a frozen copy) and predictor on ``device``, at the data's shape."""
+    """Encoder, target encoder and predictor on ``device``, at the data's shape.
+
+    jepa: the target encoder is a frozen copy of the encoder (updated by EMA). mae: there is none; the
+    "target encoder" is the encoder itself (what evaluation loads) and the predictor is the MAE decoder,
+    predicting each hidden patch's ``patch_size`` raw values.
+    """
     import copy
 
-    from brainjepa.models import build_model
+    from brainjepa.models import BrainEncoder, BrainPredictor, build_model
 
     gradients = load_gradients_for(cfg, roi_names)
     model_cfg = with_data_shape(cfg.model, len(roi_names), window, gradients.shape[1]).resolved()
-    encoder, predictor = build_model(model_cfg, gradients, load_centroids_for(cfg, roi_names))
+    centroids = load_centroids_for(cfg, roi_names)
+    if cfg.objective == "mae":
+        encoder = BrainEncoder(model_cfg, gradients, centroids)
+        decoder = BrainPredictor(model_cfg, gradients, centroids, out_dim=model_cfg.patch_size)
+        return encoder.to(device), encoder.to(device), decoder.to(device), model_cfg
+    encoder, predictor = build_model(model_cfg, gradients, centroids)
     target = copy.deepcopy(encoder)
     for param in target.parameters():
         param.requires_grad_(False)
@@ -355,8 +368,11 @@ class Trainer:
             dist.all_reduce(n_valid)
             n_valid = n_valid / self.dist.world_size
         with sync, autocast_for(self.device, self.cfg.run.precision):
-            loss, monitors = jepa_step(self.online[0], self.target, self.online[1], batch, self.cfg.optim.loss,
-                                       self.cfg.optim.target_norm, n_valid)
+            if self.cfg.objective == "mae":
+                loss, monitors = mae_step(self.online[0], self.online[1], batch, self.model_cfg.patch_size, n_valid)
+            else:
+                loss, monitors = jepa_step(self.online[0], self.target, self.online[1], batch, self.cfg.optim.loss,
+                                           self.cfg.optim.target_norm, n_valid)
         if self.dist.world_size > 1:  # the logged loss: the global batch's (the mean of the ranks' shares)
             monitors["loss_global"] = loss.detach().clone()
             dist.all_reduce(monitors["loss_global"])
@@ -379,7 +395,8 @@ class Trainer:
                                            self.cfg.optim.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        ema_update(self.target, self.encoder, values["momentum"])
+        if self.cfg.objective == "jepa":
+            ema_update(self.target, self.encoder, values["momentum"])
         self.step += 1
         self.monitor(loss, monitors, values, samples_per_s * self.dist.world_size, bar)
 

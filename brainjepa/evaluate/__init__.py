@@ -1,0 +1,1 @@
+"""Downstream evaluation: tasks, fine-tuning, probes, baselines, metrics and their tables."""

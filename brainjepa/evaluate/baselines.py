@@ -1,0 +1,84 @@
+"""Closed-form heads (scikit-learn) on any features, and the connectivity baselines.
+
+``closed_form``: ridge regression or L2 logistic regression on standardised features (scaler fit on the
+training windows), the regularisation chosen on the validation subjects from a log grid by the same criterion
+as the gradient-trained heads (subject-level MSE or negative log-likelihood). ``fc_features``: the upper
+triangle of each window's ROI x ROI Pearson correlation, Fisher z-transformed (what the FC baselines and
+Brainmarks' connectome model read); ``fc_linear`` fits the closed-form head on them, ``fc_svm`` an RBF
+support vector machine (BrainLM's raw-data baseline), C chosen on validation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from brainjepa.evaluate.loop import subject_loss
+
+
+def fc_features(data: np.ndarray) -> np.ndarray:
+    """data [N, R, T] -> Fisher-z upper-triangle FC [N, R (R - 1) / 2] float32 (constant ROIs give 0)."""
+    n, r, _ = data.shape
+    iu = np.triu_indices(r, k=1)
+    out = np.empty((n, len(iu[0])), dtype=np.float32)
+    for i in range(n):
+        x = data[i].astype(np.float64)
+        x = x - x.mean(axis=1, keepdims=True)
+        norm = np.linalg.norm(x, axis=1)
+        norm[norm == 0] = np.inf
+        corr = (x @ x.T) / np.outer(norm, norm)
+        out[i] = np.arctanh(np.clip(corr[iu], -0.999999, 0.999999))
+    return out
+
+
+def log_grid(log10_range: tuple[float, float], n: int) -> np.ndarray:
+    return np.logspace(log10_range[0], log10_range[1], n) if n > 1 else np.array([10 ** log10_range[0]])
+
+
+def _predict(model, kind: str, x: np.ndarray, n_classes: int) -> np.ndarray:
+    if kind == "regression":
+        return model.predict(x).astype(float)
+    prob = np.zeros((len(x), n_classes))
+    prob[:, model.classes_] = model.predict_proba(x)
+    return prob
+
+
+def fit_select(kind: str, make, grid: np.ndarray, train: tuple[np.ndarray, np.ndarray],
+               val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int):
+    """Fit ``make(value)`` for every grid value on the training windows; keep the lowest validation loss.
+
+    train: (features [N, F], targets [N]); val: (features, targets, subjects). Returns (model, value, history).
+    """
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    best, history = (math.inf, None, None), []
+    for value in grid:
+        model = make_pipeline(StandardScaler(), make(float(value))).fit(*train)
+        loss = subject_loss(kind, val[2], val[1], _predict(model, kind, val[0], n_classes))
+        history.append({"value": float(value), "val_loss": loss})
+        if loss < best[0]:
+            best = (loss, model, float(value))
+    return best[1], best[2], history
+
+
+def closed_form_maker(kind: str, seed: int):
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    if kind == "regression":
+        return lambda alpha: Ridge(alpha=alpha)
+    return lambda alpha: LogisticRegression(C=1.0 / alpha, max_iter=5000, random_state=seed)
+
+
+def svm_maker(kind: str, seed: int):
+    from sklearn.svm import SVC, SVR
+
+    if kind == "regression":
+        return lambda c: SVR(C=c, kernel="rbf", gamma="scale")
+    return lambda c: SVC(C=c, kernel="rbf", gamma="scale", probability=True, random_state=seed)
+
+
+def predict(model, kind: str, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """Regression values [N] or class probabilities [N, C] of a fitted head."""
+    return _predict(model, kind, x, n_classes)

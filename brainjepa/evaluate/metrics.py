@@ -1,0 +1,95 @@
+"""Downstream metrics (scikit-learn and scipy underneath) and bootstrap intervals over test subjects.
+
+Regression (targets z-scored with the training subjects' mean and std): ``mse`` on the z-scored scale (the
+paper's), ``mae`` in the label's original units, Pearson ``r`` and ``r2``. Classification: ``accuracy``,
+``balanced_accuracy``, ``f1`` (positive class 1 for binary tasks, macro average for multi-class) and ``auroc``
+(binary: the probability of class 1; multi-class: one-vs-rest, macro). Every metric is computed over subjects:
+a subject's prediction is the mean over its evaluation windows (regression value, class probabilities).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+REGRESSION = ("mse", "mae", "r", "r2")
+CLASSIFICATION = ("accuracy", "balanced_accuracy", "f1", "auroc")
+LOWER_IS_BETTER = {"mse", "mae"}
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+    """y_true, y_pred: [N] z-scored; ``scale``: the training std (original units = z x scale)."""
+    from scipy.stats import pearsonr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    constant = np.ptp(y_true) == 0 or np.ptp(y_pred) == 0
+    return {"mse": float(mean_squared_error(y_true, y_pred)),
+            "mae": float(mean_absolute_error(y_true, y_pred) * scale),
+            "r": math.nan if constant else float(pearsonr(y_true, y_pred)[0]),
+            "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan}
+
+
+def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """y_true: [N] class indices; prob: [N, C] class probabilities (rows sum to 1)."""
+
+    y_true, prob = np.asarray(y_true, int), np.asarray(prob, float)
+    with warnings.catch_warnings():  # one class in a (resampled) set: handled below, not a user warning
+        warnings.simplefilter("ignore", UserWarning)
+        return _classification(y_true, prob)
+
+
+def _classification(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+    n_classes = prob.shape[1]
+    pred = prob.argmax(axis=1)
+    binary = n_classes == 2
+    f1 = f1_score(y_true, pred, average="binary" if binary else "macro", pos_label=1, zero_division=0.0,
+                  labels=None if binary else list(range(n_classes)))
+    if len(np.unique(y_true)) < 2:
+        auroc = math.nan
+    elif binary:
+        auroc = roc_auc_score(y_true, prob[:, 1])
+    else:
+        auroc = roc_auc_score(y_true, prob, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+    return {"accuracy": float(accuracy_score(y_true, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+            "f1": float(f1), "auroc": float(auroc)}
+
+
+def task_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+    """Regression: pred [N] (z); classification: pred [N, C] probabilities."""
+    if kind == "regression":
+        return regression_metrics(y_true, pred, scale)
+    return classification_metrics(y_true, pred)
+
+
+def chance_level(kind: str, y_true: np.ndarray, n_classes: int) -> dict[str, float]:
+    """What a predictor without information scores: r 0, balanced accuracy 1/C, AUROC 0.5."""
+    if kind == "regression":
+        return {"r": 0.0, "r2": 0.0}
+    return {"balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
+
+
+def bootstrap_seed_mean(kind: str, y_true: np.ndarray, preds: list[np.ndarray], scale: float = 1.0,
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile interval of the seed-mean metric, resampling test subjects (the same resample for every seed).
+
+    y_true [N]; preds: one prediction array per seed, each over the same N subjects in the same order.
+    Resamples where a metric is undefined (one class only, constant values) are left out of its interval.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        per_seed = [task_metrics(kind, y_true[idx], p[idx], scale) for p in preds]
+        for name in per_seed[0]:
+            values = [m[name] for m in per_seed]
+            if all(np.isfinite(values)):
+                draws.setdefault(name, []).append(float(np.mean(values)))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {name: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for name, v in draws.items()}

@@ -1,0 +1,233 @@
+"""Downstream tasks: which subjects, which label, which kind; their evaluation windows and targets.
+
+A task (config ``evaluate.tasks.<name>``) names its cohort(s), a label column of the phenotypes sheet (carried
+in the shards), its kind (``regression``, ``binary``, ``multiclass``) and which subjects count (``include``:
+label -> allowed values, e.g. only cognitively normal subjects for an amyloid task). Subjects come with the
+workflow's subject-level splits (``train``/``val``/``test`` shard sets), so no subject is in two splits.
+
+Windows: every non-overlapping window of ``window`` time steps from time 0 of every run (deterministic; a run
+shorter than one window was left out of the shards). Training uses every window of a training subject as one
+sample with the subject's label; a subject's prediction is the mean over all its windows (and runs).
+
+Targets: regression labels are z-scored with the mean and std of the *training subjects* (one value per
+subject, not per window); metrics are also given in original units. Binary tasks map ``positive`` (default
+1) to class 1 and the other value to 0; multi-class tasks number the sorted values of the training subjects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from brainjepa.config import from_mapping
+from brainjepa.errors import InputError
+
+Kind = Literal["regression", "binary", "multiclass"]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    cohorts: tuple[str, ...]
+    label: str
+    kind: Kind
+    positive: str | None = None               # binary: the label value that is class 1 (default "1")
+    include: dict[str, list] = field(default_factory=dict)   # label -> allowed values
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any]) -> TaskConfig:
+        task = from_mapping(cls, {"name": name, **d}, f"evaluate.tasks.{name}")
+        if not task.cohorts:
+            raise InputError(f"evaluate.tasks.{name}: cohorts must list at least one cohort")
+        return task
+
+
+@dataclass
+class TaskWindows:
+    """The windows of one task. Per window (N): key (run_id, start), split, subject ("cohort/subject"),
+    target (z-scored float, or class index); ``data`` [N, R, window] float32 when loaded."""
+
+    task: TaskConfig
+    run_id: np.ndarray
+    start: np.ndarray
+    split: np.ndarray
+    subject: np.ndarray
+    target: np.ndarray
+    raw: np.ndarray                            # the label in original units / values
+    classes: list[str]                         # classification: class names in index order
+    mean: float = 0.0                          # regression: training subjects' mean and std
+    std: float = 1.0
+    data: np.ndarray | None = None
+    roi_names: list[str] = field(default_factory=list)
+
+    def mask(self, split: str) -> np.ndarray:
+        return self.split == split
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.task.kind == "regression" else len(self.classes)
+
+    def counts(self) -> dict[str, int]:
+        """Subjects per split."""
+        return {s: int(len(set(self.subject[self.split == s]))) for s in SPLITS}
+
+
+def _value_text(value) -> str:
+    """A label value as text: 1.0 -> "1", "M" -> "M" (how ``positive`` and ``include`` are compared)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _read_split(manifest_path: str | Path, split: str, columns: list[str], with_data: bool) -> pd.DataFrame:
+    from brainjepa.data.shards import load_manifest, read_shard
+
+    manifest = load_manifest(manifest_path)
+    frames = []
+    for entry in manifest["splits"].get(split, []):
+        path = Path(manifest_path).parent / entry["path"]
+        if with_data:
+            frames.append(read_shard(path, manifest["dtype"]))
+        else:
+            import pyarrow.parquet as pq
+
+            frames.append(pq.read_table(path, columns=columns).to_pandas())
+    if not frames:
+        return pd.DataFrame(columns=columns + (["data"] if with_data else []))
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, with_data: bool = False) -> TaskWindows:
+    """The task's windows from the per-split shard sets ``{split: manifest path}`` (train, val, test)."""
+    from brainjepa.data.dataset import window_starts
+    from brainjepa.data.shards import load_manifest
+
+    missing = [s for s in SPLITS if s not in manifests]
+    if missing:
+        raise InputError(f"task {task.name}: no shard manifest for split(s) {missing}")
+    needed = [task.label, *task.include]
+    columns = ["run_id", "cohort", "subject", "split", "n_timepoints", *dict.fromkeys(needed)]
+    rows = []
+    for split in SPLITS:
+        frame = _read_split(manifests[split], split, columns, with_data)
+        absent = [c for c in needed if c not in frame.columns]
+        if absent:
+            raise InputError(f"{manifests[split]}: shards lack label column(s) {absent} of task {task.name} "
+                             f"(add them to the workflow config's labels)")
+        frame = frame[frame["cohort"].isin(task.cohorts)]
+        for column, allowed in task.include.items():
+            keep = {_value_text(v) for v in allowed}
+            frame = frame[[pd.notna(v) and _value_text(v) in keep for v in frame[column]]]
+        frame = frame[frame[task.label].notna()]
+        rows.append(frame)
+    table = pd.concat(rows, ignore_index=True)
+    unknown = sorted(set(task.cohorts) - set(table["cohort"]))
+    if unknown:
+        raise InputError(f"task {task.name}: cohort(s) {unknown} have no labelled subject in the "
+                         f"train/val/test shards")
+    windows = []
+    for i, row in enumerate(table.itertuples(index=False)):
+        for start in window_starts(int(row.n_timepoints), window, mode="eval"):
+            windows.append((i, start))
+    if not windows:
+        raise InputError(f"task {task.name}: no run has a full window of {window} time steps")
+    index = np.array([w[0] for w in windows])
+    start = np.array([w[1] for w in windows])
+    sub = table.iloc[index].reset_index(drop=True)
+    subject = (sub["cohort"] + "/" + sub["subject"]).to_numpy()
+    split = sub["split"].to_numpy()
+    raw = sub[task.label].to_numpy()
+    for s in SPLITS:
+        if not (split == s).any():
+            raise InputError(f"task {task.name}: no labelled subject in split '{s}'")
+    out = TaskWindows(task, sub["run_id"].to_numpy(), start, split, subject, np.zeros(len(sub)), raw, [])
+    _set_targets(out)
+    if with_data:
+        data = np.empty((len(sub), sub["data"].iloc[0].shape[0], window), dtype=np.float32)
+        for k, (matrix, s0) in enumerate(zip(sub["data"], start)):
+            data[k] = matrix[:, s0:s0 + window]
+        out.data = data
+        out.roi_names = list(load_manifest(manifests["train"])["roi_names"])
+    return out
+
+
+def _set_targets(w: TaskWindows) -> None:
+    """Targets from the raw labels, with statistics from the training subjects only."""
+    task, train = w.task, w.split == "train"
+    if task.kind == "regression":
+        try:
+            values = w.raw.astype(float)
+        except ValueError as exc:
+            raise InputError(f"task {task.name}: label '{task.label}' is not numeric ({exc})") from None
+        per_subject = pd.Series(values[train]).groupby(w.subject[train]).first()
+        w.mean = float(per_subject.mean())
+        w.std = float(per_subject.std(ddof=0)) or 1.0
+        w.target = (values - w.mean) / w.std
+        return
+    text = np.array([_value_text(v) for v in w.raw])
+    if task.kind == "binary":
+        values = sorted(set(text))
+        if len(values) != 2:
+            raise InputError(f"task {task.name}: a binary label needs exactly 2 values, '{task.label}' has "
+                             f"{values}")
+        positive = task.positive if task.positive is not None else "1"
+        if positive not in values:
+            raise InputError(f"task {task.name}: positive value {positive!r} is not among {values}")
+        negative = next(v for v in values if v != positive)
+        w.classes = [negative, positive]
+    else:
+        w.classes = sorted(set(text[train]))
+        stray = sorted(set(text) - set(w.classes))
+        if stray:
+            raise InputError(f"task {task.name}: value(s) {stray} of '{task.label}' have no training subject")
+    lookup = {c: i for i, c in enumerate(w.classes)}
+    w.target = np.array([lookup[t] for t in text], dtype=np.int64)
+
+
+def subject_mean(subject: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average per subject: subject [N], values [N] or [N, C] -> (sorted subjects [S], means [S] / [S, C])."""
+    order = np.unique(subject)
+    position = {s: i for i, s in enumerate(order)}
+    idx = np.array([position[s] for s in subject])
+    values = np.asarray(values, dtype=float)
+    sums = np.zeros((len(order),) + values.shape[1:])
+    np.add.at(sums, idx, values)
+    counts = np.bincount(idx, minlength=len(order)).reshape((-1,) + (1,) * (values.ndim - 1))
+    return order, sums / counts
+
+
+def cohort_windows(manifests: dict[str, str | Path], cohorts: list[str], window: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Every evaluation window of the cohorts' train/val/test runs, labelled or not: (run_id [N], start [N],
+    data [N, R, window] float32, ROI names). What the feature cache of an encoder holds."""
+    from brainjepa.data.dataset import window_starts
+    from brainjepa.data.shards import load_manifest
+
+    run_ids, starts, blocks = [], [], []
+    for split in SPLITS:
+        frame = _read_split(manifests[split], split, [], True)
+        frame = frame[frame["cohort"].isin(cohorts)]
+        for run_id, matrix in zip(frame["run_id"], frame["data"]):
+            for s0 in window_starts(matrix.shape[1], window, mode="eval"):
+                run_ids.append(run_id)
+                starts.append(s0)
+                blocks.append(np.asarray(matrix[:, s0:s0 + window], dtype=np.float32))
+    if not blocks:
+        raise InputError(f"cohort(s) {cohorts}: no run with a full window of {window} time steps in the "
+                         "train/val/test shards")
+    names = list(load_manifest(manifests["train"])["roi_names"])
+    return np.array(run_ids), np.array(starts), np.stack(blocks), names
+
+
+def split_manifests(shards: str | Path) -> dict[str, Path]:
+    """``{split: <shards>/<split>/manifest.json}`` for train, val and test (the workflow's layout)."""
+    out = {s: Path(shards) / s / "manifest.json" for s in SPLITS}
+    missing = [str(p) for p in out.values() if not p.exists()]
+    if missing:
+        raise InputError(f"shard manifest(s) missing: {missing}")
+    return out
