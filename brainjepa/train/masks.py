@@ -1,16 +1,17 @@
 """Spatiotemporal masks of Brain-JEPA: which tokens the context encoder sees and which it must predict.
 
 Tokens are ROI-major on an R x W grid (R ROIs, W time patches; 450 x 10 in the paper): token = roi * W + t.
-:class:`MaskCollator` collates ``(x, y)`` items into a batch and adds, per sample, the context tokens and
-the target tokens as padded index tensors (the model gathers them). ``paper`` mode samples the paper's
-observation block, then the alpha (cross-ROI), beta (cross-time) and gamma (double-cross) target regions,
-pairwise disjoint from the context; ``random`` mode hides a fixed share of tokens drawn uniformly (the MAE /
-BrainLM objective's masking: context = visible tokens, targets = the hidden ones); ``reference`` mode
-reproduces the public code's collator (its sizes, its per-batch draws, its beta-ROI bug, lists truncated to
-the batch minimum). A batch's masks are a pure function of (seed, DDP rank, epoch, step), :meth:`MaskCollator.masks_for`, so DataLoader workers and resumed runs
-reproduce them; in paper mode each sample's come from its index in the global batch, so DDP ranks draw what
-one process with the global batch would. The design, every choice made where the paper is silent and the
-measured statistics: docs/masks.md (facts of the paper and code: docs/reference.md section 4).
+:class:`MaskCollator` collates ``(x, y)`` items into a batch and adds, per sample, the context tokens and the
+target tokens as padded index tensors (the model gathers them). ``paper`` mode samples the paper's observation
+block, then the alpha (cross-ROI), beta (cross-time) and gamma (double-cross) target regions, pairwise
+disjoint from the context; ``random`` mode hides a fixed share of tokens drawn uniformly (the MAE / BrainLM
+objective's masking: context = visible tokens, targets = the hidden ones); ``reference`` mode reproduces the
+public code's collator (its sizes, its per-batch draws, its beta-ROI bug, lists truncated to the batch
+minimum). A batch's masks are a pure function of (seed, DDP rank, epoch, step),
+:meth:`MaskCollator.masks_for`, so DataLoader workers and resumed runs reproduce them; in paper mode each
+sample's come from its index in the global batch, so DDP ranks draw what one process with the global batch
+would. The design, every choice made where the paper is silent and the measured statistics: docs/masks.md
+(facts of the paper and code: docs/reference.md section 4).
 """
 
 from __future__ import annotations
