@@ -378,3 +378,38 @@ def test_ddp_replicas_agree_and_equal_one_process_with_the_global_batch(tmp_path
     for module in ckpt.MODULES:
         for key, value in single[module].items():
             torch.testing.assert_close(ddp[module][key], value, rtol=0, atol=1e-3, msg=f"{module}.{key}")
+
+
+# ------------------------------------------------------------------------------------------- the MAE baseline
+def test_random_masks_split_every_sample_into_visible_and_hidden():
+    from brainjepa.train.mask_config import MaskConfig
+    from brainjepa.train.masks import MaskCollator
+
+    collator = MaskCollator(12, 2, MaskConfig(mode="random", mask_ratio=0.75), seed=3)
+    masks = collator.masks_for(4, epoch=0, step=0)
+    assert masks["context_idx"].shape == (4, 6) and masks["target_idx"].shape == (4, 18)
+    for ctx, tgt in zip(masks["context_idx"], masks["target_idx"]):
+        assert sorted(ctx.tolist() + tgt.tolist()) == list(range(24))       # disjoint and covering
+    assert masks["context_valid"].all() and masks["target_valid"].all()
+    again = collator.masks_for(4, epoch=0, step=0)
+    assert torch.equal(again["target_idx"], masks["target_idx"])           # a pure function of the step
+    assert not torch.equal(collator.masks_for(4, epoch=0, step=1)["target_idx"], masks["target_idx"])
+    with pytest.raises(InputError, match="mask_ratio"):
+        MaskConfig(mode="random", mask_ratio=1.0)
+
+
+def test_mae_objective_trains_with_the_same_engine(tiny_data, tmp_path):
+    from brainjepa.train.jepa import patch_targets
+
+    final = pretrain(_cfg(tiny_data, tmp_path / "mae", "objective=mae", "mask.mode=random", "optim.epochs=4",
+                          "optim.lr=3e-3"))
+    log = pd.read_csv(tmp_path / "mae" / "log.csv")
+    assert log["loss"].iloc[-3:].mean() < log["loss"].iloc[:3].mean()
+    state = ckpt.load_checkpoint(final)
+    for key, value in state["encoder"].items():                              # no EMA: the encoder is the target
+        assert torch.equal(value, state["target_encoder"][key]), key
+    assert state["predictor"]["proj.weight"].shape[0] == 16                   # the decoder predicts raw patches
+    x = torch.arange(2 * 3 * 32, dtype=torch.float32).reshape(2, 1, 3, 32)
+    assert torch.equal(patch_targets(x, 16)[0, 1], x[0, 0, 0, 16:32])          # token roi * W + t
+    with pytest.raises(InputError, match="mae objective reconstructs with mse"):
+        _cfg(tiny_data, tmp_path / "x", "objective=mae", "optim.loss=smooth_l1")

@@ -5,7 +5,9 @@ training windows), the regularisation chosen on the validation subjects from a l
 as the gradient-trained heads (subject-level MSE or negative log-likelihood). ``fc_features``: the upper
 triangle of each window's ROI x ROI Pearson correlation, Fisher z-transformed (what the FC baselines and
 Brainmarks' connectome model read); ``fc_linear`` fits the closed-form head on them, ``fc_svm`` an RBF
-support vector machine (BrainLM's raw-data baseline), C chosen on validation.
+support vector machine (BrainLM's raw-data baseline), C chosen on validation; its margins become class
+probabilities through a logistic (binary) or softmax (one-vs-rest) map, which ranks like the margins (AUROC)
+and classifies like them (accuracy).
 """
 
 from __future__ import annotations
@@ -40,7 +42,16 @@ def _predict(model, kind: str, x: np.ndarray, n_classes: int) -> np.ndarray:
     if kind == "regression":
         return model.predict(x).astype(float)
     prob = np.zeros((len(x), n_classes))
-    prob[:, model.classes_] = model.predict_proba(x)
+    if hasattr(model, "predict_proba"):
+        prob[:, model.classes_] = model.predict_proba(x)
+        return prob
+    score = model.decision_function(x)        # SVC: margins, mapped to probabilities by a logistic / softmax
+    if score.ndim == 1:
+        p1 = 1.0 / (1.0 + np.exp(-score))
+        prob[:, model.classes_] = np.stack([1.0 - p1, p1], axis=1)
+    else:
+        e = np.exp(score - score.max(axis=1, keepdims=True))
+        prob[:, model.classes_] = e / e.sum(axis=1, keepdims=True)
     return prob
 
 
@@ -76,7 +87,7 @@ def svm_maker(kind: str, seed: int):
 
     if kind == "regression":
         return lambda c: SVR(C=c, kernel="rbf", gamma="scale")
-    return lambda c: SVC(C=c, kernel="rbf", gamma="scale", probability=True, random_state=seed)
+    return lambda c: SVC(C=c, kernel="rbf", gamma="scale", decision_function_shape="ovr", random_state=seed)
 
 
 def predict(model, kind: str, x: np.ndarray, n_classes: int) -> np.ndarray:

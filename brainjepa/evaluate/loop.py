@@ -93,7 +93,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
     n = len(inputs)
     global_batch = batch_size * world_size
     steps_per_epoch = max(1, math.ceil(n / global_batch))
-    total, warmup = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
+    total = epochs * steps_per_epoch
+    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total)  # a warm-up longer than the run is cut
     best, best_loss, history, step = None, math.inf, [], 0
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -115,7 +116,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
         val_pred = predict(model, val[0], kind, device, max(batch_size, 64), autocast)
         val_loss = subject_loss(kind, val[2], val[1], val_pred)

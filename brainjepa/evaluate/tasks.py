@@ -96,7 +96,8 @@ def _read_split(manifest_path: str | Path, split: str, columns: list[str], with_
         else:
             import pyarrow.parquet as pq
 
-            frames.append(pq.read_table(path, columns=columns).to_pandas())
+            present = set(pq.read_schema(path).names)
+            frames.append(pq.read_table(path, columns=[c for c in columns if c in present]).to_pandas())
     if not frames:
         return pd.DataFrame(columns=columns + (["data"] if with_data else []))
     return pd.concat(frames, ignore_index=True)

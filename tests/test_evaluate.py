@@ -1,0 +1,337 @@
+"""Downstream evaluation: metrics, tasks and targets, fine-tuning rules, probes, caches, baselines, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainjepa.data.shards import build_shards
+from brainjepa.errors import InputError
+from brainjepa.evaluate import loop
+from brainjepa.evaluate.config import ProtocolConfig
+from brainjepa.evaluate.metrics import bootstrap_seed_mean, classification_metrics, regression_metrics
+from brainjepa.evaluate.tasks import TaskConfig, load_task, split_manifests
+from brainjepa.group.gradients import write_gradients
+from brainjepa.group.scaling import ScalingStats
+from brainjepa.io import write_timeseries
+
+R, T, WINDOW = 8, 64, 32
+SMALL_MODEL = ("model:\n  size: tiny\n  embed_dim: 32\n  depth: 2\n  num_heads: 4\n  predictor_dim: 16\n"
+               "  predictor_depth: 1\n  patch_size: 16\n")
+AGE = TaskConfig.from_dict("age", {"cohorts": ["c"], "label": "age", "kind": "regression"})
+SEX = TaskConfig.from_dict("sex", {"cohorts": ["c"], "label": "sex", "kind": "binary", "positive": "M"})
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+def test_regression_metrics_match_scipy_and_numpy():
+    from scipy.stats import pearsonr
+
+    rng = np.random.default_rng(0)
+    y, p = rng.normal(size=50), rng.normal(size=50)
+    m = regression_metrics(y, p, scale=7.5)
+    assert m["mse"] == pytest.approx(np.mean((y - p) ** 2))
+    assert m["mae"] == pytest.approx(np.mean(np.abs(y - p)) * 7.5)
+    assert m["r"] == pytest.approx(pearsonr(y, p)[0])
+    assert m["r2"] == pytest.approx(1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def test_classification_metrics_match_their_definitions():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, size=80)
+    p1 = np.clip(0.3 * y + rng.uniform(0, 0.7, size=80), 0, 1)
+    m = classification_metrics(y, np.stack([1 - p1, p1], axis=1))
+    pred = (p1 > 0.5).astype(int)
+    tp, fp, fn = np.sum((pred == 1) & (y == 1)), np.sum((pred == 1) & (y == 0)), np.sum((pred == 0) & (y == 1))
+    assert m["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert m["balanced_accuracy"] == pytest.approx(np.mean([np.mean(pred[y == c] == c) for c in (0, 1)]))
+    assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    u = mannwhitneyu(p1[y == 1], p1[y == 0]).statistic
+    assert m["auroc"] == pytest.approx(u / (np.sum(y == 1) * np.sum(y == 0)))
+
+
+def test_bootstrap_interval_brackets_the_seed_mean():
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=60)
+    preds = [y + rng.normal(scale=0.5, size=60) for _ in range(3)]
+    ci = bootstrap_seed_mean("regression", y, preds, n_boot=300)
+    mean_r = np.mean([regression_metrics(y, p)["r"] for p in preds])
+    assert ci["r"][0] < mean_r < ci["r"][1] and ci["r"][1] - ci["r"][0] < 0.3
+
+
+# ------------------------------------------------------------------------------------------------- data
+def _make_eval_data(root, n_subjects: int = 60):
+    """Per-split shard sets (train/val/test) of one cohort with age, sex and diagnosis planted in the data."""
+    rng = np.random.default_rng(0)
+    names = [f"roi{i}" for i in range(R)]
+    rows = []
+    for i in range(n_subjects):
+        age = float(rng.uniform(45, 80))
+        sex = "M" if i % 2 else "F"
+        diagnosis = float(i % 3 == 0)
+        shared = rng.normal(size=(T, 1))
+        coupling = 0.2 + 0.6 * (age - 45) / 35                 # age: correlation of ROIs 0-3
+        data = rng.normal(size=(T, R))
+        data[:, :4] = np.sqrt(coupling) * shared + np.sqrt(1 - coupling) * data[:, :4]
+        data[:, 4:6] *= 1.5 if sex == "M" else 0.7             # sex: amplitude of ROIs 4-5
+        data[:, 6:] *= 0.6 if diagnosis else 1.4               # diagnosis: amplitude of ROIs 6-7
+        path = root / "runs" / f"s{i:02d}.parquet"
+        write_timeseries(data.astype(np.float32), names, path, {"tr": 2.0})
+        split = ("train", "val", "test")[0 if i % 5 < 3 else (1 if i % 5 == 3 else 2)]
+        rows.append({"run_id": f"c/sub-s{i:02d}_ses-1_run-1", "cohort": "c", "subject": f"s{i:02d}",
+                     "session": "1", "run": "1", "split": split, "path": str(path), "age": round(age, 1),
+                     "sex": sex, "diagnosis": diagnosis})
+    frame = pd.DataFrame(rows)
+    stats = ScalingStats("subject_mean", tuple(names), np.zeros(R), np.ones(R), n_subjects)
+    kinds = {"age": "continuous", "sex": "categorical", "diagnosis": "binary"}
+    for split in ("train", "val", "test"):
+        build_shards(frame[frame["split"] == split], stats, root / "shards" / split, window=WINDOW,
+                     label_columns=kinds, categories={"sex": ["F", "M"]}, flat=True, rows_per_row_group=8)
+    write_gradients(rng.normal(size=(R, 4)), np.linspace(1, 0.5, 4), names, root / "gradients.tsv")
+    (root / "model.yaml").write_text(SMALL_MODEL)
+    return root, frame
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    return _make_eval_data(tmp_path_factory.mktemp("evaluate"))
+
+
+def test_task_windows_keep_splits_apart_and_scale_with_training_subjects(eval_data):
+    root, frame = eval_data
+    w = load_task(AGE, split_manifests(root / "shards"), WINDOW)
+    by_subject = pd.Series(w.split).groupby(w.subject).nunique()
+    assert (by_subject == 1).all()                                  # no subject in two splits
+    assert len(w.run_id) == len(frame) * (T // WINDOW)              # every non-overlapping window
+    train_ages = frame.loc[frame["split"] == "train", "age"]
+    assert w.mean == pytest.approx(train_ages.mean()) and w.std == pytest.approx(train_ages.std(ddof=0))
+    np.testing.assert_allclose(w.target * w.std + w.mean, w.raw.astype(float))
+    sex = load_task(SEX, split_manifests(root / "shards"), WINDOW)
+    assert sex.classes == ["F", "M"] and set(sex.target[sex.raw == "M"]) == {1}
+
+
+def test_target_scaling_ignores_val_and_test_labels(eval_data, tmp_path):
+    root, frame = eval_data
+    frame = frame.copy()
+    frame.loc[frame["split"] != "train", "age"] += 30.0
+    stats = ScalingStats("subject_mean", tuple(f"roi{i}" for i in range(R)), np.zeros(R), np.ones(R), len(frame))
+    for split in ("train", "val", "test"):
+        build_shards(frame[frame["split"] == split], stats, tmp_path / split, window=WINDOW,
+                     label_columns={"age": "continuous"}, flat=True)
+    moved = load_task(AGE, split_manifests(tmp_path), WINDOW)
+    same = load_task(AGE, split_manifests(root / "shards"), WINDOW)
+    assert moved.mean == same.mean and moved.std == same.std
+
+
+def test_include_filter_and_bad_tasks(eval_data):
+    root, _ = eval_data
+    manifests = split_manifests(root / "shards")
+    healthy = TaskConfig.from_dict("age_cn", {"cohorts": ["c"], "label": "age", "kind": "regression",
+                                              "include": {"diagnosis": [0]}})
+    w = load_task(healthy, manifests, WINDOW)
+    assert len(set(w.subject)) == 40
+    with pytest.raises(InputError, match="unknown key"):
+        TaskConfig.from_dict("x", {"cohorts": ["c"], "label": "age", "kind": "regression", "colour": 1})
+    with pytest.raises(InputError, match="no labelled subject"):
+        load_task(TaskConfig.from_dict("x", {"cohorts": ["zz"], "label": "age", "kind": "regression"}),
+                  manifests, WINDOW)
+    with pytest.raises(InputError, match="lack label column"):
+        load_task(TaskConfig.from_dict("x", {"cohorts": ["c"], "label": "iq", "kind": "regression"}),
+                  manifests, WINDOW)
+
+
+# ------------------------------------------------------------------------------------------------- fine-tuning
+def _small_encoder(root, drop_path: float = 0.0, seed: int = 0):
+    from brainjepa.evaluate.encoders import load_encoder
+
+    spec = {"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")}
+    return load_encoder(spec, [f"roi{i}" for i in range(R)], WINDOW, seed=seed, drop_path=drop_path)[0]
+
+
+def test_layer_decay_gives_each_layer_its_rate(eval_data):
+    from brainjepa.evaluate.config import FinetuneConfig
+    from brainjepa.evaluate.finetune import build_finetune
+
+    root, _ = eval_data
+    cfg = FinetuneConfig(base_lr=2.56e-2, batch_size=10, layer_decay=0.5, weight_decay=0.05)
+    model, optimizer, lr = build_finetune(_small_encoder(root), 1, cfg, world_size=1)
+    assert lr == pytest.approx(2.56e-2 * 10 / 256)
+    expected = {0: 0.125, 1: 0.25, 2: 0.5, 3: 1.0}                    # depth 2: embeddings, 2 blocks, norm + head
+    layer_of = {}
+    for group in optimizer.param_groups:
+        assert group["lr_scale"] == pytest.approx(expected[group["layer"]])
+        for p in group["params"]:
+            layer_of[id(p)] = (group["layer"], group["weight_decay"])
+    names = dict(model.named_parameters())
+    assert layer_of[id(names["encoder.patch_embed.proj.weight"])] == (0, 0.05)
+    assert layer_of[id(names["encoder.blocks.0.attn.qkv.weight"])] == (1, 0.05)
+    assert layer_of[id(names["encoder.blocks.1.norm1.weight"])] == (2, 0.0)
+    assert layer_of[id(names["head.fc.weight"])] == (3, 0.05)
+    assert layer_of[id(names["head.fc.bias"])] == (3, 0.0)
+    # the loop applies the scales: after a step every group's lr is the schedule's value times its scale
+    x, y = torch.randn(20, 1, R, WINDOW), torch.randn(20)
+    loop.fit(model, optimizer, (x, y), (x[:4], y[:4].numpy(), np.arange(4)), "regression", epochs=2,
+             warmup_epochs=0, batch_size=10, lr=lr, min_lr=lr, seed=0, device=torch.device("cpu"),
+             autocast=contextlib.nullcontext)
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(lr * expected[group["layer"]])
+
+
+def test_drop_path_is_active_in_training_and_off_in_evaluation(eval_data):
+    root, _ = eval_data
+    with_dp = _small_encoder(root, drop_path=0.5)
+    plain = _small_encoder(root, drop_path=0.0)
+    plain.load_state_dict(with_dp.state_dict())
+    assert [b.drop_path for b in with_dp.blocks] == [0.0, 0.5]       # linear over the blocks, to the rate
+    x = torch.randn(6, 1, R, WINDOW)
+    with_dp.train()
+    torch.manual_seed(0)
+    a = with_dp(x)
+    torch.manual_seed(1)
+    b = with_dp(x)
+    assert not torch.allclose(a, b)                                   # samples' branches dropped at random
+    with_dp.eval()
+    plain.eval()
+    torch.testing.assert_close(with_dp(x), plain(x))                 # evaluation: no drop path
+
+
+def test_selected_epoch_is_the_best_validation_epoch(eval_data, tmp_path):
+    from brainjepa.evaluate.run import run_evaluation
+
+    root, _ = eval_data
+    settings = ProtocolConfig.from_dict({"finetune": {"epochs": 4, "warmup_epochs": 1, "base_lr": 0.05,
+                                                      "batch_size": 8}})
+    spec = {"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")}
+    record = run_evaluation(AGE, "random_finetune", 0, root / "shards", tmp_path / "a.json", settings, spec)
+    history = record["selected"]["history"]
+    losses = [h["val_loss"] for h in history]
+    assert record["selected"]["epoch"] == int(np.argmin(losses)) + 1
+    assert record["val"]["mse"] == pytest.approx(min(losses), rel=1e-4)   # the kept state is that epoch's
+    assert json.loads((tmp_path / "a.json").read_text())["selected"]["epoch"] == record["selected"]["epoch"]
+    assert record["n_subjects"] == {"train": 36, "val": 12, "test": 12} and len(record["predictions"]) == 12
+
+
+def test_fit_never_sees_the_test_split(eval_data, monkeypatch):
+    """The loop gets train and val only: test labels changed -> the same selection and validation metrics."""
+    from brainjepa.evaluate import run as run_module
+
+    root, _ = eval_data
+    seen = {}
+    real_fit = loop.fit
+
+    def spy(model, optimizer, train, val, *args, **kwargs):
+        seen["n"] = (len(train[0]), len(val[0]))
+        return real_fit(model, optimizer, train, val, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", spy)
+    settings = ProtocolConfig.from_dict({"linprobe": {"epochs": 3, "warmup_epochs": 0}})
+    w = load_task(AGE, split_manifests(root / "shards"), WINDOW)
+    feats = np.random.default_rng(0).normal(size=(len(w.run_id), 5)).astype(np.float32)
+    torch.manual_seed(0)
+    first, _ = run_module._gradient_head("linprobe", w, feats, settings, 0)
+    w.target[w.mask("test")] = 100.0
+    torch.manual_seed(0)
+    second, info = run_module._gradient_head("linprobe", w, feats, settings, 0)
+    assert seen["n"] == (int(w.mask("train").sum()), int(w.mask("val").sum()))
+    np.testing.assert_allclose(first["val"], second["val"])
+
+
+# ------------------------------------------------------------------------------------------------- probes
+def test_cached_features_equal_fresh_ones(eval_data, tmp_path):
+    from brainjepa.evaluate.features import extract, read_features, run_features
+    from brainjepa.evaluate.run import _features_for
+
+    root, _ = eval_data
+    spec = {"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")}
+    run_features(spec, root / "shards", ["c"], tmp_path / "f.npz", seed=3)
+    cache = read_features(tmp_path / "f.npz")
+    w = load_task(AGE, split_manifests(root / "shards"), WINDOW, with_data=True)
+    encoder = _small_encoder(root, seed=3)
+    pooled, rois = extract(encoder, w.data, encoder.cfg.n_time_patches, torch.device("cpu"))
+    joined = _features_for(w, [tmp_path / "f.npz"])
+    np.testing.assert_allclose(joined["pooled"], pooled, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(joined["roi_tokens"].astype(np.float32), rois.astype(np.float32), atol=1e-3)
+    assert cache["meta"]["encoder"] == spec and cache["roi_tokens"].shape[1:] == (R, 32)
+    tokens = encoder(torch.from_numpy(w.data[:2]).unsqueeze(1))
+    np.testing.assert_allclose(pooled[:2], tokens.mean(dim=1).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_lars_scales_matrix_updates_by_the_trust_ratio():
+    w = torch.nn.Parameter(torch.full((2, 2), 2.0))
+    b = torch.nn.Parameter(torch.zeros(2))
+    opt = loop.LARS([w, b], lr=1.0, momentum=0.0, trust_coefficient=0.001)
+    w.grad, b.grad = torch.full((2, 2), 0.5), torch.ones(2)
+    opt.step()
+    ratio = 0.001 * 4.0 / 1.0                                          # |w| = 4, |g| = 1
+    torch.testing.assert_close(w.detach(), torch.full((2, 2), 2.0 - 0.5 * ratio))
+    torch.testing.assert_close(b.detach(), -torch.ones(2))             # 1-D: the plain step
+
+
+@pytest.mark.parametrize("method", ["random_linprobe", "random_attentive", "random_closed_form", "fc_linear",
+                                    "fc_svm", "random_finetune"])
+def test_every_method_writes_its_json_through_the_cli(eval_data, tmp_path, method):
+    from brainjepa.cli import main
+
+    root, _ = eval_data
+    spec = {"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")}
+    settings = {"finetune": {"epochs": 2, "warmup_epochs": 1}, "linprobe": {"epochs": 3},
+                "attentive": {"epochs": 3, "warmup_epochs": 1}, "closed_form": {"grid": 5}, "svm": {"grid": 3}}
+    args = ["--shards", str(root / "shards"), "--protocols", json.dumps(settings)]
+    if method.endswith(("probe", "attentive", "form")):
+        assert main(["features", "--encoder", json.dumps(spec), "--cohort", "c", "--out", str(tmp_path / "f.npz"),
+                     *args]) == 0
+        args += ["--features", str(tmp_path / "f.npz")]
+    elif method.endswith("finetune"):
+        args += ["--encoder", json.dumps(spec)]
+    for task in (SEX, AGE):
+        out = tmp_path / f"{task.name}.json"
+        task_json = json.dumps({"name": task.name, "cohorts": list(task.cohorts), "label": task.label,
+                                "kind": task.kind, "positive": task.positive})
+        assert main(["evaluate", "--task", task_json, "--method", method, "--seed", "0", "--out", str(out),
+                     *args]) == 0
+        record = json.loads(out.read_text())
+        assert record["method"] == method and len(record["predictions"]) == 12
+        assert set(record["test"]) == ({"mse", "mae", "r", "r2"} if task.kind == "regression"
+                                       else {"accuracy", "balanced_accuracy", "f1", "auroc"})
+
+
+def test_fc_baseline_finds_the_planted_correlation(eval_data, tmp_path):
+    from brainjepa.evaluate.run import run_evaluation
+
+    root, _ = eval_data
+    record = run_evaluation(AGE, "fc_linear", 0, root / "shards", tmp_path / "fc.json")
+    assert record["test"]["r"] > 0.5
+
+
+def test_summary_tables_and_metrics_tsv(eval_data, tmp_path):
+    from brainjepa.evaluate.run import run_evaluation
+    from brainjepa.evaluate.summary import run_summary
+
+    root, _ = eval_data
+    paths = []
+    for seed in (0, 1):
+        for method in ("fc_linear", "fc_svm"):
+            paths.append(tmp_path / f"{method}-{seed}.json")
+            run_evaluation(SEX, method, seed, root / "shards", paths[-1],
+                           ProtocolConfig.from_dict({"svm": {"grid": 3}}))
+    run_summary(paths, tmp_path / "metrics.tsv", tmp_path / "tables", n_boot=100)
+    table = pd.read_csv(tmp_path / "metrics.tsv", sep="\t")
+    assert len(table) == 4 and {"test_accuracy", "val_auroc", "selected_regularisation"} <= set(table.columns)
+    text = (tmp_path / "tables" / "sex.md").read_text()
+    assert "| fc_svm | 2 |" in text and "[" in text
+    assert "fc_linear" in (tmp_path / "tables" / "summary.md").read_text()
+
+
+def test_method_names_are_checked():
+    from brainjepa.evaluate.run import parse_method
+
+    assert parse_method("jepa_closed_form") == ("jepa", "closed_form")
+    assert parse_method("fc_svm") == (None, "fc_svm")
+    with pytest.raises(InputError, match="expected <encoder>_<protocol>"):
+        parse_method("jepa_magic")
