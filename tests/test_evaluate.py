@@ -335,3 +335,25 @@ def test_method_names_are_checked():
     assert parse_method("fc_svm") == (None, "fc_svm")
     with pytest.raises(InputError, match="expected <encoder>_<protocol>"):
         parse_method("jepa_magic")
+
+
+def test_official_checkpoint_is_evaluated_through_the_converter(eval_data, tmp_path):
+    """A synthetic checkpoint in the released layout -> convert-checkpoint -> fine-tune and probe rows."""
+    from test_convert import official_checkpoint, official_shapes
+
+    from brainjepa.evaluate.features import run_features
+    from brainjepa.evaluate.run import run_evaluation
+    from brainjepa.models.convert import convert_official
+
+    root, _ = eval_data
+    shapes = official_shapes(dim=384, depth=1, pdim=192, pdepth=1, rois=R, patches=WINDOW // 16, grads=4)
+    torch.save(official_checkpoint(shapes), tmp_path / "official.pth")
+    convert_official(tmp_path / "official.pth", root / "gradients.tsv", tmp_path / "official.pt")
+    spec = {"kind": "checkpoint", "path": str(tmp_path / "official.pt")}
+    settings = ProtocolConfig.from_dict({"finetune": {"epochs": 1, "warmup_epochs": 0}})
+    record = run_evaluation(SEX, "official_finetune", 0, root / "shards", tmp_path / "ft.json", settings, spec)
+    assert record["source"]["source"] == str(tmp_path / "official.pth") and len(record["predictions"]) == 12
+    run_features(spec, root / "shards", ["c"], tmp_path / "f.npz")
+    record = run_evaluation(SEX, "official_closed_form", 0, root / "shards", tmp_path / "cf.json", settings,
+                            features=[tmp_path / "f.npz"])
+    assert record["encoder"] == "official" and np.isfinite(record["test"]["accuracy"])
