@@ -357,3 +357,33 @@ def test_official_checkpoint_is_evaluated_through_the_converter(eval_data, tmp_p
     record = run_evaluation(SEX, "official_closed_form", 0, root / "shards", tmp_path / "cf.json", settings,
                             features=[tmp_path / "f.npz"])
     assert record["encoder"] == "official" and np.isfinite(record["test"]["accuracy"])
+
+
+def test_ddp_fine_tuning_equals_one_process_with_the_global_batch(eval_data, tmp_path):
+    """torchrun, 2 Gloo processes at batch 4 = one process at batch 8: the same steps, so the same predictions
+    (drop path off: its draws differ by rank); rank 0 writes the JSON."""
+    import os
+    import subprocess
+    import sys
+
+    root, _ = eval_data
+    spec = json.dumps({"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")})
+    task = json.dumps({"name": "age", "cohorts": ["c"], "label": "age", "kind": "regression"})
+
+    def settings(batch):
+        return json.dumps({"finetune": {"epochs": 2, "warmup_epochs": 1, "batch_size": batch, "drop_path": 0.0}})
+
+    common = ["evaluate", "--task", task, "--method", "random_finetune", "--seed", "0", "--encoder", spec,
+              "--shards", str(root / "shards")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "brainjepa.cli", *common, "--protocols", settings(4), "--out", str(tmp_path / "ddp.json")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "brainjepa.cli", *common, "--protocols", settings(8), "--out",
+                          str(tmp_path / "one.json")], capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ddp", "one"))
+    assert a["selected"]["lr"] == pytest.approx(b["selected"]["lr"])
+    np.testing.assert_allclose([p["prediction"] for p in a["predictions"]], [p["prediction"] for p in b["predictions"]],
+                               rtol=1e-3, atol=1e-3)
