@@ -66,3 +66,19 @@ def test_align_tr_cli_records_actual_tr(tmp_path):
 def test_unknown_method():
     with pytest.raises(ValueError, match="stride"):
         align_tr(np.zeros((4, 1)), 1.0, 2.0, "nearest")
+
+
+def test_align_tr_cli_many_runs_in_one_call(tmp_path, capsys):
+    sources = [tmp_path / f"in{i}.parquet" for i in range(3)]
+    for i, src in enumerate(sources):
+        write_timeseries(np.full((490, 2), i, np.float32), ["a", "b"], src, {"tr": 0.735})
+    outs = [tmp_path / "out" / f"o{i}.parquet" for i in range(3)]
+    args = ["align-tr", "--in", *map(str, sources), "--out", *map(str, outs), "--target-tr", "2.0"]
+    assert main(args) == 0
+    assert [read_timeseries(o)[0].iloc[0, 0] for o in outs] == [0, 1, 2]
+    sources[1].write_text("garbage")
+    capsys.readouterr()
+    assert main(args) == 1
+    assert f"run {sources[1]}: {sources[1]}: cannot read" in capsys.readouterr().err  # names the run that failed
+    assert main(["align-tr", "--in", *map(str, sources), "--out", str(outs[0]), "--target-tr", "2.0"]) == 1
+    assert "3 input files but 1 output files" in capsys.readouterr().err

@@ -291,3 +291,31 @@ def test_axis_permuted_grid_is_not_oblique(tmp_path, small_atlas):
                      affine)
     atlas = Atlas.load(*small_atlas)
     check_space(read_bold_header(path), atlas.image, atlas.space)
+
+
+def test_cli_batch_form_parcellates_a_sheets_runs(tmp_path, small_atlas, small_bold, capsys):
+    """`parcellate --samples`: many runs of a sheet in one call, outputs under --out-root, errors naming the run."""
+    from brainjepa.cli import main
+
+    image, labels = small_atlas
+    np.save(tmp_path / "ts.npy", np.random.default_rng(0).normal(100, 1, size=(30, 4)).astype(np.float32))
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("cohort\tsubject\tsession\trun\tbold\ttimeseries\ttr\n"
+                     f"A\t1\t1\t1\t{small_bold}\t\t\nA\t2\t1\t1\t\t{tmp_path / 'ts.npy'}\t0.8\n"
+                     f"B\t3\t1\t1\t{tmp_path / 'absent_bold.nii.gz'}\t\t\n")
+    common = ["parcellate", "--samples", str(sheet), "--atlas", str(image), "--labels", str(labels),
+              "--out-root", str(tmp_path / "out")]
+    assert main([*common, "--runs", "A/sub-1_ses-1_run-1", "A/sub-2_ses-1_run-1"]) == 0
+    for run, n in (("A/sub-1_ses-1_run-1", 20), ("A/sub-2_ses-1_run-1", 30)):
+        frame, meta = read_timeseries(tmp_path / "out" / f"{run}.parquet")
+        assert frame.shape == (n, 4) and meta["tr"] == pytest.approx(0.8)
+        assert len(pd.read_csv(tmp_path / "out" / f"{run}_qc.tsv", sep="\t")) == 4
+    assert not (tmp_path / "out" / "B").exists()
+    capsys.readouterr()
+    assert main(common) == 1  # every run of the sheet: the third fails, named
+    assert "run B/sub-3_ses-1_run-1: " in capsys.readouterr().err
+    assert main([*common, "--runs", "C/sub-9_ses-1_run-1"]) == 1
+    assert "no row for run C/sub-9_ses-1_run-1" in capsys.readouterr().err
+    assert main([*common, "--tr", "2"]) == 1 and "drop --tr" in capsys.readouterr().err
+    assert main(common[:-2] + ["--out", str(tmp_path / "x.parquet")]) == 1
+    assert "drop --out" in capsys.readouterr().err

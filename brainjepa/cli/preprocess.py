@@ -1,11 +1,9 @@
-"""Subcommands of the per-run stages: atlas, parcellate, align-tr."""
+"""Subcommands of the per-run stages: atlas, parcellate, align-tr (each on one run, or on many in one process)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-
-from brainjepa.cli.common import parent
 
 log = logging.getLogger("brainjepa")
 
@@ -22,17 +20,29 @@ def _atlas(args: argparse.Namespace) -> None:
 
 
 def _parcellate(args: argparse.Namespace) -> None:
-    from brainjepa.preprocess.parcellate import run_parcellate
+    from brainjepa.errors import InputError
+    from brainjepa.preprocess.parcellate import parcellate_runs, run_parcellate
 
+    if args.samples:
+        per_run = [f"--{name}" for name in ("out", "mask", "tr", "qc") if getattr(args, name) is not None]
+        if per_run:
+            raise InputError(f"--samples takes each run's files and TR from the sheet; drop {', '.join(per_run)}")
+        if not args.out_root:
+            raise InputError("--samples needs --out-root (the folder of <run_id>.parquet and <run_id>_qc.tsv)")
+        n = parcellate_runs(args.samples, args.out_root, args.atlas, args.labels, args.runs, args.empty_roi)
+        log.info("%d runs parcellated to %s", n, args.out_root)
+        return
+    if args.out is None or args.out_root or args.runs:
+        raise InputError("one run (--bold or --timeseries) needs --out, not --out-root or --runs")
     run_parcellate(args.out, args.atlas, args.labels, bold=args.bold, timeseries=args.timeseries,
                    mask=args.mask, tr=args.tr, qc_out=args.qc, empty_roi=args.empty_roi)
 
 
 def _align_tr(args: argparse.Namespace) -> None:
-    from brainjepa.preprocess.align_tr import run_align_tr
+    from brainjepa.preprocess.align_tr import align_tr_runs
 
-    actual = run_align_tr(args.input, args.out, args.target_tr, args.method)
-    log.info("%s: TR %.4f s", args.out, actual)
+    for out, actual in zip(args.out, align_tr_runs(args.input, args.out, args.target_tr, args.method)):
+        log.info("%s: TR %.4f s", out, actual)
 
 
 def register(sub) -> None:
@@ -52,10 +62,14 @@ def register(sub) -> None:
     p.add_argument("--out-labels", required=True)
     p.set_defaults(func=_atlas)
 
-    p = sub.add_parser("parcellate", parents=[parent("out")], help="ROI mean time series of one run (streaming)")
+    p = sub.add_parser("parcellate", help="ROI mean time series of one run (streaming), or of many runs of a sheet")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bold", help="4-D BOLD NIfTI in the atlas's space")
     src.add_argument("--timeseries", help="already-parcellated T x R file (tsv/csv/npy/parquet)")
+    src.add_argument("--samples", help="a sample sheet: parcellate its runs (--runs, default all) into --out-root")
+    p.add_argument("--out", help="output file (one run)")
+    p.add_argument("--out-root", help="with --samples: writes <out-root>/<run_id>.parquet and <run_id>_qc.tsv")
+    p.add_argument("--runs", nargs="+", metavar="RUN_ID", help="with --samples: these runs (<cohort>/sub-..._run-..)")
     p.add_argument("--atlas", required=True)
     p.add_argument("--labels", help="label table (index, name, ...); column names come from it")
     p.add_argument("--mask")
@@ -64,8 +78,9 @@ def register(sub) -> None:
     p.add_argument("--empty-roi", default="error", help="ROIs without signal: error | zero")
     p.set_defaults(func=_parcellate)
 
-    p = sub.add_parser("align-tr", parents=[parent("out")], help="align a run's time series to a target TR")
-    p.add_argument("--in", dest="input", required=True)
+    p = sub.add_parser("align-tr", help="align runs' time series to a target TR (one process for all)")
+    p.add_argument("--in", dest="input", nargs="+", required=True, help="run files (parcellate's Parquet)")
+    p.add_argument("--out", nargs="+", required=True, help="output files, one per --in file, in the same order")
     p.add_argument("--target-tr", type=float, required=True, help="seconds")
     p.add_argument("--method", default="stride", help="stride (the paper) | resample (anti-aliased)")
     p.set_defaults(func=_align_tr)

@@ -65,3 +65,19 @@ def run_align_tr(in_path: str | Path, out_path: str | Path, target_tr: float, me
             "tr_alignment": method, "n_volumes": int(len(out))}
     write_timeseries(out.astype(np.float32), list(frame.columns), out_path, meta)
     return actual
+
+
+def align_tr_runs(in_paths: list[str | Path], out_paths: list[str | Path], target_tr: float,
+                  method: str) -> list[float]:
+    """The ``align-tr`` stage for many run files in one process (in_paths[i] -> out_paths[i]); returns the TRs.
+
+    An error names the run file.
+    """
+    from brainjepa.batches import for_each_run
+
+    if len(in_paths) != len(out_paths):
+        raise InputError(f"align-tr: {len(in_paths)} input files but {len(out_paths)} output files")
+    actual: list[float] = []
+    for_each_run([(str(src), (src, dst)) for src, dst in zip(in_paths, out_paths)],
+                 lambda pair: actual.append(run_align_tr(pair[0], pair[1], target_tr, method)), "align-tr")
+    return actual

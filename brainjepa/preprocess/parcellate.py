@@ -339,3 +339,30 @@ def run_parcellate(out: str | Path, atlas_path: str | Path, labels: str | Path |
     if qc_out is not None:
         write_tsv_atomic(qc, qc_out)
     write_timeseries(ts, atlas.names, out, meta)
+
+
+def parcellate_runs(samples_path: str | Path, out_root: str | Path, atlas_path: str | Path,
+                    labels: str | Path | None = None, run_ids: list[str] | None = None,
+                    empty_roi: str = "error") -> int:
+    """The ``parcellate`` stage for many runs of a sample sheet in one process (the workflow's batch jobs).
+
+    Each listed run (default: every run of the sheet) is parcellated from its row (``bold`` with ``mask`` and
+    ``tr``, or ``timeseries``) with the atlas loaded once, to ``<out_root>/<run_id>.parquet`` and
+    ``<out_root>/<run_id>_qc.tsv``. An error names the run. Returns the number of runs written.
+    """
+    from brainjepa import sheets
+    from brainjepa.batches import for_each_run, select_runs
+
+    samples = sheets.load_samples(samples_path, produced=lambda p: True)  # a missing file fails with its run
+    rows = select_runs(samples, run_ids, str(samples_path))
+    atlas = Atlas.load(atlas_path, labels)
+    root = Path(out_root)
+
+    def parcellate_row(row: dict) -> None:
+        run_parcellate(root / f"{row['run_id']}.parquet", atlas_path, bold=row["bold"] or None,
+                       timeseries=row["timeseries"] or None, mask=row["mask"] or None,
+                       tr=None if pd.isna(row["tr"]) else float(row["tr"]),
+                       qc_out=root / f"{row['run_id']}_qc.tsv", empty_roi=empty_roi, atlas=atlas)
+
+    for_each_run([(row["run_id"], row) for row in rows.to_dict("records")], parcellate_row, "parcellate")
+    return len(rows)
