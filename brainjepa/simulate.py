@@ -3,7 +3,10 @@
 Everything is generated deterministically from one integer seed. The layout mimics fMRIPrep
 (``derivatives/<cohort>/sub-*/ses-*/func/*_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz`` with a
 JSON sidecar and, optionally, the brain mask) on a coarse 8 mm MNI grid (23 x 28 x 23 voxels, FSL
-MNI152 orientation), so the whole demo is small and fast.
+MNI152 orientation), so the whole demo is small and fast. A cohort can instead come as already-parcellated
+ROI time series, as UK Biobank distributes them (``timeseries`` cohorts: one ``.npy`` T x 64 float32 file
+per run, ``..._atlas-Demo_timeseries.npy``, listed in the sheet's ``timeseries`` column with the TR in its
+``tr`` column): the ROI means that parcellating the same run's NIfTI would give, in scanner units.
 
 Atlas
     The "brain" is an ellipsoid in MNI mm (x +-70, y -105..70, z -50..80; about 3,300 voxels).
@@ -29,15 +32,30 @@ Signal model (per run; times in seconds, so every TR sees the same dynamics)
     * Voxel = baseline (smooth map, 500-1000) * (1 + psc * amplitude_net * x_r / 100) + white noise,
       with psc ~ 1 % and thermal tSNR 60-110 (total tSNR about 50-90). Unlabelled brain voxels carry
       only a weak copy of the global components. Outside the brain the data are exactly zero.
+      ``amplitude_net`` is the subject's fluctuation amplitude of the network (below).
     * Values are rounded to 1/16 (far below the noise, about 8) so the gzip files stay small.
+    * A time-series run is the ROI mean of that model computed at the ROI level: the same ROI signals and
+      scanner gain (the same random draws), mean baseline and mean baseline x psc of the ROI's voxels, and
+      the mean of their white noise drawn directly (sd sqrt(sum sd_v^2) / n_voxels): in distribution exactly
+      what parcellating the NIfTI gives, up to the 1/16 rounding.
 
 Planted phenotypes (age fraction a = (age - 45) / 45, clipped to 0..1)
-    * age: within-network correlation 0.60 - 0.30 a (cortex; subcortex 0.45 - 0.15 a), and the
-      Default <-> DorsAttn network correlation -(0.45 - 0.30 a) (anticorrelation weakens with age);
+    * age, connectivity: within-network correlation 0.60 - 0.30 a (cortex; subcortex 0.45 - 0.15 a), and
+      the Default <-> DorsAttn network correlation -(0.45 - 0.30 a) (anticorrelation weakens with age);
+    * age, amplitude: every ROI's fluctuation amplitude x exp(-0.30 a) (``AGE_LOG_AMPLITUDE``): 26 % lower
+      at 90 than at 45 years, about 0.6 % a year. Beside it each subject has a global log-amplitude offset of
+      sd 0.15 (``SUBJECT_LOG_AMPLITUDE_SD``: vascular and physiological sources unrelated to age), so a
+      subject's mean ROI amplitude correlates with age at about r = -0.4 over the ukbsim ages 45-80 (the
+      realised value: ``bench/demo_effects.py``). That is the order reported for real data: in UK Biobank the
+      resting-state node amplitudes are among the imaging measures most strongly associated with age
+      (Miller et al., Nat Neurosci 2016), and the resting-state fluctuation amplitude declines with age
+      (Tsvetanov et al., J Neurosci 2016), with correlations with age of roughly -0.3 to -0.5;
     * sex: amplitude of SomMot x exp(+0.08 s), Vis x exp(-0.08 s), s = +1 for M, -1 for F (the
       SomMot / Vis amplitude ratio is 1.38 times higher in men; subject jitter sd 0.1 per network);
-    * diagnosis = 1: Default within-network correlation - 0.15, Default <-> subcortex 0.30 -> 0.05.
-      A missing diagnosis (cohorts without the label) is simulated as 0.
+    * diagnosis = 1: Default within-network correlation - 0.15, Default <-> subcortex 0.30 -> 0.05, and the
+      Default network's fluctuation amplitude x 0.85 (``DIAGNOSIS_DEFAULT_AMPLITUDE``; a reduced amplitude of
+      low-frequency fluctuations, ALFF, in the posterior cingulate and precuneus is a common finding in mild
+      cognitive impairment). A missing diagnosis (cohorts without the label) is simulated as 0.
     Subject idiosyncrasies (jitter of those correlations, ROI loadings, amplitudes, baseline and noise
     maps) come from a generator seeded by (seed, cohort, subject) and are shared by the subject's runs;
     the time courses come from (seed, cohort, subject, session, run). Seeds are numpy SeedSequences
@@ -56,8 +74,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy.ndimage import gaussian_filter
-from scipy.signal import fftconvolve, lfilter
 
 from brainjepa.bids import sidecar_path
 from brainjepa.io import atomic_path, write_text_atomic
@@ -65,7 +81,7 @@ from brainjepa.io import atomic_path, write_text_atomic
 DEMO_SPACE = "MNI152NLin6Asym"
 NETWORKS = ("Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default")
 SUBCORTICAL = ("HIP", "THA", "PUT", "CAU")
-SAMPLE_COLUMNS = ["cohort", "subject", "session", "run", "bold", "mask"]
+SAMPLE_COLUMNS = ["cohort", "subject", "session", "run", "bold", "mask", "timeseries", "tr"]
 PHENOTYPE_COLUMNS = ["cohort", "subject", "age", "sex", "diagnosis"]
 
 # Yeo 7-network colours as in the Schaefer 2018 label tables.
@@ -79,6 +95,9 @@ GLOBAL_SPAN = ((0.15, 0.25), (0.05, 0.15))  # ranges of the ROI loadings on the 
 AGE_YOUNG, AGE_OLD = 45.0, 90.0  # ages (years) where the planted age effect starts and saturates
 DIAGNOSIS_RATE = 0.4
 SEX_LOG_AMPLITUDE = 0.08  # log amplitude of SomMot raised (Vis lowered) by this for M, the reverse for F
+AGE_LOG_AMPLITUDE = 0.30  # log amplitude of every ROI lowered by this times the age fraction
+SUBJECT_LOG_AMPLITUDE_SD = 0.15  # sd of a subject's global log amplitude (sources unrelated to age)
+DIAGNOSIS_DEFAULT_AMPLITUDE = 0.85  # Default-network amplitude factor with the diagnosis
 
 _SHAPE = (23, 28, 23)
 _AFFINE = np.array([[-8.0, 0, 0, 90], [0, 8, 0, -126], [0, 0, 8, -72], [0, 0, 0, 1]])
@@ -97,7 +116,10 @@ _COHORT_NAME = re.compile(r"^[A-Za-z0-9]+$")
 
 @dataclass(frozen=True)
 class DemoCohort:
-    """One simulated cohort. ``tr`` in seconds; ``age`` = (youngest, oldest) in years."""
+    """One simulated cohort. ``tr`` in seconds; ``age`` = (youngest, oldest) in years.
+
+    ``timeseries``: runs come as parcellated ROI time series (``.npy``), not NIfTI (no mask then).
+    """
 
     name: str
     tr: float
@@ -107,6 +129,7 @@ class DemoCohort:
     age: tuple[float, float] = (45.0, 80.0)
     diagnosis: bool = False
     mask: bool = False
+    timeseries: bool = False
 
     def __post_init__(self) -> None:
         where = f"demo cohort {self.name!r}"
@@ -123,19 +146,21 @@ class DemoCohort:
             raise ValueError(f"{where}: age must be [youngest, oldest] in years, got {age!r}")
         if not 0 <= age[0] < age[1]:
             raise ValueError(f"{where}: age range {list(age)} must satisfy 0 <= youngest < oldest")
-        for key in ("diagnosis", "mask"):
+        for key in ("diagnosis", "mask", "timeseries"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{where}: {key} must be true or false, got {getattr(self, key)!r}")
+        if self.mask and self.timeseries:
+            raise ValueError(f"{where}: a timeseries cohort has no brain masks (mask must be false)")
 
 
 def cohorts_from_spec(spec: dict) -> list[DemoCohort]:
-    """Cohorts from a config mapping ``{name: {tr, n_volumes, n_subjects, sessions, age, diagnosis, mask}}``.
+    """Cohorts from a mapping ``{name: {tr, n_volumes, n_subjects, sessions, age, diagnosis, mask, timeseries}}``.
 
     Unknown or missing keys raise ValueError naming the cohort and the key.
     """
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"demo cohort spec must be a non-empty mapping of name -> settings, got {spec!r}")
-    allowed = {"tr", "n_volumes", "n_subjects", "sessions", "age", "diagnosis", "mask"}
+    allowed = {"tr", "n_volumes", "n_subjects", "sessions", "age", "diagnosis", "mask", "timeseries"}
     cohorts = []
     for name, settings in spec.items():
         if not isinstance(settings, dict):
@@ -197,17 +222,27 @@ def _draw_phenotypes(cohort: DemoCohort, seed: int) -> pd.DataFrame:
     return frame
 
 
+def _run_prefix(root: str, cohort: str, subject: str, session: str, run: str) -> str:
+    folder = f"{root}/derivatives/{cohort}/sub-{subject}/ses-{session}/func"
+    return f"{folder}/sub-{subject}_ses-{session}_task-rest_run-{run}_space-{DEMO_SPACE}"
+
+
 def demo_run_paths(root: str, cohort: str, subject: str, session: str, run: str) -> tuple[str, str]:
     """The fMRIPrep-style BOLD and brain-mask paths of one run (strings under ``root``)."""
-    folder = f"{root}/derivatives/{cohort}/sub-{subject}/ses-{session}/func"
-    stem = f"sub-{subject}_ses-{session}_task-rest_run-{run}_space-{DEMO_SPACE}"
-    return f"{folder}/{stem}_desc-preproc_bold.nii.gz", f"{folder}/{stem}_desc-brain_mask.nii.gz"
+    prefix = _run_prefix(root, cohort, subject, session, run)
+    return f"{prefix}_desc-preproc_bold.nii.gz", f"{prefix}_desc-brain_mask.nii.gz"
+
+
+def demo_timeseries_path(root: str, cohort: str, subject: str, session: str, run: str) -> str:
+    """The ROI time-series file (``.npy``, T x 64) of one run of a timeseries cohort (a string under ``root``)."""
+    return f"{_run_prefix(root, cohort, subject, session, run)}_atlas-Demo_timeseries.npy"
 
 
 def make_demo_sheets(root: str, cohorts: list[DemoCohort], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The demo sample sheet (one row per run) and phenotype sheet (one row per subject).
 
-    samples: columns SAMPLE_COLUMNS, all strings; ``mask`` is "" for cohorts without a mask.
+    samples: columns SAMPLE_COLUMNS, all strings; a run has either ``bold`` (and ``mask`` for cohorts with
+    masks) or, in a timeseries cohort, ``timeseries`` and ``tr``; the other cells are "".
     phenotypes: columns PHENOTYPE_COLUMNS; age float (years), sex "F"/"M", diagnosis Int64 (0/1 or NA).
     """
     names = [c.name for c in cohorts]
@@ -218,8 +253,12 @@ def make_demo_sheets(root: str, cohorts: list[DemoCohort], seed: int) -> tuple[p
         phenotypes.append(_draw_phenotypes(cohort, seed))
         for subject in _subject_ids(cohort.name, cohort.n_subjects):
             for session in range(1, cohort.sessions + 1):
-                bold, mask = demo_run_paths(root, cohort.name, subject, str(session), "1")
-                rows.append([cohort.name, subject, str(session), "1", bold, mask if cohort.mask else ""])
+                ids = (cohort.name, subject, str(session), "1")
+                if cohort.timeseries:
+                    rows.append([*ids, "", "", demo_timeseries_path(root, *ids), f"{cohort.tr:g}"])
+                else:
+                    bold, mask = demo_run_paths(root, *ids)
+                    rows.append([*ids, bold, mask if cohort.mask else "", "", ""])
     samples = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
     pheno = pd.concat(phenotypes, ignore_index=True)[PHENOTYPE_COLUMNS]
     pheno["diagnosis"] = pheno["diagnosis"].astype("Int64")
@@ -412,6 +451,8 @@ def _bold_like_noise(
     stationary law, Gaussian smoothing of SMOOTH_S seconds, variance rescaled to 1 with the exact
     AR(1) autocovariance (not estimated), then one sample per TR.
     """
+    from scipy.signal import fftconvolve, lfilter  # here, not at the top: the workflow's parse imports this module
+
     sub = max(1, math.ceil(tr / FINE_STEP_S - 1e-9))
     step = tr / sub
     phi = math.exp(-step / tau)
@@ -459,8 +500,9 @@ def _network_coupling(age_fraction: float, diagnosis: int, rng: np.random.Genera
 class _SubjectModel:
     """Subject-level parameters shared by all runs of a subject (64 ROIs, V brain voxels).
 
-    coupling [8, 8]; loading [64] (own network); global_loading [64, 2]; amplitude [8] (per network);
-    baseline, psc (percent signal change) and noise_sd [V] per brain voxel (noise_sd in scanner units).
+    coupling [8, 8]; loading [64] (own network); global_loading [64, 2]; amplitude [8] (fluctuation amplitude
+    factor per network, age, sex and diagnosis effects included); baseline, psc (percent signal change) and
+    noise_sd [V] per brain voxel (noise_sd in scanner units).
     """
 
     coupling: np.ndarray
@@ -486,6 +528,8 @@ def _subject_model(phenotype: dict, brain: np.ndarray, rng: np.random.Generator)
 
     brain: flat indices [V] of the brain voxels in NIfTI (Fortran) order; voxel maps follow that order.
     """
+    from scipy.ndimage import gaussian_filter
+
     age_fraction, sex, diagnosis = _phenotype_values(phenotype)
     network, _ = _roi_layout()
     global_loading = np.stack([rng.uniform(lo, hi, size=network.size) for lo, hi in GLOBAL_SPAN], axis=1)
@@ -493,9 +537,7 @@ def _subject_model(phenotype: dict, brain: np.ndarray, rng: np.random.Generator)
     within = _within_network_target(age_fraction, diagnosis, rng)
     loading = np.sqrt(np.maximum(within[network] - global_share, 0.02)) * rng.normal(1.0, 0.05, network.size)
     loading = np.minimum(loading, np.sqrt(0.97 - (global_loading**2).sum(axis=1)))
-    log_amp = rng.normal(0.0, 0.1, size=len(NETWORKS) + 1)
-    log_amp[NETWORKS.index("SomMot")] += SEX_LOG_AMPLITUDE * sex
-    log_amp[NETWORKS.index("Vis")] -= SEX_LOG_AMPLITUDE * sex
+    log_amp = _log_amplitude(age_fraction, sex, diagnosis, rng)
     field = gaussian_filter(rng.standard_normal(_SHAPE), sigma=1.5).ravel(order="F")[brain]
     baseline = np.clip(750.0 + 150.0 * field / field.std(), 500.0, 1000.0)
     n_vox = brain.size
@@ -503,6 +545,21 @@ def _subject_model(phenotype: dict, brain: np.ndarray, rng: np.random.Generator)
     noise_sd = baseline / rng.uniform(60.0, 110.0, size=n_vox)
     return _SubjectModel(_network_coupling(age_fraction, diagnosis, rng), loading, global_loading,
                          np.exp(log_amp), baseline, psc, noise_sd)
+
+
+def _log_amplitude(age_fraction: float, sex: int, diagnosis: int, rng: np.random.Generator) -> np.ndarray:
+    """Log fluctuation amplitude [8] per network (NETWORKS + subcortex) of one subject (see the module notes).
+
+    A global offset (sd SUBJECT_LOG_AMPLITUDE_SD) and a network jitter (sd 0.1), then every network lowered by
+    AGE_LOG_AMPLITUDE x a, SomMot raised / Vis lowered by SEX_LOG_AMPLITUDE x s, Default x 0.85 with diagnosis.
+    """
+    log_amp = rng.normal(0.0, SUBJECT_LOG_AMPLITUDE_SD) + rng.normal(0.0, 0.1, size=len(NETWORKS) + 1)
+    log_amp -= AGE_LOG_AMPLITUDE * age_fraction
+    log_amp[NETWORKS.index("SomMot")] += SEX_LOG_AMPLITUDE * sex
+    log_amp[NETWORKS.index("Vis")] -= SEX_LOG_AMPLITUDE * sex
+    if diagnosis:
+        log_amp[NETWORKS.index("Default")] += math.log(DIAGNOSIS_DEFAULT_AMPLITUDE)
+    return log_amp
 
 
 def _phenotype_values(phenotype: dict) -> tuple[float, int, int]:
@@ -562,13 +619,32 @@ def _voxel_series(model: _SubjectModel, roi_of_voxel: np.ndarray, rng: np.random
     return (np.round(data * 16.0) / 16.0).astype(np.float32)
 
 
-def simulate_run(bold_path, mask_path, cohort: DemoCohort, subject: str, session: str, run: str,
-                 phenotype: dict, seed: int, atlas_labels: np.ndarray) -> None:
-    """Write one simulated run: 4-D float32 BOLD [23, 28, 23, n_volumes], JSON sidecar, optional mask.
+def _roi_mean_series(model: _SubjectModel, roi_of_voxel: np.ndarray, rng: np.random.Generator,
+                     n_volumes: int, tr: float) -> np.ndarray:
+    """The ROI means [T, 64] float32 of the voxel model of :func:`_voxel_series`, computed per ROI.
 
-    atlas_labels [23, 28, 23] int: 0 none, 1-8 subcortical, 9-64 cortical (see :func:`load_demo_atlas`).
-    phenotype: {"age": years, "sex": "F"/"M", "diagnosis": 0/1/NA}. ``mask_path`` "" writes no mask.
+    The ROI signals and the scanner gain are the same draws as there; the white noise of a ROI mean is drawn
+    directly with its sd, sqrt(sum of the voxels' noise variances) / n_voxels.
     """
+    roi, _ = _roi_signals(model, rng, n_volumes, tr)
+    network, _ = _roi_layout()
+    scale = rng.normal(1.0, 0.02)  # run-to-run scanner gain
+    labelled = roi_of_voxel >= 0
+    member = roi_of_voxel[labelled]
+    count = np.bincount(member, minlength=network.size)
+    if not count.all():
+        raise ValueError("atlas_labels leaves a demo ROI without voxels")
+    level = np.bincount(member, model.baseline[labelled], minlength=network.size) / count
+    swing = np.bincount(member, (model.baseline * model.psc)[labelled], minlength=network.size) / count
+    noise = np.sqrt(np.bincount(member, model.noise_sd[labelled] ** 2, minlength=network.size)) / count
+    data = scale * (level[:, None] + swing[:, None] * model.amplitude[network][:, None] * roi / 100.0)
+    data += noise[:, None] * rng.standard_normal((network.size, n_volumes))
+    return data.T.astype(np.float32)
+
+
+def _run_model(cohort: DemoCohort, subject: str, session: str, run: str, phenotype: dict, seed: int,
+               atlas_labels: np.ndarray) -> tuple[_SubjectModel, np.ndarray, np.ndarray, np.random.Generator]:
+    """The subject model, brain voxels [V] (F-order flat indices), their ROI (0..63, -1 none) and the run's rng."""
     atlas_labels = np.asarray(atlas_labels)
     if atlas_labels.shape != _SHAPE or atlas_labels.min() < 0 or atlas_labels.max() > 64:
         raise ValueError(f"atlas_labels must be demo ROI labels 0..64 on the grid {_SHAPE}")
@@ -576,11 +652,21 @@ def simulate_run(bold_path, mask_path, cohort: DemoCohort, subject: str, session
     if np.any(atlas_labels[~mask] > 0):
         raise ValueError("atlas_labels has ROI voxels outside the demo brain")
     # Voxels are handled in NIfTI (Fortran) order: [T, Z, Y, X] in C order is [X, Y, Z, T] in
-    # Fortran order, so the volume below is written without a transposing copy.
+    # Fortran order, so the volume is written without a transposing copy.
     brain = np.flatnonzero(mask.ravel(order="F"))
     roi_of_voxel = atlas_labels.ravel(order="F")[brain].astype(int) - 1
     model = _subject_model(phenotype, brain, _rng(seed, "subject", cohort.name, subject))
-    run_rng = _rng(seed, "run", cohort.name, subject, session, run)
+    return model, brain, roi_of_voxel, _rng(seed, "run", cohort.name, subject, session, run)
+
+
+def simulate_run(bold_path, mask_path, cohort: DemoCohort, subject: str, session: str, run: str,
+                 phenotype: dict, seed: int, atlas_labels: np.ndarray) -> None:
+    """Write one simulated run: 4-D float32 BOLD [23, 28, 23, n_volumes], JSON sidecar, optional mask.
+
+    atlas_labels [23, 28, 23] int: 0 none, 1-8 subcortical, 9-64 cortical (see :func:`load_demo_atlas`).
+    phenotype: {"age": years, "sex": "F"/"M", "diagnosis": 0/1/NA}. ``mask_path`` "" writes no mask.
+    """
+    model, brain, roi_of_voxel, run_rng = _run_model(cohort, subject, session, run, phenotype, seed, atlas_labels)
     series = _voxel_series(model, roi_of_voxel, run_rng, cohort.n_volumes, cohort.tr)
     volume = np.zeros((cohort.n_volumes, int(np.prod(_SHAPE))), dtype=np.float32)
     volume[:, brain] = series
@@ -588,12 +674,25 @@ def simulate_run(bold_path, mask_path, cohort: DemoCohort, subject: str, session
     sidecar = {"RepetitionTime": float(cohort.tr), "TaskName": "rest", "SkullStripped": False}
     write_text_atomic(sidecar_path(bold_path), json.dumps(sidecar, indent=2) + "\n")
     if mask_path:
-        _save_nifti(mask.astype(np.uint8), mask_path)
+        _save_nifti(demo_brain_mask().astype(np.uint8), mask_path)
+
+
+def simulate_timeseries_run(path, cohort: DemoCohort, subject: str, session: str, run: str, phenotype: dict,
+                            seed: int, atlas_labels: np.ndarray) -> None:
+    """Write one run as parcellated ROI means: ``.npy`` [n_volumes, 64] float32, ROIs in atlas order.
+
+    The series is that of :func:`simulate_run` for the same identifiers parcellated (same signal, another
+    draw of the thermal noise); the TR is not in the file (the sheet's ``tr`` column gives it).
+    """
+    model, _, roi_of_voxel, run_rng = _run_model(cohort, subject, session, run, phenotype, seed, atlas_labels)
+    series = _roi_mean_series(model, roi_of_voxel, run_rng, cohort.n_volumes, cohort.tr)
+    with atomic_path(path) as tmp:
+        np.save(tmp, series, allow_pickle=False)
 
 
 def simulate_one_run(root: str, bold_path: str, mask_path: str, cohort: str, tr: float, n_volumes: int,
                      subject: str, session: str, run: str, phenotype: dict, seed: int) -> None:
-    """The ``simulate_run`` rule: one run of a demo cohort, from its acquisition (TR, volumes) and labels.
+    """``brainjepa simulate-run`` on one run: a NIfTI run of a demo cohort from its acquisition and labels.
 
     Only the acquisition enters a run; the sheet settings of a cohort (subjects, sessions, age range, ...)
     are inputs of ``brainjepa demo-sheets``.
@@ -607,21 +706,30 @@ def _under(path: str, root: Path) -> bool:
     return Path(path).resolve().is_relative_to(root)
 
 
-def simulate(
-    samples: pd.DataFrame, phenotypes: pd.DataFrame, root: str, cohorts: list[DemoCohort], seed: int
-) -> None:
-    """Write the demo atlas and every run of ``samples`` whose BOLD path lies under ``root``.
+def _cell(row: dict, column: str) -> str:
+    value = row.get(column)
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
-    Rows elsewhere are ignored (real data beside the demo). A row whose cohort is not in ``cohorts``
-    or whose (cohort, subject) has no phenotype row raises ValueError.
+
+def simulate_runs(samples: pd.DataFrame, phenotypes: pd.DataFrame, root: str, cohorts: list[DemoCohort],
+                  seed: int, atlas_labels: np.ndarray | None = None) -> int:
+    """Write every run of ``samples`` whose data file (``bold`` or ``timeseries``) lies under ``root``.
+
+    A ``bold`` row gets the NIfTI run (sidecar, and its ``mask`` when given); a ``timeseries`` row the ROI
+    series. Rows elsewhere are ignored (real data beside the demo). A row whose cohort is not in ``cohorts``
+    or whose (cohort, subject) has no phenotype row raises ValueError; an error while writing a run names
+    it. ``atlas_labels``: :func:`load_demo_atlas` of ``root`` when None. Returns the number of runs written.
     """
-    write_demo_atlas(root, seed)
-    labels = load_demo_atlas(root)
+    from brainjepa.batches import for_each_run
+    from brainjepa.sheets import run_id
+
+    labels = load_demo_atlas(root) if atlas_labels is None else atlas_labels
     by_name = {c.name: c for c in cohorts}
     pheno = {(str(r["cohort"]), str(r["subject"])): r for r in phenotypes.to_dict("records")}
     resolved_root = Path(root).resolve()
+    runs = []
     for row in samples.to_dict("records"):
-        if not _under(str(row["bold"]), resolved_root):
+        if not _under(_cell(row, "bold") or _cell(row, "timeseries"), resolved_root):
             continue
         cohort, subject = str(row["cohort"]), str(row["subject"])
         if cohort not in by_name:
@@ -629,7 +737,46 @@ def simulate(
         if (cohort, subject) not in pheno:
             raise ValueError(f"sample row {cohort}/{subject}: no phenotype row for cohort {cohort!r}, "
                              f"subject {subject!r}")
-        mask = row.get("mask")
-        mask = "" if mask is None or pd.isna(mask) else str(mask)
-        simulate_run(row["bold"], mask, by_name[cohort], subject, str(row["session"]), str(row["run"]),
-                     pheno[(cohort, subject)], seed, labels)
+        runs.append((run_id(row), (row, by_name[cohort], pheno[(cohort, subject)])))
+
+    def write(item: tuple[dict, DemoCohort, dict]) -> None:
+        row, cohort, phenotype = item
+        ids = (cohort, str(row["subject"]), str(row["session"]), str(row["run"]), phenotype, seed, labels)
+        if _cell(row, "bold"):
+            simulate_run(_cell(row, "bold"), _cell(row, "mask"), *ids)
+        else:
+            simulate_timeseries_run(_cell(row, "timeseries"), *ids)
+
+    for_each_run(runs, write, "simulate")
+    return len(runs)
+
+
+def simulate(
+    samples: pd.DataFrame, phenotypes: pd.DataFrame, root: str, cohorts: list[DemoCohort], seed: int
+) -> None:
+    """Write the demo atlas and every run of ``samples`` under ``root`` (see :func:`simulate_runs`)."""
+    write_demo_atlas(root, seed)
+    simulate_runs(samples, phenotypes, root, cohorts, seed)
+
+
+def simulate_batch(samples_path, phenotypes_path, root: str, cohort: str, tr: float, n_volumes: int, seed: int,
+                   run_ids: list[str] | None = None) -> int:
+    """``brainjepa simulate-run --samples``: the listed runs (default: all) of one demo cohort of a sample sheet.
+
+    Every listed run must be of ``cohort`` and have its data file under ``root``; each cohort run takes the
+    acquisition (``tr`` seconds, ``n_volumes``) and its subject's row of the phenotypes sheet.
+    """
+    from brainjepa import sheets
+    from brainjepa.batches import select_runs
+    from brainjepa.errors import InputError
+
+    samples = sheets.load_samples(samples_path, produced=lambda p: True)
+    rows = select_runs(samples, run_ids, str(samples_path)) if run_ids else samples[samples["cohort"] == cohort]
+    resolved_root = Path(root).resolve()
+    for row in rows.to_dict("records"):
+        if row["cohort"] != cohort:
+            raise InputError(f"{samples_path}: run {row['run_id']} is of cohort {row['cohort']!r}, not {cohort!r}")
+        if not _under(row["bold"] or row["timeseries"], resolved_root):
+            raise InputError(f"{samples_path}: run {row['run_id']}: its data file is not under the demo root {root}")
+    acquisition = DemoCohort(name=cohort, tr=tr, n_volumes=n_volumes, n_subjects=1)
+    return simulate_runs(rows, sheets.load_phenotypes(phenotypes_path), root, [acquisition], seed)

@@ -16,6 +16,7 @@ TINY = sim.DemoCohort(
     "tiny", tr=1.5, n_volumes=40, n_subjects=3, sessions=2, age=(50.0, 70.0), diagnosis=True, mask=True
 )
 PLAIN = sim.DemoCohort("plain", tr=0.8, n_volumes=40, n_subjects=3)
+SERIES = sim.DemoCohort("series", tr=0.735, n_volumes=60, n_subjects=3, timeseries=True)
 
 
 def _data(path) -> np.ndarray:
@@ -50,13 +51,24 @@ def test_cohorts_from_spec_parses_and_rejects_unknown_keys():
         sim.cohorts_from_spec({"x": {"tr": -1, "n_volumes": 50, "n_subjects": 2}})
     with pytest.raises(ValueError, match="age"):
         sim.cohorts_from_spec({"x": {"tr": 1, "n_volumes": 50, "n_subjects": 2, "age": [80, 45]}})
+    (series,) = sim.cohorts_from_spec({"s": {"tr": 0.735, "n_volumes": 50, "n_subjects": 2, "timeseries": True}})
+    assert series.timeseries and not series.mask
+    with pytest.raises(ValueError, match="no brain masks"):
+        sim.cohorts_from_spec({"s": {"tr": 1, "n_volumes": 50, "n_subjects": 2, "timeseries": True, "mask": True}})
 
 
 def test_sheets_layout(tmp_path):
     root = str(tmp_path / "demo")
-    samples, phenotypes = sim.make_demo_sheets(root, [TINY, PLAIN], seed=3)
-    assert list(samples.columns) == ["cohort", "subject", "session", "run", "bold", "mask"]
+    samples, phenotypes = sim.make_demo_sheets(root, [TINY, PLAIN, SERIES], seed=3)
+    assert list(samples.columns) == ["cohort", "subject", "session", "run", "bold", "mask", "timeseries", "tr"]
     assert list(phenotypes.columns) == ["cohort", "subject", "age", "sex", "diagnosis"]
+    series = samples[samples.cohort == "series"]
+    assert (series["bold"] == "").all() and (series["mask"] == "").all() and (series["tr"] == "0.735").all()
+    assert series["timeseries"].iloc[0] == (f"{root}/derivatives/series/sub-series0001/ses-1/func/"
+                                            "sub-series0001_ses-1_task-rest_run-1_space-MNI152NLin6Asym"
+                                            "_atlas-Demo_timeseries.npy")
+    samples, phenotypes = samples[samples.cohort != "series"], phenotypes[phenotypes.cohort != "series"]
+    assert ((samples["timeseries"] == "") & (samples["tr"] == "")).all()
     assert len(samples) == 3 * 2 + 3 and not samples.duplicated(["cohort", "subject", "session", "run"]).any()
     assert set(samples.loc[samples.cohort == "tiny", "subject"]) == {"tiny0001", "tiny0002", "tiny0003"}
     assert set(samples["run"]) == {"1"}
@@ -249,3 +261,134 @@ def test_sex_changes_sommot_to_vis_amplitude(aging_demo):
                       for ts in rois])
     male = (phenotypes["sex"] == "M").to_numpy()
     assert ratio[male].mean() - ratio[~male].mean() > 0.04  # planted: +0.08 SomMot, -0.08 Vis (log)
+
+
+def test_age_lowers_roi_fluctuation_amplitude(aging_demo):
+    phenotypes, rois = aging_demo
+    amplitude = [np.log(ts.std(axis=1) / ts.mean(axis=1)).mean() for ts in rois]  # log % fluctuation, mean ROI
+    assert np.corrcoef(phenotypes["age"], amplitude)[0, 1] < -0.3
+
+
+# --- parcellated (time-series) cohorts ---------------------------------------------------------
+
+
+def _series_demo(root, cohort, seed=0):
+    samples, phenotypes = _simulate(root, [cohort], seed)
+    return samples, phenotypes, [np.load(path).T for path in samples["timeseries"]]  # each [64, T]
+
+
+def test_timeseries_runs(tmp_path):
+    samples, _, rois = _series_demo(tmp_path, SERIES, seed=4)
+    assert not list((tmp_path / "derivatives").rglob("*.nii.gz"))
+    for path, ts in zip(samples["timeseries"], rois):
+        data = np.load(path)
+        assert data.dtype == np.float32 and data.shape == (SERIES.n_volumes, 64) and np.isfinite(data).all()
+        assert 450 < ts.mean(axis=1).min() and ts.mean(axis=1).max() < 1100  # scanner units, like ROI means
+        assert 0.2 < np.median(100 * ts.std(axis=1) / ts.mean(axis=1)) < 3  # about 1 % fluctuation
+    again, _, rois_again = _series_demo(tmp_path / "again", SERIES, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(rois, rois_again))
+    assert not np.array_equal(rois[0], rois[1])
+
+
+def test_timeseries_run_is_the_parcellated_nifti_model(tmp_path):
+    """Same identifiers: the same ROI signal as the NIfTI run's ROI means; only the thermal noise differs."""
+    sim.write_demo_atlas(str(tmp_path), seed=0)
+    labels = sim.load_demo_atlas(str(tmp_path))
+    cohort = sim.DemoCohort("same", tr=2.0, n_volumes=150, n_subjects=1)
+    phenotype = {"age": 70.0, "sex": "F", "diagnosis": 1}
+    sim.simulate_run(tmp_path / "b_bold.nii.gz", "", cohort, "same0001", "1", "1", phenotype, 0, labels)
+    sim.simulate_timeseries_run(tmp_path / "ts.npy", cohort, "same0001", "1", "1", phenotype, 0, labels)
+    voxel = _roi_means(_data(tmp_path / "b_bold.nii.gz"), labels)
+    series = np.load(tmp_path / "ts.npy").T
+    assert np.allclose(series.mean(axis=1), voxel.mean(axis=1), rtol=2e-3)
+    corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(series, voxel)]
+    assert min(corr) > 0.9
+    assert np.allclose(series.std(axis=1), voxel.std(axis=1), rtol=0.15)
+
+
+def test_timeseries_cohort_parses_through_the_workflow_parcellate_path(tmp_path):
+    from brainjepa.io import read_timeseries
+    from brainjepa.preprocess.atlas import build_atlas
+    from brainjepa.preprocess.parcellate import parcellate_runs
+
+    root = tmp_path / "demo"
+    samples, _, rois = _series_demo(root, SERIES)
+    paths = sim.demo_atlas_paths(str(root))
+    image, labels = tmp_path / "atlas_space-MNI152NLin6Asym_dseg.nii.gz", tmp_path / "labels.tsv"
+    build_atlas("MNI152NLin6Asym", image, labels, tmp_path / "cache", cortical_image=paths["cortical_image"],
+                cortical_labels=paths["cortical_labels"], subcortical_image=paths["subcortical_image"],
+                subcortical_labels=paths["subcortical_labels"])
+    samples.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    assert parcellate_runs(tmp_path / "samples.tsv", tmp_path / "out", image, labels) == len(samples)
+    names = pd.read_csv(labels, sep="\t")["name"].tolist()
+    for rid, ts in zip(("series/sub-series0001_ses-1_run-1", "series/sub-series0002_ses-1_run-1"), rois):
+        frame, meta = read_timeseries(tmp_path / "out" / f"{rid}.parquet")
+        assert list(frame.columns) == names and names[0] == "HIP-rh" and names[8] == "7Networks_LH_Vis_1"
+        assert meta["tr"] == pytest.approx(0.735) and meta["tr_source"] == "sheet"
+        assert np.array_equal(frame.to_numpy().T, ts)
+        qc = pd.read_csv(tmp_path / "out" / f"{rid}_qc.tsv", sep="\t")
+        assert (qc["flag"] == "ok").all()
+
+
+@pytest.fixture(scope="module")
+def series_cohort(tmp_path_factory):
+    """A larger parcellated cohort (ages 45-90, diagnosis), cheap because no NIfTI is written."""
+    cohort = sim.DemoCohort("many", tr=2.0, n_volumes=150, n_subjects=160, age=(45.0, 90.0), diagnosis=True,
+                            timeseries=True)
+    samples, phenotypes, rois = _series_demo(tmp_path_factory.mktemp("many"), cohort, seed=5)
+    return phenotypes, rois
+
+
+def test_age_lowers_amplitude_in_a_larger_cohort(series_cohort):
+    phenotypes, rois = series_cohort
+    amplitude = [np.log(ts.std(axis=1) / ts.mean(axis=1)).mean() for ts in rois]
+    r = np.corrcoef(phenotypes["age"], amplitude)[0, 1]
+    assert -0.7 < r < -0.3  # planted at the order reported for real data (about -0.4 at ages 45-80)
+
+
+def test_diagnosis_lowers_default_amplitude(series_cohort):
+    phenotypes, rois = series_cohort
+    network = np.concatenate([np.full(8, 7), np.arange(56) % 28 // 4])
+    default = sim.NETWORKS.index("Default")
+    log_amp = [np.log(ts.std(axis=1) / ts.mean(axis=1)) for ts in rois]
+    relative = np.array([a[network == default].mean() - a[network != default].mean() for a in log_amp])
+    diagnosed = (phenotypes["diagnosis"] == 1).to_numpy()
+    difference = relative[diagnosed].mean() - relative[~diagnosed].mean()
+    assert -0.3 < difference < -0.08  # planted: log(0.85) = -0.16
+
+
+def test_planted_amplitude_model():
+    """The subject model itself: every network x exp(-0.30 a), Default x 0.85 with the diagnosis."""
+    def amplitude(age, diagnosis):  # the same subject draws (rng) at another age or diagnosis
+        return sim._log_amplitude(sim._age_fraction(age), 1, diagnosis, np.random.default_rng(7))
+    young, old = amplitude(45.0, 0), amplitude(90.0, 0)
+    assert np.allclose(young - old, sim.AGE_LOG_AMPLITUDE)
+    difference = amplitude(60.0, 1) - amplitude(60.0, 0)
+    default = sim.NETWORKS.index("Default")
+    assert difference[default] == pytest.approx(np.log(0.85))
+    assert np.allclose(np.delete(difference, default), 0)
+
+
+def test_simulate_run_cli_batch_form(tmp_path, capsys):
+    from brainjepa.cli import main
+
+    root = tmp_path / "demo"
+    sim.write_demo_atlas(str(root), seed=0)
+    samples, phenotypes = sim.make_demo_sheets(str(root), [TINY, SERIES], seed=0)
+    samples.to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    phenotypes.to_csv(tmp_path / "p.tsv", sep="\t", index=False, na_rep="")
+    common = ["simulate-run", "--samples", str(tmp_path / "s.tsv"), "--phenotypes", str(tmp_path / "p.tsv"),
+              "--root", str(root), "--seed", "0"]
+    chosen = ["tiny/sub-tiny0002_ses-2_run-1", "tiny/sub-tiny0003_ses-1_run-1"]
+    assert main([*common, "--cohort", "tiny", "--tr", "1.5", "--n-volumes", "40", "--runs", *chosen]) == 0
+    written = sorted(p.name for p in root.rglob("*_bold.nii.gz"))
+    assert written == ["sub-tiny0002_ses-2_task-rest_run-1_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz",
+                       "sub-tiny0003_ses-1_task-rest_run-1_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz"]
+    assert len(list(root.rglob("*_desc-brain_mask.nii.gz"))) == 2 and len(list(root.rglob("*_bold.json"))) == 2
+    assert main([*common, "--cohort", "series", "--tr", "0.735", "--n-volumes", "60"]) == 0  # all its runs
+    assert len(list(root.rglob("*_timeseries.npy"))) == 3
+    capsys.readouterr()
+    assert main([*common, "--cohort", "series", "--tr", "0.735", "--n-volumes", "60", "--runs", chosen[0]]) == 1
+    assert "run tiny/sub-tiny0002_ses-2_run-1 is of cohort 'tiny', not 'series'" in capsys.readouterr().err
+    assert main([*common, "--cohort", "tiny", "--tr", "1.5", "--n-volumes", "40", "--bold", "x.nii.gz"]) == 1
+    assert "drop --bold" in capsys.readouterr().err
