@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COHORTS = {  # the demo-sheets spec; the workflow config takes each cohort's acquisition (tr, n_volumes)
-    "ukbsim": {"tr": 0.735, "n_volumes": 100, "n_subjects": 6, "age": [45, 80], "mask": True},
-    "adnisim": {"tr": 2.0, "n_volumes": 40, "n_subjects": 3, "age": [55, 90], "diagnosis": True},
+    "ukbsim": {"tr": 0.735, "n_volumes": 100, "n_subjects": 6, "age": [45, 80], "timeseries": True},
+    "adnisim": {"tr": 2.0, "n_volumes": 40, "n_subjects": 3, "age": [55, 90], "diagnosis": True, "mask": True},
 }
+PER_RUN_STAGES = ("simulate_run", "parcellate", "align_tr")  # one rule per batch: <stage>_<cohort>_<b|h>NN
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -34,6 +36,15 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def job_counts(output: str) -> dict[str, int]:
     table = output.split("Job stats:")[1].split("total")[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}
+
+
+def batch_jobs(counts: dict[str, int]) -> dict[str, list[str]]:
+    """The batch jobs of the per-run stages among job counts: {stage: [batch rule suffix, ...]} (and removes them)."""
+    jobs = {stage: sorted(r[len(stage) + 1:] for r in counts if r.startswith(f"{stage}_")) for stage in PER_RUN_STAGES}
+    for stage, suffixes in jobs.items():
+        for suffix in suffixes:
+            assert counts.pop(f"{stage}_{suffix}") == 1
+    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +75,21 @@ def test_full_run_outputs(tiny_project):
     table = pd.read_csv(work / "results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv", sep="\t")
     assert len(table) == 64 and (table["network"][:8] == "Subcortical").all()
     frame, meta = read_timeseries(work / "results/align_tr/ukbsim/sub-ukbsim0001_ses-1_run-1.parquet")
-    assert frame.shape == (34, 64) and meta["tr"] == pytest.approx(2.205) and meta["tr_source"] == "sidecar"
+    assert frame.shape == (34, 64) and meta["tr"] == pytest.approx(2.205) and meta["tr_source"] == "sheet"
     assert list(frame.columns) == table["name"].tolist()
     frame, meta = read_timeseries(work / "results/align_tr/adnisim/sub-adnisim0002_ses-1_run-1.parquet")
-    assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(2.0)
-    qc = pd.read_csv(work / "results/parcellate/ukbsim/sub-ukbsim0002_ses-1_run-1_qc.tsv", sep="\t")
-    assert (qc["flag"] == "ok").all()
+    assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(2.0) and meta["tr_source"] == "sidecar"
+    for run in ("ukbsim/sub-ukbsim0002_ses-1_run-1", "adnisim/sub-adnisim0001_ses-1_run-1"):
+        qc = pd.read_csv(work / f"results/parcellate/{run}_qc.tsv", sep="\t")
+        assert (qc["flag"] == "ok").all()
+    # one log per batch job, naming each of its runs
+    samples, _ = _sheets(work)
+    runs = [f"{c}/sub-{s}_ses-{e}_run-{r}" for c, s, e, r in samples[["cohort", "subject", "session", "run"]].values]
+    for stage in ("simulate", "parcellate", "align_tr"):
+        logs = [p for p in (work / "logs" / stage).glob("*.log") if p.name != "atlas.log"]
+        assert logs and all(re.fullmatch(r"(ukbsim-[bh]|adnisim-b)\d\d\.log", p.name) for p in logs)
+        text = "".join(p.read_text() for p in logs)
+        assert all(run in text for run in runs), stage
     # the layout: every rule writes under results/<stage>/ and logs to logs/<rule>/
     stages = ("atlas", "parcellate", "align_tr", "splits", "scaling", "group_fc", "gradients", "shards", "pretrain")
     assert sorted(p.name for p in (work / "results").iterdir()) == sorted(stages)
@@ -149,13 +169,50 @@ def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_
     dry = snakemake(work, "-n", "all")
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = job_counts(dry.stdout)
-    assert counts.pop("parcellate") == counts.pop("align_tr") == counts.pop("shards") == 1  # ext's split only
+    assert batch_jobs(counts) == {"simulate_run": [], "parcellate": ["ext_b00"], "align_tr": ["ext_b00"]}
+    assert counts.pop("shards") == 1  # ext's split only
     assert set(counts) <= {"all", "splits", "split_balance"}, counts  # no scaling, FC, gradients, pretrain
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     frame, meta = read_timeseries(work / "results/align_tr/ext/sub-7_ses-1_run-1.parquet")
     assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(1.6)
     assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+@pytest.mark.slow
+def test_a_per_run_target_builds_and_a_new_subject_reruns_only_its_batch(tiny_project, tmp_path):
+    """Per-run files stay targets of their own; a new held-out subject reruns its batch's jobs and nothing that
+    feeds the group statistics or the pretraining shards."""
+    from brainjepa import batches
+    from brainjepa.group import splits
+
+    work = tmp_path / "copy"
+    shutil.copytree(tiny_project, work, symlinks=True)  # mtimes and Snakemake's metadata kept
+    target = "results/align_tr/adnisim/sub-adnisim0001_ses-1_run-1.parquet"
+    (work / target).unlink()
+    run = snakemake(work, target)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = job_counts(run.stdout + run.stderr)
+    adni = batches.batch_name("adnisim", batches.batch_of("adnisim", "adnisim0001", 2), 2).replace("-", "_")
+    assert batch_jobs(counts) == {"simulate_run": [], "parcellate": [], "align_tr": [adni]} and counts == {}
+    assert read_timeseries(work / target)[0].shape == (40, 64)
+
+    samples, phenotypes = _sheets(work)
+    config = yaml.safe_load((work / "config/config.yaml").read_text())
+    subject = next(s for s in (f"ukbsim{n:04d}" for n in range(7, 100))
+                   if splits.assign_split(0, "ukbsim", s, config["splits"]["fractions"], 0.8) != "pretrain")
+    new = samples.iloc[0].to_dict()
+    new.update(subject=subject, timeseries=new["timeseries"].replace("ukbsim0001", subject))
+    pd.concat([samples, pd.DataFrame([new])]).to_csv(work / "config/samples.tsv", sep="\t", index=False)
+    pd.concat([phenotypes, pd.DataFrame([phenotypes.iloc[0].to_dict() | {"subject": subject}])]).to_csv(
+        work / "config/phenotypes.tsv", sep="\t", index=False)
+    dry = snakemake(work, "-n", "all", "--until", "shards")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = job_counts(dry.stdout)
+    held_out = batches.batch_name("ukbsim", batches.batch_of("ukbsim", subject, 4), 4, held_out=True)
+    assert batch_jobs(counts) == {stage: [held_out.replace("-", "_")] for stage in PER_RUN_STAGES}
+    assert set(counts) <= {"splits", "split_balance", "shards"}, counts  # no scaling, group FC, gradients
+    assert "pretrain" not in re.findall(r"wildcards: split=(\w+)", dry.stdout)
 
 
 @pytest.mark.slow
@@ -178,8 +235,7 @@ def test_a_new_pretraining_subject_retrains(tiny_project):
         if table["split"].iloc[0] == "pretrain":
             break
     new = samples.iloc[0].to_dict()
-    new.update(subject=subject, bold=new["bold"].replace("ukbsim0001", subject),
-               mask=new["mask"].replace("ukbsim0001", subject))
+    new.update(subject=subject, timeseries=new["timeseries"].replace("ukbsim0001", subject))
     pd.concat([samples, pd.DataFrame([new])], ignore_index=True).to_csv(work / "config/samples.tsv", sep="\t",
                                                                          index=False)
     pheno = phenotypes.iloc[0].to_dict() | {"subject": subject}
@@ -234,12 +290,14 @@ def test_unknown_config_key_is_an_error(tiny_project, tmp_path):
 
 
 def test_dry_run_of_default_demo_config():
-    """The shipped config and sheets parse; one job per run per per-run stage."""
+    """The shipped config and sheets parse; one job per batch of runs per per-run stage."""
     result = snakemake(REPO, "-n", "--forceall", "all")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    n_runs = len(pd.read_csv(REPO / "config/samples.tsv", sep="\t"))
-    assert counts["simulate_run"] == counts["parcellate"] == counts["align_tr"] == n_runs == 64
+    samples = pd.read_csv(REPO / "config/samples.tsv", sep="\t")
+    assert dict(samples["cohort"].value_counts()) == {"ukbsim": 510, "adnisim": 110}
+    expected = sorted([f"ukbsim_{p}0{k}" for p in "bh" for k in range(4)] + ["adnisim_b00", "adnisim_b01"])
+    assert batch_jobs(counts) == {stage: expected for stage in PER_RUN_STAGES}
     assert counts["atlas"] == counts["simulate_atlas"] == 1
 
 

@@ -1,22 +1,23 @@
-# Per run: align the time series to the target TR (paper stride or anti-aliased resampling).
+# Every run aligned to the target TR (paper stride or anti-aliased resampling): one job per batch of runs.
+for batch, run_ids in BATCHES.items():
 
-
-rule align_tr:
-    input:
-        f"{PARCELLATE}.parquet",
-    output:
-        f"{ALIGN_TR_ROOT}/{{cohort}}/{{stem}}.parquet",
-    log:
-        "logs/align_tr/{cohort}/{stem}.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=10,
-    params:
-        target_tr=config["align_tr"]["target_tr"],
-        method=config["align_tr"]["method"],
-    shell:
-        "brainjepa align-tr --in {input:q} --out {output:q} --target-tr {params.target_tr}"
-        " --method {params.method} > {log} 2>&1"
+    rule:
+        name:
+            batches.rule_name("align_tr", batch)
+        input:
+            [f"{PARCELLATE_ROOT}/{run_id}.parquet" for run_id in run_ids],
+        output:
+            aligned_runs(run_ids),
+        log:
+            f"logs/align_tr/{batch}.log",
+        conda:
+            ENV
+        threads: 1
+        resources:
+            **batch_resources(run_ids, seconds_per_run=1),
+        params:
+            target_tr=config["align_tr"]["target_tr"],
+            method=config["align_tr"]["method"],
+        shell:
+            "brainjepa align-tr --in {input:q} --out {output:q} --target-tr {params.target_tr}"
+            " --method {params.method} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Config, sample-sheet and training-config validation (before any job runs), the results layout, and the
 # input functions of the rules. Layout: every rule writes under results/<stage>/ and logs to logs/<rule>/.
 import json
+import math
 import os
 import shlex
 import sys
@@ -11,10 +12,10 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from brainjepa import bids, sheets
+from brainjepa import batches, bids, sheets
 from brainjepa.errors import InputError
 from brainjepa.group import splits
-from brainjepa.simulate import demo_atlas_paths, demo_run_paths
+from brainjepa.simulate import demo_atlas_paths, demo_run_paths, demo_timeseries_path
 from brainjepa.train.config import load_config
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -41,7 +42,7 @@ DEMO_ROOT = Path(os.path.normpath(config["demo"]["root"]))
 
 
 def produced_by_workflow(path):
-    """Files the workflow itself creates: demo runs (rule simulate_run) when the demo is enabled."""
+    """Files the workflow itself creates: demo runs (the simulate_run rules) when the demo is enabled."""
     if not config["demo"]["enabled"]:
         return False
     ents = bids.entities(path)
@@ -49,8 +50,9 @@ def produced_by_workflow(path):
         return False
     path = os.path.normpath(path)
     for cohort in config["demo"]["cohorts"]:
-        bold, mask = demo_run_paths(str(DEMO_ROOT), cohort, ents["sub"], ents["ses"], ents["run"])
-        if path in (bold, mask, str(bids.sidecar_path(bold))):
+        ids = (str(DEMO_ROOT), cohort, ents["sub"], ents["ses"], ents["run"])
+        bold, mask = demo_run_paths(*ids)
+        if path in (bold, mask, str(bids.sidecar_path(bold)), demo_timeseries_path(*ids)):
             return True
     return False
 
@@ -72,17 +74,15 @@ except InputError as exc:  # the split table is rebuilt by the splits job from t
     raise WorkflowError(f"invalid sample sheet: {exc}")
 
 RUN_IDS = list(SAMPLES["run_id"])
+SAMPLE_ROWS = SAMPLES.to_dict("index")  # run_id -> its sheet row (a dict: fast lookups for 10^4 runs)
+# The per-run stages run one job per batch of subjects (brainjepa/batches.py): {batch name: [run_id, ...]}.
+BATCHES = batches.assign_batches(SPLIT_TABLE, config["batching"], config["splits"]["pretraining"]["cohort"])
 
 
 DEMO_ATLAS = demo_atlas_paths(str(DEMO_ROOT))
-DEMO_FUNC = os.path.join(
-    str(DEMO_ROOT),
-    "derivatives/{cohort}/sub-{subject}/ses-{session}/func",
-    "sub-{subject}_ses-{session}_task-rest_run-{run}_space-MNI152NLin6Asym",
-)
 ATLAS_IMAGE = f"results/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
 ATLAS_LABELS = f"results/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
-PARCELLATE = "results/parcellate/{cohort}/{stem}"  # + .parquet (ROI time series), _qc.tsv (per ROI)
+PARCELLATE_ROOT = "results/parcellate"  # <cohort>/<stem>.parquet (ROI time series), <stem>_qc.tsv (per ROI)
 ALIGN_TR_ROOT = "results/align_tr"  # <cohort>/<stem>.parquet at the target TR
 SPLITS = "results/splits/splits.tsv"
 SPLIT_BALANCE = "results/splits/balance.tsv"
@@ -95,50 +95,80 @@ SPLIT_NAMES = sorted(set(SPLIT_TABLE["split"]))
 PRETRAIN_DIR = os.path.normpath(TRAIN_CONFIG.run.out_dir)  # the training config's run folder
 
 
-def sample_row(wildcards):
-    return SAMPLES.loc[f"{wildcards.cohort}/{wildcards.stem}"]
+def batch_resources(run_ids, seconds_per_run):
+    """Cluster resources of one batch job: runtime (minutes) grows with its runs; memory is one run's."""
+    return {"mem_mb": 1000, "runtime": 10 + math.ceil(len(run_ids) * seconds_per_run / 60)}
 
 
-def parcellate_inputs(wildcards):
-    """The run's BOLD (with its sidecar and mask when present) or time-series file, plus the atlas."""
-    row = sample_row(wildcards)
-    inputs = {"atlas": ATLAS_IMAGE, "labels": ATLAS_LABELS}
-    if row["bold"]:
-        inputs["data"] = row["bold"]
-        sidecar = str(bids.sidecar_path(row["bold"]))
-        if Path(sidecar).exists() or produced_by_workflow(sidecar):
-            inputs["sidecar"] = sidecar
-    else:
-        inputs["data"] = row["timeseries"]
-    if row["mask"]:
-        inputs["mask"] = row["mask"]
+def sample_rows(run_ids, columns):
+    """The sheet rows of some runs (the given columns, as text), for a batch's content digest."""
+    return [{key: str(SAMPLE_ROWS[run_id][key]) for key in ("run_id", *columns)} for run_id in run_ids]
+
+
+def parcellate_batch_inputs(run_ids):
+    """Each run's BOLD (with its sidecar and mask when present) or time-series file, the atlas and the sheet.
+
+    The sheet is an ancient input: the job reads its own rows from it, and the rows' digest (a parameter)
+    reruns it when they change, so edits of other rows leave the batch alone.
+    """
+    inputs = {"atlas": ATLAS_IMAGE, "labels": ATLAS_LABELS, "samples": ancient(config["samples"]), "data": []}
+    inputs.update(sidecars=[], masks=[])
+    for run_id in run_ids:
+        row = SAMPLE_ROWS[run_id]
+        inputs["data"].append(row["bold"] or row["timeseries"])
+        if row["bold"]:
+            sidecar = str(bids.sidecar_path(row["bold"]))
+            if Path(sidecar).exists() or produced_by_workflow(sidecar):
+                inputs["sidecars"].append(sidecar)
+        if row["mask"]:
+            inputs["masks"].append(row["mask"])
     return inputs
 
 
-def parcellate_args(wildcards, input):
-    """Command-line arguments of `brainjepa parcellate` for one run (all shell-quoted)."""
-    from shlex import quote
-
-    row = sample_row(wildcards)
-    args = ["--bold" if row["bold"] else "--timeseries", quote(input.data)]
-    if row["mask"]:
-        args += ["--mask", quote(input.mask)]
-    if row["tr"] == row["tr"]:  # not NaN
-        args += ["--tr", str(row["tr"])]
-    return " ".join(args)
+def parcellate_batch_outputs(run_ids):
+    return {
+        "timeseries": [f"{PARCELLATE_ROOT}/{run_id}.parquet" for run_id in run_ids],
+        "qc": [f"{PARCELLATE_ROOT}/{run_id}_qc.tsv" for run_id in run_ids],
+    }
 
 
-def demo_phenotype(wildcards):
-    """The subject's planted labels as JSON (a change reruns only that subject's runs)."""
-    key = (PHENOTYPES["cohort"] == wildcards.cohort) & (PHENOTYPES["subject"] == wildcards.subject)
-    if not key.any():
-        raise WorkflowError(f"demo run {wildcards.cohort}/sub-{wildcards.subject} has no row in {config['phenotypes']}")
-    row = PHENOTYPES.loc[key].iloc[0]
-    values = {k: row[k] for k in ("age", "sex", "diagnosis") if k in row and pd.notna(row[k]) and row[k] != ""}
-    values["age"] = float(values["age"])
-    if "diagnosis" in values:
-        values["diagnosis"] = int(values["diagnosis"])
-    return json.dumps(values, sort_keys=True)
+def demo_batches():
+    """The demo runs of each batch of a demo cohort: {batch: (cohort, [run_id, ...])}, non-empty only."""
+    demo = {}
+    for batch, run_ids in BATCHES.items():
+        cohort = SAMPLE_ROWS[run_ids[0]]["cohort"]
+        if cohort in config["demo"]["cohorts"]:
+            rows = [SAMPLE_ROWS[r] for r in run_ids]
+            ids = [row["run_id"] for row in rows if produced_by_workflow(row["bold"] or row["timeseries"])]
+            if ids:
+                demo[batch] = (cohort, ids)
+    return demo
+
+
+def demo_batch_outputs(run_ids):
+    """The files a demo batch writes: per run its BOLD, sidecar and mask (when listed), or its time series."""
+    files = []
+    for run_id in run_ids:
+        row = SAMPLE_ROWS[run_id]
+        if row["bold"]:
+            files += [row["bold"], str(bids.sidecar_path(row["bold"]))] + ([row["mask"]] if row["mask"] else [])
+        else:
+            files.append(row["timeseries"])
+    return files
+
+
+def demo_batch_content(run_ids):
+    """A digest of what a demo batch's runs depend on in the sheets: their rows and their subjects' labels."""
+    keys = SAMPLES.loc[run_ids, ["cohort", "subject"]].drop_duplicates()
+    labels = keys.merge(PHENOTYPES, on=["cohort", "subject"], how="left", indicator=True)
+    orphan = labels[labels["_merge"] == "left_only"]
+    if len(orphan):
+        raise WorkflowError(
+            f"demo run {orphan['cohort'].iloc[0]}/sub-{orphan['subject'].iloc[0]} has no row in {config['phenotypes']}"
+        )
+    columns = ["cohort", "subject"] + [k for k in ("age", "sex", "diagnosis") if k in PHENOTYPES]
+    phenotypes = labels[columns].astype(str).to_dict("records")
+    return batches.content_digest(sample_rows(run_ids, ["bold", "mask", "timeseries"]), phenotypes)
 
 
 def atlas_inputs(wildcards):

@@ -1,23 +1,26 @@
-# Per run: ROI mean time series (streamed from the BOLD file) and per-ROI QC.
+# ROI mean time series (streamed from the BOLD file) and per-ROI QC of every run: one job per batch of runs
+# (config "batching"), each declaring its runs' files, so every per-run file is still a target of its own.
+for batch, run_ids in BATCHES.items():
 
-
-rule parcellate:
-    input:
-        unpack(parcellate_inputs),
-    output:
-        timeseries=f"{PARCELLATE}.parquet",
-        qc=f"{PARCELLATE}_qc.tsv",
-    log:
-        "logs/parcellate/{cohort}/{stem}.log",
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=20,
-    params:
-        source=parcellate_args,
-        empty_roi=config["parcellate"]["empty_roi"],
-    shell:
-        "brainjepa parcellate {params.source} --atlas {input.atlas:q} --labels {input.labels:q}"
-        " --empty-roi {params.empty_roi} --qc {output.qc:q} --out {output.timeseries:q} > {log} 2>&1"
+    rule:
+        name:
+            batches.rule_name("parcellate", batch)
+        input:
+            **parcellate_batch_inputs(run_ids),
+        output:
+            **parcellate_batch_outputs(run_ids),
+        log:
+            f"logs/parcellate/{batch}.log",
+        conda:
+            ENV
+        threads: 1
+        resources:
+            **batch_resources(run_ids, seconds_per_run=10),
+        params:
+            runs=run_ids,
+            content=batches.content_digest(sample_rows(run_ids, ["bold", "timeseries", "mask", "tr"])),
+            out_root=lambda wildcards, output: os.path.dirname(os.path.dirname(output.timeseries[0])),
+            empty_roi=config["parcellate"]["empty_roi"],
+        shell:
+            "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} --atlas {input.atlas:q}"
+            " --labels {input.labels:q} --empty-roi {params.empty_roi} --out-root {params.out_root:q} > {log} 2>&1"

@@ -1,5 +1,5 @@
-# The synthetic demo cohort (config "demo"): the demo atlas, and one job per sheet-listed demo run, so that
-# adding demo rows simulates only the new runs.
+# The synthetic demo cohort (config "demo"): the demo atlas, and one job per batch of sheet-listed demo runs
+# (config "batching"), so that adding demo rows simulates only the batches that gain them.
 if config["demo"]["enabled"]:
 
     rule simulate_atlas:
@@ -19,33 +19,33 @@ if config["demo"]["enabled"]:
         shell:
             "brainjepa simulate-atlas --root {params.root:q} --seed {params.seed} > {log} 2>&1"
 
-    rule simulate_run:
-        input:
-            **DEMO_ATLAS,
-        output:
-            bold=f"{DEMO_FUNC}_desc-preproc_bold.nii.gz",
-            sidecar=f"{DEMO_FUNC}_desc-preproc_bold.json",
-            mask=f"{DEMO_FUNC}_desc-brain_mask.nii.gz",
-        log:
-            "logs/simulate/{cohort}/sub-{subject}_ses-{session}_run-{run}.log",
-        wildcard_constraints:
-            subject="[A-Za-z0-9]+",
-            session="[A-Za-z0-9]+",
-            run="[A-Za-z0-9]+",
-        conda:
-            ENV
-        threads: 1
-        resources:
-            mem_mb=1000,
-            runtime=10,
-        params:
-            root=lambda wildcards, input: Path(input.cortical_image).parent.parent,
-            seed=config["demo"]["seed"],
-            tr=lambda wc: config["demo"]["cohorts"][wc.cohort]["tr"],
-            n_volumes=lambda wc: config["demo"]["cohorts"][wc.cohort]["n_volumes"],
-            phenotype=demo_phenotype,
-        shell:
-            "brainjepa simulate-run --root {params.root:q} --bold {output.bold:q} --mask {output.mask:q}"
-            " --cohort {wildcards.cohort} --tr {params.tr} --n-volumes {params.n_volumes} --subject {wildcards.subject}"
-            " --session {wildcards.session} --run {wildcards.run} --phenotype {params.phenotype:q}"
-            " --seed {params.seed} > {log} 2>&1"
+    for batch, (cohort, run_ids) in demo_batches().items():
+
+        rule:
+            name:
+                batches.rule_name("simulate_run", batch)
+            input:
+                **DEMO_ATLAS,
+                samples=ancient(config["samples"]),
+                phenotypes=ancient(config["phenotypes"]),
+            output:
+                demo_batch_outputs(run_ids),
+            log:
+                f"logs/simulate/{batch}.log",
+            conda:
+                ENV
+            threads: 1
+            resources:
+                **batch_resources(run_ids, seconds_per_run=2),
+            params:
+                root=lambda wildcards, input: Path(input.cortical_image).parent.parent,
+                cohort=cohort,
+                runs=run_ids,
+                content=demo_batch_content(run_ids),  # the runs' rows and labels: a change reruns this batch
+                seed=config["demo"]["seed"],
+                tr=config["demo"]["cohorts"][cohort]["tr"],
+                n_volumes=config["demo"]["cohorts"][cohort]["n_volumes"],
+            shell:
+                "brainjepa simulate-run --samples {input.samples:q} --phenotypes {input.phenotypes:q}"
+                " --root {params.root:q} --cohort {params.cohort} --tr {params.tr} --n-volumes {params.n_volumes}"
+                " --seed {params.seed} --runs {params.runs:q} > {log} 2>&1"
