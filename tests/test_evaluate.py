@@ -387,3 +387,22 @@ def test_ddp_fine_tuning_equals_one_process_with_the_global_batch(eval_data, tmp
     assert a["selected"]["lr"] == pytest.approx(b["selected"]["lr"])
     np.testing.assert_allclose([p["prediction"] for p in a["predictions"]], [p["prediction"] for p in b["predictions"]],
                                rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary"])
+def test_vectorised_bootstrap_metrics_equal_the_reference_ones(kind):
+    from brainjepa.evaluate.metrics import fast_metrics, task_metrics
+
+    rng = np.random.default_rng(5)
+    if kind == "regression":
+        y = rng.normal(size=(6, 30))
+        p = y + rng.normal(size=(6, 30))
+    else:
+        y = rng.integers(0, 2, size=(6, 30))
+        p1 = np.clip(0.3 * y + rng.uniform(0, 0.7, size=(6, 30)), 0, 1)
+        p = np.stack([1 - p1, p1], axis=-1)
+    fast = fast_metrics("regression" if kind == "regression" else "classification", y, p, 2.0)
+    for k in range(6):
+        ref = task_metrics(kind, y[k], p[k], 2.0)
+        for name, value in ref.items():
+            assert fast[name][k] == pytest.approx(value), name

@@ -246,12 +246,11 @@ def gradients_args(wildcards, input):
     return args
 
 
-def pretrain_launcher(wildcards):
+def torchrun_launcher(processes):
     """The CLI for one process; torchrun's module (one process per GPU, or per CPU slot) for several."""
-    n = config["pretrain"]["processes"]
-    if n == 1:
+    if processes == 1:
         return "brainjepa"
-    return f"brainjepa_python -m torch.distributed.run --standalone --nproc_per_node={n} -m brainjepa.cli"
+    return f"brainjepa_python -m torch.distributed.run --standalone --nproc_per_node={processes} -m brainjepa.cli"
 
 
 def get_final_outputs():
@@ -259,4 +258,133 @@ def get_final_outputs():
     per_run = [f"{ALIGN_TR_ROOT}/{run_id}.parquet" for run_id in RUN_IDS]
     per_run += [f"results/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
     shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
-    return [ATLAS_IMAGE, ATLAS_LABELS, *group, *shards, f"{PRETRAIN_DIR}/final.pt", *per_run]
+    pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
+    evaluation = [METRICS, f"{TABLES}/summary.md"] if EVAL_RESULTS else []
+    return [ATLAS_IMAGE, ATLAS_LABELS, *group, *shards, *pretrained, *per_run, *evaluation]
+
+
+# -- downstream evaluation (rules/evaluate.smk) -----------------------------------------------------------------
+EVALUATE_ROOT = "results/evaluate"  # <task>/<method>/seed<k>.json; features/<encoder>/<cohort>.npz
+METRICS = "results/metrics.tsv"
+TABLES = "results/tables"  # <task>.md and summary.md
+
+
+def _evaluate_setup():
+    """Tasks, protocol settings, encoders and the pretraining runs they need, checked when the workflow starts."""
+    from brainjepa.evaluate.config import ProtocolConfig
+    from brainjepa.evaluate.tasks import TaskConfig
+
+    section = config["evaluate"]
+    try:
+        tasks = {name: TaskConfig.from_dict(name, spec) for name, spec in section["tasks"].items()}
+        protocols = ProtocolConfig.from_dict(section["settings"])
+    except InputError as exc:
+        raise WorkflowError(f"invalid evaluate config: {exc}")
+    cohorts = set(SAMPLES["cohort"])
+    for task in tasks.values():
+        missing = sorted(set(task.cohorts) - cohorts)
+        if missing:
+            raise WorkflowError(f"evaluate.tasks.{task.name}: cohort(s) {missing} have no runs in {config['samples']}")
+        if task.label not in config["labels"]:
+            raise WorkflowError(f"evaluate.tasks.{task.name}: label '{task.label}' is not declared in labels")
+    runs = [{"rule": "pretrain", "config": config["pretrain"]["config"], "out_dir": PRETRAIN_DIR}]
+    encoders = {}
+    for name, spec in section["encoders"].items():
+        if "pretrained" in spec:
+            path = spec["pretrained"]
+            known = {r["config"]: r for r in runs}
+            if path not in known:
+                try:
+                    out_dir = os.path.normpath(load_config(path).run.out_dir)
+                except InputError as exc:
+                    raise WorkflowError(f"evaluate.encoders.{name}: invalid training config: {exc}")
+                if out_dir in {r["out_dir"] for r in runs}:
+                    raise WorkflowError(
+                        f"evaluate.encoders.{name}: {path} trains into {out_dir}, as another "
+                        "training config does; give it its own run.out_dir"
+                    )
+                known[path] = {"rule": f"pretrain_{name}", "config": path, "out_dir": out_dir}
+                runs.append(known[path])
+            encoders[name] = {"checkpoint": f"{known[path]['out_dir']}/final.pt"}
+        elif "official" in spec:
+            encoders[name] = {"checkpoint": f"{EVALUATE_ROOT}/encoders/{name}.pt", "official": spec["official"]}
+        else:
+            encoders[name] = {"random": spec["random"]}
+    return tasks, protocols, encoders, runs
+
+
+EVAL_TASKS, EVAL_PROTOCOLS, EVAL_ENCODERS, PRETRAIN_RUNS = _evaluate_setup()
+EVAL_METHODS = [f"{e}_{p}" for e in EVAL_ENCODERS for p in config["evaluate"]["protocols"]]
+EVAL_METHODS += list(config["evaluate"]["baselines"])
+EVAL_RESULTS = [
+    f"{EVALUATE_ROOT}/{task}/{method}/seed{seed}.json"
+    for task in EVAL_TASKS
+    for method in EVAL_METHODS
+    for seed in config["evaluate"]["seeds"]
+]
+
+
+def encoder_spec(name, seed_gradients=GRADIENTS):
+    """The JSON encoder spec of an evaluate.encoders entry (brainjepa.evaluate.encoders)."""
+    entry = EVAL_ENCODERS[name]
+    if "random" in entry:
+        return {"kind": "random", "config": entry["random"], "gradients": seed_gradients, "labels": ATLAS_LABELS}
+    return {"kind": "checkpoint", "path": entry["checkpoint"]}
+
+
+def encoder_inputs(name):
+    """What an encoder needs: its checkpoint, or (random init) its training config and the gradients."""
+    entry = EVAL_ENCODERS[name]
+    if "random" in entry:
+        return {"train_config": entry["random"], "gradients": GRADIENTS, "labels": ATLAS_LABELS}
+    return {"checkpoint": entry["checkpoint"]}
+
+
+def eval_manifests():
+    return {f"manifest_{s}": SHARDS_MANIFEST.format(split=s) for s in ("train", "val", "test")}
+
+
+def features_inputs(wildcards):
+    return {**eval_manifests(), **encoder_inputs(wildcards.encoder)}
+
+
+def features_path(encoder, cohort):
+    return f"{EVALUATE_ROOT}/features/{encoder}/{cohort}.npz"
+
+
+def evaluate_inputs(wildcards):
+    """The shards, plus the encoder (fine-tuning) or its feature caches of the task's cohorts (probes)."""
+    from brainjepa.evaluate.run import parse_method
+
+    encoder, protocol = parse_method(wildcards.method)
+    inputs = eval_manifests()
+    if protocol == "finetune":
+        inputs.update(encoder_inputs(encoder))
+    elif encoder is not None:
+        inputs["features"] = [features_path(encoder, c) for c in EVAL_TASKS[wildcards.task].cohorts]
+    return inputs
+
+
+def evaluate_args(wildcards, input):
+    """`brainjepa evaluate` options of one job (shell-quoted): task, protocol settings, encoder or features."""
+    import dataclasses
+    from shlex import quote
+
+    from brainjepa.evaluate.run import parse_method
+
+    task = dataclasses.asdict(EVAL_TASKS[wildcards.task])
+    args = ["--task", quote(json.dumps(task)), "--protocols", quote(json.dumps(config["evaluate"]["settings"]))]
+    encoder, protocol = parse_method(wildcards.method)
+    if protocol == "finetune":
+        args += ["--encoder", quote(json.dumps(encoder_spec(encoder)))]
+    elif encoder is not None:
+        args += ["--features", *map(quote, input.features)]
+    return " ".join(args)
+
+
+def evaluate_gpus(wildcards):
+    """GPUs of one evaluation job: the gradient-trained methods only (closed-form and FC heads run on CPU)."""
+    from brainjepa.evaluate.run import parse_method
+
+    _, protocol = parse_method(wildcards.method)
+    return config["evaluate"]["gpus"] if protocol in ("finetune", "linprobe", "attentive") else 0

@@ -1,0 +1,94 @@
+# Downstream evaluation: every task x method x seed of config "evaluate", one job each (GPU jobs on a cluster for
+# the gradient-trained methods), frozen features cached once per (encoder, cohort), then metrics.tsv and the
+# paper-style tables. Methods are <encoder>_<protocol> and the FC baselines (brainjepa/evaluate/run.py).
+
+
+rule convert_official:
+    input:
+        official=lambda wildcards: EVAL_ENCODERS[wildcards.encoder]["official"],
+        gradients=GRADIENTS,
+    output:
+        f"{EVALUATE_ROOT}/encoders/{{encoder}}.pt",
+    log:
+        "logs/convert_official/{encoder}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "brainjepa convert-checkpoint --official {input.official:q} --gradients {input.gradients:q}"
+        " --out {output:q} > {log} 2>&1"
+
+
+rule features:
+    input:
+        unpack(features_inputs),
+    output:
+        features_path("{encoder}", "{cohort}"),
+    log:
+        "logs/features/{encoder}/{cohort}.log",
+    conda:
+        ENV
+    threads: config["evaluate"]["threads"]
+    resources:
+        gpu=config["evaluate"]["gpus"],
+        mem_mb=8000,
+        runtime=config["evaluate"]["runtime"],
+    params:
+        encoder=lambda wildcards: json.dumps(encoder_spec(wildcards.encoder)),
+        protocols=json.dumps(config["evaluate"]["settings"]),
+        seed=TRAIN_CONFIG.run.seed,  # a random encoder's features: the pretraining run's own starting point
+        shards=os.path.dirname(os.path.dirname(SHARDS_MANIFEST)),
+    shell:
+        "brainjepa features --encoder {params.encoder:q} --cohort {wildcards.cohort:q} --shards {params.shards:q}"
+        " --protocols {params.protocols:q} --seed {params.seed} --out {output:q} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        f"{EVALUATE_ROOT}/{{task}}/{{method}}/seed{{seed}}.json",
+    log:
+        "logs/evaluate/{task}/{method}/seed{seed}.log",
+    wildcard_constraints:
+        task="[A-Za-z0-9_]+",
+        method="[A-Za-z0-9_]+",
+        seed="[0-9]+",
+    conda:
+        ENV
+    threads: config["evaluate"]["threads"]
+    resources:
+        gpu=evaluate_gpus,
+        mem_mb=8000,
+        runtime=config["evaluate"]["runtime"],
+    params:
+        args=evaluate_args,
+        launcher=lambda wildcards: torchrun_launcher(config["evaluate"]["processes"] if evaluate_gpus(wildcards) else 1),
+        shards=os.path.dirname(os.path.dirname(SHARDS_MANIFEST)),
+    shell:
+        "{params.launcher} evaluate {params.args} --method {wildcards.method} --seed {wildcards.seed}"
+        " --shards {params.shards:q} --out {output:q} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        EVAL_RESULTS,
+    output:
+        tsv=METRICS,
+        summary=f"{TABLES}/summary.md",
+        tables=[f"{TABLES}/{task}.md" for task in EVAL_TASKS],
+    log:
+        "logs/metrics/metrics.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        tables=lambda wildcards, output: os.path.dirname(output.summary),
+    shell:
+        "brainjepa metrics --results {input:q} --out {output.tsv:q} --tables {params.tables:q} > {log} 2>&1"
