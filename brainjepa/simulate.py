@@ -52,6 +52,10 @@ Planted phenotypes (age fraction a = (age - 45) / 45, clipped to 0..1)
       (Tsvetanov et al., J Neurosci 2016), with correlations with age of roughly -0.3 to -0.5;
     * sex: amplitude of SomMot x exp(+0.08 s), Vis x exp(-0.08 s), s = +1 for M, -1 for F (the
       SomMot / Vis amplitude ratio is 1.38 times higher in men; subject jitter sd 0.1 per network);
+    * sex, connectivity: within-network correlation + 0.05 (``SEX_WITHIN``) in SomMot for men and in Default
+      for women (UK Biobank: stronger default-mode connectivity in women, stronger sensorimotor connectivity in
+      men, Ritchie et al., Cereb Cortex 2018; sex is classified from resting-state FC at 75-87 % accuracy,
+      e.g. Zhang et al., Hum Brain Mapp 2018 on HCP), so that, as in real data, sex is in the FC too;
     * diagnosis = 1: Default within-network correlation - 0.15, Default <-> subcortex 0.30 -> 0.05, and the
       Default network's fluctuation amplitude x 0.85 (``DIAGNOSIS_DEFAULT_AMPLITUDE``; a reduced amplitude of
       low-frequency fluctuations, ALFF, in the posterior cingulate and precuneus is a common finding in mild
@@ -94,6 +98,7 @@ HEMI_SHARE = 0.1  # variance share of a network signal specific to one hemispher
 GLOBAL_SPAN = ((0.15, 0.25), (0.05, 0.15))  # ranges of the ROI loadings on the 2 global components
 AGE_YOUNG, AGE_OLD = 45.0, 90.0  # ages (years) where the planted age effect starts and saturates
 DIAGNOSIS_RATE = 0.4
+SEX_WITHIN = 0.05  # within-network correlation raised by this: SomMot in men, Default in women
 SEX_LOG_AMPLITUDE = 0.08  # log amplitude of SomMot raised (Vis lowered) by this for M, the reverse for F
 AGE_LOG_AMPLITUDE = 0.30  # log amplitude of every ROI lowered by this times the age fraction
 SUBJECT_LOG_AMPLITUDE_SD = 0.15  # sd of a subject's global log amplitude (sources unrelated to age)
@@ -514,10 +519,13 @@ class _SubjectModel:
     noise_sd: np.ndarray
 
 
-def _within_network_target(age_fraction: float, diagnosis: int, rng: np.random.Generator) -> np.ndarray:
-    """Expected within-network ROI correlation [8] (NETWORKS + subcortex) for one subject."""
+def _within_network_target(age_fraction: float, diagnosis: int, rng: np.random.Generator,
+                           sex: int = 0) -> np.ndarray:
+    """Expected within-network ROI correlation [8] (NETWORKS + subcortex) for one subject (sex +1 M, -1 F)."""
     target = np.full(len(NETWORKS) + 1, 0.60 - 0.30 * age_fraction)
     target[-1] = 0.45 - 0.15 * age_fraction
+    target[NETWORKS.index("SomMot")] += SEX_WITHIN * (sex > 0)
+    target[NETWORKS.index("Default")] += SEX_WITHIN * (sex < 0)
     if diagnosis:
         target[NETWORKS.index("Default")] -= 0.15
     return np.clip(target + rng.normal(0.0, 0.03, size=target.shape), 0.08, 0.85)
@@ -534,7 +542,7 @@ def _subject_model(phenotype: dict, brain: np.ndarray, rng: np.random.Generator)
     network, _ = _roi_layout()
     global_loading = np.stack([rng.uniform(lo, hi, size=network.size) for lo, hi in GLOBAL_SPAN], axis=1)
     global_share = (np.mean(GLOBAL_SPAN, axis=1) ** 2).sum()
-    within = _within_network_target(age_fraction, diagnosis, rng)
+    within = _within_network_target(age_fraction, diagnosis, rng, sex)
     loading = np.sqrt(np.maximum(within[network] - global_share, 0.02)) * rng.normal(1.0, 0.05, network.size)
     loading = np.minimum(loading, np.sqrt(0.97 - (global_loading**2).sum(axis=1)))
     log_amp = _log_amplitude(age_fraction, sex, diagnosis, rng)

@@ -72,3 +72,20 @@ def test_roi_zscore_standardises_each_roi_over_time():
     out = stats.apply(x)
     np.testing.assert_allclose(out[0], (x[0] - 2.5) / x[0].std(), rtol=1e-6)
     assert (out[1] == 0).all()  # a constant ROI stays finite
+
+
+def test_run_demean_removes_each_runs_baseline_and_keeps_its_amplitude(tmp_path):
+    rng = np.random.default_rng(2)
+    table = splits.make_splits(_samples({"a": 8}), 0, FRACTIONS)
+    _write_runs(tmp_path, table, rng)
+    files = splits.run_files(table, tmp_path)
+    stats = scaling.compute_scaling_stats(files, "run_demean")
+    runs = [pd.read_parquet(p).to_numpy(np.float64) for k in sorted(files) for p in files[k]]
+    allv = np.concatenate([r - r.mean(axis=0) for r in runs])
+    tolerance = (allv.max(0) - allv.min(0)) / scaling.HISTOGRAM_BINS
+    q1, q3 = np.percentile(allv, [25, 75], axis=0)
+    assert np.all(np.abs(stats.iqr - (q3 - q1)) <= 2 * tolerance)
+    x = runs[0].T
+    shifted = stats.apply(x + 500.0)                                  # a run's baseline does not reach the output
+    np.testing.assert_allclose(shifted, stats.apply(x), atol=1e-4)
+    np.testing.assert_allclose(stats.apply(2 * x).std(axis=1), 2 * stats.apply(x).std(axis=1), rtol=1e-5)

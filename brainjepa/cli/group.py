@@ -65,7 +65,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("scaling", parents=[parent("splits", "runs_root", "out")],
                        help="robust-scaling statistics from the pretraining set")
-    p.add_argument("--method", required=True, help="subject_mean | timepoints | zscore | roi_zscore")
+    p.add_argument("--method", required=True, help="subject_mean | timepoints | run_demean | zscore | roi_zscore")
     p.set_defaults(func=_scaling)
 
     p = sub.add_parser("group-fc", parents=[parent("splits", "runs_root", "labels", "out")],

@@ -8,6 +8,11 @@ Methods (config switch, docs/reference.md section 1):
   Computed in two streaming passes (range, then a 65,536-bin histogram per ROI), so memory does not grow
   with the cohort; each order statistic is exact to half a bin (1/131,072 of the ROI's range).
 - ``zscore`` (the public HCP-Aging scripts): no group statistics; each sample is z-scored over all its values.
+- ``run_demean``: each ROI of each run minus its temporal mean, then ``(x - median) / iqr`` with the median and
+  IQR per ROI over all time points of the training runs so demeaned (``timepoints`` on the fluctuations).
+  Removes per-run baselines like ``roi_zscore`` but keeps each run's fluctuation amplitude, which
+  ``roi_zscore`` divides out. Measured on the demo (``subject_mean``): the spread across subjects of an ROI's
+  scaled mean is 0.69 against 0.047 for the fluctuations within a window, so baselines dominate every token.
 - ``roi_zscore``: no group statistics; each ROI of each run is z-scored over time (as nilearn's
   ``standardize="zscore"``: population std, ddof 0). Removes per-run baselines and gains, which otherwise
   dominate the token content (a run's global intensity is trivially predictable from any context token).
@@ -28,7 +33,7 @@ import numpy as np
 from brainjepa.errors import InputError
 from brainjepa.io import read_timeseries, write_text_atomic
 
-METHODS = ("subject_mean", "timepoints", "zscore", "roi_zscore")
+METHODS = ("subject_mean", "timepoints", "run_demean", "zscore", "roi_zscore")
 PER_SAMPLE = ("zscore", "roi_zscore")
 HISTOGRAM_BINS = 65536
 
@@ -63,6 +68,8 @@ class ScalingStats:
         if self.method == "roi_zscore":
             std = x.std(axis=1, keepdims=True)
             return ((x - x.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+        if self.method == "run_demean":
+            x = x - x.mean(axis=1, keepdims=True)
         return ((x - self.median[:, None]) / self.iqr[:, None]).astype(np.float32)
 
     def to_json(self) -> str:
@@ -84,13 +91,16 @@ class ScalingStats:
         return stats
 
 
-def _read_run(path: Path, rois: tuple[str, ...] | None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """One run as [T, R] float64 and its ROI names; every run must have the same ROIs in the same order."""
+def _read_run(path: Path, rois: tuple[str, ...] | None, demean: bool = False) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One run as [T, R] float64 and its ROI names; every run must have the same ROIs in the same order.
+
+    demean: subtract each ROI's temporal mean (``run_demean``)."""
     frame, _ = read_timeseries(path)
     names = tuple(map(str, frame.columns))
     if rois is not None and names != rois:
         raise InputError(f"{path}: ROI columns differ from the other runs' ({len(names)} vs {len(rois)} ROIs)")
-    return frame.to_numpy(dtype=np.float64), names
+    data = frame.to_numpy(dtype=np.float64)
+    return (data - data.mean(axis=0) if demean else data), names
 
 
 def _subject_means(subjects: dict[str, list[Path]]) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -105,18 +115,20 @@ def _subject_means(subjects: dict[str, list[Path]]) -> tuple[np.ndarray, tuple[s
     return np.asarray(means), rois
 
 
-def _timepoint_quantiles(paths: list[Path], qs: tuple[float, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Quantiles per ROI over all time points of all runs, in two streaming passes. Returns [len(qs), R]."""
+def _timepoint_quantiles(paths: list[Path], qs: tuple[float, ...], demean: bool = False
+                         ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Quantiles per ROI over all time points of all runs (each run demeaned first if ``demean``), in two
+    streaming passes. Returns [len(qs), R]."""
     rois, lo, hi = None, None, None
     for path in paths:
-        data, rois = _read_run(path, rois)
+        data, rois = _read_run(path, rois, demean)
         lo = data.min(axis=0) if lo is None else np.minimum(lo, data.min(axis=0))
         hi = data.max(axis=0) if hi is None else np.maximum(hi, data.max(axis=0))
     width = np.where(hi > lo, hi - lo, 1.0) / HISTOGRAM_BINS
     counts = np.zeros((len(lo), HISTOGRAM_BINS), dtype=np.int64)
     offsets = np.arange(len(lo))[None, :] * HISTOGRAM_BINS
     for path in paths:
-        data, _ = _read_run(path, rois)
+        data, _ = _read_run(path, rois, demean)
         bins = np.clip(((data - lo) / width).astype(np.int64), 0, HISTOGRAM_BINS - 1)
         counts += np.bincount((bins + offsets).ravel(), minlength=counts.size).reshape(counts.shape)
     cumulative = np.cumsum(counts, axis=1)
@@ -149,7 +161,7 @@ def compute_scaling_stats(subjects: dict[str, list[Path]], method: str) -> Scali
         if method in PER_SAMPLE:
             _, rois = _read_run(paths[0], None)
             return ScalingStats(method, rois, np.zeros(0), np.zeros(0), len(subjects))
-        (q1, median, q3), rois = _timepoint_quantiles(paths, (0.25, 0.5, 0.75))
+        (q1, median, q3), rois = _timepoint_quantiles(paths, (0.25, 0.5, 0.75), demean=method == "run_demean")
     iqr = q3 - q1
     flat = [rois[i] for i in np.flatnonzero(~(iqr > 0))]
     if flat:
