@@ -59,6 +59,15 @@ def tiny_project(tmp_path_factory) -> Path:
     config["pretrain"]["config"] = "config/pretrain.yaml"
     train = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
     train["data"].update(batch_size=2)  # data.window: the shards' window (32)
+    train["model"].update(patch_size=16)  # 2 time patches per window
+    # 9 subjects cannot fill train/val/test of a task: the evaluation stages are tested in test_evaluate.py (and
+    # their DAG in the default config's dry run); the MAE baseline still pretrains here (rule pretrain_mae)
+    config["evaluate"]["tasks"] = {}
+    mae = yaml.safe_load((REPO / "config" / "pretrain_mae.yaml").read_text())
+    mae["data"].update(batch_size=2)
+    mae["model"].update(patch_size=16)
+    mae["optim"].update(epochs=2, warmup_epochs=1)
+    (work / "config" / "pretrain_mae.yaml").write_text(yaml.safe_dump(mae))
     train["optim"].update(epochs=2, warmup_epochs=1)
     (work / "config" / "pretrain.yaml").write_text(yaml.safe_dump(train))
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -104,7 +113,7 @@ def test_group_stage_and_shards(tiny_project):
     assert len(table) == 6 + 3 and set(table["split"]) <= {"pretrain", "train", "val", "test"}
     assert (table[table.cohort == "adnisim"]["split"] != "pretrain").all()
     stats = json.loads((work / "scaling/scaling_stats.json").read_text())
-    assert stats["method"] == "subject_mean" and len(stats["median"]) == 64
+    assert stats["method"] == "run_demean" and len(stats["median"]) == 64
     assert stats["n_subjects"] == table[table.split == "pretrain"]["subject"].nunique()
     fc = np.load(work / "group_fc/group_fc.npy")
     assert fc.shape == (64, 64) and np.allclose(np.diag(fc), 1) and (work / "group_fc/group_fc.png").stat().st_size
