@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "demo-sheets": (["--samples", str(tmp / "s.tsv"), "--phenotypes", str(tmp / "p.tsv"), "--root", "demo",
                          "--cohorts", '{"c": {"tr": -1, "n_volumes": 20, "n_subjects": 2}}'], "tr"),
         "validate": (["--samples", missing], "missing.tsv"),
+        "features": (["--encoder", json.dumps({"kind": "checkpoint", "path": str(garbage)}), "--cohort", "c",
+                      "--shards", str(tmp / "no_shards"), "--out", str(tmp / "f.npz")], "no_shards"),
+        "evaluate": (["--task", '{"name": "age", "cohorts": ["c"], "label": "age", "kind": "regresion"}',
+                      "--method", "fc_linear", "--shards", str(tmp), "--out", str(tmp / "e.json")], "regresion"),
+        "metrics": (["--results", str(garbage), "--out", str(tmp / "m.tsv"), "--tables", str(tmp / "t")],
+                    "garbage.bin"),
     }
 
 
@@ -60,7 +67,7 @@ def test_every_subcommand_is_covered(tmp_path):
 
 COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scaling", "group-fc", "gradients", "shards",
             "pretrain", "model-info", "convert-checkpoint", "export-official", "simulate-atlas", "simulate-run",
-            "demo-sheets", "validate"]
+            "demo-sheets", "validate", "features", "evaluate", "metrics"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
