@@ -5,7 +5,8 @@ sees it, before TR alignment and scaling), the phenotypes sheet and the split ta
 
 - age: Pearson r of age with the subject's fluctuation amplitude (mean over ROIs of log(std / mean), i.e.
   of the percent signal fluctuation) and with the mean within-network correlation;
-- sex: the difference (M - F) of log(SomMot / Vis amplitude);
+- sex: the difference (M - F) of log(SomMot / Vis amplitude) and of the SomMot minus Default within-network
+  correlation;
 - diagnosis: the difference (1 - 0) of the Default network's log amplitude relative to the other networks,
   with Cohen's d, and of the Default within-network correlation;
 - the labelled subjects of each downstream task outside the pretraining set, per split.
@@ -37,6 +38,7 @@ def subject_measures(path: Path) -> dict[str, float]:
         "within": float(np.mean(within)),
         "sommot_vis": log_amp[network == NETWORKS.index("SomMot")].mean() - log_amp[network == 0].mean(),
         "default_amplitude": log_amp[network == default].mean() - log_amp[network != default].mean(),
+        "sommot_default_within": within[NETWORKS.index("SomMot")] - within[default],
         "default_within": within[default],
     }
 
@@ -64,7 +66,9 @@ def main() -> None:
               f"r(age, within-network correlation) = {np.corrcoef(group['age'], group['within'])[0, 1]:+.3f}")
         male, female = group[group["sex"] == "M"], group[group["sex"] == "F"]
         sex = male["sommot_vis"].mean() - female["sommot_vis"].mean()
-        print(f"  sex: log(SomMot/Vis amplitude) M - F = {sex:+.3f}")
+        fc = male["sommot_default_within"].mean() - female["sommot_default_within"].mean()
+        print(f"  sex: log(SomMot/Vis amplitude) M - F = {sex:+.3f}; SomMot - Default within-network "
+              f"correlation M - F = {fc:+.3f}")
         if group["diagnosis"].notna().any():
             ill, well = group[group["diagnosis"] == 1], group[group["diagnosis"] == 0]
             print(f"  diagnosis ({len(ill)} of {len(group)}): Default log amplitude (relative) 1 - 0 = "
