@@ -12,18 +12,11 @@ Spec (JSON on the command line, ``evaluate.encoders`` in the workflow config):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from brainjepa.errors import InputError
-
-
-def spec_id(spec: dict) -> str:
-    """A short stable id of a spec (for logs and result files)."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_encoder(spec: dict, roi_names: list[str], window: int, seed: int = 0, drop_path: float = 0.0):

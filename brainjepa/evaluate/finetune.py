@@ -9,7 +9,6 @@ rate), active in training mode only. The public code configures both and applies
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from brainjepa.evaluate.config import FinetuneConfig
@@ -53,7 +52,3 @@ def build_finetune(encoder, n_outputs: int, cfg: FinetuneConfig, world_size: int
                                   betas=tuple(cfg.betas))
     return model, optimizer, lr
 
-
-def windows_tensor(data: np.ndarray) -> torch.Tensor:
-    """[N, R, T] float32 windows -> [N, 1, R, T]."""
-    return torch.from_numpy(np.ascontiguousarray(data)).unsqueeze(1)

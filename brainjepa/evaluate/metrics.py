@@ -67,13 +67,6 @@ def task_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float =
     return classification_metrics(y_true, pred)
 
 
-def chance_level(kind: str, y_true: np.ndarray, n_classes: int) -> dict[str, float]:
-    """What a predictor without information scores: r 0, balanced accuracy 1/C, AUROC 0.5."""
-    if kind == "regression":
-        return {"r": 0.0, "r2": 0.0}
-    return {"balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
-
-
 def fast_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float = 1.0) -> dict[str, np.ndarray]:
     """The metrics of :func:`task_metrics` for many resamples at once (numpy), for the bootstrap.
 

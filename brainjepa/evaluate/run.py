@@ -112,14 +112,14 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
         from torch.nn.parallel import DistributedDataParallel
 
         train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
     target = torch.from_numpy(w.target)
     tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
     result = loop.fit(model, optimizer, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]), w.task.kind,
                       epochs=section.epochs, warmup_epochs=section.warmup_epochs, batch_size=section.batch_size,
                       lr=lr, min_lr=section.min_lr, seed=seed, device=device,
-                      autocast=lambda: autocast_for(device, cfg.precision), rank=dist_info.rank,
+                      autocast=autocast, rank=dist_info.rank,
                       world_size=dist_info.world_size, train_module=train_module, name=name)
-    autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
     predictions = {s: loop.predict(model, x[m], w.task.kind, device, 64, autocast)
                    for s, m in (("val", va), ("test", te))}
     info = {"epoch": result.selected_epoch, "history": result.history, "lr": lr}

@@ -324,11 +324,11 @@ EVAL_RESULTS = [
 ]
 
 
-def encoder_spec(name, seed_gradients=GRADIENTS):
+def encoder_spec(name):
     """The JSON encoder spec of an evaluate.encoders entry (brainjepa.evaluate.encoders)."""
     entry = EVAL_ENCODERS[name]
     if "random" in entry:
-        return {"kind": "random", "config": entry["random"], "gradients": seed_gradients, "labels": ATLAS_LABELS}
+        return {"kind": "random", "config": entry["random"], "gradients": GRADIENTS, "labels": ATLAS_LABELS}
     return {"kind": "checkpoint", "path": entry["checkpoint"]}
 
 
