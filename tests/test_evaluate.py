@@ -56,6 +56,65 @@ def test_classification_metrics_match_their_definitions():
     assert m["auroc"] == pytest.approx(u / (np.sum(y == 1) * np.sum(y == 0)))
 
 
+def test_numpy_metrics_equal_scikit_learn_with_ties_and_one_class():
+    from scipy.stats import pearsonr
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        mean_absolute_error,
+        mean_squared_error,
+        r2_score,
+        roc_auc_score,
+    )
+
+    rng = np.random.default_rng(4)
+    y, p = rng.normal(size=30), rng.normal(size=30)
+    m = regression_metrics(y, p, scale=2.0)
+    assert m["mse"] == pytest.approx(mean_squared_error(y, p))
+    assert m["mae"] == pytest.approx(2.0 * mean_absolute_error(y, p))
+    assert m["r"] == pytest.approx(pearsonr(y, p)[0])
+    assert m["r2"] == pytest.approx(r2_score(y, p))
+    assert np.isnan(regression_metrics(y, np.zeros(30))["r"])
+    labels = rng.integers(0, 2, size=40)
+    p1 = np.round(rng.uniform(size=40) * 4) / 4                  # many ties in the scores
+    prob = np.stack([1 - p1, p1], axis=1)
+    m = classification_metrics(labels, prob)
+    pred = prob.argmax(axis=1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, pred))
+    assert m["f1"] == pytest.approx(f1_score(labels, pred))
+    assert m["auroc"] == pytest.approx(roc_auc_score(labels, p1))
+    assert np.isnan(classification_metrics(np.ones(5, int), prob[:5])["auroc"])
+    three = rng.dirichlet(np.ones(3), size=60)
+    y3 = rng.integers(0, 3, size=60)
+    m3 = classification_metrics(y3, three)
+    assert m3["f1"] == pytest.approx(f1_score(y3, three.argmax(1), average="macro"))
+    assert m3["auroc"] == pytest.approx(roc_auc_score(y3, three, multi_class="ovr"))
+
+
+def test_balanced_class_weights_and_the_weighted_selection_criterion():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from brainjepa.evaluate.tasks import class_weights, subject_loss
+
+    target = np.array([0, 0, 0, 1, 0, 0, 1, 0])
+    assert np.allclose(class_weights(target, 2), compute_class_weight("balanced", classes=np.arange(2), y=target))
+    assert class_weights(target, 3)[2] == 0.0
+    # the majority-class constant predictor has the lower plain NLL on an imbalanced set, not the weighted one
+    subject = np.arange(8)
+    constant = np.tile([0.75, 0.25], (8, 1))
+    informative = np.where(target[:, None] == 1, [0.45, 0.55], [0.55, 0.45])
+    weight = class_weights(target, 2)
+    assert subject_loss("binary", subject, target, constant) < subject_loss("binary", subject, target, informative)
+    assert (subject_loss("binary", subject, target, informative, weight)
+            < subject_loss("binary", subject, target, constant, weight))
+    # weighted CE in the training loss: torch's weighted mean equals the class-weighted NLL
+    logits = torch.log(torch.from_numpy(informative))
+    loss = loop.task_loss("binary", logits, torch.from_numpy(target), torch.from_numpy(weight).float())
+    assert loss.item() == pytest.approx(subject_loss("binary", subject, target, informative, weight), rel=1e-5)
+
+
 def test_bootstrap_interval_brackets_the_seed_mean():
     rng = np.random.default_rng(2)
     y = rng.normal(size=60)
@@ -299,6 +358,25 @@ def test_every_method_writes_its_json_through_the_cli(eval_data, tmp_path, metho
         assert record["method"] == method and len(record["predictions"]) == 12
         assert set(record["test"]) == ({"mse", "mae", "r", "r2"} if task.kind == "regression"
                                        else {"accuracy", "balanced_accuracy", "f1", "auroc"})
+
+
+def test_closed_form_and_fc_jobs_do_not_import_torch(eval_data, tmp_path):
+    """An evaluation job pays its imports (torch: about 3 s on a small machine, times dozens of jobs in the
+    demo): the FC and closed-form heads do not import it."""
+    import subprocess
+    import sys
+
+    root, _ = eval_data
+    argv = ["evaluate", "--task", json.dumps({"name": "sex", "cohorts": ["c"], "label": "sex", "kind": "binary",
+                                               "positive": "M"}),
+            "--method", "fc_linear", "--seed", "0", "--shards", str(root / "shards"),
+            "--protocols", json.dumps({"closed_form": {"grid": 3}, "class_weight": "balanced"}),
+            "--out", str(tmp_path / "fc.json")]
+    code = ("import json, sys; from brainjepa.cli import main; rc = main(json.loads(sys.argv[1])); "
+            "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "torch": False}
+    assert json.loads((tmp_path / "fc.json").read_text())["protocol"] == "fc_linear"
 
 
 def test_fc_baseline_finds_the_planted_correlation(eval_data, tmp_path):

@@ -33,10 +33,13 @@ def _evaluate(args: argparse.Namespace) -> None:
         run_evaluation(task, args.method, args.seed, args.shards, args.out, ProtocolConfig.from_dict(args.protocols),
                        args.encoder, args.features)
     finally:
-        import torch.distributed as dist
+        import sys
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if "torch" in sys.modules:  # only the gradient-trained protocols import torch (and start a group)
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _metrics(args: argparse.Namespace) -> None:

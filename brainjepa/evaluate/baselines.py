@@ -2,7 +2,8 @@
 
 ``closed_form``: ridge regression or L2 logistic regression on standardised features (scaler fit on the
 training windows), the regularisation chosen on the validation subjects from a log grid by the same criterion
-as the gradient-trained heads (subject-level MSE or negative log-likelihood). ``fc_features``: the upper
+as the gradient-trained heads (subject-level MSE or negative log-likelihood; class-weighted when the protocols
+set ``class_weight: balanced``). ``fc_features``: the upper
 triangle of each window's ROI x ROI Pearson correlation, Fisher z-transformed (what the FC baselines and
 Brainmarks' connectome model read); ``fc_linear`` fits the closed-form head on them, ``fc_svm`` an RBF
 support vector machine (BrainLM's raw-data baseline), C chosen on validation; its margins become class
@@ -16,7 +17,7 @@ import math
 
 import numpy as np
 
-from brainjepa.evaluate.loop import subject_loss
+from brainjepa.evaluate.tasks import subject_loss
 
 
 def fc_features(data: np.ndarray) -> np.ndarray:
@@ -56,10 +57,13 @@ def _predict(model, kind: str, x: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def fit_select(kind: str, make, grid: np.ndarray, train: tuple[np.ndarray, np.ndarray],
-               val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int):
+               val: tuple[np.ndarray, np.ndarray, np.ndarray], n_classes: int,
+               class_weight: np.ndarray | None = None):
     """Fit ``make(value)`` for every grid value on the training windows; keep the lowest validation loss.
 
-    train: (features [N, F], targets [N]); val: (features, targets, subjects). Returns (model, value, history).
+    train: (features [N, F], targets [N]); val: (features, targets, subjects); ``class_weight`` [C]: the
+    weights of the validation criterion (the heads weight their own loss, ``closed_form_maker``).
+    Returns (model, value, history).
     """
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -67,27 +71,31 @@ def fit_select(kind: str, make, grid: np.ndarray, train: tuple[np.ndarray, np.nd
     best, history = (math.inf, None, None), []
     for value in grid:
         model = make_pipeline(StandardScaler(), make(float(value))).fit(*train)
-        loss = subject_loss(kind, val[2], val[1], _predict(model, kind, val[0], n_classes))
+        loss = subject_loss(kind, val[2], val[1], _predict(model, kind, val[0], n_classes), class_weight)
         history.append({"value": float(value), "val_loss": loss})
         if loss < best[0]:
             best = (loss, model, float(value))
     return best[1], best[2], history
 
 
-def closed_form_maker(kind: str, seed: int):
+def closed_form_maker(kind: str, seed: int, balanced: bool = False):
+    """Ridge(alpha) or logistic regression (C = 1 / alpha; ``balanced``: class-balanced loss weights)."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     if kind == "regression":
         return lambda alpha: Ridge(alpha=alpha)
-    return lambda alpha: LogisticRegression(C=1.0 / alpha, max_iter=5000, random_state=seed)
+    weight = "balanced" if balanced else None
+    return lambda alpha: LogisticRegression(C=1.0 / alpha, max_iter=5000, random_state=seed, class_weight=weight)
 
 
-def svm_maker(kind: str, seed: int):
+def svm_maker(kind: str, seed: int, balanced: bool = False):
     from sklearn.svm import SVC, SVR
 
     if kind == "regression":
         return lambda c: SVR(C=c, kernel="rbf", gamma="scale")
-    return lambda c: SVC(C=c, kernel="rbf", gamma="scale", decision_function_shape="ovr", random_state=seed)
+    weight = "balanced" if balanced else None
+    return lambda c: SVC(C=c, kernel="rbf", gamma="scale", decision_function_shape="ovr", random_state=seed,
+                         class_weight=weight)
 
 
 def predict(model, kind: str, x: np.ndarray, n_classes: int) -> np.ndarray:

@@ -84,6 +84,10 @@ class ProtocolConfig:
     attentive: AttentiveConfig = field(default_factory=AttentiveConfig)
     closed_form: ClosedFormConfig = field(default_factory=ClosedFormConfig)
     svm: SvmConfig = field(default_factory=SvmConfig)
+    # Classification losses and selection: "none" (the paper's plain cross-entropy) or "balanced" (every class
+    # weighted N / (C x count) from the training subjects, scikit-learn's rule), which keeps small or
+    # imbalanced sets from collapsing onto the majority class when balanced accuracy is what counts.
+    class_weight: Literal["none", "balanced"] = "none"
     device: Device = "auto"
     precision: Precision = "auto"
     threads: int | None = None            # torch threads (None: torch's default)

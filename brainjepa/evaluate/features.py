@@ -15,16 +15,25 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from brainjepa.errors import InputError
 
 
-@torch.no_grad()
-def extract(encoder, data: np.ndarray, n_time_patches: int, device: torch.device, batch_size: int = 32,
+def extract(encoder, data: np.ndarray, n_time_patches: int, device, batch_size: int = 32,
             autocast=None) -> tuple[np.ndarray, np.ndarray]:
-    """data [N, R, T] -> (pooled [N, D] float32, roi_tokens [N, R, D] float16). Encoder in eval mode."""
+    """data [N, R, T] -> (pooled [N, D] float32, roi_tokens [N, R, D] float16). Encoder in eval mode.
+
+    (torch is imported here, not with the module: reading a cache, as the closed-form heads do, needs none.)"""
+    import torch
+
+    with torch.no_grad():
+        return _extract(encoder, data, n_time_patches, device, batch_size, autocast)
+
+
+def _extract(encoder, data, n_time_patches, device, batch_size, autocast):
     from contextlib import nullcontext
+
+    import torch
 
     encoder.eval()
     pooled, rois = [], []

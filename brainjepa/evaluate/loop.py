@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from brainjepa.errors import TrainingError
-from brainjepa.evaluate.tasks import subject_mean
+from brainjepa.evaluate.tasks import subject_loss
 from brainjepa.train.schedules import warmup_cosine
 
 log = logging.getLogger("brainjepa.evaluate")
@@ -38,11 +38,13 @@ class FitResult:
     state: dict                       # the selected state dict (CPU tensors)
 
 
-def task_loss(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE on z-scored targets (output [B, 1]) or cross-entropy (output [B, C] logits, target class indices)."""
+def task_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
+              class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE on z-scored targets (output [B, 1]) or cross-entropy (output [B, C] logits, target class indices;
+    ``class_weight`` [C]: weighted CE, normalised by the batch's total weight as torch does)."""
     if kind == "regression":
         return F.mse_loss(output[:, 0].float(), target.float())
-    return F.cross_entropy(output.float(), target.long())
+    return F.cross_entropy(output.float(), target.long(), weight=class_weight)
 
 
 def to_prediction(kind: str, output: torch.Tensor) -> np.ndarray:
@@ -50,16 +52,6 @@ def to_prediction(kind: str, output: torch.Tensor) -> np.ndarray:
     if kind == "regression":
         return output[:, 0].float().cpu().numpy()
     return torch.softmax(output.float(), dim=1).cpu().numpy()
-
-
-def subject_loss(kind: str, subject: np.ndarray, target: np.ndarray, pred: np.ndarray) -> float:
-    """The selection criterion: MSE (regression) or NLL (classification) of the subject-mean predictions."""
-    subjects, mean_pred = subject_mean(subject, pred)
-    _, mean_target = subject_mean(subject, target.astype(float))
-    if kind == "regression":
-        return float(np.mean((mean_pred - mean_target) ** 2))
-    p = np.clip(mean_pred[np.arange(len(subjects)), mean_target.astype(int)], 1e-12, 1.0)
-    return float(-np.mean(np.log(p)))
 
 
 @torch.no_grad()
@@ -82,11 +74,12 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
         val: tuple[torch.Tensor, np.ndarray, np.ndarray], kind: str, *, epochs: int, warmup_epochs: float,
         batch_size: int, lr: float, min_lr: float, seed: int, device: torch.device, autocast: Callable,
         rank: int = 0, world_size: int = 1, train_module: torch.nn.Module | None = None,
-        name: str = "") -> FitResult:
+        name: str = "", class_weight: np.ndarray | None = None) -> FitResult:
     """Train and select on validation (module docstring).
 
     train: (inputs [N, ...], targets [N]); val: (inputs [M, ...], targets [M], subjects [M]).
     ``train_module``: what the steps call (a DDP wrapper of ``model``); ``model`` is what is evaluated and saved.
+    ``class_weight`` [C] (classification): weights of the training loss and of the validation criterion.
     """
     step_module = train_module if train_module is not None else model
     inputs, targets = train
@@ -95,6 +88,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
     steps_per_epoch = max(1, math.ceil(n / global_batch))
     total = epochs * steps_per_epoch
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), total)  # a warm-up longer than the run is cut
+    weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=device)
     best, best_loss, history, step = None, math.inf, [], 0
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -110,7 +104,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
                 group["lr"] = value * group.get("lr_scale", 1.0)
             x, y = inputs[batch].to(device).float(), targets[batch].to(device)
             with autocast():
-                loss = task_loss(kind, step_module(x), y)
+                loss = task_loss(kind, step_module(x), y, weight)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{name}: non-finite loss at epoch {epoch + 1}, step {step}; lower the LR")
             optimizer.zero_grad(set_to_none=True)
@@ -119,7 +113,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
             losses.append(loss.item())
             step += 1
         val_pred = predict(model, val[0], kind, device, max(batch_size, 64), autocast)
-        val_loss = subject_loss(kind, val[2], val[1], val_pred)
+        val_loss = subject_loss(kind, val[2], val[1], val_pred, class_weight)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                         "lr": value, "elapsed_s": round(time.perf_counter() - t0, 2)})
         if rank == 0:

@@ -1,10 +1,14 @@
-"""Downstream metrics (scikit-learn and scipy underneath) and bootstrap intervals over test subjects.
+"""Downstream metrics and bootstrap intervals over test subjects.
 
 Regression (targets z-scored with the training subjects' mean and std): ``mse`` on the z-scored scale (the
 paper's), ``mae`` in the label's original units, Pearson ``r`` and ``r2``. Classification: ``accuracy``,
 ``balanced_accuracy``, ``f1`` (positive class 1 for binary tasks, macro average for multi-class) and ``auroc``
 (binary: the probability of class 1; multi-class: one-vs-rest, macro). Every metric is computed over subjects:
 a subject's prediction is the mean over its evaluation windows (regression value, class probabilities).
+
+Regression and binary metrics are computed in numpy (:func:`fast_metrics`, tested against scikit-learn and
+scipy), so that an evaluation job does not pay seconds of scikit-learn / scipy imports; multi-class F1 and
+AUROC come from scikit-learn.
 """
 
 from __future__ import annotations
@@ -21,15 +25,13 @@ LOWER_IS_BETTER = {"mse", "mae"}
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: float = 1.0) -> dict[str, float]:
     """y_true, y_pred: [N] z-scored; ``scale``: the training std (original units = z x scale)."""
-    from scipy.stats import pearsonr
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
     y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
-    constant = np.ptp(y_true) == 0 or np.ptp(y_pred) == 0
-    return {"mse": float(mean_squared_error(y_true, y_pred)),
-            "mae": float(mean_absolute_error(y_true, y_pred) * scale),
-            "r": math.nan if constant else float(pearsonr(y_true, y_pred)[0]),
-            "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan}
+    m = {k: float(v[0]) for k, v in fast_metrics("regression", y_true[None], y_pred[None], scale).items()}
+    if np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
+        m["r"] = math.nan
+    if len(y_true) < 2:
+        m["r2"] = math.nan
+    return m
 
 
 def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
@@ -42,22 +44,22 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
 
 
 def _classification(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    n_classes = prob.shape[1]
+    if n_classes == 2:
+        m = {k: float(v[0]) for k, v in fast_metrics("binary", y_true[None], prob[None]).items()}
+        if len(np.unique(y_true)) < 2:
+            m["auroc"] = math.nan
+        return m
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-    n_classes = prob.shape[1]
     pred = prob.argmax(axis=1)
-    binary = n_classes == 2
-    f1 = f1_score(y_true, pred, average="binary" if binary else "macro", pos_label=1, zero_division=0.0,
-                  labels=None if binary else list(range(n_classes)))
-    if len(np.unique(y_true)) < 2:
-        auroc = math.nan
-    elif binary:
-        auroc = roc_auc_score(y_true, prob[:, 1])
-    else:
-        auroc = roc_auc_score(y_true, prob, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+    labels = list(range(n_classes))
+    auroc = (roc_auc_score(y_true, prob, multi_class="ovr", average="macro", labels=labels)
+             if len(np.unique(y_true)) == n_classes else math.nan)   # one-vs-rest needs every class present
     return {"accuracy": float(accuracy_score(y_true, pred)),
             "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
-            "f1": float(f1), "auroc": float(auroc)}
+            "f1": float(f1_score(y_true, pred, average="macro", labels=labels, zero_division=0.0)),
+            "auroc": float(auroc)}
 
 
 def task_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float = 1.0) -> dict[str, float]:
@@ -109,13 +111,23 @@ def fast_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float =
 
 def _auroc_rows(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Mann-Whitney AUROC per row (ties count one half). positive [K, N] bool, score [K, N]."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score, axis=1)
+    ranks = average_ranks(score)
     n_pos = positive.sum(axis=1)
     n_neg = positive.shape[1] - n_pos
     with np.errstate(invalid="ignore", divide="ignore"):
         return ((ranks * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def average_ranks(score: np.ndarray) -> np.ndarray:
+    """Ranks 1..N per row with ties given their average rank (scipy's ``rankdata``). score [K, N] -> [K, N]."""
+    score = np.asarray(score, dtype=float)
+    ranks = np.empty_like(score)
+    for k, row in enumerate(score):
+        ordered = np.sort(row)
+        below = np.searchsorted(ordered, row, side="left")
+        upto = np.searchsorted(ordered, row, side="right")
+        ranks[k] = (below + 1 + upto) / 2
+    return ranks
 
 
 def bootstrap_seed_mean(kind: str, y_true: np.ndarray, preds: list[np.ndarray], scale: float = 1.0,

@@ -28,6 +28,7 @@ from brainjepa.evaluate.tasks import TaskConfig, TaskWindows, load_task, split_m
 log = logging.getLogger("brainjepa.evaluate")
 PROTOCOLS = ("finetune", "linprobe", "attentive", "closed_form")
 BASELINES = ("fc_linear", "fc_svm")
+TORCH_PROTOCOLS = ("finetune", "linprobe", "attentive")
 
 
 def parse_method(method: str) -> tuple[str | None, str]:
@@ -41,14 +42,15 @@ def parse_method(method: str) -> tuple[str | None, str]:
                      f"or one of {', '.join(BASELINES)}")
 
 
-def _seed_everything(seed: int) -> None:
+def _seed_everything(seed: int, with_torch: bool) -> None:
     import random
-
-    import torch
 
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    if with_torch:
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def _features_for(w: TaskWindows, paths: list[str | Path]) -> dict[str, np.ndarray]:
@@ -68,6 +70,17 @@ def _features_for(w: TaskWindows, paths: list[str | Path]) -> dict[str, np.ndarr
                          f"({len(lost)} missing): rebuild the features")
     return {"pooled": np.stack([pooled[found[k][0]][found[k][1]] for k in keys]),
             "roi_tokens": np.stack([rois[found[k][0]][found[k][1]] for k in keys])}
+
+
+def _class_weight(w: TaskWindows, cfg: ProtocolConfig) -> np.ndarray | None:
+    """Balanced class weights [C] from the training subjects (one count per subject), or None."""
+    from brainjepa.evaluate.tasks import class_weights
+
+    if w.task.kind == "regression" or cfg.class_weight == "none":
+        return None
+    tr = w.mask("train")
+    _, target = subject_mean(w.subject[tr], w.target[tr].astype(float))
+    return class_weights(target.astype(int), w.n_outputs)
 
 
 def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: ProtocolConfig, seed: int,
@@ -119,7 +132,8 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
                       epochs=section.epochs, warmup_epochs=section.warmup_epochs, batch_size=section.batch_size,
                       lr=lr, min_lr=section.min_lr, seed=seed, device=device,
                       autocast=autocast, rank=dist_info.rank,
-                      world_size=dist_info.world_size, train_module=train_module, name=name)
+                      world_size=dist_info.world_size, train_module=train_module, name=name,
+                      class_weight=_class_weight(w, cfg))
     predictions = {s: loop.predict(model, x[m], w.task.kind, device, 64, autocast)
                    for s, m in (("val", va), ("test", te))}
     info = {"epoch": result.selected_epoch, "history": result.history, "lr": lr}
@@ -130,11 +144,13 @@ def _closed_form(protocol: str, w: TaskWindows, features: np.ndarray, cfg: Proto
     from brainjepa.evaluate import baselines
 
     section = cfg.svm if protocol == "fc_svm" else cfg.closed_form
-    make = (baselines.svm_maker if protocol == "fc_svm" else baselines.closed_form_maker)(w.task.kind, seed)
+    weight = _class_weight(w, cfg)
+    maker = baselines.svm_maker if protocol == "fc_svm" else baselines.closed_form_maker
+    make = maker(w.task.kind, seed, balanced=weight is not None)
     grid = baselines.log_grid(section.log10_range, section.grid)
     tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
     model, value, history = baselines.fit_select(w.task.kind, make, grid, (features[tr], w.target[tr]),
-                                                 (features[va], w.target[va], w.subject[va]), w.n_outputs)
+                                                 (features[va], w.target[va], w.subject[va]), w.n_outputs, weight)
     predictions = {s: baselines.predict(model, w.task.kind, features[m], w.n_outputs)
                    for s, m in (("val", va), ("test", te))}
     return predictions, {"regularisation": value, "history": history}
@@ -161,22 +177,25 @@ def _subject_rows(w: TaskWindows, split: str, pred: np.ndarray) -> tuple[np.ndar
 def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path, out: str | Path,
                    protocols: ProtocolConfig | None = None, encoder_spec: dict | None = None,
                    features: list[str | Path] | None = None) -> dict:
-    """Evaluate one (task, method, seed) and write its JSON (rank 0); returns the record."""
-    import torch
+    """Evaluate one (task, method, seed) and write its JSON (rank 0); returns the record.
 
+    torch is imported only by the gradient-trained protocols (closed-form and FC jobs start seconds sooner)."""
     from brainjepa.data.shards import load_manifest
     from brainjepa.io import write_text_atomic
 
     cfg = protocols or ProtocolConfig()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     encoder_name, protocol = parse_method(method)
+    uses_torch = protocol in TORCH_PROTOCOLS
+    if uses_torch and cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     name = f"{task.name}/{method}/seed{seed}"
     manifests = split_manifests(shards)
     window = int(load_manifest(manifests["train"])["window"])
     needs_data = protocol in ("finetune", "fc_linear", "fc_svm")
     w = load_task(task, manifests, window, with_data=needs_data)
-    _seed_everything(seed)
+    _seed_everything(seed, uses_torch)
     t0 = time.perf_counter()
     source = None
     if protocol == "finetune":
@@ -219,11 +238,15 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
     record["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("%s: test %s (%.1f s)", name, ", ".join(f"{k} {v:.3f}" for k, v in record["test"].items()),
              record["seconds"])
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if not uses_torch or _rank() == 0:
         write_text_atomic(out, json.dumps(record, indent=1, default=_plain) + "\n")
     return record
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _plain(value):

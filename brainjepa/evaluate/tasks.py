@@ -105,7 +105,7 @@ def _read_split(manifest_path: str | Path, split: str, columns: list[str], with_
 
 def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, with_data: bool = False) -> TaskWindows:
     """The task's windows from the per-split shard sets ``{split: manifest path}`` (train, val, test)."""
-    from brainjepa.data.dataset import window_starts
+    from brainjepa.data.schedule import window_starts
     from brainjepa.data.shards import load_manifest
 
     missing = [s for s in SPLITS if s not in manifests]
@@ -202,11 +202,33 @@ def subject_mean(subject: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     return order, sums / counts
 
 
+def class_weights(target: np.ndarray, n_classes: int) -> np.ndarray:
+    """Balanced class weights [C] from training targets [N] (class indices): ``N / (C x count_c)``, as
+    scikit-learn's ``class_weight="balanced"``; a class without a training sample gets weight 0."""
+    counts = np.bincount(np.asarray(target, dtype=np.int64), minlength=n_classes).astype(float)
+    with np.errstate(divide="ignore"):
+        return np.where(counts > 0, counts.sum() / (n_classes * counts), 0.0)
+
+
+def subject_loss(kind: str, subject: np.ndarray, target: np.ndarray, pred: np.ndarray,
+                 class_weight: np.ndarray | None = None) -> float:
+    """The selection criterion over subject-mean predictions: MSE (regression) or NLL (classification; with
+    ``class_weight`` [C] the weighted mean of the subjects' NLL, each weighted by its class's weight)."""
+    subjects, mean_pred = subject_mean(subject, pred)
+    _, mean_target = subject_mean(subject, target.astype(float))
+    if kind == "regression":
+        return float(np.mean((mean_pred - mean_target) ** 2))
+    label = mean_target.astype(int)
+    nll = -np.log(np.clip(mean_pred[np.arange(len(subjects)), label], 1e-12, 1.0))
+    weight = np.ones(len(label)) if class_weight is None else np.asarray(class_weight, float)[label]
+    return float((weight * nll).sum() / weight.sum())
+
+
 def cohort_windows(manifests: dict[str, str | Path], cohorts: list[str], window: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Every evaluation window of the cohorts' train/val/test runs, labelled or not: (run_id [N], start [N],
     data [N, R, window] float32, ROI names). What the feature cache of an encoder holds."""
-    from brainjepa.data.dataset import window_starts
+    from brainjepa.data.schedule import window_starts
     from brainjepa.data.shards import load_manifest
 
     run_ids, starts, blocks = [], [], []
