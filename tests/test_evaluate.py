@@ -376,7 +376,10 @@ def test_closed_form_and_fc_jobs_do_not_import_torch(eval_data, tmp_path):
             "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "torch": False}
-    assert json.loads((tmp_path / "fc.json").read_text())["protocol"] == "fc_linear"
+    record = json.loads((tmp_path / "fc.json").read_text())
+    train = eval_data[1].query("split == 'train'")["sex"]
+    expected = [len(train) / (2 * (train == c).sum()) for c in ("F", "M")]
+    assert record["protocol"] == "fc_linear" and record["class_weight"] == pytest.approx(expected)
 
 
 def test_fc_baseline_finds_the_planted_correlation(eval_data, tmp_path):

@@ -78,22 +78,27 @@ def fit_select(kind: str, make, grid: np.ndarray, train: tuple[np.ndarray, np.nd
     return best[1], best[2], history
 
 
-def closed_form_maker(kind: str, seed: int, balanced: bool = False):
-    """Ridge(alpha) or logistic regression (C = 1 / alpha; ``balanced``: class-balanced loss weights)."""
+def _weights(class_weight: np.ndarray | None) -> dict | None:
+    """scikit-learn's form: {class: weight} for the classes with training samples (weight > 0)."""
+    return None if class_weight is None else {c: float(v) for c, v in enumerate(class_weight) if v > 0}
+
+
+def closed_form_maker(kind: str, seed: int, class_weight: np.ndarray | None = None):
+    """Ridge(alpha) or logistic regression (C = 1 / alpha; ``class_weight`` [C]: the loss weight per class)."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     if kind == "regression":
         return lambda alpha: Ridge(alpha=alpha)
-    weight = "balanced" if balanced else None
+    weight = _weights(class_weight)
     return lambda alpha: LogisticRegression(C=1.0 / alpha, max_iter=5000, random_state=seed, class_weight=weight)
 
 
-def svm_maker(kind: str, seed: int, balanced: bool = False):
+def svm_maker(kind: str, seed: int, class_weight: np.ndarray | None = None):
     from sklearn.svm import SVC, SVR
 
     if kind == "regression":
         return lambda c: SVR(C=c, kernel="rbf", gamma="scale")
-    weight = "balanced" if balanced else None
+    weight = _weights(class_weight)
     return lambda c: SVC(C=c, kernel="rbf", gamma="scale", decision_function_shape="ovr", random_state=seed,
                          class_weight=weight)
 

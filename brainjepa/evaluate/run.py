@@ -146,7 +146,7 @@ def _closed_form(protocol: str, w: TaskWindows, features: np.ndarray, cfg: Proto
     section = cfg.svm if protocol == "fc_svm" else cfg.closed_form
     weight = _class_weight(w, cfg)
     maker = baselines.svm_maker if protocol == "fc_svm" else baselines.closed_form_maker
-    make = maker(w.task.kind, seed, balanced=weight is not None)
+    make = maker(w.task.kind, seed, weight)
     grid = baselines.log_grid(section.log10_range, section.grid)
     tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
     model, value, history = baselines.fit_select(w.task.kind, make, grid, (features[tr], w.target[tr]),
@@ -229,6 +229,8 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
         record["target"] = {"mean": w.mean, "std": w.std}
     else:
         record["classes"] = w.classes
+        weight = _class_weight(w, cfg)
+        record["class_weight"] = None if weight is None else [float(v) for v in weight]
     for split in ("val", "test"):
         truth, pred, rows = _subject_rows(w, split, predictions[split])
         record[split] = task_metrics(task.kind, truth, pred, w.std)
