@@ -175,6 +175,34 @@ def test_task_windows_keep_splits_apart_and_scale_with_training_subjects(eval_da
     assert sex.classes == ["F", "M"] and set(sex.target[sex.raw == "M"]) == {1}
 
 
+def test_temporal_jitter_draws_training_windows_from_the_whole_run(eval_data, tmp_path):
+    from brainjepa.evaluate.run import run_evaluation
+
+    root, _ = eval_data
+    w = load_task(AGE, split_manifests(root / "shards"), WINDOW, with_data=True)
+    index = np.flatnonzero(w.mask("train"))[:6]
+    a, b = w.jittered(index, seed=0, epoch=0), w.jittered(index, seed=0, epoch=1)
+    np.testing.assert_array_equal(a, w.jittered(index, seed=0, epoch=0))      # deterministic per (seed, epoch)
+    assert a.shape == (6, R, WINDOW) and not np.array_equal(a, b)
+    for k, i in enumerate(index):                                            # a window of the window's own run
+        run = w.runs[i]
+        assert any(np.array_equal(a[k], run[:, s:s + WINDOW]) for s in range(run.shape[1] - WINDOW + 1))
+    seen = []
+    real = loop.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("sample"))
+        return real(*args, **kwargs)
+
+    spec = {"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")}
+    settings = {"finetune": {"epochs": 2, "warmup_epochs": 1, "temporal_jitter": True}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "fit", spy)
+        run_evaluation(AGE, "random_finetune", 0, root / "shards", tmp_path / "j.json",
+                       ProtocolConfig.from_dict(settings), spec)
+    assert seen and seen[0] is not None
+
+
 def test_target_scaling_ignores_val_and_test_labels(eval_data, tmp_path):
     root, frame = eval_data
     frame = frame.copy()

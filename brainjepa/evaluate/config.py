@@ -32,6 +32,9 @@ class FinetuneConfig:
     layer_decay: float = 0.75
     drop_path: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
+    # Training windows from a random start in each run at every epoch (the public code's training sampling);
+    # False: the fixed evaluation windows. Validation and test always read the deterministic windows.
+    temporal_jitter: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,15 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
         val: tuple[torch.Tensor, np.ndarray, np.ndarray], kind: str, *, epochs: int, warmup_epochs: float,
         batch_size: int, lr: float, min_lr: float, seed: int, device: torch.device, autocast: Callable,
         rank: int = 0, world_size: int = 1, train_module: torch.nn.Module | None = None,
-        name: str = "", class_weight: np.ndarray | None = None) -> FitResult:
+        name: str = "", class_weight: np.ndarray | None = None,
+        sample: Callable[[np.ndarray, int], np.ndarray] | None = None) -> FitResult:
     """Train and select on validation (module docstring).
 
     train: (inputs [N, ...], targets [N]); val: (inputs [M, ...], targets [M], subjects [M]).
     ``train_module``: what the steps call (a DDP wrapper of ``model``); ``model`` is what is evaluated and saved.
     ``class_weight`` [C] (classification): weights of the training loss and of the validation criterion.
+    ``sample(indices [B], epoch) -> inputs [B, ...]``: the training inputs of a batch instead of
+    ``inputs[indices]`` (temporal jitter); the training set's size is still ``len(inputs)``.
     """
     step_module = train_module if train_module is not None else model
     inputs, targets = train
@@ -102,7 +105,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
             value = lr_at(step, total, warmup, lr, min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = value * group.get("lr_scale", 1.0)
-            x, y = inputs[batch].to(device).float(), targets[batch].to(device)
+            x = inputs[batch]
+            if sample is not None:
+                x = torch.from_numpy(sample(batch.numpy(), epoch)).view_as(x)
+            x, y = x.to(device).float(), targets[batch].to(device)
             with autocast():
                 loss = task_loss(kind, step_module(x), y, weight)
             if not torch.isfinite(loss):

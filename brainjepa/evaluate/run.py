@@ -128,12 +128,16 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
     autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
     target = torch.from_numpy(w.target)
     tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
+    sample = None
+    if protocol == "finetune" and section.temporal_jitter:
+        train_index = np.flatnonzero(tr)
+        sample = lambda batch, epoch: w.jittered(train_index[batch], seed, epoch)  # noqa: E731
     result = loop.fit(model, optimizer, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]), w.task.kind,
                       epochs=section.epochs, warmup_epochs=section.warmup_epochs, batch_size=section.batch_size,
                       lr=lr, min_lr=section.min_lr, seed=seed, device=device,
                       autocast=autocast, rank=dist_info.rank,
                       world_size=dist_info.world_size, train_module=train_module, name=name,
-                      class_weight=_class_weight(w, cfg))
+                      class_weight=_class_weight(w, cfg), sample=sample)
     predictions = {s: loop.predict(model, x[m], w.task.kind, device, 64, autocast)
                    for s, m in (("val", va), ("test", te))}
     info = {"epoch": result.selected_epoch, "history": result.history, "lr": lr}

@@ -64,6 +64,21 @@ class TaskWindows:
     std: float = 1.0
     data: np.ndarray | None = None
     roi_names: list[str] = field(default_factory=list)
+    runs: list[np.ndarray] = field(default_factory=list)   # with data: each window's whole run [R, T_run]
+
+    def jittered(self, index: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        """Training-time temporal jitter: for windows ``index`` [B], a window of the same length from a random
+        start in each one's run, drawn from (seed, epoch, window) -> [B, R, window] float32 (the public code's
+        training sampling; evaluation keeps the deterministic windows)."""
+        if self.data is None or not self.runs:
+            raise InputError(f"task {self.task.name}: temporal jitter needs the windows' runs (with_data)")
+        window = self.data.shape[-1]
+        out = np.empty((len(index),) + self.data.shape[1:], dtype=np.float32)
+        for k, i in enumerate(np.asarray(index)):
+            run = self.runs[int(i)]
+            start = int(np.random.default_rng([seed, epoch, int(i)]).integers(0, run.shape[1] - window + 1))
+            out[k] = run[:, start:start + window]
+        return out
 
     def mask(self, split: str) -> np.ndarray:
         return self.split == split
@@ -153,6 +168,7 @@ def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, w
         for k, (matrix, s0) in enumerate(zip(sub["data"], start)):
             data[k] = matrix[:, s0:s0 + window]
         out.data = data
+        out.runs = list(sub["data"])
         out.roi_names = list(load_manifest(manifests["train"])["roi_names"])
     return out
 
