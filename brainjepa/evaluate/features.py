@@ -24,13 +24,6 @@ def extract(encoder, data: np.ndarray, n_time_patches: int, device, batch_size: 
     """data [N, R, T] -> (pooled [N, D] float32, roi_tokens [N, R, D] float16). Encoder in eval mode.
 
     (torch is imported here, not with the module: reading a cache, as the closed-form heads do, needs none.)"""
-    import torch
-
-    with torch.no_grad():
-        return _extract(encoder, data, n_time_patches, device, batch_size, autocast)
-
-
-def _extract(encoder, data, n_time_patches, device, batch_size, autocast):
     from contextlib import nullcontext
 
     import torch
@@ -39,7 +32,7 @@ def _extract(encoder, data, n_time_patches, device, batch_size, autocast):
     pooled, rois = [], []
     for i in range(0, len(data), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(data[i:i + batch_size])).unsqueeze(1).to(device)
-        with (autocast() if autocast else nullcontext()):
+        with torch.no_grad(), (autocast() if autocast else nullcontext()):
             tokens = encoder(x).float()                                   # [B, R*W, D]
         b, _, d = tokens.shape
         pooled.append(tokens.mean(dim=1).cpu().numpy())

@@ -84,7 +84,7 @@ def _class_weight(w: TaskWindows, cfg: ProtocolConfig) -> np.ndarray | None:
 
 
 def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: ProtocolConfig, seed: int,
-                   encoder=None, name: str = ""):
+                   class_weight: np.ndarray | None = None, encoder=None, name: str = ""):
     """Fine-tune (inputs: windows) or train a probe (inputs: features) through :func:`.loop.fit`.
 
     Returns (test predictions per window, selection info)."""
@@ -137,18 +137,18 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
                       lr=lr, min_lr=section.min_lr, seed=seed, device=device,
                       autocast=autocast, rank=dist_info.rank,
                       world_size=dist_info.world_size, train_module=train_module, name=name,
-                      class_weight=_class_weight(w, cfg), sample=sample)
+                      class_weight=class_weight, sample=sample)
     predictions = {s: loop.predict(model, x[m], w.task.kind, device, 64, autocast)
                    for s, m in (("val", va), ("test", te))}
     info = {"epoch": result.selected_epoch, "history": result.history, "lr": lr}
     return predictions, info
 
 
-def _closed_form(protocol: str, w: TaskWindows, features: np.ndarray, cfg: ProtocolConfig, seed: int):
+def _closed_form(protocol: str, w: TaskWindows, features: np.ndarray, cfg: ProtocolConfig, seed: int,
+                 weight: np.ndarray | None):
     from brainjepa.evaluate import baselines
 
     section = cfg.svm if protocol == "fc_svm" else cfg.closed_form
-    weight = _class_weight(w, cfg)
     maker = baselines.svm_maker if protocol == "fc_svm" else baselines.closed_form_maker
     make = maker(w.task.kind, seed, weight)
     grid = baselines.log_grid(section.log10_range, section.grid)
@@ -200,6 +200,7 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
     needs_data = protocol in ("finetune", "fc_linear", "fc_svm")
     w = load_task(task, manifests, window, with_data=needs_data)
     _seed_everything(seed, uses_torch)
+    weight = _class_weight(w, cfg)
     t0 = time.perf_counter()
     source = None
     if protocol == "finetune":
@@ -208,7 +209,7 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
         if encoder_spec is None:
             raise InputError(f"{name}: fine-tuning needs an encoder spec")
         encoder, source = load_encoder(encoder_spec, w.roi_names, window, seed=seed, drop_path=cfg.finetune.drop_path)
-        predictions, info = _gradient_head(protocol, w, w.data, cfg, seed, encoder, name)
+        predictions, info = _gradient_head(protocol, w, w.data, cfg, seed, weight, encoder, name)
     elif protocol in ("linprobe", "attentive", "closed_form"):
         if not features:
             raise InputError(f"{name}: {protocol} needs the encoder's feature cache(s)")
@@ -218,13 +219,13 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
 
         source = read_features(features[0])["meta"]["source"]
         if protocol == "closed_form":
-            predictions, info = _closed_form(protocol, w, inputs.astype(np.float64), cfg, seed)
+            predictions, info = _closed_form(protocol, w, inputs.astype(np.float64), cfg, seed, weight)
         else:
-            predictions, info = _gradient_head(protocol, w, inputs, cfg, seed, name=name)
+            predictions, info = _gradient_head(protocol, w, inputs, cfg, seed, weight, name=name)
     else:
         from brainjepa.evaluate.baselines import fc_features
 
-        predictions, info = _closed_form(protocol, w, fc_features(w.data), cfg, seed)
+        predictions, info = _closed_form(protocol, w, fc_features(w.data), cfg, seed, weight)
     record = {"task": task.name, "kind": task.kind, "label": task.label, "cohorts": list(task.cohorts),
               "method": method, "encoder": encoder_name, "protocol": protocol, "seed": seed, "source": source,
               "n_subjects": w.counts(), "n_windows": {s: int(w.mask(s).sum()) for s in ("train", "val", "test")},
@@ -233,7 +234,6 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
         record["target"] = {"mean": w.mean, "std": w.std}
     else:
         record["classes"] = w.classes
-        weight = _class_weight(w, cfg)
         record["class_weight"] = None if weight is None else [float(v) for v in weight]
     for split in ("val", "test"):
         truth, pred, rows = _subject_rows(w, split, predictions[split])

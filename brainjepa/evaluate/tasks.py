@@ -68,15 +68,19 @@ class TaskWindows:
 
     def jittered(self, index: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """Training-time temporal jitter: for windows ``index`` [B], a window of the same length from a random
-        start in each one's run, drawn from (seed, epoch, window) -> [B, R, window] float32 (the public code's
-        training sampling; evaluation keeps the deterministic windows)."""
+        start in each one's run -> [B, R, window] float32: the pretraining loader's train-mode draw
+        (:func:`brainjepa.data.schedule.window_starts`, from seed, epoch and the window's key), as the public
+        code samples; evaluation keeps the deterministic windows."""
+        from brainjepa.data.schedule import window_starts
+
         if self.data is None or not self.runs:
             raise InputError(f"task {self.task.name}: temporal jitter needs the windows' runs (with_data)")
         window = self.data.shape[-1]
         out = np.empty((len(index),) + self.data.shape[1:], dtype=np.float32)
         for k, i in enumerate(np.asarray(index)):
             run = self.runs[int(i)]
-            start = int(np.random.default_rng([seed, epoch, int(i)]).integers(0, run.shape[1] - window + 1))
+            (start,) = window_starts(run.shape[1], window, mode="train", seed=seed, epoch=epoch,
+                                     run_id=f"{self.run_id[i]}@{self.start[i]}")
             out[k] = run[:, start:start + window]
         return out
 
