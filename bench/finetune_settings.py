@@ -35,9 +35,10 @@ def main() -> None:
     ap.add_argument("--class-weight", default="none", choices=["none", "balanced"])
     ap.add_argument("--workdir", type=Path, default=Path("."))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint", help="another pretrained checkpoint of the encoder (e.g. a longer run)")
     args = ap.parse_args()
     task = TaskConfig.from_dict(args.task, TASKS[args.task])
-    spec = {"kind": "checkpoint", "path": str(args.workdir / CHECKPOINTS[args.encoder])}
+    spec = {"kind": "checkpoint", "path": args.checkpoint or str(args.workdir / CHECKPOINTS[args.encoder])}
     cfg = ProtocolConfig.from_dict({"threads": args.threads, "class_weight": args.class_weight,
                                     "finetune": args.finetune})
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ def _scaling(args: argparse.Namespace) -> None:
 def _group_fc(args: argparse.Namespace) -> None:
     from brainjepa.group.group_fc import run_group_fc
 
-    run_group_fc(args.splits, args.runs_root, args.labels, args.out, args.figure)
+    run_group_fc(args.splits, args.runs_root, args.labels, args.out)
 
 
 def _gradients(args: argparse.Namespace) -> None:
@@ -69,8 +69,7 @@ def register(sub) -> None:
     p.set_defaults(func=_scaling)
 
     p = sub.add_parser("group-fc", parents=[parent("splits", "runs_root", "labels", "out")],
-                       help="Fisher-z mean FC of the pretraining set (.npy, + heatmap)")
-    p.add_argument("--figure", help="heatmap (.png/.svg)")
+                       help="Fisher-z mean FC of the pretraining set (.npy)")
     p.set_defaults(func=_group_fc)
 
     p = sub.add_parser("gradients", parents=[parent("labels", "out")],

@@ -7,18 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainjepa.io import atomic_path
+from brainjepa.figures.common import network_order, pyplot, save
 
 
 def plot_fc(fc: np.ndarray, labels: pd.DataFrame, path: str | Path) -> None:
     """Heatmap of FC with ROIs ordered by network (label table order within a network), boundaries drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     networks = labels["network"].astype(str).to_numpy()
-    first_seen = list(dict.fromkeys(networks))
+    first_seen = network_order(labels)
     order = np.argsort([first_seen.index(n) for n in networks], kind="stable")
     fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
     image = ax.imshow(fc[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
@@ -32,6 +28,4 @@ def plot_fc(fc: np.ndarray, labels: pd.DataFrame, path: str | Path) -> None:
     fig.colorbar(image, ax=ax, label="Pearson r (Fisher-z mean)")
     ax.set_title(f"Group FC ({len(fc)} ROIs, ordered by network)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
+    save(fig, path)

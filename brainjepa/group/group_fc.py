@@ -57,9 +57,9 @@ def write_fc(fc: np.ndarray, path: str | Path) -> None:
             np.save(fh, fc.astype(np.float64))
 
 
-def run_group_fc(splits_path: str | Path, runs_root: str | Path, labels_path: str | Path, out: str | Path,
-                 figure: str | Path | None = None) -> None:
-    """The ``group_fc`` stage: the pretraining set's runs (from the splits table) -> FC ``.npy`` (+ heatmap).
+def run_group_fc(splits_path: str | Path, runs_root: str | Path, labels_path: str | Path, out: str | Path) -> None:
+    """The ``group_fc`` stage: the pretraining set's runs (from the splits table) -> FC ``.npy`` (the heatmap is
+    the figures stage's, :mod:`brainjepa.figures.group_fc`).
 
     The time series' ROI columns must equal the atlas label table's names, in order.
     """
@@ -69,8 +69,4 @@ def run_group_fc(splits_path: str | Path, runs_root: str | Path, labels_path: st
     fc, names = group_fc(run_files(pretraining_runs(read_splits(splits_path)), runs_root))
     labels = read_label_table(labels_path)
     check_roi_names(labels["name"].astype(str).tolist(), names, labels_path, "the time series' columns")
-    if figure:
-        from brainjepa.figures.group_fc import plot_fc
-
-        plot_fc(fc, labels, figure)
     write_fc(fc, out)

@@ -1,5 +1,6 @@
 # Config, sample-sheet and training-config validation (before any job runs), the results layout, and the
 # input functions of the rules. Layout: every rule writes under results/<stage>/ and logs to logs/<rule>/.
+import dataclasses
 import json
 import math
 import os
@@ -88,7 +89,6 @@ SPLITS = "results/splits/splits.tsv"
 SPLIT_BALANCE = "results/splits/balance.tsv"
 SCALING_STATS = "results/scaling/scaling_stats.json"
 GROUP_FC = "results/group_fc/group_fc.npy"
-GROUP_FC_FIGURE = "results/group_fc/group_fc.png"
 GRADIENTS = "results/gradients/gradients.tsv"
 SHARDS_MANIFEST = "results/shards/{split}/manifest.json"  # one shard set per split
 SPLIT_NAMES = sorted(set(SPLIT_TABLE["split"]))
@@ -254,13 +254,13 @@ def torchrun_launcher(processes):
 
 
 def get_final_outputs():
-    group = [SPLITS, SPLIT_BALANCE, SCALING_STATS, GROUP_FC, GROUP_FC_FIGURE, GRADIENTS]
+    group = [SPLITS, SPLIT_BALANCE, SCALING_STATS, GROUP_FC, GRADIENTS]
     per_run = [f"{ALIGN_TR_ROOT}/{run_id}.parquet" for run_id in RUN_IDS]
     per_run += [f"results/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
     shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
     pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
     evaluation = [METRICS, f"{TABLES}/summary.md"] if EVAL_RESULTS else []
-    return [ATLAS_IMAGE, ATLAS_LABELS, *group, *shards, *pretrained, *per_run, *evaluation]
+    return [ATLAS_IMAGE, ATLAS_LABELS, *group, *shards, *pretrained, *per_run, *evaluation, *figure_outputs()]
 
 
 # -- downstream evaluation (rules/evaluate.smk) -----------------------------------------------------------------
@@ -388,3 +388,86 @@ def evaluate_gpus(wildcards):
 
     _, protocol = parse_method(wildcards.method)
     return config["evaluate"]["gpus"] if protocol in ("finetune", "linprobe", "attentive") else 0
+
+
+# -- figures and the report (rules/figures.smk) ------------------------------------------------------------------
+FIGURES = "results/figures"
+CAT_DATA = "1. Data and quality control"  # the report's categories, one per stage group
+CAT_GROUP = "2. Group statistics"
+CAT_PRETRAIN = "3. Pretraining"
+CAT_EVAL = "4. Evaluation"
+CAT_INTERPRET = "5. Interpretation"
+REPORT_SUMMARY = "results/report/summary.rst"
+FIGURES_CONFIG = config.get("figures", {})
+
+
+def _attention_setup():
+    """figures.attention, checked now: its encoder and task exist and the task has groups (classification)."""
+    from brainjepa.evaluate.attention import AttentionConfig
+
+    spec = FIGURES_CONFIG.get("attention")
+    if not spec:
+        return None
+    try:
+        cfg = AttentionConfig.from_dict(spec)
+    except InputError as exc:
+        raise WorkflowError(f"invalid figures.attention: {exc}")
+    if cfg.encoder not in EVAL_ENCODERS:
+        raise WorkflowError(
+            f"figures.attention.encoder: '{cfg.encoder}' is not one of evaluate.encoders "
+            f"({', '.join(EVAL_ENCODERS)})"
+        )
+    if cfg.task not in EVAL_TASKS:
+        raise WorkflowError(
+            f"figures.attention.task: '{cfg.task}' is not one of evaluate.tasks ({', '.join(EVAL_TASKS)})"
+        )
+    if EVAL_TASKS[cfg.task].kind == "regression":
+        raise WorkflowError(
+            f"figures.attention.task: '{cfg.task}' is a regression task; network attention compares "
+            "the groups of a binary or multiclass task"
+        )
+    return cfg
+
+
+ATTENTION = _attention_setup()
+# Encoders by size: the scaling figure is drawn when the pretrained encoders come in more than one architecture.
+_SIZES = {}
+for _name, _entry in EVAL_ENCODERS.items():
+    if "checkpoint" in _entry and "official" not in _entry:
+        _model = load_config(config["evaluate"]["encoders"][_name]["pretrained"]).model.resolved()
+        _SIZES[_name] = (_model.embed_dim, _model.depth, _model.num_heads, _model.patch_size)
+SCALING_ENCODERS = sorted(_SIZES) if len(set(_SIZES.values())) > 1 else []
+
+
+def figure_outputs():
+    """Every figure and table of the report (and its first page)."""
+    files = [
+        f"{FIGURES}/{name}"
+        for name in (
+            "group_fc.png",
+            "gradients_space.png",
+            "gradients_brain.png",
+            "gradients_eigenvalues.png",
+            "qc_rois.png",
+            "qc_splits.png",
+            "qc_runs.tsv",
+        )
+    ]
+    if PRETRAIN_RUNS:
+        files.append(f"{FIGURES}/pretraining.png")
+    if EVAL_RESULTS:
+        files += [f"{FIGURES}/evaluation_methods.png", f"{FIGURES}/finetune_vs_linprobe.png"]
+        files += [f"{FIGURES}/scaling.png"] if SCALING_ENCODERS else []
+    if ATTENTION is not None and EVAL_RESULTS:
+        files += [f"{FIGURES}/network_attention.png", f"{FIGURES}/network_attention.tsv"]
+    return files + [REPORT_SUMMARY]
+
+
+def named_options(flag, paths):
+    """Repeated `flag name=path` options (shell-quoted) of {name: path}."""
+    return " ".join(f"{flag} {shlex.quote(f'{name}={path}')}" for name, path in paths.items())
+
+
+def excluded_tables(manifests):
+    """The shards' excluded.tsv beside each split's manifest (shell-quoted)."""
+    return " ".join(shlex.quote(os.path.join(os.path.dirname(m), "excluded.tsv")) for m in manifests)

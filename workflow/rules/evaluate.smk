@@ -77,7 +77,7 @@ rule metrics:
     input:
         EVAL_RESULTS,
     output:
-        tsv=METRICS,
+        tsv=report(METRICS, caption="../report/metrics.rst", category=CAT_EVAL),
         summary=f"{TABLES}/summary.md",
         tables=[f"{TABLES}/{task}.md" for task in EVAL_TASKS],
     log:

@@ -77,7 +77,6 @@ rule group_fc:
         runs=aligned_runs(PRETRAIN_RUN_IDS),
     output:
         fc=GROUP_FC,
-        figure=GROUP_FC_FIGURE,
     log:
         "logs/group_fc/group_fc.log",
     conda:
@@ -90,7 +89,7 @@ rule group_fc:
         runs_root=runs_root,
     shell:
         "brainjepa group-fc --splits {input.splits:q} --runs-root {params.runs_root:q} --labels {input.labels:q}"
-        " --out {output.fc:q} --figure {output.figure:q} > {log} 2>&1"
+        " --out {output.fc:q} > {log} 2>&1"
 
 
 rule gradients:

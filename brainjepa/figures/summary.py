@@ -1,0 +1,105 @@
+"""The report's first page: a reStructuredText summary of the run (included by ``workflow/report/workflow.rst``).
+
+Sections: cohorts (subjects, runs, runs excluded from the shards), subjects per split, the models trained
+(objective, architecture, parameters, steps, last loss), and the metrics table (each task's main test metric as
+mean (std) over seeds, every method). Every number is read from the pipeline's outputs, none from the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainjepa.errors import InputError
+from brainjepa.io import atomic_path
+
+
+def encoder_parameters(checkpoint: str | Path) -> int:
+    """Parameters of a checkpoint's (target) encoder, frozen positional tables included."""
+    from brainjepa.models.weights import read_torch_file
+
+    state = read_torch_file(checkpoint, "checkpoint")
+    if not isinstance(state, dict) or "target_encoder" not in state:
+        raise InputError(f"{checkpoint}: not a brainjepa checkpoint (no target_encoder)")
+    return int(sum(v.numel() for v in state["target_encoder"].values()))
+
+
+def rst_table(frame: pd.DataFrame, title: str = "") -> str:
+    """A DataFrame as an RST list-table (every cell as text)."""
+    lines = [f".. list-table:: {title}".rstrip(), "   :header-rows: 1", ""]
+    for row in [list(frame.columns)] + frame.astype(str).values.tolist():
+        lines.append(f"   * - {_cell(row[0])}")
+        lines += [f"     - {_cell(c)}" for c in row[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    text = " ".join(str(value).split())
+    return text.replace("*", r"\*").replace("|", r"\|").replace("`", r"\`") or r"\ "
+
+
+def _models(runs: dict[str, str | Path]) -> pd.DataFrame:
+    import yaml
+
+    rows = []
+    for name, folder in runs.items():
+        folder = Path(folder)
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        log = pd.read_csv(folder / "log.csv")
+        model = cfg.get("model", {})
+        rows.append({"run": name, "objective": cfg.get("objective", "jepa"),
+                     "encoder": f"{model.get('size')}: {model.get('depth')} blocks x {model.get('embed_dim')} wide, "
+                                f"{model.get('num_heads')} heads, patch {model.get('patch_size')}",
+                     "positions": model.get("positional"),
+                     "parameters": f"{encoder_parameters(folder / 'final.pt'):,}",
+                     "steps": int(log["step"].iloc[-1]) if len(log) else 0,
+                     "epochs": int(log["epoch"].iloc[-1]) + 1 if len(log) else 0,
+                     "last loss": f"{log['loss'].iloc[-1]:.4g}" if len(log) else "n/a"})
+    return pd.DataFrame(rows)
+
+
+def _metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    from brainjepa.figures.evaluation import MAIN
+
+    rows = []
+    for (task, method), group in metrics.groupby(["task", "method"], sort=False):
+        column, label, _ = MAIN[group["kind"].iloc[0]]
+        values = group[column].to_numpy(dtype=float)
+        std = f" ({np.nanstd(values):.3f})" if len(values) > 1 else ""
+        rows.append({"task": task, "method": method, "metric": label.removeprefix("test "),
+                     "mean (std) over seeds": f"{np.nanmean(values):.3f}{std}", "seeds": len(values),
+                     "test subjects": int(group["n_test"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_paths: list[str | Path],
+                  runs: dict[str, str | Path], metrics_path: str | Path | None, out: str | Path) -> str:
+    samples = pd.read_csv(samples_path, sep="\t", dtype=str, keep_default_na=False)
+    splits = pd.read_csv(splits_path, sep="\t", dtype=str)
+    excluded = pd.concat([pd.read_csv(p, sep="\t", dtype=str) for p in excluded_paths], ignore_index=True)
+    cohort_of = excluded["run_id"].str.split("/").str[0]
+    cohorts = pd.DataFrame([{"cohort": c, "subjects": rows["subject"].nunique(), "runs": len(rows),
+                             "input": "ROI time series" if (rows["bold"] == "").all() else
+                                      ("NIfTI BOLD" if (rows["bold"] != "").all() else "NIfTI and time series"),
+                             "runs excluded from the shards": int((cohort_of == c).sum())}
+                            for c, rows in samples.groupby("cohort", sort=True)])
+    per_split = (splits.drop_duplicates(["cohort", "subject"]).groupby(["cohort", "split"]).size()
+                 .unstack(fill_value=0))
+    per_split = per_split[[s for s in ("pretrain", "train", "val", "test") if s in per_split.columns]].reset_index()
+    parts = [f"{len(samples)} runs of {samples.groupby('cohort')['subject'].nunique().sum()} subjects in "
+             f"{samples['cohort'].nunique()} cohorts; {len(excluded)} runs excluded from the training shards "
+             "(the QC section lists why).", "",
+             rst_table(cohorts, "Cohorts"), rst_table(per_split, "Subjects per split (subject-level splits)")]
+    if runs:
+        parts.append(rst_table(_models(runs), "Models pretrained"))
+    if metrics_path is not None:
+        from brainjepa.figures.evaluation import read_metrics
+
+        parts.append(rst_table(_metrics(read_metrics(metrics_path)),
+                               "Test metrics (r: Pearson, regression; BACC: balanced accuracy, classification)"))
+    text = "\n".join(parts)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text)
+    return text

@@ -1,0 +1,212 @@
+# Figures and the report: every figure of the run under results/figures/, each registered for the HTML report
+# (`snakemake --report results/report.html`, or `make report`) with a caption in workflow/report/, grouped by stage;
+# the report's first page (workflow/report/workflow.rst) includes the run summary that rule report_summary writes.
+
+
+rule figure_fc:
+    input:
+        fc=GROUP_FC,
+        labels=ATLAS_LABELS,
+    output:
+        report(f"{FIGURES}/group_fc.png", caption="../report/group_fc.rst", category=CAT_GROUP),
+    log:
+        "logs/figures/group_fc.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "brainjepa figure-fc --fc {input.fc:q} --labels {input.labels:q} --out {output:q} > {log} 2>&1"
+
+
+rule figure_gradients:
+    input:
+        gradients=GRADIENTS,
+        labels=ATLAS_LABELS,
+        atlas=ATLAS_IMAGE,
+    output:
+        space=report(f"{FIGURES}/gradients_space.png", caption="../report/gradients_space.rst", category=CAT_GROUP),
+        brain=report(f"{FIGURES}/gradients_brain.png", caption="../report/gradients_brain.rst", category=CAT_GROUP),
+        eigenvalues=report(
+            f"{FIGURES}/gradients_eigenvalues.png", caption="../report/gradients_eigenvalues.rst", category=CAT_GROUP
+        ),
+    log:
+        "logs/figures/gradients.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        cortical=lambda wildcards: (
+            "--cortical-only" if FIGURES_CONFIG.get("gradients", {}).get("cortical_only") else ""
+        ),
+    shell:
+        "brainjepa figure-gradients --gradients {input.gradients:q} --labels {input.labels:q} --atlas {input.atlas:q}"
+        " --out-space {output.space:q} --out-brain {output.brain:q} --out-eigenvalues {output.eigenvalues:q}"
+        " {params.cortical} > {log} 2>&1"
+
+
+rule figure_qc:
+    input:
+        qc=[f"{PARCELLATE_ROOT}/{run_id}_qc.tsv" for run_id in RUN_IDS],
+        labels=ATLAS_LABELS,
+        samples=config["samples"],
+        splits=SPLITS,
+        balance=SPLIT_BALANCE,
+        manifests=[SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES],
+    output:
+        rois=report(f"{FIGURES}/qc_rois.png", caption="../report/qc_rois.rst", category=CAT_DATA),
+        splits=report(f"{FIGURES}/qc_splits.png", caption="../report/qc_splits.rst", category=CAT_DATA),
+        runs=report(f"{FIGURES}/qc_runs.tsv", caption="../report/qc_runs.rst", category=CAT_DATA),
+    log:
+        "logs/figures/qc.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        excluded=lambda wildcards, input: excluded_tables(input.manifests),
+        root=lambda wildcards: PARCELLATE_ROOT,  # <root>/<run_id>_qc.tsv: the qc inputs
+    shell:
+        "brainjepa figure-qc --parcellate-root {params.root:q} --labels {input.labels:q}"
+        " --samples {input.samples:q} --splits {input.splits:q} --balance {input.balance:q}"
+        " --excluded {params.excluded} --out-roi {output.rois:q} --out-splits {output.splits:q}"
+        " --out-runs {output.runs:q} > {log} 2>&1"
+
+
+rule figure_pretraining:
+    input:
+        [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS],  # log.csv beside each
+    output:
+        report(f"{FIGURES}/pretraining.png", caption="../report/pretraining.rst", category=CAT_PRETRAIN),
+    log:
+        "logs/figures/pretraining.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        logs=named_options("--log", {os.path.basename(r["out_dir"]): f"{r['out_dir']}/log.csv" for r in PRETRAIN_RUNS}),
+    shell:
+        "brainjepa figure-pretraining {params.logs} --out {output:q} > {log} 2>&1"
+
+
+rule figure_evaluation:
+    input:
+        metrics=METRICS,
+    output:
+        methods=report(
+            f"{FIGURES}/evaluation_methods.png", caption="../report/evaluation_methods.rst", category=CAT_EVAL
+        ),
+        methods_svg=f"{FIGURES}/evaluation_methods.svg",
+        versus=report(
+            f"{FIGURES}/finetune_vs_linprobe.png", caption="../report/finetune_vs_linprobe.rst", category=CAT_EVAL
+        ),
+        versus_svg=f"{FIGURES}/finetune_vs_linprobe.svg",
+    log:
+        "logs/figures/evaluation.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "brainjepa figure-evaluation --metrics {input.metrics:q} --out-methods {output.methods:q} {output.methods_svg:q}"
+        " --out-finetune-vs-linprobe {output.versus:q} {output.versus_svg:q} > {log} 2>&1"
+
+
+if SCALING_ENCODERS:  # pretrained encoders of more than one architecture
+
+    rule figure_scaling:
+        input:
+            metrics=METRICS,
+            checkpoints=[EVAL_ENCODERS[e]["checkpoint"] for e in SCALING_ENCODERS],
+        output:
+            report(f"{FIGURES}/scaling.png", caption="../report/scaling.rst", category=CAT_EVAL),
+        log:
+            "logs/figures/scaling.log",
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        params:
+            encoders=named_options("--encoder", {e: EVAL_ENCODERS[e]["checkpoint"] for e in SCALING_ENCODERS}),
+        shell:
+            "brainjepa figure-evaluation --metrics {input.metrics:q} --out-scaling {output:q} {params.encoders}"
+            " > {log} 2>&1"
+
+
+if ATTENTION is not None and EVAL_RESULTS:
+
+    rule network_attention:
+        input:
+            **eval_manifests(),
+            **encoder_inputs(ATTENTION.encoder),
+            labels=ATLAS_LABELS,
+        output:
+            networks=report(
+                f"{FIGURES}/network_attention.tsv",
+                caption="../report/network_attention_table.rst",
+                category=CAT_INTERPRET,
+            ),
+            rois=f"{FIGURES}/network_attention_rois.tsv",
+            figure=report(
+                f"{FIGURES}/network_attention.png", caption="../report/network_attention.rst", category=CAT_INTERPRET
+            ),
+        log:
+            "logs/figures/network_attention.log",
+        conda:
+            ENV
+        threads: config["evaluate"]["threads"]
+        resources:
+            gpu=config["evaluate"]["gpus"],
+            mem_mb=16000,
+            runtime=config["evaluate"]["runtime"],
+        params:
+            encoder=json.dumps(encoder_spec(ATTENTION.encoder)),
+            task=json.dumps(dataclasses.asdict(EVAL_TASKS[ATTENTION.task])),
+            settings=json.dumps(dataclasses.asdict(ATTENTION)),
+            seed=TRAIN_CONFIG.run.seed,  # a random encoder: the pretraining run's own starting point
+            shards=lambda wildcards, input: os.path.dirname(os.path.dirname(input.manifest_train)),
+            threads=config["evaluate"]["threads"],
+        shell:
+            "brainjepa network-attention --encoder {params.encoder:q} --task {params.task:q} --shards {params.shards:q}"
+            " --settings {params.settings:q} --labels {input.labels:q} --seed {params.seed} --threads {params.threads}"
+            " --out-networks {output.networks:q} --out-rois {output.rois:q} --figure {output.figure:q} > {log} 2>&1"
+
+
+rule report_summary:
+    input:
+        samples=config["samples"],
+        splits=SPLITS,
+        manifests=[SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES],
+        checkpoints=[f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS],
+        metrics=[METRICS] if EVAL_RESULTS else [],
+    output:
+        REPORT_SUMMARY,
+    log:
+        "logs/figures/report_summary.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        excluded=lambda wildcards, input: excluded_tables(input.manifests),
+        runs=named_options("--run", {os.path.basename(r["out_dir"]): r["out_dir"] for r in PRETRAIN_RUNS}),
+        metrics=lambda wildcards, input: f"--metrics {shlex.quote(input.metrics[0])}" if input.metrics else "",
+    shell:
+        "brainjepa report-summary --samples {input.samples:q} --splits {input.splits:q} --excluded {params.excluded}"
+        " {params.runs} {params.metrics} --out {output:q} > {log} 2>&1"
