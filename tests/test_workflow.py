@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from brainjepa.io import read_timeseries
 from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
@@ -63,6 +64,7 @@ def tiny_project(tmp_path_factory) -> Path:
     # 9 subjects cannot fill train/val/test of a task: the evaluation stages are tested in test_evaluate.py (and
     # their DAG in the default config's dry run); the MAE baseline still pretrains here (rule pretrain_mae)
     config["evaluate"]["tasks"] = {}
+    config["figures"]["attention"] = None  # it compares the groups of a task
     mae = yaml.safe_load((REPO / "config" / "pretrain_mae.yaml").read_text())
     mae["data"].update(batch_size=2)
     mae["model"].update(patch_size=16)
@@ -100,9 +102,10 @@ def test_full_run_outputs(tiny_project):
         text = "".join(p.read_text() for p in logs)
         assert all(run in text for run in runs), stage
     # the layout: every rule writes under results/<stage>/ and logs to logs/<rule>/
-    stages = ("atlas", "parcellate", "align_tr", "splits", "scaling", "group_fc", "gradients", "shards", "pretrain")
-    assert sorted(p.name for p in (work / "results").iterdir()) == sorted(stages)
-    rules = stages + ("split_balance", "simulate")
+    stages = ("atlas", "parcellate", "align_tr", "splits", "scaling", "group_fc", "gradients", "shards", "pretrain",
+              "figures", "report")
+    assert sorted(p.name for p in (work / "results").iterdir() if p.is_dir()) == sorted(stages)
+    rules = tuple(s for s in stages if s != "report") + ("split_balance", "simulate")
     assert sorted(p.name for p in (work / "logs").iterdir()) == sorted(rules)
 
 
@@ -116,7 +119,7 @@ def test_group_stage_and_shards(tiny_project):
     assert stats["method"] == "run_demean" and len(stats["median"]) == 64
     assert stats["n_subjects"] == table[table.split == "pretrain"]["subject"].nunique()
     fc = np.load(work / "group_fc/group_fc.npy")
-    assert fc.shape == (64, 64) and np.allclose(np.diag(fc), 1) and (work / "group_fc/group_fc.png").stat().st_size
+    assert fc.shape == (64, 64) and np.allclose(np.diag(fc), 1) and (work / "figures/group_fc.png").stat().st_size
     gradients = pd.read_csv(work / "gradients/gradients.tsv", sep="\t")
     assert list(gradients.columns) == ["name", "g1", "g2", "g3", "g4", "g5"] and len(gradients) == 64
     manifests = {s: json.loads((work / f"shards/{s}/manifest.json").read_text()) for s in set(table["split"])}
@@ -180,7 +183,8 @@ def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_
     counts = job_counts(dry.stdout)
     assert batch_jobs(counts) == {"simulate_run": [], "parcellate": ["ext_b00"], "align_tr": ["ext_b00"]}
     assert counts.pop("shards") == 1  # ext's split only
-    assert set(counts) <= {"all", "splits", "split_balance"}, counts  # no scaling, FC, gradients, pretrain
+    # no scaling, FC, gradients, pretrain; the QC figures and the report's summary count the new runs
+    assert set(counts) <= {"all", "splits", "split_balance", "figure_qc", "report_summary"}, counts
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     frame, meta = read_timeseries(work / "results/align_tr/ext/sub-7_ses-1_run-1.parquet")
@@ -308,6 +312,32 @@ def test_dry_run_of_default_demo_config():
     expected = sorted([f"ukbsim_{p}0{k}" for p in "bh" for k in range(4)] + ["adnisim_b00", "adnisim_b01"])
     assert batch_jobs(counts) == {stage: expected for stage in PER_RUN_STAGES}
     assert counts["atlas"] == counts["simulate_atlas"] == 1
+    figures = {"figure_fc", "figure_gradients", "figure_qc", "figure_pretraining", "figure_evaluation",
+               "network_attention", "report_summary"}
+    assert all(counts[rule] == 1 for rule in figures) and "figure_scaling" not in counts  # one encoder size
+
+
+def test_encoders_of_two_sizes_add_the_scaling_figure_and_bad_attention_settings_fail(tmp_path):
+    work = tmp_path / "sizes"
+    _copy_demo_config(work)
+    (work / "config" / "pretrain_mae.yaml").write_text((REPO / "config" / "pretrain_mae.yaml").read_text())
+    small = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
+    small["model"].update(embed_dim=32)
+    small["run"]["out_dir"] = "results/pretrain/brainjepa_small"
+    (work / "config" / "pretrain_small.yaml").write_text(yaml.safe_dump(small))
+    config = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    config["evaluate"]["encoders"]["small"] = {"pretrained": "config/pretrain_small.yaml"}
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(work, "-n", "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout)["figure_scaling"] == 1
+    for attention, message in (({"encoder": "nope", "task": "diagnosis"}, "figures.attention.encoder: 'nope'"),
+                               ({"encoder": "jepa", "task": "age"}, "'age' is a regression task"),
+                               ({"encoder": "jepa", "task": "sex", "direction": "sideways"}, "direction")):
+        config["figures"]["attention"] = attention
+        (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+        result = snakemake(work, "-n", "all")
+        assert result.returncode != 0 and message in result.stdout + result.stderr, message
 
 
 def _copy_demo_config(work: Path) -> None:
@@ -331,3 +361,40 @@ def test_training_config_typo_fails_the_dry_run(tmp_path, typo, key):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "invalid training config" in output and key in output, output[-2000:]
     assert not (work / "results").exists()
+
+
+@pytest.mark.slow
+def test_report_has_every_figure_and_opens_in_a_real_browser(tiny_project, tmp_path):
+    """`snakemake --report`: the run summary on its first page, every figure of results/figures/ inside it; then
+    headless Chromium (Debian's package) opens it with every image decoded and no console error, and saves a
+    screenshot. Without Chromium the browser part is skipped, unless BRAINJEPA_REQUIRE_BROWSER=1 (CI)."""
+    from brainjepa.figures.browser_check import ChromiumNotFoundError, check_report
+
+    work = tiny_project
+    figures = sorted(p.name for p in (work / "results/figures").glob("*.png"))
+    assert {"group_fc.png", "gradients_space.png", "gradients_brain.png", "gradients_eigenvalues.png",
+            "qc_rois.png", "qc_splits.png", "pretraining.png"} <= set(figures)
+    for name in figures:
+        with Image.open(work / "results/figures" / name) as img:
+            assert img.format == "PNG" and min(img.size) >= 300, name
+    summary = (work / "results/report/summary.rst").read_text()
+    assert "Models pretrained" in summary and r"brainjepa\_tiny" in summary and "ukbsim" in summary
+    result = snakemake(work, "--report", "results/report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (work / "results/report.html").read_text()
+    assert "Subjects per split" in html and all(name in html for name in figures)
+    try:
+        problems = check_report(work / "results/report.html", tmp_path / "report.png",
+                                figure_screenshot_path=tmp_path / "figure.png")
+    except ChromiumNotFoundError as exc:
+        if os.environ.get("BRAINJEPA_REQUIRE_BROWSER") == "1":
+            raise
+        pytest.skip(f"no headless browser: {exc}")
+    assert problems == []
+    shots = os.environ.get("BRAINJEPA_SCREENSHOTS")  # CI keeps the screenshots there
+    if shots:
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        for name in ("report.png", "figure.png"):
+            shutil.copy(tmp_path / name, Path(shots) / name)
+    with Image.open(tmp_path / "report.png") as img:
+        assert img.size == (1400, 900)

@@ -163,7 +163,7 @@ def run_network_attention(encoder_spec: dict, shards: str | Path, task_spec: dic
                          zip(labels["name"], networks, per_subject[groups == g].mean(axis=0))])
     logging.getLogger("brainjepa.evaluate").info(
         "network attention of %d windows (%d subjects, groups %s) in %.1f s", len(scores), len(subjects),
-        dict(pd.Series(groups).value_counts().sort_index()), time.perf_counter() - t0)
+        {str(k): int(v) for k, v in pd.Series(groups).value_counts().sort_index().items()}, time.perf_counter() - t0)
     write_tsv_atomic(rois, out_rois)
     write_tsv_atomic(table, out_networks)
     return table

@@ -72,7 +72,9 @@ def plot_roi_qc(qc: pd.DataFrame, labels: pd.DataFrame, out: str | Path) -> None
     axes[2].set_yticks([])
     edges = np.flatnonzero(np.r_[True, networks[1:] != networks[:-1]])   # contiguous runs of one network
     ends = np.r_[edges[1:], len(networks)]
-    axes[2].set_xticks((edges + ends - 1) / 2, networks[edges], rotation=45, ha="right", fontsize=7)
+    hemi = labels["hemisphere"].astype(str).to_numpy() if "hemisphere" in labels else np.full(len(networks), "")
+    names_of = [f"{n} {h}" if h in ("L", "R") else n for n, h in zip(networks[edges], hemi[edges])]
+    axes[2].set_xticks((edges + ends - 1) / 2, names_of, rotation=45, ha="right", fontsize=7)
     axes[2].set_xlim(-0.5, len(names) - 0.5)
     axes[2].set_xlabel("ROI (atlas order), coloured by network")
     fig.tight_layout()

@@ -36,8 +36,9 @@ def rst_table(frame: pd.DataFrame, title: str = "") -> str:
 
 
 def _cell(value) -> str:
+    """A table cell's text with every RST markup character escaped (``jepa_`` would be a reference, ``*`` emphasis)."""
     text = " ".join(str(value).split())
-    return text.replace("*", r"\*").replace("|", r"\|").replace("`", r"\`") or r"\ "
+    return "".join("\\" + c if c in "\\*`|_" else c for c in text) or "\\ "
 
 
 def _models(runs: dict[str, str | Path]) -> pd.DataFrame:
@@ -61,17 +62,23 @@ def _models(runs: dict[str, str | Path]) -> pd.DataFrame:
 
 
 def _metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per method, one column per task: the task's main test metric, mean (std) over seeds."""
     from brainjepa.figures.evaluation import MAIN
 
-    rows = []
-    for (task, method), group in metrics.groupby(["task", "method"], sort=False):
-        column, label, _ = MAIN[group["kind"].iloc[0]]
-        values = group[column].to_numpy(dtype=float)
-        std = f" ({np.nanstd(values):.3f})" if len(values) > 1 else ""
-        rows.append({"task": task, "method": method, "metric": label.removeprefix("test "),
-                     "mean (std) over seeds": f"{np.nanmean(values):.3f}{std}", "seeds": len(values),
-                     "test subjects": int(group["n_test"].iloc[0])})
-    return pd.DataFrame(rows)
+    cells: dict[str, dict[str, str]] = {}
+    columns = []
+    for task, rows in metrics.groupby("task", sort=False):
+        column, label, _ = MAIN[rows["kind"].iloc[0]]
+        metric = "r" if column == "test_r" else "BACC"
+        header = f"{task}: {metric} ({int(rows['n_test'].iloc[0])} test subjects)"
+        columns.append(header)
+        for method, group in rows.groupby("method", sort=False):
+            values = group[column].to_numpy(dtype=float)
+            std = f" ({np.nanstd(values):.3f})" if len(values) > 1 else ""
+            cells.setdefault(method, {})[header] = f"{np.nanmean(values):.3f}{std}"
+    table = pd.DataFrame.from_dict(cells, orient="index").reindex(columns=columns).fillna("")
+    table.insert(0, "method", table.index)
+    return table.reset_index(drop=True)
 
 
 def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_paths: list[str | Path],
@@ -97,8 +104,10 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
     if metrics_path is not None:
         from brainjepa.figures.evaluation import read_metrics
 
-        parts.append(rst_table(_metrics(read_metrics(metrics_path)),
-                               "Test metrics (r: Pearson, regression; BACC: balanced accuracy, classification)"))
+        metrics = read_metrics(metrics_path)
+        parts.append(rst_table(_metrics(metrics), f"Test metrics, mean (std) over {metrics['seed'].nunique()} seeds "
+                               "(r: Pearson; BACC: balanced accuracy; every metric and bootstrap intervals: "
+                               "results/tables/summary.md)"))
     text = "\n".join(parts)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
