@@ -20,11 +20,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) all
+	$(BIN)/snakemake --report results/report.html
 
 # The HTML report of every result (runs what is missing first): results/report.html, opened in any browser.
-report: $(VENV)/.installed
-	$(BIN)/snakemake --cores $(CORES) all
-	$(BIN)/snakemake --report results/report.html
+report: demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
