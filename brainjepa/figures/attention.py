@@ -24,7 +24,7 @@ def plot_network_attention(table: pd.DataFrame, out: str | Path, title: str) -> 
     groups = list(dict.fromkeys(table["group"].astype(str)))
     width = 0.8 / len(groups)
     x = np.arange(len(networks))
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(networks) + 2), 4.4))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(networks) + 3.5), 4.4))
     top = 0.0
     for k, group in enumerate(groups):
         rows = table[table["group"].astype(str) == group].set_index("network").loc[networks]
@@ -42,6 +42,6 @@ def plot_network_attention(table: pd.DataFrame, out: str | Path, title: str) -> 
     ax.set_xticks(x, networks, rotation=30, ha="right")
     ax.set_ylabel("normalised attention (networks sum to 1)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save(fig, out)

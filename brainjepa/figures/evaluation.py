@@ -97,7 +97,7 @@ def plot_finetune_vs_linprobe(metrics: pd.DataFrame, out: str | Path) -> None:
             ax.axhline(chance, color="k", lw=0.8, ls="--")
         ax.set_xticks(x, encoders)
         ax.set(ylabel=label, title=task)
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=8, frameon=True, loc="best")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Fine-tuning vs linear probing", fontsize=10)
     fig.tight_layout()
