@@ -57,6 +57,20 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                       "--method", "fc_linear", "--shards", str(tmp), "--out", str(tmp / "e.json")], "regresion"),
         "metrics": (["--results", str(garbage), "--out", str(tmp / "m.tsv"), "--tables", str(tmp / "t")],
                     "garbage.bin"),
+        "figure-fc": (["--fc", str(garbage), "--labels", missing, "--out", str(tmp / "fc.png")], "garbage.bin"),
+        "figure-gradients": (["--gradients", missing, "--labels", missing, "--out-space", str(tmp / "s.png"),
+                              "--out-eigenvalues", str(tmp / "e.png")], "missing.tsv"),
+        "network-attention": (["--encoder", json.dumps({"kind": "checkpoint", "path": str(garbage)}), "--task",
+                               '{"name": "d", "cohorts": ["c"], "label": "d", "kind": "binary"}', "--shards",
+                               str(tmp / "no_shards"), "--labels", missing, "--out-networks", str(tmp / "n.tsv"),
+                               "--out-rois", str(tmp / "r.tsv"), "--figure", str(tmp / "a.png")], "no_shards"),
+        "figure-pretraining": (["--log", f"run={garbage}", "--out", str(tmp / "p.png")], "garbage.bin"),
+        "figure-evaluation": (["--metrics", str(garbage), "--out-methods", str(tmp / "m.png")], "garbage.bin"),
+        "figure-qc": (["--parcellate-root", str(tmp), "--labels", missing, "--splits", missing, "--samples", missing,
+                       "--balance", missing, "--excluded", missing, "--out-roi", str(tmp / "q.png"),
+                       "--out-splits", str(tmp / "s.png"), "--out-runs", str(tmp / "r.tsv")], "missing.tsv"),
+        "report-summary": (["--samples", missing, "--splits", missing, "--excluded", missing, "--out",
+                            str(tmp / "s.rst")], "missing.tsv"),
     }
 
 
@@ -67,7 +81,8 @@ def test_every_subcommand_is_covered(tmp_path):
 
 COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scaling", "group-fc", "gradients", "shards",
             "pretrain", "model-info", "convert-checkpoint", "export-official", "simulate-atlas", "simulate-run",
-            "demo-sheets", "validate", "features", "evaluate", "metrics"]
+            "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc", "figure-gradients",
+            "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

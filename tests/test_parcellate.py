@@ -149,7 +149,7 @@ def test_timeseries_input_delimited(tmp_path, small_atlas, suffix, sep, header):
     path = tmp_path / f"ts{suffix}"
     frame.to_csv(path, sep=sep, index=False, header=header)
     out = tmp_path / "out.parquet"
-    run_parcellate(out, image, labels, timeseries=path, tr=2.0)
+    run_parcellate(out, image, labels, timeseries=path, tr=2.0, unnamed_columns="error" if header else "label_order")
     got = pd.read_parquet(out)
     expected = frame[["A_1", "B_2", "C_3", "D_4"]].to_numpy() if header else data
     np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-6)
@@ -159,7 +159,8 @@ def test_timeseries_input_npy_and_parquet(tmp_path, small_atlas):
     image, labels = small_atlas
     data = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     np.save(tmp_path / "ts.npy", data)
-    run_parcellate(tmp_path / "a.parquet", image, labels, timeseries=tmp_path / "ts.npy", tr=0.72)
+    run_parcellate(tmp_path / "a.parquet", image, labels, timeseries=tmp_path / "ts.npy", tr=0.72,
+                   unnamed_columns="label_order")
     # a brainjepa Parquet carries its TR: no sheet TR needed
     run_parcellate(tmp_path / "b.parquet", image, labels, timeseries=tmp_path / "a.parquet")
     frame, meta = read_timeseries(tmp_path / "b.parquet")
@@ -265,6 +266,41 @@ def test_bad_timeseries_columns(tmp_path, small_atlas):
     assert str(path) in msg
 
 
+def test_unnamed_columns_are_refused_unless_declared(tmp_path, small_atlas):
+    """A .npy, a header-less file and a numbered header (DataFrame.to_csv(index=False)) carry no ROI names: refused
+    with a message saying how to declare the order; declared, they are read in label-table order, and a numbered
+    header is a header, not a time point."""
+    image, labels = small_atlas
+    data = np.random.default_rng(0).normal(100, 1, size=(20, 4))
+    np.save(tmp_path / "ts.npy", data)
+    pd.DataFrame(data).to_csv(tmp_path / "numbered.tsv", sep="\t", index=False)          # header 0 1 2 3
+    pd.DataFrame(data).to_csv(tmp_path / "bare.csv", index=False, header=False)
+    pq_path = tmp_path / "numbered.parquet"
+    pd.DataFrame(data, columns=[str(i) for i in range(4)]).to_parquet(pq_path)
+    for path in (tmp_path / "ts.npy", tmp_path / "numbered.tsv", tmp_path / "bare.csv", pq_path):
+        msg = _assert_fails_cleanly(tmp_path, "have no ROI names", atlas_path=image, labels=labels, timeseries=path,
+                                    tr=2.0)
+        assert str(path) in msg and "unnamed_columns: label_order" in msg
+        out = tmp_path / f"{path.stem}-{path.suffix[1:]}.parquet"
+        run_parcellate(out, image, labels, timeseries=path, tr=2.0, unnamed_columns="label_order")
+        got = pd.read_parquet(out)
+        assert got.shape == (20, 4) and list(got.columns) == ["A_1", "B_2", "C_3", "D_4"]
+        np.testing.assert_allclose(got.to_numpy(), data, rtol=1e-6)
+
+
+def test_a_header_with_wrong_roi_names_is_an_error_listing_them(tmp_path, small_atlas):
+    """One misspelt name among shuffled columns: never a fallback to file order."""
+    path = tmp_path / "ts.tsv"
+    pd.DataFrame(np.ones((10, 4)) + np.arange(4), columns=["D_4", "C_3", "B_2", "A_l"]).to_csv(path, sep="\t",
+                                                                                               index=False)
+    msg = _assert_fails_cleanly(tmp_path, "not the atlas label table's", atlas_path=small_atlas[0],
+                                labels=small_atlas[1], timeseries=path, tr=2.0, unnamed_columns="label_order")
+    assert "1 unknown ['A_l']" in msg and "1 missing ['A_1']" in msg and str(path) in msg
+    pd.DataFrame(np.ones((0, 4)), columns=["A_1", "B_2", "C_3", "D_4"]).to_csv(path, sep="\t", index=False)
+    _assert_fails_cleanly(tmp_path, "no time points", atlas_path=small_atlas[0], labels=small_atlas[1],
+                          timeseries=path, tr=2.0)
+
+
 def test_bad_missing_files(tmp_path, small_atlas):
     _assert_fails_cleanly(tmp_path, "does not exist", atlas_path=small_atlas[0], bold=tmp_path / "nope_bold.nii.gz")
     _assert_fails_cleanly(tmp_path, "does not exist", atlas_path=small_atlas[0], timeseries=tmp_path / "nope.tsv",
@@ -304,7 +340,7 @@ def test_cli_batch_form_parcellates_a_sheets_runs(tmp_path, small_atlas, small_b
                      f"A\t1\t1\t1\t{small_bold}\t\t\nA\t2\t1\t1\t\t{tmp_path / 'ts.npy'}\t0.8\n"
                      f"B\t3\t1\t1\t{tmp_path / 'absent_bold.nii.gz'}\t\t\n")
     common = ["parcellate", "--samples", str(sheet), "--atlas", str(image), "--labels", str(labels),
-              "--out-root", str(tmp_path / "out")]
+              "--out-root", str(tmp_path / "out"), "--unnamed-columns", "label_order"]
     assert main([*common, "--runs", "A/sub-1_ses-1_run-1", "A/sub-2_ses-1_run-1"]) == 0
     for run, n in (("A/sub-1_ses-1_run-1", 20), ("A/sub-2_ses-1_run-1", 30)):
         frame, meta = read_timeseries(tmp_path / "out" / f"{run}.parquet")

@@ -319,7 +319,9 @@ def test_timeseries_cohort_parses_through_the_workflow_parcellate_path(tmp_path)
                 cortical_labels=paths["cortical_labels"], subcortical_image=paths["subcortical_image"],
                 subcortical_labels=paths["subcortical_labels"])
     samples.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
-    assert parcellate_runs(tmp_path / "samples.tsv", tmp_path / "out", image, labels) == len(samples)
+    # the demo writes its .npy files in label-table order, as its config declares (parcellate.unnamed_columns)
+    assert parcellate_runs(tmp_path / "samples.tsv", tmp_path / "out", image, labels,
+                           unnamed_columns="label_order") == len(samples)
     names = pd.read_csv(labels, sep="\t")["name"].tolist()
     for rid, ts in zip(("series/sub-series0001_ses-1_run-1", "series/sub-series0002_ses-1_run-1"), rois):
         frame, meta = read_timeseries(tmp_path / "out" / f"{rid}.parquet")

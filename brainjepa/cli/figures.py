@@ -24,13 +24,12 @@ def _qc_files(splits: str, root: str) -> list[Path]:
 
 
 def _figure_fc(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from brainjepa.errors import InputError
     from brainjepa.figures.group_fc import plot_fc
+    from brainjepa.group.gradients import load_fc
     from brainjepa.preprocess.atlas import read_label_table
 
-    fc = np.load(args.fc, allow_pickle=False)
+    fc = load_fc(args.fc)
     labels = read_label_table(args.labels)
     if fc.shape != (len(labels), len(labels)):
         raise InputError(f"{args.fc}: FC of shape {fc.shape}, but {args.labels} has {len(labels)} ROIs")

@@ -29,13 +29,15 @@ def _parcellate(args: argparse.Namespace) -> None:
             raise InputError(f"--samples takes each run's files and TR from the sheet; drop {', '.join(per_run)}")
         if not args.out_root:
             raise InputError("--samples needs --out-root (the folder of <run_id>.parquet and <run_id>_qc.tsv)")
-        n = parcellate_runs(args.samples, args.out_root, args.atlas, args.labels, args.runs, args.empty_roi)
+        n = parcellate_runs(args.samples, args.out_root, args.atlas, args.labels, args.runs, args.empty_roi,
+                            args.unnamed_columns)
         log.info("%d runs parcellated to %s", n, args.out_root)
         return
     if args.out is None or args.out_root or args.runs:
         raise InputError("one run (--bold or --timeseries) needs --out, not --out-root or --runs")
     run_parcellate(args.out, args.atlas, args.labels, bold=args.bold, timeseries=args.timeseries,
-                   mask=args.mask, tr=args.tr, qc_out=args.qc, empty_roi=args.empty_roi)
+                   mask=args.mask, tr=args.tr, qc_out=args.qc, empty_roi=args.empty_roi,
+                   unnamed_columns=args.unnamed_columns)
 
 
 def _align_tr(args: argparse.Namespace) -> None:
@@ -76,6 +78,9 @@ def register(sub) -> None:
     p.add_argument("--tr", type=float, help="TR in seconds (else sidecar, then header)")
     p.add_argument("--qc", help="per-ROI QC table (TSV)")
     p.add_argument("--empty-roi", default="error", help="ROIs without signal: error | zero")
+    p.add_argument("--unnamed-columns", default="error", choices=["error", "label_order"],
+                   help="time-series files whose columns have no ROI names (.npy, no or a numbered header): "
+                        "refuse them (error) or read them in the label table's order (label_order)")
     p.set_defaults(func=_parcellate)
 
     p = sub.add_parser("align-tr", help="align runs' time series to a target TR (one process for all)")

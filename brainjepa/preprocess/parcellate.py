@@ -262,12 +262,22 @@ def parcellate_bold(bold: str | Path, atlas: Atlas, mask: str | Path | None = No
     return ts.astype(np.float32), qc, meta
 
 
-def read_timeseries_file(path: str | Path, names: list[str], tr: float | None) -> tuple[np.ndarray, dict]:
+UNNAMED_COLUMNS = ("error", "label_order")
+
+
+def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
+                         unnamed_columns: str = "error") -> tuple[np.ndarray, dict]:
     """Read an already-parcellated T x R file (tsv, csv, npy or parquet) in the atlas's ROI order.
 
-    Columns are matched by name when the file's header holds exactly the atlas's ROI names, else taken in
-    order. The TR comes from ``tr`` or, for a brainjepa Parquet file, its metadata.
+    Columns with ROI names (a text header, Parquet column names) are matched to the label table by name, in
+    any order; a header that is not exactly the label table's names is an error listing the unknown and the
+    missing ones. Columns without names (``.npy``, a header-less text file, or a numbered header ``0..R-1`` /
+    ``1..R`` such as ``DataFrame.to_csv(index=False)`` writes) are never guessed: ``unnamed_columns``
+    ``label_order`` declares them to be in the label table's order, ``error`` (the default) refuses them.
+    The TR comes from ``tr`` or, for a brainjepa Parquet file, its metadata.
     """
+    if unnamed_columns not in UNNAMED_COLUMNS:
+        raise InputError(f"unnamed_columns must be one of {', '.join(UNNAMED_COLUMNS)}, not {unnamed_columns!r}")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: time-series file does not exist")
@@ -275,13 +285,14 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None) -
     name = path.name.lower()
     try:
         if name.endswith(".npy"):
-            frame = pd.DataFrame(np.load(path, allow_pickle=False))
+            frame, named = pd.DataFrame(np.load(path, allow_pickle=False)), False
         elif name.endswith(".parquet"):
             table = pq.read_table(path)
             meta_tr = (read_timeseries_metadata(table) or {}).get("tr")
             frame = table.to_pandas()
+            named = not _numbered(list(map(str, frame.columns)))
         elif name.endswith((".tsv", ".csv", ".tsv.gz", ".csv.gz")):
-            frame = _read_delimited(path, sep="\t" if ".tsv" in name else ",")
+            frame, named = _read_delimited(path, sep="\t" if ".tsv" in name else ",")
         else:
             raise InputError(f"{path}: unknown time-series format (use .tsv, .csv, .npy or .parquet)")
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -289,10 +300,26 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None) -
     if frame.ndim != 2 or frame.shape[1] != len(names):
         raise InputError(f"{path}: {frame.shape[1] if frame.ndim == 2 else '?'} columns, but the atlas has "
                          f"{len(names)} ROIs (expected a T x {len(names)} matrix, one column per ROI)")
-    if set(map(str, frame.columns)) == set(names):
-        frame.columns = [str(c) for c in frame.columns]
+    if named:
+        header = [str(c).strip() for c in frame.columns]
+        unknown = [c for c in header if c not in set(names)]
+        missing = [n for n in names if n not in set(header)]
+        duplicated = sorted({c for c in header if header.count(c) > 1})
+        if unknown or missing or duplicated:
+            raise InputError(f"{path}: the header's ROI names are not the atlas label table's: "
+                             f"{len(unknown)} unknown {unknown[:10]}, {len(missing)} missing {missing[:10]}"
+                             + (f", duplicated {duplicated[:10]}" if duplicated else "")
+                             + " (columns are matched by name, in any order)")
+        frame.columns = header
         frame = frame[names]
+    elif unnamed_columns == "error":
+        raise InputError(f"{path}: its {len(names)} columns have no ROI names (a .npy, a header-less or a numbered "
+                         "header text file), so their order cannot be checked; write the label table's ROI names as "
+                         "the header, or declare the columns to be in the label table's order with "
+                         "parcellate.unnamed_columns: label_order (brainjepa parcellate --unnamed-columns label_order)")
     data = frame.to_numpy(dtype=np.float64)
+    if len(data) == 0:
+        raise InputError(f"{path}: no time points (a header only?)")
     if not np.isfinite(data).all():
         row, col = np.argwhere(~np.isfinite(data))[0]
         raise InputError(f"{path}: non-finite value at time point {row}, ROI {names[col]}")
@@ -300,28 +327,42 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None) -
     if tr is None or not tr > 0:
         raise InputError(f"{path}: no TR: give the 'tr' column in the sample sheet for time-series rows")
     return data.astype(np.float32), {"tr": float(tr), "tr_source": "sheet" if meta_tr is None else "metadata",
-                                     "source": str(path), "n_volumes": int(len(data))}
+                                     "source": str(path), "n_volumes": int(len(data)),
+                                     "columns": "by name" if named else "label_order (declared)"}
 
 
-def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
-    """A delimited matrix with or without a header row (a header is any non-numeric first row)."""
-    frame = pd.read_csv(path, sep=sep, header=None, dtype=str)
+def _numbered(cells: list[str]) -> bool:
+    """A header of positions, 0..R-1 or 1..R (what a frame without column names writes): no ROI names."""
     try:
-        frame.iloc[0].astype(float)
-        has_header = False
+        values = [float(c) for c in cells]
     except ValueError:
-        has_header = True
-    if has_header:
-        columns = frame.iloc[0].tolist()
+        return False
+    return values in (list(map(float, range(len(cells)))), list(map(float, range(1, len(cells) + 1))))
+
+
+def _read_delimited(path: Path, sep: str) -> tuple[pd.DataFrame, bool]:
+    """A delimited matrix and whether its columns are named. First row: ROI names (any non-numeric cell), a
+    numbered header (dropped, unnamed), or data (no header, unnamed)."""
+    frame = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False)
+    first = [str(c).strip() for c in frame.iloc[0].tolist()] if len(frame) else []
+    try:
+        [float(c) for c in first]
+        numeric = True
+    except ValueError:
+        numeric = False
+    if not numeric or _numbered(first):
         frame = frame.iloc[1:].reset_index(drop=True)
-        frame.columns = columns
-    return frame.astype(float)
+        frame.columns = first
+    try:
+        return frame.astype(float), not numeric
+    except ValueError as exc:
+        raise InputError(f"{path}: non-numeric value in the time series ({exc})") from None
 
 
 def run_parcellate(out: str | Path, atlas_path: str | Path, labels: str | Path | None = None,
                    bold: str | Path | None = None, timeseries: str | Path | None = None,
                    mask: str | Path | None = None, tr: float | None = None, qc_out: str | Path | None = None,
-                   empty_roi: str = "error", atlas: Atlas | None = None) -> None:
+                   empty_roi: str = "error", atlas: Atlas | None = None, unnamed_columns: str = "error") -> None:
     """The ``parcellate`` stage for one run: BOLD (or a parcellated file) -> ROI time-series Parquet (+ QC)."""
     if (bold is None) == (timeseries is None):
         raise ValueError("give exactly one of bold or timeseries")
@@ -329,7 +370,7 @@ def run_parcellate(out: str | Path, atlas_path: str | Path, labels: str | Path |
     if bold is not None:
         ts, qc, meta = parcellate_bold(bold, atlas, mask, tr, empty_roi)
     else:
-        ts, meta = read_timeseries_file(timeseries, atlas.names, tr)
+        ts, meta = read_timeseries_file(timeseries, atlas.names, tr, unnamed_columns)
         std = ts.std(axis=0)
         qc = pd.DataFrame({"roi": atlas.names, "n_voxels": -1, "frac_signal": np.nan,
                            "tsnr": np.divide(np.abs(ts.mean(0)), std, out=np.zeros(len(std)), where=std > 0).round(3),
@@ -343,7 +384,7 @@ def run_parcellate(out: str | Path, atlas_path: str | Path, labels: str | Path |
 
 def parcellate_runs(samples_path: str | Path, out_root: str | Path, atlas_path: str | Path,
                     labels: str | Path | None = None, run_ids: list[str] | None = None,
-                    empty_roi: str = "error") -> int:
+                    empty_roi: str = "error", unnamed_columns: str = "error") -> int:
     """The ``parcellate`` stage for many runs of a sample sheet in one process (the workflow's batch jobs).
 
     Each listed run (default: every run of the sheet) is parcellated from its row (``bold`` with ``mask`` and
@@ -362,7 +403,8 @@ def parcellate_runs(samples_path: str | Path, out_root: str | Path, atlas_path: 
         run_parcellate(root / f"{row['run_id']}.parquet", atlas_path, bold=row["bold"] or None,
                        timeseries=row["timeseries"] or None, mask=row["mask"] or None,
                        tr=None if pd.isna(row["tr"]) else float(row["tr"]),
-                       qc_out=root / f"{row['run_id']}_qc.tsv", empty_roi=empty_roi, atlas=atlas)
+                       qc_out=root / f"{row['run_id']}_qc.tsv", empty_roi=empty_roi, atlas=atlas,
+                       unnamed_columns=unnamed_columns)
 
     for_each_run([(row["run_id"], row) for row in rows.to_dict("records")], parcellate_row, "parcellate")
     return len(rows)

@@ -21,6 +21,8 @@ for batch, run_ids in BATCHES.items():
             content=batches.content_digest(sample_rows(run_ids, ["bold", "timeseries", "mask", "tr"])),
             out_root=lambda wildcards, output: os.path.dirname(os.path.dirname(output.timeseries[0])),
             empty_roi=config["parcellate"]["empty_roi"],
+            unnamed=config["parcellate"].get("unnamed_columns", "error"),
         shell:
             "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} --atlas {input.atlas:q}"
-            " --labels {input.labels:q} --empty-roi {params.empty_roi} --out-root {params.out_root:q} > {log} 2>&1"
+            " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
+            " --out-root {params.out_root:q} > {log} 2>&1"
