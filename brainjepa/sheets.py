@@ -150,10 +150,55 @@ def run_id(row: dict) -> str:
     return f"{row['cohort']}/sub-{row['subject']}_ses-{row['session']}_run-{row['run']}"
 
 
-def validate_sheets(samples_path: str | Path, phenotypes_path: str | Path | None = None) -> str:
-    """``brainjepa validate``: check a sample sheet (and a phenotypes sheet); returns a one-line summary."""
+def check_sheets(samples: pd.DataFrame, phenotypes: pd.DataFrame | None, samples_path: str | Path,
+                 phenotypes_path: str | Path | None = None) -> list[str]:
+    """What no single row shows, checked the same way by ``brainjepa validate`` and the workflow.
+
+    Errors (InputError): an empty sample sheet; a ``timeseries`` row without a TR (a brainjepa ``.parquet``
+    may carry it in its metadata); a subject ID in two cohorts (subject IDs label people: the splits and the
+    label lookup key on (cohort, subject), and one person in two cohorts would leak across splits).
+    Returned warnings: runs whose subject has no row in the phenotypes sheet (they stay unlabelled: they can
+    pretrain but count in no task).
+    """
+    if len(samples) == 0:
+        raise InputError(f"{samples_path}: the sample sheet lists no runs")
+    for line, row in zip(range(2, len(samples) + 2), samples.to_dict("records")):
+        series = str(row.get("timeseries") or "")
+        if series and pd.isna(row.get("tr")) and not series.lower().endswith(".parquet"):
+            raise InputError(f"{samples_path}: line {line}: column 'tr': a 'timeseries' row needs its TR in seconds "
+                             "(only a brainjepa .parquet carries one)")
+    cohorts = samples.drop_duplicates(["cohort", "subject"]).groupby("subject")["cohort"].agg(sorted)
+    shared = cohorts[cohorts.map(len) > 1]
+    if len(shared):
+        subject, names = shared.index[0], shared.iloc[0]
+        raise InputError(f"{samples_path}: subject '{subject}' is listed in cohorts {names} "
+                         f"({len(shared)} subject(s) in more than one cohort); give each person one cohort, or "
+                         "distinct subject IDs")
+    warnings = []
+    if phenotypes is not None:
+        keys = samples[["cohort", "subject"]].drop_duplicates()
+        known = set(zip(phenotypes["cohort"].astype(str), phenotypes["subject"].astype(str)))
+        orphans = [f"{c}/{s}" for c, s in zip(keys["cohort"], keys["subject"]) if (str(c), str(s)) not in known]
+        if orphans:
+            warnings.append(f"{len(orphans)} subject(s) of {samples_path} have no row in {phenotypes_path}, e.g. "
+                            f"{orphans[:5]}: they are unlabelled (pretraining only, in no task)")
+    return warnings
+
+
+def validate_sheets(samples_path: str | Path, phenotypes_path: str | Path | None = None,
+                    label_types: dict[str, str] | None = None, splits_config: dict | None = None) -> tuple[str, list[str]]:
+    """``brainjepa validate``: the checks the workflow runs before any job, on the sheets (and, with the
+    workflow config's ``labels`` and ``splits``, the label types and the splits). Returns a one-line summary and
+    the warnings."""
     samples = load_samples(samples_path)
-    if phenotypes_path:
-        load_phenotypes(phenotypes_path)
+    phenotypes = load_phenotypes(phenotypes_path, label_types) if phenotypes_path else None
+    warnings = check_sheets(samples, phenotypes, samples_path, phenotypes_path)
+    if splits_config is not None:
+        from brainjepa.group import splits
+
+        table = splits.make_splits(samples, splits_config["seed"], splits_config["fractions"],
+                                   splits_config["pretraining"]["cohort"], splits_config["pretraining"]["fraction"],
+                                   splits_config.get("stratify") or {}, phenotypes)
+        warnings += splits.split_warnings(table)
     n_subjects = samples[["cohort", "subject"]].drop_duplicates().shape[0]
-    return f"{samples_path}: {len(samples)} runs of {n_subjects} subjects: valid"
+    return f"{samples_path}: {len(samples)} runs of {n_subjects} subjects: valid", warnings

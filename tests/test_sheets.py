@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,3 +102,54 @@ def test_phenotype_types_and_undeclared_column(tmp_path):
     assert frame["age"].tolist() == [50.5, 61.0] and np.isnan(frame["diagnosis"][0])
     with pytest.raises(InputError, match=r"\['sex', 'diagnosis'\] are not declared"):
         load_phenotypes(path, {"age": "continuous"})
+
+
+# ------------------------------------------------------------------ checks across rows and sheets (validate = workflow)
+HEADER = "cohort\tsubject\tsession\trun\tbold\ttimeseries\ttr\n"
+
+
+def _validate(tmp_path, samples: str, phenotypes: str | None = None, config: str | None = None):
+    args = ["validate", "--samples", str(write(tmp_path / "s.tsv", samples))]
+    if phenotypes is not None:
+        args += ["--phenotypes", str(write(tmp_path / "p.tsv", phenotypes))]
+    if config is not None:
+        args += ["--config", str(write(tmp_path / "c.yaml", config))]
+    return main(args)
+
+
+@pytest.mark.parametrize("body,match", [
+    ("", "the sample sheet lists no runs"),
+    ("A\t1\t1\t1\t\t{ts}\t\n", r"line 2: column 'tr': a 'timeseries' row needs its TR"),
+    ("A\t1\t1\t1\t{bold}\t\t\nB\t1\t1\t1\t{bold}\t\t\n", r"subject '1' is listed in cohorts \['A', 'B'\]"),
+])
+def test_sheet_errors_across_rows(tmp_path, bold, capsys, body, match):
+    ts = write(tmp_path / "ts.tsv", "a\n1\n")
+    assert _validate(tmp_path, HEADER + body.format(bold=bold, ts=ts)) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+
+
+CONFIG = """labels: {age: continuous, diagnosis: binary}
+splits: {seed: 0, fractions: {train: 0.6, val: 0.2, test: 0.2}, pretraining: {cohort: A, fraction: 0.8},
+         stratify: {}}
+"""
+
+
+@pytest.mark.parametrize("phenotypes,match", [
+    ("cohort\tsubject\tage\nA\t1\tyoung\n", r"line 2: column 'age': 'young' is not a number"),
+    ("cohort\tsubject\tdiagnosis\nA\t1\t2\n", r"'2' is not 0 or 1"),
+    ("cohort\tsubject\tmood\nA\t1\t3\n", r"label column\(s\) \['mood'\] are not declared"),
+])
+def test_validate_with_the_config_checks_label_types(tmp_path, bold, capsys, phenotypes, match):
+    assert _validate(tmp_path, HEADER + f"A\t1\t1\t1\t{bold}\t\t\n", phenotypes, CONFIG) == 1
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_validate_warns_of_unlabelled_subjects_and_of_cohorts_without_val_or_test(tmp_path, bold, capsys):
+    rows = "".join(f"A\t{i}\t1\t1\t{bold}\t\t\n" for i in range(1, 11)) + f"B\t99\t1\t1\t{bold}\t\t\n"
+    phenotypes = "cohort\tsubject\tage\n" + "".join(f"A\t{i}\t50\n" for i in range(1, 10))
+    assert _validate(tmp_path, HEADER + rows, phenotypes, CONFIG) == 0
+    captured = capsys.readouterr()
+    assert "11 runs of 11 subjects: valid" in captured.out
+    assert "2 subject(s)" in captured.err and "'A/10'" in captured.err and "'B/99'" in captured.err
+    assert "cohort B: no " in captured.err and "train " in captured.err      # one subject cannot fill 3 splits

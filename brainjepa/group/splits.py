@@ -154,6 +154,21 @@ def balance_table(splits: pd.DataFrame, phenotypes: pd.DataFrame, labels: list[s
     return table[columns]
 
 
+def split_warnings(splits: pd.DataFrame) -> list[str]:
+    """A warning per cohort whose downstream subjects leave ``val`` or ``test`` empty (no model selection or no
+    test metric is possible on it), naming the cohort and its counts; the pretraining share is not counted."""
+    out = []
+    subjects = splits.drop_duplicates(["cohort", "subject"])
+    for cohort, rows in subjects.groupby("cohort", sort=True):
+        counts = rows["split"].value_counts()
+        downstream = {s: int(counts.get(s, 0)) for s in ("train", "val", "test")}
+        empty = [s for s, n in downstream.items() if n == 0]
+        if sum(downstream.values()) and empty:
+            out.append(f"cohort {cohort}: no {' or '.join(empty)} subjects (train {downstream['train']}, val "
+                       f"{downstream['val']}, test {downstream['test']}); its tasks cannot select or test")
+    return out
+
+
 def pretraining_runs(splits: pd.DataFrame) -> pd.DataFrame:
     """The runs whose data may feed group statistics: the pretraining set only (never a test subject)."""
     runs = splits[splits["split"] == PRETRAIN]

@@ -71,6 +71,11 @@ try:
         PHENOTYPES,
     )
     PRETRAIN_RUN_IDS = list(splits.pretraining_runs(SPLIT_TABLE)["run_id"])
+    # the checks of `brainjepa validate` (one code path): errors stop here, warnings are printed
+    for _warning in sheets.check_sheets(SAMPLES, PHENOTYPES, config["samples"], config["phenotypes"]):
+        print(f"brainjepa: warning: {_warning}", file=sys.stderr)
+    for _warning in splits.split_warnings(SPLIT_TABLE):
+        print(f"brainjepa: warning: {_warning}", file=sys.stderr)
 except InputError as exc:  # the split table is rebuilt by the splits job from the same config
     raise WorkflowError(f"invalid sample sheet: {exc}")
 
