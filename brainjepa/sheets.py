@@ -186,7 +186,8 @@ def check_sheets(samples: pd.DataFrame, phenotypes: pd.DataFrame | None, samples
 
 
 def validate_sheets(samples_path: str | Path, phenotypes_path: str | Path | None = None,
-                    label_types: dict[str, str] | None = None, splits_config: dict | None = None) -> tuple[str, list[str]]:
+                    label_types: dict[str, str] | None = None,
+                    splits_config: dict | None = None) -> tuple[str, list[str]]:
     """``brainjepa validate``: the checks the workflow runs before any job, on the sheets (and, with the
     workflow config's ``labels`` and ``splits``, the label types and the splits). Returns a one-line summary and
     the warnings."""
