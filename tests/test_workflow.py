@@ -187,6 +187,12 @@ def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_
     assert set(counts) <= {"all", "splits", "split_balance", "figure_qc", "report_summary"}, counts
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
+    # the end of the run says what is in it: cohorts, splits, models and where the outputs are
+    assert re.search(r"brainjepa: 10 runs of 10 subjects in 3 cohorts; 0 runs excluded", run.stderr), run.stderr
+    assert "  ext: pretrain 0, " in run.stderr
+    assert "model brainjepa_tiny: results/pretrain/brainjepa_tiny/final.pt" in run.stderr
+    facts = json.loads((work / "results/report/summary.json").read_text())
+    assert facts["runs"] == 10 and [c["cohort"] for c in facts["cohorts"]] == ["adnisim", "ext", "ukbsim"]
     frame, meta = read_timeseries(work / "results/align_tr/ext/sub-7_ses-1_run-1.parquet")
     assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(1.6)
     assert {name: (run_dir / name).read_bytes() for name in before} == before

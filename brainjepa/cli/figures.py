@@ -94,7 +94,7 @@ def _figure_qc(args: argparse.Namespace) -> None:
 def _report_summary(args: argparse.Namespace) -> None:
     from brainjepa.figures.summary import write_summary
 
-    write_summary(args.samples, args.splits, args.excluded, dict(args.run), args.metrics, args.out)
+    write_summary(args.samples, args.splits, args.excluded, dict(args.run), args.metrics, args.out, args.json)
 
 
 def register(sub) -> None:
@@ -154,4 +154,5 @@ def register(sub) -> None:
     p.add_argument("--excluded", nargs="+", required=True)
     p.add_argument("--run", type=named_path, action="append", default=[], help="name=pretraining run folder")
     p.add_argument("--metrics", help="metrics.tsv")
+    p.add_argument("--json", help="the same facts as JSON (printed at the end of a workflow run)")
     p.set_defaults(func=_report_summary)

@@ -82,7 +82,10 @@ def _metrics(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_paths: list[str | Path],
-                  runs: dict[str, str | Path], metrics_path: str | Path | None, out: str | Path) -> str:
+                  runs: dict[str, str | Path], metrics_path: str | Path | None, out: str | Path,
+                  out_json: str | Path | None = None) -> str:
+    """The report's first page (RST) and, with ``out_json``, the same facts as JSON (what the workflow prints at
+    the end of a run): cohorts, subjects per split, runs excluded and why, models, and where the outputs are."""
     samples = pd.read_csv(samples_path, sep="\t", dtype=str, keep_default_na=False)
     splits = pd.read_csv(splits_path, sep="\t", dtype=str)
     excluded = pd.concat([pd.read_csv(p, sep="\t", dtype=str) for p in excluded_paths], ignore_index=True)
@@ -109,6 +112,41 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
                                "(r: Pearson; BACC: balanced accuracy; every metric and bootstrap intervals: "
                                "results/tables/summary.md)"))
     text = "\n".join(parts)
+    if out_json is not None:
+        import json
+
+        facts = {"runs": len(samples), "subjects": int(samples.groupby("cohort")["subject"].nunique().sum()),
+                 "cohorts": cohorts.rename(columns={"runs excluded from the shards": "excluded"}).to_dict("records"),
+                 "subjects_per_split": per_split.set_index("cohort").to_dict("index"),
+                 "excluded": {"runs": len(excluded),
+                              "reasons": {str(k): int(v) for k, v in excluded["reason"].value_counts().items()}},
+                 "models": {name: str(Path(folder) / "final.pt") for name, folder in runs.items()},
+                 "outputs": {"metrics": str(metrics_path) if metrics_path else None, "figures": "results/figures",
+                             "report": "results/report.html (snakemake --report results/report.html)"}}
+        with atomic_path(out_json) as tmp:
+            Path(tmp).write_text(json.dumps(facts, indent=1, default=int) + "\n")
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
     return text
+
+
+def summary_lines(path: str | Path) -> list[str]:
+    """The run summary JSON as a few lines for the end of a workflow run (empty when it is not there)."""
+    import json
+
+    try:
+        facts = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    lines = [f"brainjepa: {facts['runs']} runs of {facts['subjects']} subjects in {len(facts['cohorts'])} cohorts; "
+             f"{facts['excluded']['runs']} runs excluded from the shards"
+             + (f" ({', '.join(f'{r}: {n}' for r, n in facts['excluded']['reasons'].items())})"
+                if facts["excluded"]["runs"] else "")]
+    for cohort, counts in facts["subjects_per_split"].items():
+        lines.append(f"  {cohort}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
+    for name, path_ in facts["models"].items():
+        lines.append(f"  model {name}: {path_}")
+    outputs = facts["outputs"]
+    lines.append(f"  metrics: {outputs['metrics'] or 'none (no evaluate tasks)'}; figures: {outputs['figures']}; "
+                 f"report: {outputs['report']}")
+    return lines

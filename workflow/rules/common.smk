@@ -403,6 +403,7 @@ CAT_PRETRAIN = "3. Pretraining"
 CAT_EVAL = "4. Evaluation"
 CAT_INTERPRET = "5. Interpretation"
 REPORT_SUMMARY = "results/report/summary.rst"
+REPORT_SUMMARY_JSON = "results/report/summary.json"  # the same facts, printed when a run ends (Snakefile onsuccess)
 FIGURES_CONFIG = config.get("figures", {})
 
 
@@ -465,7 +466,7 @@ def figure_outputs():
         files += [f"{FIGURES}/scaling.png"] if SCALING_ENCODERS else []
     if ATTENTION is not None and EVAL_RESULTS:
         files += [f"{FIGURES}/network_attention.png", f"{FIGURES}/network_attention.tsv"]
-    return files + [REPORT_SUMMARY]
+    return files + [REPORT_SUMMARY, REPORT_SUMMARY_JSON]
 
 
 def named_options(flag, paths):

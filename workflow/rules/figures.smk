@@ -194,7 +194,8 @@ rule report_summary:
         checkpoints=[f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS],
         metrics=[METRICS] if EVAL_RESULTS else [],
     output:
-        REPORT_SUMMARY,
+        rst=REPORT_SUMMARY,
+        json=REPORT_SUMMARY_JSON,
     log:
         "logs/figures/report_summary.log",
     conda:
@@ -209,4 +210,4 @@ rule report_summary:
         metrics=lambda wildcards, input: f"--metrics {shlex.quote(input.metrics[0])}" if input.metrics else "",
     shell:
         "brainjepa report-summary --samples {input.samples:q} --splits {input.splits:q} --excluded {params.excluded}"
-        " {params.runs} {params.metrics} --out {output:q} > {log} 2>&1"
+        " {params.runs} {params.metrics} --out {output.rst:q} --json {output.json:q} > {log} 2>&1"
