@@ -355,3 +355,27 @@ def test_cli_batch_form_parcellates_a_sheets_runs(tmp_path, small_atlas, small_b
     assert main([*common, "--tr", "2"]) == 1 and "drop --tr" in capsys.readouterr().err
     assert main(common[:-2] + ["--out", str(tmp_path / "x.parquet")]) == 1
     assert "drop --out" in capsys.readouterr().err
+
+
+def test_the_public_uk_biobank_layout_is_read_by_roi_name(tmp_path, small_atlas):
+    """A subject folder with fMRI.Schaefer17n*p.csv.gz (cortical) and fMRI.Tian_Subcortex_*_3T.csv.gz (subcortical),
+    ROI x time with a label_name column, listed in the sheet's timeseries column: combined in the atlas's order."""
+    image, labels = small_atlas
+    names = pd.read_csv(labels, sep="\t")["name"].tolist()
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 1, size=(30, 4))
+    folder = tmp_path / "time_series" / "1000001"
+    folder.mkdir(parents=True)
+    for file, cols in (("fMRI.Schaefer17n400p.csv.gz", [3, 0]), ("fMRI.Tian_Subcortex_S3_3T.csv.gz", [2, 1])):
+        block = pd.DataFrame(data[:, cols].T, columns=[str(t) for t in range(30)])
+        block.insert(0, "label_name", [names[c] for c in cols])
+        block.to_csv(folder / file, index=False)
+    out = tmp_path / "ukb.parquet"
+    run_parcellate(out, image, labels, timeseries=folder, tr=0.735)
+    got = pd.read_parquet(out)
+    assert list(got.columns) == names
+    np.testing.assert_allclose(got.to_numpy(), data, rtol=1e-6)
+    (folder / "fMRI.Tian_Subcortex_S3_3T.csv.gz").unlink()
+    msg = _assert_fails_cleanly(tmp_path, "expected one fMRI.Tian_Subcortex", atlas_path=image, labels=labels,
+                                timeseries=folder, tr=0.735)
+    assert str(folder) in msg

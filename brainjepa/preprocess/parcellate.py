@@ -269,6 +269,7 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
                          unnamed_columns: str = "error") -> tuple[np.ndarray, dict]:
     """Read an already-parcellated T x R file (tsv, csv, npy or parquet) in the atlas's ROI order.
 
+    ``path`` may also be a subject folder of the public code's UK Biobank layout (:func:`read_ukb_folder`).
     Columns with ROI names (a text header, Parquet column names) are matched to the label table by name, in
     any order; a header that is not exactly the label table's names is an error listing the unknown and the
     missing ones. Columns without names (``.npy``, a header-less text file, or a numbered header ``0..R-1`` /
@@ -284,7 +285,9 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
     meta_tr = None
     name = path.name.lower()
     try:
-        if name.endswith(".npy"):
+        if path.is_dir():
+            frame, named = read_ukb_folder(path), True
+        elif name.endswith(".npy"):
             frame, named = pd.DataFrame(np.load(path, allow_pickle=False)), False
         elif name.endswith(".parquet"):
             table = pq.read_table(path)
@@ -329,6 +332,41 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
     return data.astype(np.float32), {"tr": float(tr), "tr_source": "sheet" if meta_tr is None else "metadata",
                                      "source": str(path), "n_volumes": int(len(data)),
                                      "columns": "by name" if named else "label_order (declared)"}
+
+
+UKB_CORTICAL = "fMRI.Schaefer*.csv.gz"          # the public Brain-JEPA loader's UK Biobank files, one folder per
+UKB_SUBCORTICAL = "fMRI.Tian_Subcortex_*.csv.gz"  # subject: ROI x time, first column label_name
+
+
+def read_ukb_folder(folder: Path) -> pd.DataFrame:
+    """A subject folder of the public code's UK Biobank layout -> a T x R frame named by ROI, subcortical ROIs
+    first (the combined atlas's order). Each file is ROI x time with a ``label_name`` first column; the names
+    are then matched to the atlas label table like any header."""
+    files = {}
+    for kind, pattern in (("subcortical", UKB_SUBCORTICAL), ("cortical", UKB_CORTICAL)):
+        found = sorted(folder.glob(pattern))
+        if len(found) != 1:
+            raise InputError(f"{folder}: expected one {pattern} file of the UK Biobank layout (ROI x time, first "
+                             f"column label_name), found {len(found)}")
+        files[kind] = found[0]
+    blocks = []
+    for kind, path in files.items():
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise InputError(f"{path}: cannot read the {kind} time series ({exc})") from exc
+        if frame.columns[0] != "label_name" or frame.shape[1] < 2:
+            raise InputError(f"{path}: the UK Biobank layout has ROI rows with a first column 'label_name', then one "
+                             f"column per time point; got columns {list(frame.columns[:3])}...")
+        values = frame.iloc[:, 1:].apply(pd.to_numeric, errors="coerce")
+        if values.isna().to_numpy().any():
+            row, col = np.argwhere(values.isna().to_numpy())[0]
+            raise InputError(f"{path}: non-numeric value for ROI {frame.iloc[row, 0]!r} at time column {col + 1}")
+        blocks.append(pd.DataFrame(values.to_numpy(dtype=np.float64).T, columns=frame["label_name"].astype(str)))
+    if len(blocks[0]) != len(blocks[1]):
+        raise InputError(f"{folder}: the subcortical file has {len(blocks[0])} time points, the cortical one "
+                         f"{len(blocks[1])}")
+    return pd.concat(blocks, axis=1)
 
 
 def _numbered(cells: list[str]) -> bool:
