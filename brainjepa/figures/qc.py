@@ -102,11 +102,12 @@ def plot_splits(splits: pd.DataFrame, balance: pd.DataFrame, out: str | Path) ->
     subjects = splits.drop_duplicates(["cohort", "subject"]).groupby(["cohort", "split"]).size().unstack(fill_value=0)
     subjects = subjects.reindex(columns=order, fill_value=0)
     discrete = balance[balance["value"].astype(str) != "n/a"] if len(balance) else balance
-    groups = [(c, lab) for c, lab in dict.fromkeys(zip(discrete["cohort"], discrete["label"]))]
-    fig, axes = plt.subplots(1, 1 + len(groups), figsize=(3.6 * (1 + len(groups)), 3.6), squeeze=False)
-    for ax, (title, table) in zip(axes[0], [("subjects per cohort", subjects)] + [
-            (f"{c}: {lab}", discrete[(discrete["cohort"] == c) & (discrete["label"] == lab)]
-             .set_index("value")[[s for s in order if s in discrete.columns]]) for c, lab in groups]):
+    panels = [("subjects per cohort", subjects)]
+    for cohort, label in dict.fromkeys(zip(discrete["cohort"], discrete["label"])):
+        rows = discrete[(discrete["cohort"] == cohort) & (discrete["label"] == label)].set_index("value")
+        panels.append((f"{cohort}: {label}", rows[[s for s in order if s in rows.columns]]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, table) in zip(axes[0], panels):
         bottom = np.zeros(len(table))
         for split in table.columns:
             values = table[split].to_numpy(dtype=float)
