@@ -173,3 +173,22 @@ def test_schaefer_offline_failure_is_clear(monkeypatch):
 def test_unsupported_space():
     with pytest.raises(InputError, match="atlas space must be one of"):
         A.resolve_atlas_files("MNI305", "cache")
+
+
+def test_label_table_only_atlas_takes_columns_and_falls_back_to_names(tmp_path):
+    from brainjepa.preprocess.atlas import build_label_atlas, label_only_table
+
+    path = tmp_path / "labels.tsv"
+    path.write_text("name\tnetwork\themisphere\nPrecentral_L\tMotor\tL\n7Networks_RH_Default_PFC_1\t\t\nHIP-lh\t\t\n")
+    table = label_only_table(path)
+    assert table["index"].tolist() == [1, 2, 3]
+    assert table["network"].tolist() == ["Motor", "Default", "Subcortical"]
+    assert table["hemisphere"].tolist() == ["L", "R", "L"] and table["x"].isna().all()
+    build_label_atlas(path, tmp_path / "out.tsv")
+    assert list(pd.read_csv(tmp_path / "out.tsv", sep="\t").columns) == ["index", "name", "network", "hemisphere",
+                                                                          "x", "y", "z"]
+    for text, match in (("name\tcolour\nA\tred\n", "colour"), ("network\nVis\n", "'name' required"),
+                        ("name\nA\nA\n", r"repeated \['A'\]"), ("index\tname\n1\tA\n1\tB\n", "unique integers")):
+        path.write_text(text)
+        with pytest.raises(InputError, match=match):
+            label_only_table(path)

@@ -404,3 +404,68 @@ def test_report_has_every_figure_and_opens_in_a_real_browser(tiny_project, tmp_p
             shutil.copy(tmp_path / name, Path(shots) / name)
     with Image.open(tmp_path / "report.png") as img:
         assert img.size == (1400, 900)
+
+
+@pytest.mark.slow
+def test_a_pre_parcellated_cohort_with_a_label_table_only(tmp_path):
+    """94 ROIs with non-Schaefer names and a network column, no atlas image, no Schaefer keys: every stage runs,
+    and the label table's networks reach the FC heatmap's order and the gradient figure; a NIfTI row is refused."""
+    work = tmp_path / "aal"
+    (work / "config").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    nets = ["Frontal", "Temporal", "Parietal", "Occipital", "Cingulate", "Deep"]
+    names = [f"AAL2_R{i:02d}_{'L' if i % 2 else 'R'}" for i in range(94)]
+    network = [nets[(i // 2) % len(nets)] for i in range(94)]           # interleaved: ordering by network matters
+    hemisphere = ["L" if i % 2 else "R" for i in range(94)]
+    pd.DataFrame({"name": names, "network": network, "hemisphere": hemisphere}).to_csv(
+        work / "config" / "aal2.tsv", sep="\t", index=False)
+    rows, phen = [], []
+    for s in range(8):
+        latent = rng.normal(size=(120, len(nets)))
+        data = 100 + latent[:, [nets.index(n) for n in network]] + 0.7 * rng.normal(size=(120, 94))
+        order = rng.permutation(94)                                       # columns shuffled, matched by name
+        path = work / "data" / f"sub-{s}.tsv"
+        path.parent.mkdir(exist_ok=True)
+        pd.DataFrame(data[:, order], columns=[names[i] for i in order]).to_csv(path, sep="\t", index=False)
+        rows.append({"cohort": "aal", "subject": f"{s}", "session": "1", "run": "1", "bold": "",
+                     "timeseries": str(path), "tr": "2.0"})
+        phen.append({"cohort": "aal", "subject": f"{s}", "age": 50 + s})
+    pd.DataFrame(rows).to_csv(work / "config" / "samples.tsv", sep="\t", index=False)
+    pd.DataFrame(phen).to_csv(work / "config" / "phenotypes.tsv", sep="\t", index=False)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["demo"]["enabled"] = False
+    config["atlas"] = {"labels": "config/aal2.tsv"}
+    config["labels"] = {"age": "continuous"}
+    config["splits"].update(pretraining={"cohort": "aal", "fraction": 0.8}, stratify={})
+    config["batching"] = {"default": 1, "cohorts": {}}
+    config["shards"]["window"] = 32
+    config["gradients"]["n_components"] = 5
+    config["evaluate"].update(tasks={}, encoders={"jepa": {"pretrained": "config/pretrain.yaml"}})
+    config["figures"]["attention"] = None
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    train = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
+    train["data"].update(batch_size=2)
+    train["model"].update(patch_size=16)
+    train["optim"].update(epochs=1, warmup_epochs=1)
+    (work / "config" / "pretrain.yaml").write_text(yaml.safe_dump(train))
+    result = snakemake(work, "all")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = pd.read_csv(work / "results/atlas/atlas_labels.tsv", sep="\t")
+    assert table["name"].tolist() == names and table["network"].tolist() == network
+    assert table["hemisphere"].tolist() == hemisphere
+    assert not list((work / "results/atlas").glob("*.nii.gz"))
+    assert len(pd.read_csv(work / "results/gradients/gradients.tsv", sep="\t")) == 94
+    for name in ("group_fc.png", "gradients_space.png", "gradients_eigenvalues.png", "qc_rois.png"):
+        assert (work / "results/figures" / name).stat().st_size > 10_000, name
+    assert not (work / "results/figures/gradients_brain.png").exists()  # no image: no brain view
+    log = (work / "logs/figures/gradients.log").read_text()
+    silhouette = float(re.search(r"gradient 1-3 space: (-?[0-9.]+)", log)[1])
+    assert silhouette > 0.3, log                                          # the label table's networks, found again
+    # a NIfTI row with a label-table-only atlas stops the DAG, naming the run
+    samples = pd.read_csv(work / "config" / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    bold = work / "data" / "sub-9_bold.nii.gz"
+    bold.write_bytes(b"")
+    extra = {**rows[0], "subject": "9", "bold": str(bold), "timeseries": "", "tr": ""}
+    pd.concat([samples, pd.DataFrame([extra])]).to_csv(work / "config" / "samples.tsv", sep="\t", index=False)
+    result = snakemake(work, "-n", "all")
+    assert result.returncode != 0 and "aal/sub-9_ses-1_run-1 is a NIfTI run" in result.stdout + result.stderr

@@ -9,8 +9,17 @@ log = logging.getLogger("brainjepa")
 
 
 def _atlas(args: argparse.Namespace) -> None:
-    from brainjepa.preprocess.atlas import build_atlas
+    from brainjepa.errors import InputError
+    from brainjepa.preprocess.atlas import build_atlas, build_label_atlas
 
+    if args.labels_only:
+        if args.out_image:
+            raise InputError("--labels-only writes a label table only; drop --out-image")
+        ident = build_label_atlas(args.labels_only, args.out_labels)
+        log.info("label-table atlas %s written to %s", ident, args.out_labels)
+        return
+    if not args.space or not args.out_image:
+        raise InputError("an atlas image needs --space and --out-image (or give --labels-only TABLE)")
     ident = build_atlas(
         args.space, args.out_image, args.out_labels, args.cache_dir, overlap=args.overlap,
         n_parcels=args.n_parcels, networks=args.networks, resolution=args.resolution,
@@ -49,7 +58,7 @@ def _align_tr(args: argparse.Namespace) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("atlas", help="build the combined subcortical + cortical atlas and its label table")
-    p.add_argument("--space", required=True, help="MNI152NLin6Asym or MNI152NLin2009cAsym")
+    p.add_argument("--space", help="MNI152NLin6Asym or MNI152NLin2009cAsym")
     p.add_argument("--n-parcels", type=int, default=400, help="Schaefer-2018 parcels (TemplateFlow)")
     p.add_argument("--networks", type=int, default=7, help="Schaefer network order: 7 or 17")
     p.add_argument("--resolution", type=int, default=2, help="TemplateFlow resolution index (2 = 2 mm)")
@@ -60,8 +69,10 @@ def register(sub) -> None:
     p.add_argument("--overlap", default="subcortical", help="which atlas keeps voxels labelled by both: "
                    "subcortical | cortical")
     p.add_argument("--cache-dir", default="resources/cache", help="pinned downloads (Tian S3)")
-    p.add_argument("--out-image", required=True)
+    p.add_argument("--out-image")
     p.add_argument("--out-labels", required=True)
+    p.add_argument("--labels-only", metavar="TABLE", help="a label table (name; index, network, hemisphere, x, y, z) "
+                   "for pre-parcellated cohorts: no image is made")
     p.set_defaults(func=_atlas)
 
     p = sub.add_parser("parcellate", help="ROI mean time series of one run (streaming), or of many runs of a sheet")
@@ -72,7 +83,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="output file (one run)")
     p.add_argument("--out-root", help="with --samples: writes <out-root>/<run_id>.parquet and <run_id>_qc.tsv")
     p.add_argument("--runs", nargs="+", metavar="RUN_ID", help="with --samples: these runs (<cohort>/sub-..._run-..)")
-    p.add_argument("--atlas", required=True)
+    p.add_argument("--atlas", help="the atlas image (NIfTI runs); without it, --labels alone names the columns of "
+                                   "pre-parcellated runs")
     p.add_argument("--labels", help="label table (index, name, ...); column names come from it")
     p.add_argument("--mask")
     p.add_argument("--tr", type=float, help="TR in seconds (else sidecar, then header)")

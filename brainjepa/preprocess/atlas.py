@@ -375,6 +375,59 @@ def resolve_atlas_files(space: str, cache_dir: str | Path, *, n_parcels: int = 4
     return cortical, subcortical
 
 
+LABEL_COLUMNS = ["index", "name", "network", "hemisphere", "x", "y", "z"]
+
+
+def label_only_table(path: str | Path) -> pd.DataFrame:
+    """A user's label table for pre-parcellated cohorts (any atlas: AAL, Glasser, Gordon, Schaefer, Tian...) ->
+    the pipeline's label table (index, name, network, hemisphere, x, y, z), in the file's row order.
+
+    Columns: ``name`` (required, unique), ``index`` (default 1..R), ``network`` and ``hemisphere`` (taken as
+    given; when absent or empty, parsed from Schaefer / Tian names, else ``Subcortical`` / ``n/a``), ``x, y, z``
+    (mm, optional: centroid positions need them). An empty network or an unknown column is an error naming it.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: cannot read the label table ({exc})") from exc
+    unknown = [c for c in table.columns if c not in LABEL_COLUMNS]
+    if "name" not in table.columns or unknown:
+        raise InputError(f"{path}: a label table has the columns {LABEL_COLUMNS} ('name' required), tab separated; "
+                         f"got {list(table.columns)}")
+    if table.empty:
+        raise InputError(f"{path}: the label table has no ROIs")
+    names = table["name"].str.strip()
+    bad = [i + 2 for i, n in enumerate(names) if not n]
+    dup = sorted({n for n in names if (names == n).sum() > 1})
+    if bad or dup:
+        raise InputError(f"{path}: ROI names must be non-empty and unique (empty at lines {bad[:5]}, "
+                         f"repeated {dup[:5]})")
+    out = pd.DataFrame({"index": range(1, len(table) + 1), "name": names})
+    if "index" in table.columns:
+        index = pd.to_numeric(table["index"], errors="coerce")
+        if index.isna().any() or index.duplicated().any():
+            raise InputError(f"{path}: column 'index' must hold unique integers")
+        out["index"] = index.astype(int).to_numpy()
+    given_net = table["network"].str.strip() if "network" in table.columns else pd.Series([""] * len(table))
+    given_hemi = table["hemisphere"].str.strip() if "hemisphere" in table.columns else pd.Series([""] * len(table))
+    out["network"] = [g or roi_network(n) for g, n in zip(given_net, names)]
+    out["hemisphere"] = [g or roi_hemisphere(n) for g, n in zip(given_hemi, names)]
+    for axis in ("x", "y", "z"):
+        values = pd.to_numeric(table[axis], errors="coerce") if axis in table.columns else np.nan
+        out[axis] = values
+    return out
+
+
+def build_label_atlas(labels: str | Path, out_labels: str | Path) -> str:
+    """The ``atlas`` stage for pre-parcellated cohorts: a label table only, no image. Returns its id."""
+    from brainjepa.io import write_tsv_atomic
+
+    table = label_only_table(labels)
+    write_tsv_atomic(table, out_labels)
+    return sha256_file(out_labels)[:16]
+
+
 def build_atlas(space: str, out_image: str | Path, out_labels: str | Path, cache_dir: str | Path,
                 overlap: str = "subcortical", **sources) -> str:
     """The ``atlas`` stage: resolve the sources, combine them, write image + label table + sidecar."""

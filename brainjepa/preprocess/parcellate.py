@@ -169,20 +169,31 @@ def load_mask(path: str | Path, info: BoldInfo) -> np.ndarray:
 class Atlas:
     """A loaded atlas with its ROI order; caches its resampled operator per BOLD grid for batch jobs."""
 
-    image: nib.Nifti1Image
-    values: np.ndarray
+    image: nib.Nifti1Image | None          # None: a label table only (pre-parcellated runs)
+    values: np.ndarray | None
     names: list[str]
     space: str | None
     identifier: str
     _operators: dict
 
     @classmethod
-    def load(cls, path: str | Path, labels: str | Path | None = None) -> "Atlas":
+    def load(cls, path: str | Path | None, labels: str | Path | None = None) -> "Atlas":
+        """An atlas image with its label table; ``path`` None: the label table only (pre-parcellated runs)."""
+        if path is None:
+            if labels is None:
+                raise InputError("an atlas needs an image or a label table")
+            from brainjepa.io import sha256_file
+            from brainjepa.preprocess.atlas import read_roi_names
+
+            return cls(None, None, read_roi_names(labels), None, sha256_file(labels)[:16], {})
         atlas = read_atlas(path, labels)
         return cls(atlas.image, atlas.values, atlas.names, atlas.space, atlas.identifier, {})
 
     def operator(self, info: BoldInfo, mask: np.ndarray | None = None) -> ParcelOperator:
         """The averaging operator on the BOLD grid (atlas resampled with nearest neighbour if needed)."""
+        if self.image is None:
+            raise InputError(f"{info.path}: a NIfTI run needs an atlas image, but the atlas is a label table only "
+                             "(atlas.labels: for pre-parcellated 'timeseries' runs)")
         key = (info.shape[:3], info.affine.round(5).tobytes())
         if key not in self._operators:
             grid = resample_nearest(self.image, info.shape[:3], info.affine)

@@ -86,8 +86,20 @@ BATCHES = batches.assign_batches(SPLIT_TABLE, config["batching"], config["splits
 
 
 DEMO_ATLAS = demo_atlas_paths(str(DEMO_ROOT))
-ATLAS_IMAGE = f"results/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
-ATLAS_LABELS = f"results/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
+# atlas.labels: a label table only (pre-parcellated cohorts), no image; else the combined atlas image + labels
+LABEL_ONLY_ATLAS = "labels" in config["atlas"]
+if LABEL_ONLY_ATLAS:
+    ATLAS_IMAGE = None
+    ATLAS_LABELS = "results/atlas/atlas_labels.tsv"
+else:
+    ATLAS_IMAGE = f"results/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
+    ATLAS_LABELS = f"results/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
+if LABEL_ONLY_ATLAS and (SAMPLES["bold"] != "").any():
+    _first = SAMPLES[SAMPLES["bold"] != ""].iloc[0]
+    raise WorkflowError(
+        f"{config['samples']}: run {_first['run_id']} is a NIfTI run ('bold'), but atlas.labels gives a label table "
+        "only; parcellating NIfTI runs needs an atlas image (atlas.cortical / atlas.subcortical)"
+    )
 PARCELLATE_ROOT = "results/parcellate"  # <cohort>/<stem>.parquet (ROI time series), <stem>_qc.tsv (per ROI)
 ALIGN_TR_ROOT = "results/align_tr"  # <cohort>/<stem>.parquet at the target TR
 SPLITS = "results/splits/splits.tsv"
@@ -116,7 +128,9 @@ def parcellate_batch_inputs(run_ids):
     The sheet is an ancient input: the job reads its own rows from it, and the rows' digest (a parameter)
     reruns it when they change, so edits of other rows leave the batch alone.
     """
-    inputs = {"atlas": ATLAS_IMAGE, "labels": ATLAS_LABELS, "samples": ancient(config["samples"]), "data": []}
+    inputs = {"labels": ATLAS_LABELS, "samples": ancient(config["samples"]), "data": []}
+    if ATLAS_IMAGE:
+        inputs["atlas"] = ATLAS_IMAGE
     inputs.update(sidecars=[], masks=[])
     for run_id in run_ids:
         row = SAMPLE_ROWS[run_id]
@@ -265,7 +279,8 @@ def get_final_outputs():
     shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
     pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
     evaluation = [METRICS, f"{TABLES}/summary.md"] if EVAL_RESULTS else []
-    return [ATLAS_IMAGE, ATLAS_LABELS, *group, *shards, *pretrained, *per_run, *evaluation, *figure_outputs()]
+    atlas = [ATLAS_IMAGE, ATLAS_LABELS] if ATLAS_IMAGE else [ATLAS_LABELS]
+    return [*atlas, *group, *shards, *pretrained, *per_run, *evaluation, *figure_outputs()]
 
 
 # -- downstream evaluation (rules/evaluate.smk) -----------------------------------------------------------------
@@ -452,13 +467,13 @@ def figure_outputs():
         for name in (
             "group_fc.png",
             "gradients_space.png",
-            "gradients_brain.png",
             "gradients_eigenvalues.png",
             "qc_rois.png",
             "qc_splits.png",
             "qc_runs.tsv",
         )
     ]
+    files += [f"{FIGURES}/gradients_brain.png"] if ATLAS_IMAGE else []  # the brain view needs the image
     if PRETRAIN_RUNS:
         files.append(f"{FIGURES}/pretraining.png")
     if EVAL_RESULTS:
@@ -477,3 +492,18 @@ def named_options(flag, paths):
 def excluded_tables(manifests):
     """The shards' excluded.tsv beside each split's manifest (shell-quoted)."""
     return " ".join(shlex.quote(os.path.join(os.path.dirname(m), "excluded.tsv")) for m in manifests)
+
+
+def gradient_figures():
+    """The gradient figures: in gradient space and the eigenvalues, and on the brain when there is an atlas image."""
+    out = {
+        "space": report(f"{FIGURES}/gradients_space.png", caption="../report/gradients_space.rst", category=CAT_GROUP),
+        "eigenvalues": report(
+            f"{FIGURES}/gradients_eigenvalues.png", caption="../report/gradients_eigenvalues.rst", category=CAT_GROUP
+        ),
+    }
+    if ATLAS_IMAGE:
+        out["brain"] = report(
+            f"{FIGURES}/gradients_brain.png", caption="../report/gradients_brain.rst", category=CAT_GROUP
+        )
+    return out

@@ -23,15 +23,12 @@ rule figure_fc:
 
 rule figure_gradients:
     input:
-        gradients=GRADIENTS,
-        labels=ATLAS_LABELS,
-        atlas=ATLAS_IMAGE,
-    output:
-        space=report(f"{FIGURES}/gradients_space.png", caption="../report/gradients_space.rst", category=CAT_GROUP),
-        brain=report(f"{FIGURES}/gradients_brain.png", caption="../report/gradients_brain.rst", category=CAT_GROUP),
-        eigenvalues=report(
-            f"{FIGURES}/gradients_eigenvalues.png", caption="../report/gradients_eigenvalues.rst", category=CAT_GROUP
+        unpack(
+            lambda wildcards: {"gradients": GRADIENTS, "labels": ATLAS_LABELS}
+            | ({"atlas": ATLAS_IMAGE} if ATLAS_IMAGE else {})
         ),
+    output:
+        **gradient_figures(),
     log:
         "logs/figures/gradients.log",
     conda:
@@ -44,10 +41,12 @@ rule figure_gradients:
         cortical=lambda wildcards: (
             "--cortical-only" if FIGURES_CONFIG.get("gradients", {}).get("cortical_only") else ""
         ),
+        brain=lambda wildcards, input, output: (
+            f"--atlas {shlex.quote(input.atlas)} --out-brain {shlex.quote(output.brain)}" if ATLAS_IMAGE else ""
+        ),
     shell:
-        "brainjepa figure-gradients --gradients {input.gradients:q} --labels {input.labels:q} --atlas {input.atlas:q}"
-        " --out-space {output.space:q} --out-brain {output.brain:q} --out-eigenvalues {output.eigenvalues:q}"
-        " {params.cortical} > {log} 2>&1"
+        "brainjepa figure-gradients --gradients {input.gradients:q} --labels {input.labels:q} {params.brain}"
+        " --out-space {output.space:q} --out-eigenvalues {output.eigenvalues:q} {params.cortical} > {log} 2>&1"
 
 
 rule figure_qc:

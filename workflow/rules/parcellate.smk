@@ -22,7 +22,10 @@ for batch, run_ids in BATCHES.items():
             out_root=lambda wildcards, output: os.path.dirname(os.path.dirname(output.timeseries[0])),
             empty_roi=config["parcellate"]["empty_roi"],
             unnamed=config["parcellate"].get("unnamed_columns", "error"),
+            atlas=lambda wildcards, input: (  # none with atlas.labels: the label table names the columns
+                f"--atlas {shlex.quote(input.atlas)}" if "atlas" in input.keys() else ""
+            ),
         shell:
-            "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} --atlas {input.atlas:q}"
+            "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} {params.atlas}"
             " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
             " --out-root {params.out_root:q} > {log} 2>&1"
