@@ -379,3 +379,14 @@ def test_the_public_uk_biobank_layout_is_read_by_roi_name(tmp_path, small_atlas)
     msg = _assert_fails_cleanly(tmp_path, "expected one fMRI.Tian_Subcortex", atlas_path=image, labels=labels,
                                 timeseries=folder, tr=0.735)
     assert str(folder) in msg
+
+
+def test_a_label_table_alone_parcellates_time_series_and_refuses_nifti(tmp_path, small_atlas, small_bold):
+    _, labels = small_atlas
+    path = tmp_path / "ts.tsv"
+    data = np.random.default_rng(0).normal(100, 1, size=(20, 4))
+    pd.DataFrame(data, columns=["A_1", "B_2", "C_3", "D_4"]).to_csv(path, sep="\t", index=False)
+    run_parcellate(tmp_path / "a.parquet", None, labels, timeseries=path, tr=2.0)
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "a.parquet").to_numpy(), data, rtol=1e-6)
+    _assert_fails_cleanly(tmp_path, "needs an atlas image, but the atlas is a label table only", atlas_path=None,
+                          labels=labels, bold=small_bold)

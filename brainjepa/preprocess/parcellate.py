@@ -191,9 +191,6 @@ class Atlas:
 
     def operator(self, info: BoldInfo, mask: np.ndarray | None = None) -> ParcelOperator:
         """The averaging operator on the BOLD grid (atlas resampled with nearest neighbour if needed)."""
-        if self.image is None:
-            raise InputError(f"{info.path}: a NIfTI run needs an atlas image, but the atlas is a label table only "
-                             "(atlas.labels: for pre-parcellated 'timeseries' runs)")
         key = (info.shape[:3], info.affine.round(5).tobytes())
         if key not in self._operators:
             grid = resample_nearest(self.image, info.shape[:3], info.affine)
@@ -261,6 +258,9 @@ def parcellate_bold(bold: str | Path, atlas: Atlas, mask: str | Path | None = No
                     empty_roi: str = "error") -> tuple[np.ndarray, pd.DataFrame, dict]:
     """Parcellate one BOLD run. Returns ROI means [T, R] float32, the QC table and the metadata."""
     info = read_bold_header(bold)
+    if atlas.image is None:
+        raise InputError(f"{info.path}: a NIfTI run needs an atlas image, but the atlas is a label table only "
+                         "(atlas.labels: for pre-parcellated 'timeseries' runs)")
     check_space(info, atlas.image, atlas.space)
     tr_value, tr_source = bids.repetition_time(info.path, tr)
     mask_data = load_mask(mask, info) if mask else None
