@@ -30,12 +30,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 4 * 2**20) -> str:
     return digest.hexdigest()
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it; Python has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file made by ``tempfile`` (always 0600, or 0700 for a folder) the mode any tool would have made
+    under the user's umask (0666 or 0777 minus it), so that a lab group can read shared results."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     A failure (any exception) removes the temporary file, so nothing that looks finished is left.
-    The temporary name keeps the final suffixes so that writers that dispatch on them still work.
+    The temporary name keeps the final suffixes so that writers that dispatch on them still work. The file
+    gets the mode the user's umask gives new files (not ``mkstemp``'s 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +59,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            honour_umask(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

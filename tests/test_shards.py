@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +315,23 @@ def test_failed_build_leaves_no_output(tmp_path, cohort):
         build_shards(runs, stats, out, window=16, max_shard_bytes=R * 40 * 2)
     assert not out.exists()
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_honour_the_umask(tmp_path, cohort, umask):
+    """Files written atomically and the shard folder get the modes any tool would give under the user's umask
+    (mkstemp / mkdtemp alone give 0600 / 0700, unreadable by a lab group)."""
+    from brainjepa.io import write_text_atomic
+
+    runs, _, stats = cohort
+    old = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "a" / "note.txt", "x")
+        build_shards(runs, stats, tmp_path / "shards", window=16, label_columns=LABELS)
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a" / "note.txt") == 0o666 & ~umask
+    assert mode(tmp_path / "shards") == 0o777 & ~umask
+    files = [p for p in (tmp_path / "shards").rglob("*") if p.is_file()]
+    assert files and all(mode(p) == 0o666 & ~umask for p in files), {str(p): oct(mode(p)) for p in files}

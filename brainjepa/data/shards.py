@@ -43,7 +43,15 @@ import pyarrow.parquet as pq
 from brainjepa import __version__
 from brainjepa.errors import InputError
 from brainjepa.group.scaling import ScalingStats
-from brainjepa.io import METADATA_KEY, atomic_path, read_timeseries, sha256_file, write_text_atomic, write_tsv_atomic
+from brainjepa.io import (
+    METADATA_KEY,
+    atomic_path,
+    honour_umask,
+    read_timeseries,
+    sha256_file,
+    write_text_atomic,
+    write_tsv_atomic,
+)
 
 FORMAT = "brainjepa-shards/1"
 ID_COLUMNS = ("run_id", "cohort", "subject", "session", "run", "split")
@@ -349,6 +357,7 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    honour_umask(tmp, directory=True)  # mkdtemp makes 0700; the shard folder is renamed from it
     try:
         schema = shard_schema(len(stats.rois), dtype, label_columns).with_metadata({METADATA_KEY: json.dumps(
             {"format": FORMAT, "scaling_stats_id": stats.id, "dtype": dtype}, sort_keys=True).encode()})
