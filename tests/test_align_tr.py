@@ -82,3 +82,18 @@ def test_align_tr_cli_many_runs_in_one_call(tmp_path, capsys):
     assert f"run {sources[1]}: {sources[1]}: cannot read" in capsys.readouterr().err  # names the run that failed
     assert main(["align-tr", "--in", *map(str, sources), "--out", str(outs[0]), "--target-tr", "2.0"]) == 1
     assert "3 input files but 1 output files" in capsys.readouterr().err
+
+
+def test_stride_refuses_a_target_below_the_tr(tmp_path, capsys):
+    """Decimation cannot shorten the TR: a 3 s run with a 2 s target was kept at 3 s without a word."""
+    from brainjepa.errors import InputError
+
+    with pytest.raises(InputError, match=r"TR 3 s is longer than the target TR 2 s.*'resample'"):
+        align_tr(np.ones((50, 2)), 3.0, 2.0, "stride")
+    assert align_tr(np.ones((50, 2)), 2.0005, 2.0, "stride")[0].shape == (50, 2)     # equal up to rounding: kept
+    assert align_tr(np.ones((50, 2)), 3.0, 2.0, "resample")[1] == pytest.approx(2.0)
+    src, dst = tmp_path / "slow.parquet", tmp_path / "out.parquet"
+    write_timeseries(np.ones((50, 3), np.float32), ["a", "b", "c"], src, {"tr": 3.0})
+    assert main(["align-tr", "--in", str(src), "--out", str(dst), "--target-tr", "2.0", "--method", "stride"]) == 1
+    err = capsys.readouterr().err
+    assert "slow.parquet" in err and "longer than the target TR" in err and not dst.exists()

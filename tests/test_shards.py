@@ -335,3 +335,29 @@ def test_outputs_honour_the_umask(tmp_path, cohort, umask):
     assert mode(tmp_path / "shards") == 0o777 & ~umask
     files = [p for p in (tmp_path / "shards").rglob("*") if p.is_file()]
     assert files and all(mode(p) == 0o666 & ~umask for p in files), {str(p): oct(mode(p)) for p in files}
+
+
+def test_a_split_whose_runs_are_all_shorter_than_the_window_is_an_error(tmp_path):
+    """Before: rc 0 and an empty shard set (every run in excluded.tsv), found only at pretraining."""
+    runs, _ = make_runs(tmp_path / "runs", {"a": ("train", 40), "b": ("val", 12), "c": ("val", 15)})
+    with pytest.raises(InputError, match=r"split val: all 2 runs are shorter than the window of 16 .*c, has 15"):
+        build_shards(runs, make_stats(), tmp_path / "shards", window=16)
+    assert not (tmp_path / "shards").exists() and not list(tmp_path.glob(".shards.*"))
+    # one cohort of a split, all too short, beside one that is fine
+    runs, _ = make_runs(tmp_path / "runs2", {"a": ("train", 40), "b": ("train", 12), "c": ("train", 40)})
+    runs.loc[runs["run_id"] == "b", "cohort"] = "short"
+    with pytest.raises(InputError, match=r"split train, cohort short: all 1 runs are shorter"):
+        build_shards(runs, make_stats(), tmp_path / "shards", window=16)
+
+
+def test_a_killed_attempt_leaves_no_temporary_folder_after_the_rerun(tmp_path, cohort):
+    runs, _, stats = cohort
+    stale = [tmp_path / ".shards.k1ll3d.tmp", tmp_path / ".shards.old.x9"]
+    for path in stale:
+        (path / "train").mkdir(parents=True)
+        (path / "train" / "shard-00000.parquet").write_bytes(b"partial")
+    other = tmp_path / ".other.abc.tmp"                  # another shard set's: not ours to remove
+    other.mkdir()
+    build_shards(runs, stats, tmp_path / "shards", window=16, label_columns=LABELS)
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert (tmp_path / "shards" / "manifest.json").exists()

@@ -299,6 +299,22 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
     return entries
 
 
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Remove what killed attempts of this shard set left beside it (``.<name>.*.tmp`` build folders and
+    ``.<name>.old.*`` replaced folders; at UK Biobank scale gigabytes each). One job writes a shard set at a time,
+    so whatever matches is stale. Returns the removed paths."""
+    import shutil
+
+    parent, name = out_dir.parent, out_dir.name
+    stale = [*sorted(parent.glob(f".{name}.*.tmp")), *sorted(parent.glob(f".{name}.old.*"))]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Rename ``tmp`` onto ``out_dir``, replacing an existing folder (moved aside first, then removed)."""
     old = None
@@ -343,6 +359,18 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
         raise InputError(f"run {r.ids['run_id']} ({r.path}): {r.n_timepoints} time points, shorter than the "
                          f"window of {window} (set short_policy 'exclude' to leave such runs out)")
     kept = [r for r in planned if r.n_timepoints >= window]
+    # a split, or a cohort within it, with runs but none long enough is an error, not an empty shard set
+    groups: dict[tuple, list[_Run]] = {}
+    for r in planned:
+        groups.setdefault((r.ids["split"], None), []).append(r)
+        groups.setdefault((r.ids["split"], r.ids.get("cohort")), []).append(r)
+    for (split, cohort), mine in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, str(kv[0][1]))):
+        if all(r.n_timepoints < window for r in mine):
+            longest = max(mine, key=lambda r: r.n_timepoints)
+            where = f"split {split}" + (f", cohort {cohort}" if cohort is not None else "")
+            raise InputError(f"{where}: all {len(mine)} runs are shorter than the window of {window} time steps "
+                             f"(the longest, {longest.ids['run_id']}, has {longest.n_timepoints} at the target TR); "
+                             "lower shards.window or check align_tr.target_tr")
     by_split: dict[str, list[_Run]] = {}
     for run in sorted(planned, key=lambda r: r.ids["run_id"]):
         by_split.setdefault(run.ids["split"], [])
@@ -356,6 +384,7 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     honour_umask(tmp, directory=True)  # mkdtemp makes 0700; the shard folder is renamed from it
     try:

@@ -53,6 +53,10 @@ def align_tr(ts: np.ndarray, tr: float, target_tr: float, method: str) -> tuple[
     if not (tr > 0 and target_tr > 0):
         raise InputError(f"TR {tr} s and target TR {target_tr} s must be positive")
     if method == "stride":
+        if target_tr < tr * (1 - 1e-3):   # decimation cannot shorten the TR: it would silently keep the run as is
+            raise InputError(f"TR {tr:g} s is longer than the target TR {target_tr:g} s: the 'stride' method only "
+                             "drops time points (it cannot make the TR shorter); use align_tr.method 'resample', "
+                             "or a target TR of at least every run's TR")
         return align_stride(ts, tr, target_tr)
     return align_resample(ts, tr, target_tr)
 
