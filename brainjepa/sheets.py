@@ -98,6 +98,10 @@ def load_samples(path: str | Path, produced: Callable[[str], bool] = lambda p: F
     for i, row in frame.iterrows():
         for column in PATH_COLUMNS:
             value = row[column]
+            if "{" in value or "}" in value:  # Snakemake reads braces in a file name as a wildcard
+                raise InputError(f"{path}: line {i + 2}: column '{column}': {value}: braces {{ }} in a file path "
+                                 "cannot go through the workflow (Snakemake takes them for wildcards); rename the "
+                                 "file or link it under another name")
             if value and not Path(value).exists() and not produced(value):
                 raise InputError(f"{path}: line {i + 2}: column '{column}': file {value} does not exist "
                                  "and no rule produces it")

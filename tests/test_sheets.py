@@ -40,6 +40,7 @@ def test_valid_samples(tmp_path, bold):
     ("A\t1\t1\t1\t{bold}\t-2\n", "line 2: column 'tr': -2.0 is less than or equal to the minimum"),
     ("A\tsub_01\t1\t1\t{bold}\t\n", "line 2: column 'subject': 'sub_01' does not match"),
     ("A\t1\t1\t1\tmissing_bold.nii.gz\t\n", "line 2: column 'bold': file missing_bold.nii.gz does not exist"),
+    ("A\t1\t1\t1\tsub-{{x}}_bold.nii.gz\t\n", r"line 2: column 'bold': sub-\{x\}_bold.nii.gz: braces"),
 ])
 def test_bad_samples(tmp_path, bold, body, match):
     sheet = write(tmp_path / "s.tsv", "cohort\tsubject\tsession\trun\tbold\ttr\n" + body.format(bold=bold))
