@@ -160,10 +160,10 @@ def run_gradient_figures(gradients_path: str | Path, labels_path: str | Path, at
                          out_space: str | Path, out_brain: str | Path | None, out_eigenvalues: str | Path,
                          cortical_only: bool = False) -> float:
     """The gradient figures of one pipeline; the brain view needs the atlas image (pre-parcellated: skip it)."""
-    from brainjepa.group.gradients import eigenvalues_path
+    from brainjepa.group.gradients import eigenvalues_path, read_gradients
     from brainjepa.preprocess.atlas import read_label_table
 
-    names, values = _read(gradients_path)
+    names, values = read_gradients(gradients_path)
     gradients = pd.DataFrame(values, columns=[f"g{i + 1}" for i in range(values.shape[1])])
     gradients.insert(0, "name", names)
     labels = read_label_table(labels_path)
@@ -178,8 +178,3 @@ def run_gradient_figures(gradients_path: str | Path, labels_path: str | Path, at
     plot_eigenvalues(pd.read_csv(eig, sep="\t"), out_eigenvalues)
     return silhouette
 
-
-def _read(path):
-    from brainjepa.group.gradients import read_gradients
-
-    return read_gradients(path)

@@ -81,6 +81,17 @@ def plot_roi_qc(qc: pd.DataFrame, labels: pd.DataFrame, out: str | Path) -> None
     save(fig, out)
 
 
+def read_excluded(paths: list[str | Path]) -> pd.DataFrame:
+    """The shards' ``excluded.tsv`` of every split, stacked (run_id, split, n_timepoints, reason)."""
+    frames = []
+    for path in paths:
+        try:
+            frames.append(pd.read_csv(path, sep="\t", dtype=str))
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise InputError(f"{path}: cannot read the shards' excluded-runs table ({exc})") from None
+    return pd.concat(frames, ignore_index=True)
+
+
 def run_table(samples: pd.DataFrame, qc: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame:
     """Per cohort: runs in the sheet, runs parcellated, runs with a flagged ROI, runs excluded and why."""
     rows = []
@@ -131,7 +142,7 @@ def run_qc_figures(qc_paths: list[str | Path], labels_path: str | Path, samples_
     qc = read_qc_tables(qc_paths)
     labels = read_label_table(labels_path)
     plot_roi_qc(qc, labels, out_roi)
-    excluded = pd.concat([pd.read_csv(p, sep="\t", dtype=str) for p in excluded_paths], ignore_index=True)
+    excluded = read_excluded(excluded_paths)
     samples = pd.read_csv(samples_path, sep="\t", dtype=str, keep_default_na=False)
     table = run_table(samples, qc, excluded)
     splits = pd.read_csv(splits_path, sep="\t", dtype=str)

@@ -44,20 +44,21 @@ def _cell(value) -> str:
 def _models(runs: dict[str, str | Path]) -> pd.DataFrame:
     import yaml
 
+    from brainjepa.figures.training import read_log
+
     rows = []
     for name, folder in runs.items():
         folder = Path(folder)
         cfg = yaml.safe_load((folder / "config.yaml").read_text())
-        log = pd.read_csv(folder / "log.csv")
+        log = read_log(folder / "log.csv")
         model = cfg.get("model", {})
         rows.append({"run": name, "objective": cfg.get("objective", "jepa"),
                      "encoder": f"{model.get('size')}: {model.get('depth')} blocks x {model.get('embed_dim')} wide, "
                                 f"{model.get('num_heads')} heads, patch {model.get('patch_size')}",
                      "positions": model.get("positional"),
                      "parameters": f"{encoder_parameters(folder / 'final.pt'):,}",
-                     "steps": int(log["step"].iloc[-1]) if len(log) else 0,
-                     "epochs": int(log["epoch"].iloc[-1]) + 1 if len(log) else 0,
-                     "last loss": f"{log['loss'].iloc[-1]:.4g}" if len(log) else "n/a"})
+                     "steps": int(log["step"].iloc[-1]), "epochs": int(log["epoch"].iloc[-1]) + 1,
+                     "last loss": f"{log['loss'].iloc[-1]:.4g}"})
     return pd.DataFrame(rows)
 
 
@@ -88,7 +89,9 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
     the end of a run): cohorts, subjects per split, runs excluded and why, models, and where the outputs are."""
     samples = pd.read_csv(samples_path, sep="\t", dtype=str, keep_default_na=False)
     splits = pd.read_csv(splits_path, sep="\t", dtype=str)
-    excluded = pd.concat([pd.read_csv(p, sep="\t", dtype=str) for p in excluded_paths], ignore_index=True)
+    from brainjepa.figures.qc import read_excluded
+
+    excluded = read_excluded(excluded_paths)
     cohort_of = excluded["run_id"].str.split("/").str[0]
     cohorts = pd.DataFrame([{"cohort": c, "subjects": rows["subject"].nunique(), "runs": len(rows),
                              "input": "ROI time series" if (rows["bold"] == "").all() else

@@ -384,7 +384,8 @@ def label_only_table(path: str | Path) -> pd.DataFrame:
 
     Columns: ``name`` (required, unique), ``index`` (default 1..R), ``network`` and ``hemisphere`` (taken as
     given; when absent or empty, parsed from Schaefer / Tian names, else ``Subcortical`` / ``n/a``), ``x, y, z``
-    (mm, optional: centroid positions need them). An empty network or an unknown column is an error naming it.
+    (mm, optional: centroid positions need them). An unknown column, or a missing, empty or repeated name, is an
+    error naming it.
     """
     path = Path(path)
     try:
