@@ -469,3 +469,80 @@ def test_a_pre_parcellated_cohort_with_a_label_table_only(tmp_path):
     pd.concat([samples, pd.DataFrame([extra])]).to_csv(work / "config" / "samples.tsv", sep="\t", index=False)
     result = snakemake(work, "-n", "all")
     assert result.returncode != 0 and "aal/sub-9_ses-1_run-1 is a NIfTI run" in result.stdout + result.stderr
+
+
+def write_study(work: Path, n_subjects: int = 60, n_time: int = 40, seed: int = 0) -> list[str]:
+    """A pre-parcellated study at config/mystudy.yaml's paths (what the README's "Your own data" asks a user for):
+    the atlas's label table, both sheets, and one T x R TSV per run with the ROI names as its header."""
+    rng = np.random.default_rng(seed)
+    nets = ["Visual", "Motor", "Attention", "Default", "Control"]
+    names = [f"{net}_{hemi}{k}" for net in nets for hemi in "LR" for k in range(4)]
+    network = [n.split("_")[0] for n in names]
+    (work / "config" / "mystudy").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"name": names, "network": network, "hemisphere": [n.split("_")[1][0] for n in names]}).to_csv(
+        work / "config/mystudy/atlas_labels.tsv", sep="\t", index=False)
+    rows, phen = [], []
+    for s in range(n_subjects):
+        subject = f"{s + 1:03d}"
+        latent = rng.normal(size=(n_time, len(nets)))
+        data = 50 + latent[:, [nets.index(n) for n in network]] + 0.8 * rng.normal(size=(n_time, len(names)))
+        path = Path(f"data/mystudy/sub-{subject}/ses-1/func/sub-{subject}_ses-1_task-rest_timeseries.tsv")
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(data, columns=names).to_csv(work / path, sep="\t", index=False)
+        rows.append({"cohort": "mystudy", "subject": subject, "session": "1", "run": "1", "bold": "", "mask": "",
+                     "timeseries": str(path), "tr": "2.0"})
+        phen.append({"cohort": "mystudy", "subject": subject, "age": round(float(rng.uniform(20, 80)), 1),
+                     "sex": "MF"[s % 2]})
+    pd.DataFrame(rows).to_csv(work / "config/mystudy/samples.tsv", sep="\t", index=False)
+    pd.DataFrame(phen).to_csv(work / "config/mystudy/phenotypes.tsv", sep="\t", index=False)
+    return names
+
+
+def _snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for f in folders for p in f.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_second_dataset_beside_the_demo_leaves_the_demo_untouched(tiny_project):
+    """README "Your own data": `snakemake --configfile config/mystudy.yaml` reads that config alone (not merged into
+    the demo's), writes under its output_dir, and leaves every demo output and model as it was; a config naming
+    the demo's folder for another sheet is refused before any job."""
+    work = tiny_project
+    shutil.copy(REPO / "config" / "mystudy.yaml", work / "config" / "mystudy.yaml")
+    names = write_study(work)
+    # layered on the example (README: list both): the tiny project's sizes, one closed-form method
+    fast = {"shards": {"window": 32}, "gradients": {"n_components": 5}, "figures": {"attention": None},
+            "evaluate": {"seeds": [0], "protocols": ["closed_form"], "baselines": []}}
+    (work / "config" / "fast.yaml").write_text(yaml.safe_dump(fast))
+    demo = _snapshot(work / "results", work / "logs")
+    assert any("pretrain/brainjepa_tiny/final.pt" in p for p in demo)
+    result = snakemake(work, "--configfile", str(work / "config/mystudy.yaml"), str(work / "config/fast.yaml"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    study = work / "studies" / "mystudy"
+    labels = pd.read_csv(study / "results/atlas/atlas_labels.tsv", sep="\t")
+    assert labels["name"].tolist() == names
+    assert (study / "results/pretrain/brainjepa_tiny/final.pt").exists()       # the same training config, its own model
+    assert (study / "logs/pretrain/brainjepa_tiny.log").exists()
+    metrics = pd.read_csv(study / "results/metrics.tsv", sep="\t")
+    assert set(metrics["task"]) == {"age", "sex"}
+    facts = json.loads((study / "results/report/summary.json").read_text())
+    assert facts["outputs"]["results"] == "studies/mystudy/results"
+    assert "--configfile config/mystudy.yaml config/fast.yaml --report studies/mystudy/results/report.html" in (
+        facts["outputs"]["report"])
+    assert "report: studies/mystudy/results/report.html" in result.stderr               # the end-of-run summary
+    assert _snapshot(work / "results", work / "logs") == demo                              # nothing of the demo moved
+    again = snakemake(work, "-n")                                                          # the demo is still complete
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+    # the HTML report of the study, from its own folder
+    report = snakemake(work, "--configfile", str(work / "config/mystudy.yaml"), str(work / "config/fast.yaml"),
+                       "--report", "studies/mystudy/results/report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (study / "results/report.html").stat().st_size > 100_000
+    # another dataset's config pointed at the demo's folder: refused before any job, naming both sheets
+    clash = yaml.safe_load((work / "config/mystudy.yaml").read_text()) | {"output_dir": "."}
+    (work / "config" / "clash.yaml").write_text(yaml.safe_dump(clash))
+    refused = snakemake(work, "-n", "--configfile", str(work / "config/clash.yaml"), str(work / "config/fast.yaml"))
+    message = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "results/ holds the outputs of another dataset" in message, message[-2000:]
+    assert "config/samples.tsv" in message and "config/mystudy/samples.tsv" in message
+    assert _snapshot(work / "results", work / "logs") == demo

@@ -94,7 +94,8 @@ def _figure_qc(args: argparse.Namespace) -> None:
 def _report_summary(args: argparse.Namespace) -> None:
     from brainjepa.figures.summary import write_summary
 
-    write_summary(args.samples, args.splits, args.excluded, dict(args.run), args.metrics, args.out, args.json)
+    write_summary(args.samples, args.splits, args.excluded, dict(args.run), args.metrics, args.out, args.json,
+                  args.results_dir, args.report_command)
 
 
 def register(sub) -> None:
@@ -155,4 +156,7 @@ def register(sub) -> None:
     p.add_argument("--run", type=named_path, action="append", default=[], help="name=pretraining run folder")
     p.add_argument("--metrics", help="metrics.tsv")
     p.add_argument("--json", help="the same facts as JSON (printed at the end of a workflow run)")
+    p.add_argument("--results-dir", default="results", help="the dataset's results folder (where the outputs are)")
+    p.add_argument("--report-command", default="snakemake --report results/report.html",
+                   help="the command that makes the HTML report (shown where the outputs are listed)")
     p.set_defaults(func=_report_summary)

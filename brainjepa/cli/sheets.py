@@ -21,6 +21,11 @@ def _validate(args: argparse.Namespace) -> None:
             raise InputError(f"{args.config}: cannot read the workflow config ({exc})") from None
         labels, split_config = config.get("labels"), config.get("splits")
         args.phenotypes = args.phenotypes or config.get("phenotypes")
+        args.samples = args.samples or config.get("samples")
+    if not args.samples:
+        from brainjepa.errors import InputError
+
+        raise InputError("validate: give --samples, or --config naming a workflow config with a samples sheet")
     summary, warnings = validate_sheets(args.samples, args.phenotypes, labels, split_config)
     for warning in warnings:
         print(f"brainjepa validate: warning: {warning}", file=sys.stderr)
@@ -29,7 +34,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("validate", help="validate the sample sheets (as the workflow does before any job)")
-    p.add_argument("--samples", required=True)
-    p.add_argument("--phenotypes")
-    p.add_argument("--config", help="the workflow config: its label types and splits are checked too")
+    p.add_argument("--samples", help="the sample sheet (default: the --config's samples)")
+    p.add_argument("--phenotypes", help="the phenotypes sheet (default: the --config's phenotypes)")
+    p.add_argument("--config", help="the workflow config: its sheets, label types and splits are checked")
     p.set_defaults(func=_validate)

@@ -84,9 +84,11 @@ def _metrics(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_paths: list[str | Path],
                   runs: dict[str, str | Path], metrics_path: str | Path | None, out: str | Path,
-                  out_json: str | Path | None = None) -> str:
+                  out_json: str | Path | None = None, results_dir: str | Path = "results",
+                  report_command: str = "snakemake --report results/report.html") -> str:
     """The report's first page (RST) and, with ``out_json``, the same facts as JSON (what the workflow prints at
-    the end of a run): cohorts, subjects per split, runs excluded and why, models, and where the outputs are."""
+    the end of a run): cohorts, subjects per split, runs excluded and why, models, and where the outputs are
+    (under ``results_dir``; the HTML report is made by ``report_command``)."""
     samples = pd.read_csv(samples_path, sep="\t", dtype=str, keep_default_na=False)
     splits = pd.read_csv(splits_path, sep="\t", dtype=str)
     from brainjepa.figures.qc import read_excluded
@@ -113,7 +115,7 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
         metrics = read_metrics(metrics_path)
         parts.append(rst_table(_metrics(metrics), f"Test metrics, mean (std) over {metrics['seed'].nunique()} seeds "
                                "(r: Pearson; BACC: balanced accuracy; every metric and bootstrap intervals: "
-                               "results/tables/summary.md)"))
+                               f"{results_dir}/tables/summary.md)"))
     text = "\n".join(parts)
     if out_json is not None:
         import json
@@ -124,8 +126,9 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
                  "excluded": {"runs": len(excluded),
                               "reasons": {str(k): int(v) for k, v in excluded["reason"].value_counts().items()}},
                  "models": {name: str(Path(folder) / "final.pt") for name, folder in runs.items()},
-                 "outputs": {"metrics": str(metrics_path) if metrics_path else None, "figures": "results/figures",
-                             "report": "results/report.html (snakemake --report results/report.html)"}}
+                 "outputs": {"results": str(results_dir), "metrics": str(metrics_path) if metrics_path else None,
+                             "figures": f"{results_dir}/figures",
+                             "report": f"{results_dir}/report.html ({report_command})"}}
         with atomic_path(out_json) as tmp:
             Path(tmp).write_text(json.dumps(facts, indent=1, default=int) + "\n")
     with atomic_path(out) as tmp:

@@ -9,7 +9,7 @@ for batch, run_ids in BATCHES.items():
         output:
             aligned_runs(run_ids),
         log:
-            f"logs/align_tr/{batch}.log",
+            f"{LOGS}/align_tr/{batch}.log",
         conda:
             ENV
         threads: 1

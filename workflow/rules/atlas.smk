@@ -10,7 +10,7 @@ if LABEL_ONLY_ATLAS:
         output:
             labels=ATLAS_LABELS,
         log:
-            "logs/atlas/atlas.log",
+            f"{LOGS}/atlas/atlas.log",
         localrule: True
         conda:
             ENV
@@ -27,7 +27,7 @@ else:
             labels=ATLAS_LABELS,
             sidecar=ATLAS_IMAGE.replace(".nii.gz", ".json"),
         log:
-            "logs/atlas/atlas.log",
+            f"{LOGS}/atlas/atlas.log",
         conda:
             ENV
         threads: 1

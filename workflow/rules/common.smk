@@ -1,5 +1,6 @@
 # Config, sample-sheet and training-config validation (before any job runs), the results layout, and the
-# input functions of the rules. Layout: every rule writes under results/<stage>/ and logs to logs/<rule>/.
+# input functions of the rules. Layout: every rule writes under <output_dir>/results/<stage>/ and logs to
+# <output_dir>/logs/<rule>/ (output_dir: one per dataset; the demo's is the checkout, "results/" and "logs/").
 import dataclasses
 import json
 import math
@@ -20,6 +21,44 @@ from brainjepa.simulate import demo_atlas_paths, demo_run_paths, demo_timeseries
 from brainjepa.train.config import load_config
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+OUTPUT_DIR = os.path.normpath(config["output_dir"])
+RESULTS = os.path.normpath(os.path.join(OUTPUT_DIR, "results"))
+LOGS = os.path.normpath(os.path.join(OUTPUT_DIR, "logs"))
+
+
+def output_path(path):
+    """A path of the training configs' outputs (run.out_dir): relative ones lie under output_dir, as all outputs do."""
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(OUTPUT_DIR, path))
+
+
+# The output folder belongs to one dataset (its sample sheet): a config listing another sheet into the same
+# output_dir is refused before any job, instead of overwriting the other dataset's outputs and models.
+DATASET_MARKER = os.path.join(RESULTS, ".brainjepa-dataset.json")
+DATASET = {
+    "samples": os.path.normpath(config["samples"]),
+    "configfiles": [os.path.relpath(str(f)) for f in workflow.configfiles],
+}
+if os.path.exists(DATASET_MARKER):
+    _owner = json.loads(Path(DATASET_MARKER).read_text())
+    if _owner.get("samples") != DATASET["samples"]:
+        raise WorkflowError(
+            f"{RESULTS}/ holds the outputs of another dataset: the runs of {_owner.get('samples')} (config "
+            f"{', '.join(_owner.get('configfiles', [])) or '?'}), and this config lists {DATASET['samples']}. Give "
+            f"this config an output_dir of its own (README: Your own data), or delete {DATASET_MARKER} to let "
+            "this dataset take the folder over"
+        )
+
+
+def claim_output_dir():
+    """Record which dataset the output folder holds (called when a run starts; not on dry runs)."""
+    from brainjepa.io import atomic_path
+
+    if not os.path.exists(DATASET_MARKER):
+        os.makedirs(RESULTS, exist_ok=True)
+        with atomic_path(DATASET_MARKER) as tmp:
+            Path(tmp).write_text(json.dumps(DATASET, indent=1) + "\n")
+
 
 # Every rule runs this checkout's command line. In a rule's shell, `brainjepa` is a shell function for
 # `python -m brainjepa.cli` with the repository on PYTHONPATH, run by the rules' environment (ENV) under
@@ -90,26 +129,26 @@ DEMO_ATLAS = demo_atlas_paths(str(DEMO_ROOT))
 LABEL_ONLY_ATLAS = "labels" in config["atlas"]
 if LABEL_ONLY_ATLAS:
     ATLAS_IMAGE = None
-    ATLAS_LABELS = "results/atlas/atlas_labels.tsv"
+    ATLAS_LABELS = f"{RESULTS}/atlas/atlas_labels.tsv"
 else:
-    ATLAS_IMAGE = f"results/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
-    ATLAS_LABELS = f"results/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
+    ATLAS_IMAGE = f"{RESULTS}/atlas/atlas_space-{config['atlas']['space']}_dseg.nii.gz"
+    ATLAS_LABELS = f"{RESULTS}/atlas/atlas_space-{config['atlas']['space']}_labels.tsv"
 if LABEL_ONLY_ATLAS and (SAMPLES["bold"] != "").any():
     _first = SAMPLES[SAMPLES["bold"] != ""].iloc[0]
     raise WorkflowError(
         f"{config['samples']}: run {_first['run_id']} is a NIfTI run ('bold'), but atlas.labels gives a label table "
         "only; parcellating NIfTI runs needs an atlas image (atlas.cortical / atlas.subcortical)"
     )
-PARCELLATE_ROOT = "results/parcellate"  # <cohort>/<stem>.parquet (ROI time series), <stem>_qc.tsv (per ROI)
-ALIGN_TR_ROOT = "results/align_tr"  # <cohort>/<stem>.parquet at the target TR
-SPLITS = "results/splits/splits.tsv"
-SPLIT_BALANCE = "results/splits/balance.tsv"
-SCALING_STATS = "results/scaling/scaling_stats.json"
-GROUP_FC = "results/group_fc/group_fc.npy"
-GRADIENTS = "results/gradients/gradients.tsv"
-SHARDS_MANIFEST = "results/shards/{split}/manifest.json"  # one shard set per split
+PARCELLATE_ROOT = f"{RESULTS}/parcellate"  # <cohort>/<stem>.parquet (ROI time series), <stem>_qc.tsv (per ROI)
+ALIGN_TR_ROOT = f"{RESULTS}/align_tr"  # <cohort>/<stem>.parquet at the target TR
+SPLITS = f"{RESULTS}/splits/splits.tsv"
+SPLIT_BALANCE = f"{RESULTS}/splits/balance.tsv"
+SCALING_STATS = f"{RESULTS}/scaling/scaling_stats.json"
+GROUP_FC = f"{RESULTS}/group_fc/group_fc.npy"
+GRADIENTS = f"{RESULTS}/gradients/gradients.tsv"
+SHARDS_MANIFEST = f"{RESULTS}/shards/{{split}}/manifest.json"  # one shard set per split
 SPLIT_NAMES = sorted(set(SPLIT_TABLE["split"]))
-PRETRAIN_DIR = os.path.normpath(TRAIN_CONFIG.run.out_dir)  # the training config's run folder
+PRETRAIN_DIR = output_path(TRAIN_CONFIG.run.out_dir)  # the training config's run folder (under output_dir)
 
 
 def batch_resources(run_ids, seconds_per_run):
@@ -275,7 +314,7 @@ def torchrun_launcher(processes):
 def get_final_outputs():
     group = [SPLITS, SPLIT_BALANCE, SCALING_STATS, GROUP_FC, GRADIENTS]
     per_run = [f"{ALIGN_TR_ROOT}/{run_id}.parquet" for run_id in RUN_IDS]
-    per_run += [f"results/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
+    per_run += [f"{RESULTS}/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
     shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
     pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
     evaluation = [METRICS, f"{TABLES}/summary.md"] if EVAL_RESULTS else []
@@ -284,9 +323,9 @@ def get_final_outputs():
 
 
 # -- downstream evaluation (rules/evaluate.smk) -----------------------------------------------------------------
-EVALUATE_ROOT = "results/evaluate"  # <task>/<method>/seed<k>.json; features/<encoder>/<cohort>.npz
-METRICS = "results/metrics.tsv"
-TABLES = "results/tables"  # <task>.md and summary.md
+EVALUATE_ROOT = f"{RESULTS}/evaluate"  # <task>/<method>/seed<k>.json; features/<encoder>/<cohort>.npz
+METRICS = f"{RESULTS}/metrics.tsv"
+TABLES = f"{RESULTS}/tables"  # <task>.md and summary.md
 
 
 def _evaluate_setup():
@@ -315,7 +354,7 @@ def _evaluate_setup():
             known = {r["config"]: r for r in runs}
             if path not in known:
                 try:
-                    out_dir = os.path.normpath(load_config(path).run.out_dir)
+                    out_dir = output_path(load_config(path).run.out_dir)
                 except InputError as exc:
                     raise WorkflowError(f"evaluate.encoders.{name}: invalid training config: {exc}")
                 if out_dir in {r["out_dir"] for r in runs}:
@@ -411,14 +450,19 @@ def evaluate_gpus(wildcards):
 
 
 # -- figures and the report (rules/figures.smk) ------------------------------------------------------------------
-FIGURES = "results/figures"
+FIGURES = f"{RESULTS}/figures"
 CAT_DATA = "1. Data and quality control"  # the report's categories, one per stage group
 CAT_GROUP = "2. Group statistics"
 CAT_PRETRAIN = "3. Pretraining"
 CAT_EVAL = "4. Evaluation"
 CAT_INTERPRET = "5. Interpretation"
-REPORT_SUMMARY = "results/report/summary.rst"
-REPORT_SUMMARY_JSON = "results/report/summary.json"  # the same facts, printed when a run ends (Snakefile onsuccess)
+REPORT_SUMMARY = f"{RESULTS}/report/summary.rst"
+REPORT_SUMMARY_JSON = f"{RESULTS}/report/summary.json"  # the same facts, printed when a run ends (Snakefile onsuccess)
+# the HTML report of this dataset, and the command that makes it (with this run's --configfile, if any)
+_CONFIG_ARGS = [shlex.quote(os.path.relpath(str(f))) for f in workflow.overwrite_configfiles]
+REPORT_COMMAND = " ".join(
+    ["snakemake", *(["--configfile", *_CONFIG_ARGS] if _CONFIG_ARGS else []), "--report", f"{RESULTS}/report.html"]
+)
 FIGURES_CONFIG = config.get("figures", {})
 
 

@@ -10,7 +10,7 @@ rule convert_official:
     output:
         f"{EVALUATE_ROOT}/encoders/{{encoder}}.pt",
     log:
-        "logs/convert_official/{encoder}.log",
+        f"{LOGS}/convert_official/{{encoder}}.log",
     conda:
         ENV
     threads: 1
@@ -28,7 +28,7 @@ rule features:
     output:
         features_path("{encoder}", "{cohort}"),
     log:
-        "logs/features/{encoder}/{cohort}.log",
+        f"{LOGS}/features/{{encoder}}/{{cohort}}.log",
     conda:
         ENV
     threads: config["evaluate"]["threads"]
@@ -52,7 +52,7 @@ rule evaluate:
     output:
         f"{EVALUATE_ROOT}/{{task}}/{{method}}/seed{{seed}}.json",
     log:
-        "logs/evaluate/{task}/{method}/seed{seed}.log",
+        f"{LOGS}/evaluate/{{task}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
         task="[A-Za-z0-9_]+",
         method="[A-Za-z0-9_]+",
@@ -81,7 +81,7 @@ rule metrics:
         summary=f"{TABLES}/summary.md",
         tables=[f"{TABLES}/{task}.md" for task in EVAL_TASKS],
     log:
-        "logs/metrics/metrics.log",
+        f"{LOGS}/metrics/metrics.log",
     conda:
         ENV
     threads: 1

@@ -10,7 +10,7 @@ rule figure_fc:
     output:
         report(f"{FIGURES}/group_fc.png", caption="../report/group_fc.rst", category=CAT_GROUP),
     log:
-        "logs/figures/group_fc.log",
+        f"{LOGS}/figures/group_fc.log",
     conda:
         ENV
     threads: 1
@@ -30,7 +30,7 @@ rule figure_gradients:
     output:
         **gradient_figures(),
     log:
-        "logs/figures/gradients.log",
+        f"{LOGS}/figures/gradients.log",
     conda:
         ENV
     threads: 1
@@ -62,7 +62,7 @@ rule figure_qc:
         splits=report(f"{FIGURES}/qc_splits.png", caption="../report/qc_splits.rst", category=CAT_DATA),
         runs=report(f"{FIGURES}/qc_runs.tsv", caption="../report/qc_runs.rst", category=CAT_DATA),
     log:
-        "logs/figures/qc.log",
+        f"{LOGS}/figures/qc.log",
     conda:
         ENV
     threads: 1
@@ -85,7 +85,7 @@ rule figure_pretraining:
     output:
         report(f"{FIGURES}/pretraining.png", caption="../report/pretraining.rst", category=CAT_PRETRAIN),
     log:
-        "logs/figures/pretraining.log",
+        f"{LOGS}/figures/pretraining.log",
     conda:
         ENV
     threads: 1
@@ -111,7 +111,7 @@ rule figure_evaluation:
         ),
         versus_svg=f"{FIGURES}/finetune_vs_linprobe.svg",
     log:
-        "logs/figures/evaluation.log",
+        f"{LOGS}/figures/evaluation.log",
     conda:
         ENV
     threads: 1
@@ -132,7 +132,7 @@ if SCALING_ENCODERS:  # pretrained encoders of more than one architecture
         output:
             report(f"{FIGURES}/scaling.png", caption="../report/scaling.rst", category=CAT_EVAL),
         log:
-            "logs/figures/scaling.log",
+            f"{LOGS}/figures/scaling.log",
         conda:
             ENV
         threads: 1
@@ -164,7 +164,7 @@ if ATTENTION is not None and EVAL_RESULTS:
                 f"{FIGURES}/network_attention.png", caption="../report/network_attention.rst", category=CAT_INTERPRET
             ),
         log:
-            "logs/figures/network_attention.log",
+            f"{LOGS}/figures/network_attention.log",
         conda:
             ENV
         threads: config["evaluate"]["threads"]
@@ -196,7 +196,7 @@ rule report_summary:
         rst=REPORT_SUMMARY,
         json=REPORT_SUMMARY_JSON,
     log:
-        "logs/figures/report_summary.log",
+        f"{LOGS}/figures/report_summary.log",
     conda:
         ENV
     threads: 1
@@ -207,6 +207,9 @@ rule report_summary:
         excluded=lambda wildcards, input: excluded_tables(input.manifests),
         runs=named_options("--run", {os.path.basename(r["out_dir"]): r["out_dir"] for r in PRETRAIN_RUNS}),
         metrics=lambda wildcards, input: f"--metrics {shlex.quote(input.metrics[0])}" if input.metrics else "",
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.rst)),
+        report_command=REPORT_COMMAND,
     shell:
         "brainjepa report-summary --samples {input.samples:q} --splits {input.splits:q} --excluded {params.excluded}"
-        " {params.runs} {params.metrics} --out {output.rst:q} --json {output.json:q} > {log} 2>&1"
+        " {params.runs} {params.metrics} --out {output.rst:q} --json {output.json:q} --results-dir {params.results:q}"
+        " --report-command {params.report_command:q} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule splits:
     output:
         SPLITS,
     log:
-        "logs/splits/splits.log",
+        f"{LOGS}/splits/splits.log",
     localrule: True
     conda:
         ENV
@@ -37,7 +37,7 @@ rule split_balance:
     output:
         SPLIT_BALANCE,
     log:
-        "logs/split_balance/split_balance.log",
+        f"{LOGS}/split_balance/split_balance.log",
     localrule: True
     conda:
         ENV
@@ -55,7 +55,7 @@ rule scaling:
     output:
         SCALING_STATS,
     log:
-        "logs/scaling/scaling.log",
+        f"{LOGS}/scaling/scaling.log",
     conda:
         ENV
     threads: 1
@@ -78,7 +78,7 @@ rule group_fc:
     output:
         fc=GROUP_FC,
     log:
-        "logs/group_fc/group_fc.log",
+        f"{LOGS}/group_fc/group_fc.log",
     conda:
         ENV
     threads: 1
@@ -98,7 +98,7 @@ rule gradients:
     output:
         GRADIENTS,
     log:
-        "logs/gradients/gradients.log",
+        f"{LOGS}/gradients/gradients.log",
     conda:
         ENV
     threads: 1

@@ -10,7 +10,7 @@ for batch, run_ids in BATCHES.items():
         output:
             **parcellate_batch_outputs(run_ids),
         log:
-            f"logs/parcellate/{batch}.log",
+            f"{LOGS}/parcellate/{batch}.log",
         conda:
             ENV
         threads: 1

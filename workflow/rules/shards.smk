@@ -11,7 +11,7 @@ rule shards:
     output:
         manifest=SHARDS_MANIFEST,
     log:
-        "logs/shards/{split}.log",
+        f"{LOGS}/shards/{{split}}.log",
     conda:
         ENV
     threads: 1

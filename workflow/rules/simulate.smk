@@ -6,7 +6,7 @@ if config["demo"]["enabled"]:
         output:
             **DEMO_ATLAS,
         log:
-            "logs/simulate/atlas.log",
+            f"{LOGS}/simulate/atlas.log",
         conda:
             ENV
         threads: 1
@@ -31,7 +31,7 @@ if config["demo"]["enabled"]:
             output:
                 demo_batch_outputs(run_ids),
             log:
-                f"logs/simulate/{batch}.log",
+                f"{LOGS}/simulate/{batch}.log",
             conda:
                 ENV
             threads: 1
