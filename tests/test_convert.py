@@ -197,3 +197,92 @@ def test_convert_and_export_official_cli(tmp_path):
     assert back.keys() == official.keys()
     for module in official:
         assert back[module].keys() == official[module].keys()
+
+
+def with_sincos(ckpt: dict, rois: int, patches: int, prefix: str = "module.") -> dict:
+    """The frozen time embeddings as the released file holds them (sin-cos of the time patch), not noise."""
+    from brainjepa.models.pos_embed import sincos_1d
+
+    for name, key in (("encoder", "pos_embed_proj.emb_h"), ("target_encoder", "pos_embed_proj.emb_h"),
+                      ("predictor", "predictor_2dpe_proj.emb_h")):
+        width = ckpt[name][prefix + key].shape[1]
+        ckpt[name][prefix + key] = sincos_1d(width, torch.arange(patches).repeat(rois))
+    return ckpt
+
+
+def small_release(tmp_path, rois: int = 128, patches: int = 10, dim: int = 384, extra: dict | None = None):
+    shapes = official_shapes(dim=dim, depth=1, pdim=dim // 2, pdepth=1, rois=rois, patches=patches, grads=4)
+    path = tmp_path / "official.pth"
+    torch.save(with_sincos(official_checkpoint(shapes), rois, patches) | (extra or {}), path)
+    return path
+
+
+def gradients_file(tmp_path, rois: int, name: str = "gradients.tsv"):
+    rng = np.random.default_rng(0)
+    write_gradients(rng.normal(size=(rois, 4)), np.linspace(1, 0.5, 4), [f"R{i}" for i in range(rois)],
+                    tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_checkpoint_of_other_rois_than_the_gradients_is_refused(tmp_path):
+    """128 ROIs x 10 patches with 64-ROI gradients used to convert (rc 0) as 64 ROIs x 20 patches (320 steps)."""
+    from brainjepa.models.convert import convert_official
+
+    release = small_release(tmp_path)
+    with pytest.raises(InputError, match=r"\['pos_embed_proj.emb_h'\] \(1280, 192\) is the time embedding of 128 "
+                                         r"ROIs x 10 time patches, but the gradients have 64 ROIs"):
+        convert_official(release, gradients_file(tmp_path, 64, "g64.tsv"), tmp_path / "w64.pt")
+    assert not (tmp_path / "w64.pt").exists()
+    cfg = convert_official(release, gradients_file(tmp_path, 128), tmp_path / "w.pt")
+    assert (cfg.n_rois, cfg.n_timesteps) == (128, 160)
+    states, _ = load_weights(tmp_path / "w.pt")
+    assert states["target_encoder"]["pos_embed.temporal"].shape == (1280, 192)
+
+
+def test_a_crafted_checkpoint_runs_nothing(tmp_path):
+    """A pickle that calls os.system on load: convert-checkpoint used to run it (torch.load weights_only=False)."""
+    import os
+
+    from brainjepa.cli import main
+    from brainjepa.models.convert import convert_official
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    release = small_release(tmp_path, extra={"note": Payload()})
+    with pytest.raises(InputError, match=r"official.pth: official checkpoint refused: it asks to run \S*system"):
+        convert_official(release, gradients_file(tmp_path, 128), tmp_path / "w.pt")
+    assert main(["convert-checkpoint", "--official", str(release), "--gradients", str(tmp_path / "gradients.tsv"),
+                 "--out", str(tmp_path / "w.pt")]) == 1
+    assert not marker.exists() and not (tmp_path / "w.pt").exists()
+    torch.save({"format": "brainjepa-weights/1", "payload": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="evil.pt: checkpoint refused"):  # every reader of a weights file
+        load_weights(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_the_release_extras_numpy_scalars_load_as_data(tmp_path):
+    from brainjepa.models.convert import convert_official
+
+    extra = {"loss": np.float64(0.25), "lr": np.float32(1e-3), "batch_size": np.int64(16), "world_size": 4}
+    release = small_release(tmp_path, rois=16, patches=10, extra=extra)
+    cfg = convert_official(release, gradients_file(tmp_path, 16), tmp_path / "w.pt")
+    assert cfg.n_rois == 16 and torch.load(tmp_path / "w.pt", weights_only=True)["format"] == "brainjepa-weights/1"
+
+
+def test_a_width_without_a_preset_needs_its_heads(tmp_path):
+    """A 64-wide model: the message used to point at `cfg=`, which the CLI does not have."""
+    from brainjepa.cli import main
+    from brainjepa.models.convert import convert_official
+
+    release = small_release(tmp_path, rois=16, patches=10, dim=64)
+    grads = gradients_file(tmp_path, 16)
+    with pytest.raises(InputError, match=r"width 64 matches no preset .*convert-checkpoint --num-heads N"):
+        convert_official(release, grads, tmp_path / "w.pt")
+    args = ["convert-checkpoint", "--official", str(release), "--gradients", str(grads), "--out", str(tmp_path / "w.pt")]
+    assert main(args + ["--num-heads", "2"]) == 0
+    _, model_config = load_weights(tmp_path / "w.pt")
+    assert (model_config["embed_dim"], model_config["num_heads"]) == (64, 2)

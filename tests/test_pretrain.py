@@ -210,9 +210,18 @@ def test_refused_resume_changes_nothing(tiny_data, tmp_path):
     pretrain(_cfg(tiny_data, out, "run.stop_after_steps=2"))
     (out / "latest.pt").write_bytes(b"truncated")
     before = _folder(out)
-    with pytest.raises(InputError, match="latest.pt: cannot read checkpoint"):
+    with pytest.raises(InputError, match=r"latest.pt: cannot read checkpoint.*; no epoch-\*.pt beside it"):
         pretrain(_cfg(tiny_data, out, "optim.lr=0.5"))
     assert _folder(out) == before
+
+
+def test_an_unreadable_latest_points_at_the_epoch_checkpoints(tiny_data, tmp_path):
+    out = tmp_path / "e"
+    pretrain(_cfg(tiny_data, out, "optim.epochs=2"))
+    (out / "latest.pt").write_bytes(b"truncated by a full disk")
+    with pytest.raises(InputError, match=r"latest.pt: cannot read checkpoint .*: epoch-0001.pt, epoch-0002.pt; "
+                                         "copy the newest over latest.pt to resume from it"):
+        pretrain(_cfg(tiny_data, out, "optim.epochs=2"))
 
 
 def test_workers_give_the_epoch_of_one_process(tiny_data, tmp_path):

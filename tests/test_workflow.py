@@ -308,6 +308,21 @@ def test_unknown_config_key_is_an_error(tiny_project, tmp_path):
     assert result.returncode != 0 and "targettr" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
+def test_a_splits_config_error_is_named_as_config_not_as_a_sheet(tiny_project, tmp_path):
+    work = tmp_path / "badsplits"
+    (work / "config").mkdir(parents=True)
+    for name in ("samples.tsv", "phenotypes.tsv", "pretrain.yaml", "pretrain_mae.yaml"):
+        shutil.copy(tiny_project / "config" / name, work / "config" / name)
+    config = yaml.safe_load((tiny_project / "config/config.yaml").read_text())
+    config["splits"]["pretraining"]["cohort"] = "nosuch"
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(work, "-n", "all")
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and "invalid sample sheet" not in message, message[-2000:]
+    assert "invalid sheets or splits config: splits.pretraining.cohort: 'nosuch' has no runs" in message
+
+
 def test_dry_run_of_default_demo_config():
     """The shipped config and sheets parse; one job per batch of runs per per-run stage."""
     result = snakemake(REPO, "-n", "--forceall", "all")

@@ -17,7 +17,7 @@ def _model_info(args: argparse.Namespace) -> None:
 def _convert_checkpoint(args: argparse.Namespace) -> None:
     from brainjepa.models.convert import convert_official
 
-    convert_official(args.official, args.gradients, args.out)
+    convert_official(args.official, args.gradients, args.out, args.num_heads)
 
 
 def _export_official(args: argparse.Namespace) -> None:
@@ -41,6 +41,7 @@ def register(sub) -> None:
                        help="the released Brain-JEPA checkpoint -> brainjepa weights")
     p.add_argument("--official", required=True, help="the official .pth (encoder/predictor/target_encoder)")
     p.add_argument("--gradients", required=True, help="gradients TSV in the model's ROI order")
+    p.add_argument("--num-heads", type=int, help="attention heads, for a width without a preset (not 384/768/1024)")
     p.set_defaults(func=_convert_checkpoint)
 
     p = sub.add_parser("export-official", parents=[parent("out")],

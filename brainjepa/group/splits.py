@@ -55,9 +55,9 @@ def assign_split(seed: int, cohort: str, subject: str, fractions: dict[str, floa
 
 def check_fractions(fractions: dict[str, float]) -> None:
     if set(fractions) != set(SPLITS) or any(v < 0 for v in fractions.values()):
-        raise InputError(f"split fractions must give train, val and test (>= 0), got {fractions}")
+        raise InputError(f"splits.fractions must give train, val and test (>= 0), got {fractions}")
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise InputError(f"split fractions must sum to 1, got {sum(fractions.values()):.6g}")
+        raise InputError(f"splits.fractions must sum to 1, got {sum(fractions.values()):.6g}")
 
 
 def stratum_counts(n: int, fractions: dict[str, float]) -> list[int]:
@@ -97,7 +97,7 @@ def make_splits(samples: pd.DataFrame, seed: int, fractions: dict[str, float],
         raise InputError(f"subject '{subject}' has runs in several cohorts {cohorts}; subject labels must be "
                          "unique across cohorts (prefix them with the cohort)")
     if pretraining_cohort is not None and pretraining_cohort not in set(samples["cohort"]):
-        raise InputError(f"pretraining cohort '{pretraining_cohort}' has no runs in the sample sheet")
+        raise InputError(f"splits.pretraining.cohort: '{pretraining_cohort}' has no runs in the sample sheet")
     table = samples[["run_id", "cohort", "subject", "session", "run"]].copy()
     table["split"] = [
         assign_split(seed, c, s, fractions, pretraining_fraction if c == pretraining_cohort else None)

@@ -97,31 +97,61 @@ def _block_count(state: Mapping[str, Any], prefix: str) -> int:
 
 def _need(state: Mapping[str, Any], key: str, module: str) -> Tensor:
     if key not in state:
-        raise InputError(f"cannot infer the model config: checkpoint[{module!r}] has no {key!r}; "
-                         "pass cfg= explicitly")
+        raise InputError(f"cannot infer the model config: checkpoint[{module!r}] has no {key!r}")
     return state[key]
 
 
-def config_from_official(checkpoint: Mapping[str, Any], n_rois: int) -> ModelConfig:
-    """Infer our (resolved) ModelConfig from an official checkpoint's shapes; heads come from the width's preset."""
+def _sincos_layout(temporal: Tensor) -> tuple[int, int] | None:
+    """(ROIs, time patches) of a frozen temporal table (token ``roi * W + t`` holds sincos(t)): W is the first row
+    after row 0 that repeats it. None when the table is not that sin-cos (or is a shape-only meta tensor)."""
+    from brainjepa.models.pos_embed import sincos_1d
+
+    if temporal.is_meta or temporal.ndim != 2 or not len(temporal) or temporal.shape[1] % 2:
+        return None
+    table = temporal.detach().float().cpu()
+    same = torch.isclose(table, table[:1], atol=1e-5).all(dim=1)
+    same[0] = False
+    hits = torch.nonzero(same).flatten()
+    n_patches = int(hits[0]) if len(hits) else len(table)
+    if len(table) % n_patches:
+        return None
+    n_rois = len(table) // n_patches
+    expected = sincos_1d(table.shape[1], torch.arange(n_patches).repeat(n_rois))
+    return (n_rois, n_patches) if torch.allclose(table, expected, atol=1e-4) else None
+
+
+def config_from_official(checkpoint: Mapping[str, Any], n_rois: int, num_heads: int | None = None) -> ModelConfig:
+    """Infer our (resolved) ModelConfig from an official checkpoint's shapes; heads come from the width's preset
+    (``num_heads`` for other widths). The ROI count comes from the gradients (``n_rois``) and is checked against
+    the checkpoint's frozen time embedding, whose period is its number of time patches."""
     states = _official_states(checkpoint)
     name = "target_encoder" if "target_encoder" in states else "encoder" if "encoder" in states else None
     if name is None:
-        raise InputError("cannot infer the model config from a checkpoint without an encoder; pass cfg=")
+        raise InputError("cannot infer the model config from a checkpoint without an encoder or target_encoder")
     enc = states[name]
     patch = _need(enc, "patch_embed.proj.weight", name)
     dim, patch_size = int(patch.shape[0]), int(patch.shape[-1])
-    if dim not in SIZE_BY_WIDTH:
-        raise InputError(f"encoder width {dim} matches no preset (384, 768, 1024), so the number of heads "
-                         "is unknown; pass cfg= explicitly")
-    n_tokens = int(_need(enc, "pos_embed_proj.emb_h", name).shape[0])
+    if dim not in SIZE_BY_WIDTH and num_heads is None:
+        raise InputError(f"encoder width {dim} matches no preset (384, 768, 1024), so the number of attention "
+                         "heads is unknown: give it (convert-checkpoint --num-heads N)")
+    temporal = _need(enc, "pos_embed_proj.emb_h", name)
+    n_tokens = int(temporal.shape[0])
     if n_tokens % n_rois:
-        raise InputError(f"checkpoint has {n_tokens} tokens, not a multiple of n_rois={n_rois}")
+        raise InputError(f"checkpoint[{name!r}] has {n_tokens} tokens (pos_embed_proj.emb_h "
+                         f"{tuple(temporal.shape)}), not a multiple of the gradients' {n_rois} ROIs")
+    layout = _sincos_layout(temporal)
+    if layout is not None and layout[0] != n_rois:
+        raise InputError(f"checkpoint[{name!r}]['pos_embed_proj.emb_h'] {tuple(temporal.shape)} is the time "
+                         f"embedding of {layout[0]} ROIs x {layout[1]} time patches, but the gradients have "
+                         f"{n_rois} ROIs (as {n_tokens // n_rois} time patches): give the gradients the model "
+                         "was trained with")
     fields: dict[str, Any] = {
-        "size": SIZE_BY_WIDTH[dim], "n_rois": n_rois, "n_timesteps": n_tokens // n_rois * patch_size,
+        "size": SIZE_BY_WIDTH.get(dim, "base"), "n_rois": n_rois, "n_timesteps": n_tokens // n_rois * patch_size,
         "patch_size": patch_size, "embed_dim": dim, "depth": _block_count(enc, "blocks."),
         "mlp_ratio": _need(enc, "blocks.0.mlp.fc1.weight", name).shape[0] / dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in enc}
+    if num_heads is not None:
+        fields["num_heads"] = num_heads
     if "pos_embed_proj.predictor_pos_embed_proj.weight" in enc:
         fields.update(positional="gradient", n_gradients=int(enc["pos_embed_proj.predictor_pos_embed_proj.weight"]
                                                               .shape[1]))
@@ -248,18 +278,19 @@ def to_official(states: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[st
     return out
 
 
-def convert_official(official_path: str | Path, gradients_path: str | Path, out: str | Path) -> ModelConfig:
+def convert_official(official_path: str | Path, gradients_path: str | Path, out: str | Path,
+                     num_heads: int | None = None) -> ModelConfig:
     """``convert-checkpoint``: the released Brain-JEPA ``.pth`` -> a brainjepa weights file.
 
-    The official files also hold optimizer state and numpy scalars, so they are unpickled in full: convert
-    only files you trust (the authors' release).
+    The file is read as data (``weights_only``, numpy scalars allow-listed: the release's extra entries), so a
+    crafted file cannot run code; its layout is checked against the gradients (ROIs and gradient count).
     """
     from brainjepa.group.gradients import read_gradients
     from brainjepa.models.weights import read_torch_file, save_weights
 
-    official = read_torch_file(official_path, "official checkpoint", weights_only=False)
+    official = read_torch_file(official_path, "official checkpoint")
     _, gradients = read_gradients(gradients_path)
-    cfg = config_from_official(official, gradients.shape[0])
+    cfg = config_from_official(official, gradients.shape[0], num_heads)
     states = from_official(official, torch.tensor(gradients, dtype=torch.float32), cfg)
     save_weights(out, states, cfg.to_dict(), source=str(official_path))
     return cfg

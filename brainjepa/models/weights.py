@@ -26,17 +26,36 @@ WEIGHTS_FORMAT = "brainjepa-weights/1"
 MODULES = ("encoder", "target_encoder", "predictor")
 
 
-def read_torch_file(path: str | Path, what: str, weights_only: bool = True):
-    """``torch.load`` on CPU; a missing, truncated or foreign file is an InputError naming it.
+def _safe_globals() -> list:
+    """What a foreign checkpoint may hold beyond tensors and Python values: numpy scalars and their dtypes (the
+    public training code stores some), rebuilt from bytes without running any code of the file."""
+    import numpy as np
 
-    ``weights_only=False`` unpickles arbitrary objects: only for files the user trusts (the official release).
-    """
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+    return [scalar, np.dtype, *{type(np.dtype(t)) for t in np.sctypeDict.values() if t is not np.void}]
+
+
+def read_torch_file(path: str | Path, what: str):
+    """``torch.load(weights_only=True)`` on CPU: files are data, never code. A missing, truncated or foreign
+    file, or one whose pickle names any callable beyond tensors, Python values and numpy scalars (a crafted
+    file runs code when fully unpickled), is an InputError naming the file and what it asks for."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {what} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            unsafe = []
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
+        unsafe = [g for g in unsafe if g not in allowed]
+        if unsafe:
+            raise InputError(f"{path}: {what} refused: it asks to run {', '.join(unsafe[:5])} when loaded, and "
+                             "only tensors, Python values and numpy scalars are read from a file (weights_only). "
+                             "If it is yours, re-save its state dicts as plain tensors") from None
         raise InputError(f"{path}: cannot read {what} ({exc})") from exc
 
 

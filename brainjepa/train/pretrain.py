@@ -247,7 +247,13 @@ class Trainer:
         path = self.out / "latest.pt"
         if not path.exists():
             return "fresh"
-        state = ckpt.load_checkpoint(path)
+        try:
+            state = ckpt.load_checkpoint(path)
+        except InputError as exc:  # e.g. truncated by a full disk: point at the epoch checkpoints beside it
+            kept = sorted(p.name for p in self.out.glob("epoch-*.pt"))
+            hint = (f"the epoch checkpoints beside it: {', '.join(kept[-3:])}; copy the newest over latest.pt to "
+                    "resume from it" if kept else "no epoch-*.pt beside it (run.checkpoint_every)")
+            raise InputError(f"{exc}; {hint}, or move {self.out} away to start again") from None
         if "identity" not in state:
             raise TrainingError(f"{path}: written by an older brainjepa (no run identity); move {self.out} away "
                                 "or use another run.out_dir")

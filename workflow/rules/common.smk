@@ -100,6 +100,9 @@ def produced_by_workflow(path):
 try:
     SAMPLES = sheets.load_samples(config["samples"], produced=produced_by_workflow)
     PHENOTYPES = sheets.load_phenotypes(config["phenotypes"], config["labels"])
+except InputError as exc:
+    raise WorkflowError(f"invalid sample sheet: {exc}")
+try:  # the split table is rebuilt by the splits job from the same config
     SPLIT_TABLE = splits.make_splits(
         SAMPLES,
         config["splits"]["seed"],
@@ -115,8 +118,8 @@ try:
         print(f"brainjepa: warning: {_warning}", file=sys.stderr)
     for _warning in splits.split_warnings(SPLIT_TABLE):
         print(f"brainjepa: warning: {_warning}", file=sys.stderr)
-except InputError as exc:  # the split table is rebuilt by the splits job from the same config
-    raise WorkflowError(f"invalid sample sheet: {exc}")
+except InputError as exc:  # the sheets' cross-checks, or the config's splits section
+    raise WorkflowError(f"invalid sheets or splits config: {exc}")
 
 RUN_IDS = list(SAMPLES["run_id"])
 SAMPLE_ROWS = SAMPLES.to_dict("index")  # run_id -> its sheet row (a dict: fast lookups for 10^4 runs)
