@@ -282,7 +282,8 @@ def test_a_width_without_a_preset_needs_its_heads(tmp_path):
     grads = gradients_file(tmp_path, 16)
     with pytest.raises(InputError, match=r"width 64 matches no preset .*convert-checkpoint --num-heads N"):
         convert_official(release, grads, tmp_path / "w.pt")
-    args = ["convert-checkpoint", "--official", str(release), "--gradients", str(grads), "--out", str(tmp_path / "w.pt")]
+    out = tmp_path / "w.pt"
+    args = ["convert-checkpoint", "--official", str(release), "--gradients", str(grads), "--out", str(out)]
     assert main(args + ["--num-heads", "2"]) == 0
     _, model_config = load_weights(tmp_path / "w.pt")
     assert (model_config["embed_dim"], model_config["num_heads"]) == (64, 2)
