@@ -561,3 +561,51 @@ def test_a_second_dataset_beside_the_demo_leaves_the_demo_untouched(tiny_project
     assert refused.returncode != 0 and "results/ holds the outputs of another dataset" in message, message[-2000:]
     assert "config/samples.tsv" in message and "config/mystudy/samples.tsv" in message
     assert _snapshot(work / "results", work / "logs") == demo
+
+
+ODD = "o d'd \"q\" $(touch PWNED1) `touch PWNED2`; touch PWNED3 &"   # a shell-hostile name (no braces, no slash)
+
+
+@pytest.mark.slow
+def test_shell_hostile_paths_in_every_configurable_path_run_nothing(tiny_project, tmp_path):
+    """Spaces, quotes, $(), backticks, ; and & in the working folder, every config path (output_dir, sheets, demo
+    root and so the sheet's run paths, atlas files and cache, training configs and their run folder, the gradient
+    reference) and the --configfile: every job succeeds, nothing of the names runs. Braces are refused by key."""
+    from brainjepa.simulate import demo_atlas_paths
+
+    work = tmp_path / f"work {ODD}"
+    (work / "config").mkdir(parents=True)
+    config = yaml.safe_load((tiny_project / "config/config.yaml").read_text())
+    root = f"res {ODD}/demo"
+    atlas = demo_atlas_paths(root)
+    config.update(output_dir=f"out {ODD}", samples=f"config/samples {ODD}.tsv", phenotypes=f"config/phen {ODD}.tsv")
+    config["demo"]["root"] = root
+    config["atlas"]["cache_dir"] = f"cache {ODD}"
+    for kind in ("cortical", "subcortical"):
+        config["atlas"][kind].update(image=atlas[f"{kind}_image"], labels=atlas[f"{kind}_labels"])
+    shutil.copy(tiny_project / "results/gradients/gradients.tsv", work / "config" / f"ref {ODD}.tsv")
+    config["gradients"]["reference"] = f"config/ref {ODD}.tsv"
+    for name, key in (("pretrain", "jepa"), ("pretrain_mae", "mae")):
+        train = yaml.safe_load((tiny_project / "config" / f"{name}.yaml").read_text())
+        train["run"]["out_dir"] = f"results/pretrain/{name} {ODD}"
+        (work / "config" / f"{name} {ODD}.yaml").write_text(yaml.safe_dump(train))
+        config["evaluate"]["encoders"][key] = {"pretrained": f"config/{name} {ODD}.yaml"}
+    config["evaluate"]["encoders"]["random"] = {"random": f"config/pretrain {ODD}.yaml"}
+    config["pretrain"]["config"] = f"config/pretrain {ODD}.yaml"
+    configfile = work / "config" / f"study {ODD}.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    write_demo_sheets(work / config["samples"], work / config["phenotypes"], root, cohorts_from_spec(TINY_COHORTS),
+                      seed=0)
+    result = snakemake(work, "--configfile", str(configfile))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert not [p for folder in (tmp_path, REPO, Path.cwd()) for p in folder.rglob("PWNED*")]  # nothing ran
+    out = work / f"out {ODD}" / "results"
+    assert all((out / f"pretrain/{name} {ODD}/final.pt").exists() for name in ("pretrain", "pretrain_mae"))
+    assert len(list((work / root / "derivatives").rglob("*timeseries.npy"))) == 6      # the sheet's odd run paths
+    facts = json.loads((out / "report/summary.json").read_text())
+    assert facts["runs"] == 9 and ODD in facts["outputs"]["report"]
+    # a brace in a config path is refused before any job, naming the key
+    config["output_dir"] = "out {x}"
+    configfile.write_text(yaml.safe_dump(config))
+    refused = snakemake(work, "-n", "--configfile", str(configfile))
+    assert refused.returncode != 0 and "config output_dir: 'out {x}' holds a brace" in refused.stdout + refused.stderr

@@ -20,4 +20,4 @@ for batch, run_ids in BATCHES.items():
             method=config["align_tr"]["method"],
         shell:
             "brainjepa align-tr --in {input:q} --out {output:q} --target-tr {params.target_tr}"
-            " --method {params.method} > {log} 2>&1"
+            " --method {params.method} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ if LABEL_ONLY_ATLAS:
         conda:
             ENV
         shell:
-            "brainjepa atlas --labels-only {input.labels:q} --out-labels {output.labels:q} > {log} 2>&1"
+            "brainjepa atlas --labels-only {input.labels:q} --out-labels {output.labels:q} > {log:q} 2>&1"
 
 else:
 
@@ -45,4 +45,4 @@ else:
         shell:
             "brainjepa atlas --space {params.space} --overlap {params.overlap} --cache-dir {params.cache:q}"
             " --n-parcels {params.n_parcels} --networks {params.networks} --resolution {params.resolution}"
-            " {params.sources} --out-image {output.image:q} --out-labels {output.labels:q} > {log} 2>&1"
+            " {params.sources} --out-image {output.image:q} --out-labels {output.labels:q} > {log:q} 2>&1"

@@ -22,6 +22,40 @@ from brainjepa.train.config import load_config
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+
+def config_paths(cfg):
+    """(key, path) of every path-valued entry of the workflow config."""
+    atlas = cfg["atlas"]
+    pairs = [
+        ("output_dir", cfg["output_dir"]),
+        ("samples", cfg["samples"]),
+        ("phenotypes", cfg["phenotypes"]),
+        ("demo.root", cfg["demo"]["root"]),
+        ("pretrain.config", cfg["pretrain"]["config"]),
+    ]
+    pairs += [(f"atlas.{k}", atlas[k]) for k in ("labels", "cache_dir") if k in atlas]
+    pairs += [
+        (f"atlas.{kind}.{k}", atlas[kind][k])
+        for kind in ("cortical", "subcortical")
+        if kind in atlas
+        for k in ("image", "labels")
+    ]
+    pairs += [(f"gradients.{k}", cfg["gradients"][k]) for k in ("file", "reference")]
+    pairs += [
+        (f"evaluate.encoders.{name}.{kind}", path)
+        for name, spec in cfg["evaluate"]["encoders"].items()
+        for kind, path in spec.items()
+    ]
+    return [(key, path) for key, path in pairs if path]
+
+
+# Snakemake reads braces in a path as wildcards: such a path is refused now, naming its key, not by a WildcardError.
+for _key, _path in config_paths(config):
+    if "{" in _path or "}" in _path:
+        raise WorkflowError(
+            f"config {_key}: {_path!r} holds a brace, which Snakemake reads as a wildcard in a path; rename it"
+        )
+
 OUTPUT_DIR = os.path.normpath(config["output_dir"])
 RESULTS = os.path.normpath(os.path.join(OUTPUT_DIR, "results"))
 LOGS = os.path.normpath(os.path.join(OUTPUT_DIR, "logs"))
@@ -29,6 +63,8 @@ LOGS = os.path.normpath(os.path.join(OUTPUT_DIR, "logs"))
 
 def output_path(path):
     """A path of the training configs' outputs (run.out_dir): relative ones lie under output_dir, as all outputs do."""
+    if "{" in path or "}" in path:
+        raise WorkflowError(f"run.out_dir {path!r} holds a brace, which Snakemake reads as a wildcard; rename it")
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(OUTPUT_DIR, path))
 
 

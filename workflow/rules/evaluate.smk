@@ -19,7 +19,7 @@ rule convert_official:
         runtime=10,
     shell:
         "brainjepa convert-checkpoint --official {input.official:q} --gradients {input.gradients:q}"
-        " --out {output:q} > {log} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule features:
@@ -43,7 +43,7 @@ rule features:
         shards=os.path.dirname(os.path.dirname(SHARDS_MANIFEST)),
     shell:
         "brainjepa features --encoder {params.encoder:q} --cohort {wildcards.cohort:q} --shards {params.shards:q}"
-        " --protocols {params.protocols:q} --seed {params.seed} --out {output:q} > {log} 2>&1"
+        " --protocols {params.protocols:q} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -69,8 +69,8 @@ rule evaluate:
         launcher=lambda wildcards: torchrun_launcher(config["evaluate"]["processes"] if evaluate_gpus(wildcards) else 1),
         shards=os.path.dirname(os.path.dirname(SHARDS_MANIFEST)),
     shell:
-        "{params.launcher} evaluate {params.args} --method {wildcards.method} --seed {wildcards.seed}"
-        " --shards {params.shards:q} --out {output:q} > {log} 2>&1"
+        "{params.launcher} evaluate {params.args} --method {wildcards.method:q} --seed {wildcards.seed:q}"
+        " --shards {params.shards:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule metrics:
@@ -91,4 +91,4 @@ rule metrics:
     params:
         tables=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "brainjepa metrics --results {input:q} --out {output.tsv:q} --tables {params.tables:q} > {log} 2>&1"
+        "brainjepa metrics --results {input:q} --out {output.tsv:q} --tables {params.tables:q} > {log:q} 2>&1"

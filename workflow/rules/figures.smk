@@ -18,7 +18,7 @@ rule figure_fc:
         mem_mb=2000,
         runtime=10,
     shell:
-        "brainjepa figure-fc --fc {input.fc:q} --labels {input.labels:q} --out {output:q} > {log} 2>&1"
+        "brainjepa figure-fc --fc {input.fc:q} --labels {input.labels:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule figure_gradients:
@@ -46,7 +46,7 @@ rule figure_gradients:
         ),
     shell:
         "brainjepa figure-gradients --gradients {input.gradients:q} --labels {input.labels:q} {params.brain}"
-        " --out-space {output.space:q} --out-eigenvalues {output.eigenvalues:q} {params.cortical} > {log} 2>&1"
+        " --out-space {output.space:q} --out-eigenvalues {output.eigenvalues:q} {params.cortical} > {log:q} 2>&1"
 
 
 rule figure_qc:
@@ -76,7 +76,7 @@ rule figure_qc:
         "brainjepa figure-qc --parcellate-root {params.root:q} --labels {input.labels:q}"
         " --samples {input.samples:q} --splits {input.splits:q} --balance {input.balance:q}"
         " --excluded {params.excluded} --out-roi {output.rois:q} --out-splits {output.splits:q}"
-        " --out-runs {output.runs:q} > {log} 2>&1"
+        " --out-runs {output.runs:q} > {log:q} 2>&1"
 
 
 rule figure_pretraining:
@@ -95,7 +95,7 @@ rule figure_pretraining:
     params:
         logs=named_options("--log", {os.path.basename(r["out_dir"]): f"{r['out_dir']}/log.csv" for r in PRETRAIN_RUNS}),
     shell:
-        "brainjepa figure-pretraining {params.logs} --out {output:q} > {log} 2>&1"
+        "brainjepa figure-pretraining {params.logs} --out {output:q} > {log:q} 2>&1"
 
 
 rule figure_evaluation:
@@ -120,7 +120,7 @@ rule figure_evaluation:
         runtime=10,
     shell:
         "brainjepa figure-evaluation --metrics {input.metrics:q} --out-methods {output.methods:q} {output.methods_svg:q}"
-        " --out-finetune-vs-linprobe {output.versus:q} {output.versus_svg:q} > {log} 2>&1"
+        " --out-finetune-vs-linprobe {output.versus:q} {output.versus_svg:q} > {log:q} 2>&1"
 
 
 if SCALING_ENCODERS:  # pretrained encoders of more than one architecture
@@ -143,7 +143,7 @@ if SCALING_ENCODERS:  # pretrained encoders of more than one architecture
             encoders=named_options("--encoder", {e: EVAL_ENCODERS[e]["checkpoint"] for e in SCALING_ENCODERS}),
         shell:
             "brainjepa figure-evaluation --metrics {input.metrics:q} --out-scaling {output:q} {params.encoders}"
-            " > {log} 2>&1"
+            " > {log:q} 2>&1"
 
 
 if ATTENTION is not None and EVAL_RESULTS:
@@ -182,7 +182,7 @@ if ATTENTION is not None and EVAL_RESULTS:
         shell:
             "brainjepa network-attention --encoder {params.encoder:q} --task {params.task:q} --shards {params.shards:q}"
             " --settings {params.settings:q} --labels {input.labels:q} --seed {params.seed} --threads {params.threads}"
-            " --out-networks {output.networks:q} --out-rois {output.rois:q} --figure {output.figure:q} > {log} 2>&1"
+            " --out-networks {output.networks:q} --out-rois {output.rois:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule report_summary:
@@ -212,4 +212,4 @@ rule report_summary:
     shell:
         "brainjepa report-summary --samples {input.samples:q} --splits {input.splits:q} --excluded {params.excluded}"
         " {params.runs} {params.metrics} --out {output.rst:q} --json {output.json:q} --results-dir {params.results:q}"
-        " --report-command {params.report_command:q} > {log} 2>&1"
+        " --report-command {params.report_command:q} > {log:q} 2>&1"

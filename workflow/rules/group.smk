@@ -27,7 +27,7 @@ rule splits:
     shell:
         "brainjepa splits --samples {input.samples:q} --seed {params.seed} --fractions {params.fractions}"
         " --pretraining-cohort {params.cohort:q} --pretraining-fraction {params.fraction} {params.stratify}"
-        " --out {output:q} > {log} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule split_balance:
@@ -45,7 +45,7 @@ rule split_balance:
         labels=json.dumps(config["labels"], sort_keys=True),
     shell:
         "brainjepa split-balance --splits {input.splits:q} --phenotypes {input.phenotypes:q}"
-        " --label-types {params.labels:q} --out {output:q} > {log} 2>&1"
+        " --label-types {params.labels:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule scaling:
@@ -67,7 +67,7 @@ rule scaling:
         runs_root=runs_root,
     shell:
         "brainjepa scaling --splits {input.splits:q} --runs-root {params.runs_root:q}"
-        " --method {params.method} --out {output:q} > {log} 2>&1"
+        " --method {params.method} --out {output:q} > {log:q} 2>&1"
 
 
 rule group_fc:
@@ -89,7 +89,7 @@ rule group_fc:
         runs_root=runs_root,
     shell:
         "brainjepa group-fc --splits {input.splits:q} --runs-root {params.runs_root:q} --labels {input.labels:q}"
-        " --out {output.fc:q} > {log} 2>&1"
+        " --out {output.fc:q} > {log:q} 2>&1"
 
 
 rule gradients:
@@ -108,4 +108,4 @@ rule gradients:
     params:
         source=gradients_args,
     shell:
-        "brainjepa gradients {params.source} --labels {input.labels:q} --out {output:q} > {log} 2>&1"
+        "brainjepa gradients {params.source} --labels {input.labels:q} --out {output:q} > {log:q} 2>&1"

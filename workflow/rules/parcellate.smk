@@ -28,4 +28,4 @@ for batch, run_ids in BATCHES.items():
         shell:
             "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} {params.atlas}"
             " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
-            " --out-root {params.out_root:q} > {log} 2>&1"
+            " --out-root {params.out_root:q} > {log:q} 2>&1"

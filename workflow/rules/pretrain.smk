@@ -34,4 +34,4 @@ for _run in PRETRAIN_RUNS:
             "{params.launcher} pretrain --config {input.train_config:q} --set data.manifest={input.manifest:q}"
             " --set data.gradients={input.gradients:q} --set data.scaling_stats={input.stats:q}"
             " --set data.labels={input.labels:q} --set run.out_dir={params.out_dir:q} --set run.progress=false"
-            " > {log} 2>&1"
+            " > {log:q} 2>&1"

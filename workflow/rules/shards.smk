@@ -31,4 +31,4 @@ rule shards:
         "brainjepa shards --split {wildcards.split} --splits {input.splits:q} --runs-root {params.runs_root:q}"
         " --phenotypes {input.phenotypes:q} --label-types {params.labels:q} --stats {input.stats:q}"
         " --max-shard-mb {params.max_mb} --dtype {params.dtype} --window {params.window}"
-        " --short-policy {params.short} --out-dir {params.out_dir:q} > {log} 2>&1"
+        " --short-policy {params.short} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -17,7 +17,7 @@ if config["demo"]["enabled"]:
             root=lambda wildcards, output: Path(output.cortical_image).parent.parent,
             seed=config["demo"]["seed"],
         shell:
-            "brainjepa simulate-atlas --root {params.root:q} --seed {params.seed} > {log} 2>&1"
+            "brainjepa simulate-atlas --root {params.root:q} --seed {params.seed} > {log:q} 2>&1"
 
     for batch, (cohort, run_ids) in demo_batches().items():
 
@@ -48,4 +48,4 @@ if config["demo"]["enabled"]:
             shell:
                 "brainjepa simulate-run --samples {input.samples:q} --phenotypes {input.phenotypes:q}"
                 " --root {params.root:q} --cohort {params.cohort} --tr {params.tr} --n-volumes {params.n_volumes}"
-                " --seed {params.seed} --runs {params.runs:q} > {log} 2>&1"
+                " --seed {params.seed} --runs {params.runs:q} > {log:q} 2>&1"
