@@ -89,3 +89,32 @@ def test_run_demean_removes_each_runs_baseline_and_keeps_its_amplitude(tmp_path)
     shifted = stats.apply(x + 500.0)                                  # a run's baseline does not reach the output
     np.testing.assert_allclose(shifted, stats.apply(x), atol=1e-4)
     np.testing.assert_allclose(stats.apply(2 * x).std(axis=1), 2 * stats.apply(x).std(axis=1), rtol=1e-5)
+
+
+def test_pretraining_runs_of_different_effective_trs_are_refused_or_warned(tmp_path, caplog):
+    """Two sites of one pretraining cohort, TR 0.735 s and 2 s, strided to 2.205 s and 2 s: nothing checked that
+    the aligned runs share one TR. Now the scaling stage (the first to pool them) refuses, naming each TR."""
+    import logging
+
+    from brainjepa.io import read_timeseries
+
+    table = splits.make_splits(_samples({"a": 10}), 0, FRACTIONS, "a", 0.8)
+    _write_runs(tmp_path / "runs", table, np.random.default_rng(0))
+    pretrain = table[table["split"] == "pretrain"]["run_id"].tolist()
+    for run_id in pretrain[:3]:                                        # the other site
+        frame, _ = read_timeseries(tmp_path / "runs" / f"{run_id}.parquet")
+        write_timeseries(frame.to_numpy(), list(frame.columns), tmp_path / "runs" / f"{run_id}.parquet", {"tr": 2.205})
+    table.to_csv(tmp_path / "splits.tsv", sep="\t", index=False)
+    args = (tmp_path / "splits.tsv", tmp_path / "runs", "run_demean", tmp_path / "stats.json")
+    n = len(pretrain)
+    with pytest.raises(InputError, match=rf"the pretraining set mixes effective TRs after alignment: a: 2 s "
+                                         rf"\({n - 3} runs\), 2.205 s \(3 runs\)\. align_tr.method: resample"):
+        scaling.run_scaling_stats(*args)
+    assert not (tmp_path / "stats.json").exists()
+    with caplog.at_level(logging.INFO, logger="brainjepa"):
+        scaling.run_scaling_stats(*args, mixed_tr="warn")
+    assert (tmp_path / "stats.json").exists() and "mixes effective TRs" in caplog.text
+    for run_id in pretrain[:3]:                                        # within 1%: one TR
+        frame, _ = read_timeseries(tmp_path / "runs" / f"{run_id}.parquet")
+        write_timeseries(frame.to_numpy(), list(frame.columns), tmp_path / "runs" / f"{run_id}.parquet", {"tr": 2.01})
+    scaling.run_scaling_stats(*args)

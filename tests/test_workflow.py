@@ -193,6 +193,9 @@ def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_
     assert "model brainjepa_tiny: results/pretrain/brainjepa_tiny/final.pt" in run.stderr
     facts = json.loads((work / "results/report/summary.json").read_text())
     assert facts["runs"] == 10 and [c["cohort"] for c in facts["cohorts"]] == ["adnisim", "ext", "ukbsim"]
+    # the effective TR of every cohort (stride: round(2.0 / TR) x TR), from the shards
+    assert {c["cohort"]: c["tr"] for c in facts["cohorts"]} == {"adnisim": "2", "ext": "1.6", "ukbsim": "2.205"}
+    assert "TR after alignment 2.205 s" in run.stderr
     frame, meta = read_timeseries(work / "results/align_tr/ext/sub-7_ses-1_run-1.parquet")
     assert frame.shape == (40, 64) and meta["tr"] == pytest.approx(1.6)
     assert {name: (run_dir / name).read_bytes() for name in before} == before

@@ -95,7 +95,7 @@ def _report_summary(args: argparse.Namespace) -> None:
     from brainjepa.figures.summary import write_summary
 
     write_summary(args.samples, args.splits, args.excluded, dict(args.run), args.metrics, args.out, args.json,
-                  args.results_dir, args.report_command)
+                  args.results_dir, args.report_command, args.manifests)
 
 
 def register(sub) -> None:
@@ -156,6 +156,7 @@ def register(sub) -> None:
     p.add_argument("--run", type=named_path, action="append", default=[], help="name=pretraining run folder")
     p.add_argument("--metrics", help="metrics.tsv")
     p.add_argument("--json", help="the same facts as JSON (printed at the end of a workflow run)")
+    p.add_argument("--manifests", nargs="*", default=[], help="shard manifests (the cohorts' effective TRs)")
     p.add_argument("--results-dir", default="results", help="the dataset's results folder (where the outputs are)")
     p.add_argument("--report-command", default="snakemake --report results/report.html",
                    help="the command that makes the HTML report (shown where the outputs are listed)")

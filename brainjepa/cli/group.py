@@ -28,7 +28,7 @@ def _split_balance(args: argparse.Namespace) -> None:
 def _scaling(args: argparse.Namespace) -> None:
     from brainjepa.group.scaling import run_scaling_stats
 
-    stats = run_scaling_stats(args.splits, args.runs_root, args.method, args.out)
+    stats = run_scaling_stats(args.splits, args.runs_root, args.method, args.out, args.mixed_tr)
     log.info("scaling statistics %s (%s) from %d subjects", stats.id, stats.method, stats.n_subjects)
 
 
@@ -66,6 +66,8 @@ def register(sub) -> None:
     p = sub.add_parser("scaling", parents=[parent("splits", "runs_root", "out")],
                        help="robust-scaling statistics from the pretraining set")
     p.add_argument("--method", required=True, help="subject_mean | timepoints | run_demean | zscore | roi_zscore")
+    p.add_argument("--mixed-tr", default="error", choices=["error", "warn"],
+                   help="pretraining runs whose effective TRs differ (by more than 1%%): refused, or a warning")
     p.set_defaults(func=_scaling)
 
     p = sub.add_parser("group-fc", parents=[parent("splits", "runs_root", "labels", "out")],

@@ -2,7 +2,8 @@
 
 Layout of ``out_dir``::
 
-    manifest.json                 format, dtype, window, ROI names, scaling-statistics id, shard list
+    manifest.json                 format, dtype, window, ROI names, scaling-statistics id, shard list, and
+                                  ``tr``: {cohort: {effective TR (s): runs}} of the runs written
     excluded.tsv                  runs not written (shorter than the window): run_id, split, n_timepoints, reason
     <split>/shard-00000.parquet   one set per split, rows ordered by run_id
 
@@ -268,8 +269,10 @@ class _ShardWriter:
 
 def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, schema: pa.Schema, *,
                  max_shard_bytes: int, dtype: str, rows_per_row_group: int,
-                 label_columns: dict[str, str], flat: bool = False) -> list[dict]:
-    """Write one split's shards under ``root/split`` (``root`` when flat); return their manifest entries."""
+                 label_columns: dict[str, str], flat: bool = False,
+                 trs: dict[str, dict[str, int]] | None = None) -> list[dict]:
+    """Write one split's shards under ``root/split`` (``root`` when flat); return their manifest entries.
+    ``trs`` gathers {cohort: {effective TR (s, as text): runs}}."""
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     entries: list[dict] = []
     writer: _ShardWriter | None = None
@@ -290,6 +293,9 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
                 writer = _ShardWriter(path, schema, rows_per_row_group, label_columns)
             data, tr = _read_scaled(run, stats, dtype)
             writer.add(run, data, tr)
+            if trs is not None:
+                counts = trs.setdefault(run.ids["cohort"], {})
+                counts[f"{tr:.4g}"] = counts.get(f"{tr:.4g}", 0) + 1
         if writer is not None:
             finish(writer)
             writer = None
@@ -390,12 +396,12 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
     try:
         schema = shard_schema(len(stats.rois), dtype, label_columns).with_metadata({METADATA_KEY: json.dumps(
             {"format": FORMAT, "scaling_stats_id": stats.id, "dtype": dtype}, sort_keys=True).encode()})
-        splits = {}
+        splits, trs = {}, {}
         for split in sorted(by_split):
             splits[split] = _write_split(split, by_split[split], stats, tmp, schema,
                                          max_shard_bytes=max_shard_bytes, dtype=dtype,
                                          rows_per_row_group=rows_per_row_group, label_columns=label_columns,
-                                         flat=flat)
+                                         flat=flat, trs=trs)
         table = pd.DataFrame({"run_id": [r.ids["run_id"] for r in excluded],
                               "split": [r.ids["split"] for r in excluded],
                               "n_timepoints": [r.n_timepoints for r in excluded],
@@ -405,7 +411,8 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
                     "rows_per_row_group": int(rows_per_row_group), "max_shard_bytes": int(max_shard_bytes),
                     "roi_names": list(stats.rois), "scaling_stats_id": stats.id, "scaling_method": stats.method,
                     "splits": splits, "label_columns": label_columns, "label_categories": categories,
-                    "excluded": len(excluded)}
+                    "excluded": len(excluded),
+                    "tr": {c: dict(sorted(counts.items())) for c, counts in sorted(trs.items())}}
         write_text_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
         _replace_dir(tmp, out_dir)
     except BaseException:

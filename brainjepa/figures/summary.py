@@ -7,6 +7,7 @@ mean (std) over seeds, every method). Every number is read from the pipeline's o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,20 +86,28 @@ def _metrics(metrics: pd.DataFrame) -> pd.DataFrame:
 def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_paths: list[str | Path],
                   runs: dict[str, str | Path], metrics_path: str | Path | None, out: str | Path,
                   out_json: str | Path | None = None, results_dir: str | Path = "results",
-                  report_command: str = "snakemake --report results/report.html") -> str:
+                  report_command: str = "snakemake --report results/report.html",
+                  manifests: list[str | Path] = ()) -> str:
     """The report's first page (RST) and, with ``out_json``, the same facts as JSON (what the workflow prints at
-    the end of a run): cohorts, subjects per split, runs excluded and why, models, and where the outputs are
-    (under ``results_dir``; the HTML report is made by ``report_command``)."""
+    the end of a run): cohorts (with the effective TRs of their sharded runs, from the shard ``manifests``),
+    subjects per split, runs excluded and why, models, and where the outputs are (under ``results_dir``; the
+    HTML report is made by ``report_command``)."""
     samples = pd.read_csv(samples_path, sep="\t", dtype=str, keep_default_na=False)
     splits = pd.read_csv(splits_path, sep="\t", dtype=str)
     from brainjepa.figures.qc import read_excluded
 
     excluded = read_excluded(excluded_paths)
     cohort_of = excluded["run_id"].str.split("/").str[0]
+    trs: dict[str, dict[str, int]] = {}
+    for manifest in manifests:
+        for cohort, counts in json.loads(Path(manifest).read_text()).get("tr", {}).items():
+            for tr, n in counts.items():
+                trs.setdefault(cohort, {})[tr] = trs.get(cohort, {}).get(tr, 0) + int(n)
     cohorts = pd.DataFrame([{"cohort": c, "subjects": rows["subject"].nunique(), "runs": len(rows),
                              "input": "ROI time series" if (rows["bold"] == "").all() else
                                       ("NIfTI BOLD" if (rows["bold"] != "").all() else "NIfTI and time series"),
-                             "runs excluded from the shards": int((cohort_of == c).sum())}
+                             "runs excluded from the shards": int((cohort_of == c).sum()),
+                             "TR after alignment (s)": ", ".join(sorted(trs.get(c, {}), key=float)) or "n/a"}
                             for c, rows in samples.groupby("cohort", sort=True)])
     per_split = (splits.drop_duplicates(["cohort", "subject"]).groupby(["cohort", "split"]).size()
                  .unstack(fill_value=0))
@@ -118,10 +127,9 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
                                f"{results_dir}/tables/summary.md)"))
     text = "\n".join(parts)
     if out_json is not None:
-        import json
-
         facts = {"runs": len(samples), "subjects": int(samples.groupby("cohort")["subject"].nunique().sum()),
-                 "cohorts": cohorts.rename(columns={"runs excluded from the shards": "excluded"}).to_dict("records"),
+                 "cohorts": cohorts.rename(columns={"runs excluded from the shards": "excluded",
+                                                    "TR after alignment (s)": "tr"}).to_dict("records"),
                  "subjects_per_split": per_split.set_index("cohort").to_dict("index"),
                  "excluded": {"runs": len(excluded),
                               "reasons": {str(k): int(v) for k, v in excluded["reason"].value_counts().items()}},
@@ -138,8 +146,6 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
 
 def summary_lines(path: str | Path) -> list[str]:
     """The run summary JSON as a few lines for the end of a workflow run (empty when it is not there)."""
-    import json
-
     try:
         facts = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -148,8 +154,10 @@ def summary_lines(path: str | Path) -> list[str]:
              f"{facts['excluded']['runs']} runs excluded from the shards"
              + (f" ({', '.join(f'{r}: {n}' for r, n in facts['excluded']['reasons'].items())})"
                 if facts["excluded"]["runs"] else "")]
+    tr = {row["cohort"]: row.get("tr", "n/a") for row in facts["cohorts"]}
     for cohort, counts in facts["subjects_per_split"].items():
-        lines.append(f"  {cohort}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
+        lines.append(f"  {cohort}: " + ", ".join(f"{split} {n}" for split, n in counts.items())
+                     + f"; TR after alignment {tr.get(cohort, 'n/a')} s")
     for name, path_ in facts["models"].items():
         lines.append(f"  model {name}: {path_}")
     outputs = facts["outputs"]

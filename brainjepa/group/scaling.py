@@ -174,10 +174,24 @@ def write_scaling_stats(stats: ScalingStats, path: str | Path) -> None:
     write_text_atomic(path, stats.to_json())
 
 
-def run_scaling_stats(splits_path: str | Path, runs_root: str | Path, method: str, out: str | Path) -> ScalingStats:
-    """The ``scaling`` stage: the pretraining set's runs (from the splits table) -> scaling statistics JSON."""
-    from brainjepa.group.splits import pretraining_runs, read_splits, run_files
+def run_scaling_stats(splits_path: str | Path, runs_root: str | Path, method: str, out: str | Path,
+                      mixed_tr: str = "error") -> ScalingStats:
+    """The ``scaling`` stage: the pretraining set's runs (from the splits table) -> scaling statistics JSON.
 
-    stats = compute_scaling_stats(run_files(pretraining_runs(read_splits(splits_path)), runs_root), method)
+    First the pretraining runs' effective TRs (after alignment) are logged per cohort and must agree
+    (``mixed_tr``: error | warn; :func:`brainjepa.preprocess.align_tr.check_one_tr`)."""
+    import logging
+
+    from brainjepa.group.splits import pretraining_runs, read_splits, run_file, run_files
+    from brainjepa.preprocess.align_tr import check_one_tr, describe_trs, effective_trs
+
+    runs = pretraining_runs(read_splits(splits_path))
+    trs = effective_trs({c: [run_file(runs_root, r) for r in rows["run_id"]] for c, rows in runs.groupby("cohort")})
+    log = logging.getLogger("brainjepa")
+    log.info("pretraining set, effective TR per cohort: %s", describe_trs(trs))
+    warning = check_one_tr(trs, "the pretraining set", mixed_tr)
+    if warning:
+        log.warning(warning)
+    stats = compute_scaling_stats(run_files(runs, runs_root), method)
     write_scaling_stats(stats, out)
     return stats

@@ -8,6 +8,7 @@ whenever that ratio is rational with a small denominator (all scanner TRs in pra
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -85,3 +86,51 @@ def align_tr_runs(in_paths: list[str | Path], out_paths: list[str | Path], targe
     for_each_run([(str(src), (src, dst)) for src, dst in zip(in_paths, out_paths)],
                  lambda pair: actual.append(run_align_tr(pair[0], pair[1], target_tr, method)), "align-tr")
     return actual
+
+
+MIXED_TR_POLICIES = ("error", "warn")
+
+
+def effective_trs(run_paths: dict[str, list[str | Path]]) -> dict[str, dict[float, int]]:
+    """{cohort: {effective TR (s, to 0.1 ms): runs}} of aligned run files, from their metadata (no data read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from brainjepa.io import METADATA_KEY
+
+    out: dict[str, dict[float, int]] = {}
+    for cohort, paths in sorted(run_paths.items()):
+        counts: dict[float, int] = {}
+        for path in paths:
+            try:
+                meta = json.loads((pq.read_schema(path).metadata or {})[METADATA_KEY])
+                tr = round(float(meta["tr"]), 4)
+            except (OSError, pa.ArrowException, KeyError, ValueError, TypeError) as exc:
+                raise InputError(f"{path}: cannot read the TR of an aligned run ({exc})") from None
+            counts[tr] = counts.get(tr, 0) + 1
+        out[cohort] = dict(sorted(counts.items()))
+    return out
+
+
+def describe_trs(trs: dict[str, dict[float, int]]) -> str:
+    """'ukbsim: 2.205 s (408 runs); adnisim: 2 s (66 runs)'."""
+    return "; ".join(f"{cohort}: " + ", ".join(f"{tr:g} s ({n} runs)" for tr, n in counts.items())
+                     for cohort, counts in trs.items())
+
+
+def check_one_tr(trs: dict[str, dict[float, int]], what: str, policy: str = "error",
+                 rel_tol: float = 0.01) -> str | None:
+    """Refuse (policy 'error') or return a warning ('warn') when the runs of ``trs`` differ in effective TR by more
+    than ``rel_tol``: a model pretrained on mixed sampling rates learns time patches of different lengths.
+    None when they agree."""
+    if policy not in MIXED_TR_POLICIES:
+        raise InputError(f"align_tr.mixed_tr: {policy!r} is not one of {', '.join(MIXED_TR_POLICIES)}")
+    values = sorted({tr for counts in trs.values() for tr in counts})
+    if not values or values[-1] <= values[0] * (1 + rel_tol):
+        return None
+    message = (f"{what} mixes effective TRs after alignment: {describe_trs(trs)}. align_tr.method: resample "
+               "brings every run to exactly align_tr.target_tr (stride keeps round(target/TR) x TR); "
+               "align_tr.mixed_tr: warn accepts the mix")
+    if policy == "error":
+        raise InputError(message)
+    return message

@@ -211,5 +211,6 @@ rule report_summary:
         report_command=REPORT_COMMAND,
     shell:
         "brainjepa report-summary --samples {input.samples:q} --splits {input.splits:q} --excluded {params.excluded}"
+        " --manifests {input.manifests:q}"
         " {params.runs} {params.metrics} --out {output.rst:q} --json {output.json:q} --results-dir {params.results:q}"
         " --report-command {params.report_command:q} > {log:q} 2>&1"

@@ -64,10 +64,11 @@ rule scaling:
         runtime=60,
     params:
         method=config["scaling"]["method"],
+        mixed_tr=config["align_tr"]["mixed_tr"],
         runs_root=runs_root,
     shell:
         "brainjepa scaling --splits {input.splits:q} --runs-root {params.runs_root:q}"
-        " --method {params.method} --out {output:q} > {log:q} 2>&1"
+        " --method {params.method} --mixed-tr {params.mixed_tr} --out {output:q} > {log:q} 2>&1"
 
 
 rule group_fc:
