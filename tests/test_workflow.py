@@ -612,3 +612,32 @@ def test_shell_hostile_paths_in_every_configurable_path_run_nothing(tiny_project
     configfile.write_text(yaml.safe_dump(config))
     refused = snakemake(work, "-n", "--configfile", str(configfile))
     assert refused.returncode != 0 and "config output_dir: 'out {x}' holds a brace" in refused.stdout + refused.stderr
+
+
+@pytest.mark.slow
+def test_a_deleted_or_changed_shard_is_noticed_before_any_job(tiny_project):
+    """Snakemake sees only the manifest: a deleted shard used to pass (`all`: nothing to be done) until pretraining
+    read it. Now the workflow stops before any job, naming the file and the fix; the rebuild gives the same bytes."""
+    work = tiny_project
+    manifest = work / "results/shards/pretrain/manifest.json"
+    entry = json.loads(manifest.read_text())["splits"]["pretrain"][0]
+    shard = manifest.parent / entry["path"]
+    content = shard.read_bytes()
+    shard.unlink()
+    result = snakemake(work, "-n", "all")
+    message = result.stdout + result.stderr
+    expected = (f"the pretrain shards no longer match results/shards/pretrain/manifest.json: "
+                f"results/shards/pretrain/{entry['path']}: missing")
+    assert result.returncode != 0 and expected in message, message[-2000:]
+    shard.write_bytes(content + b"x")                                                    # rewritten in place
+    result = snakemake(work, "-n", "all")
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and f"{len(content) + 1} bytes, the manifest says {len(content)}" in message
+    assert "Delete results/shards/pretrain/manifest.json and rerun" in message
+    manifest.unlink()
+    rebuilt = snakemake(work, "all")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert job_counts(rebuilt.stdout + rebuilt.stderr)["shards"] == 1                      # that split alone
+    assert shard.read_bytes() == content                                                   # deterministic bytes
+    again = snakemake(work, "-n", "all")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

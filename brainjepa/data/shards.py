@@ -480,6 +480,28 @@ def load_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
+def shard_file_problems(manifest_path: str | os.PathLike) -> list[str]:
+    """What no longer matches a written manifest, cheaply (no data read): shard files that are missing, of
+    another size than recorded, or modified after the manifest was written. [] when intact (or no manifest).
+    The sha256s are checked where the data are read (pretraining and evaluation)."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.exists():
+        return []
+    manifest = load_manifest(manifest_path)
+    written = manifest_path.stat().st_mtime
+    problems = []
+    for entries in manifest["splits"].values():
+        for entry in entries:
+            path = manifest_path.parent / entry["path"]
+            if not path.exists():
+                problems.append(f"{path}: missing")
+            elif path.stat().st_size != entry["bytes"]:
+                problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
+            elif path.stat().st_mtime > written + 1:
+                problems.append(f"{path}: modified after its manifest was written")
+    return problems
+
+
 def check_scaling_stats(manifest: dict | str | os.PathLike, stats_path: str | os.PathLike) -> None:
     """InputError if the statistics file at ``stats_path`` is not the one the shards were scaled with.
 

@@ -187,6 +187,28 @@ GROUP_FC = f"{RESULTS}/group_fc/group_fc.npy"
 GRADIENTS = f"{RESULTS}/gradients/gradients.tsv"
 SHARDS_MANIFEST = f"{RESULTS}/shards/{{split}}/manifest.json"  # one shard set per split
 SPLIT_NAMES = sorted(set(SPLIT_TABLE["split"]))
+
+
+def check_shard_sets():
+    """Written shard sets must still be what their manifests list (Snakemake sees only the manifest): a deleted,
+    resized or rewritten shard file stops the workflow before any job, naming the file and how to rebuild."""
+    from brainjepa.data.shards import shard_file_problems
+
+    for split in SPLIT_NAMES:
+        manifest = SHARDS_MANIFEST.format(split=split)
+        try:
+            problems = shard_file_problems(manifest)
+        except InputError as exc:
+            problems = [str(exc)]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise WorkflowError(
+                f"the {split} shards no longer match {manifest}: {'; '.join(problems[:3])}{more}. Delete "
+                f"{manifest} and rerun: the {split} shards are rebuilt, and what reads them reruns"
+            )
+
+
+check_shard_sets()
 PRETRAIN_DIR = output_path(TRAIN_CONFIG.run.out_dir)  # the training config's run folder (under output_dir)
 
 
