@@ -71,6 +71,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                        "--out-splits", str(tmp / "s.png"), "--out-runs", str(tmp / "r.tsv")], "missing.tsv"),
         "report-summary": (["--samples", missing, "--splits", missing, "--excluded", missing, "--out",
                             str(tmp / "s.rst")], "missing.tsv"),
+        "provenance": ([str(garbage)], "garbage.bin"),
     }
 
 
@@ -82,7 +83,8 @@ def test_every_subcommand_is_covered(tmp_path):
 COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scaling", "group-fc", "gradients", "shards",
             "pretrain", "model-info", "convert-checkpoint", "export-official", "simulate-atlas", "simulate-run",
             "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc", "figure-gradients",
-            "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary"]
+            "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",
+            "provenance"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -93,3 +95,41 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys, command):
     assert len(err) == 1, err
     assert err[0].startswith(f"brainjepa {command}: error: ") and named in err[0], err[0]
     assert "Traceback" not in err[0]
+
+
+def test_every_output_has_provenance_and_the_command_prints_and_checks_it(tmp_path, capsys):
+    """Outputs carry the version, the settings (hash) and their inputs' checksums: time series embed it (with the
+    record of its source upstream), other files get a sidecar; a failed command leaves none."""
+    import numpy as np
+
+    from brainjepa.io import write_timeseries
+    from brainjepa.provenance import read_provenance
+
+    write_timeseries(np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), ["a", "b", "c"],
+                     tmp_path / "ts.parquet", {"tr": 0.735})
+    assert main(["align-tr", "--in", str(tmp_path / "ts.parquet"), "--out", str(tmp_path / "al.parquet"),
+                 "--target-tr", "2", "--method", "stride"]) == 0
+    record, problems = read_provenance(tmp_path / "al.parquet")
+    prov = record["provenance"]
+    assert prov["command"] == "align-tr" and prov["settings"] == {"target_tr": 2.0, "method": "stride"}
+    source = prov["inputs"]["in"][0]
+    assert source["path"] == str(tmp_path / "ts.parquet") and len(source["sha256"]) == 64
+    assert problems == [] and not (tmp_path / "al.parquet.provenance.json").exists()   # embedded, no sidecar
+    table = tmp_path / "labels.tsv"
+    table.write_text("index\tname\tnetwork\themisphere\n1\ta\tX\tL\n2\tb\tY\tL\n3\tc\tY\tR\n")
+    fc = tmp_path / "fc.npy"
+    np.save(fc, np.eye(3))
+    assert main(["figure-fc", "--fc", str(fc), "--labels", str(table), "--out", str(tmp_path / "fc.png")]) == 0
+    record, problems = read_provenance(tmp_path / "fc.png")
+    assert record["command"] == "figure-fc" and set(record["inputs"]) == {"fc", "labels"} and problems == []
+    assert record["brainjepa_version"] and len(record["settings_sha256"]) == 64
+    capsys.readouterr()
+    assert main(["provenance", str(tmp_path / "fc.png"), "--check"]) == 0
+    assert '"command": "figure-fc"' in capsys.readouterr().out
+    np.save(fc, 2 * np.eye(3))                                                          # an input changed since
+    assert main(["provenance", str(tmp_path / "fc.png"), "--check"]) == 1
+    assert f"input {fc}: changed since" in capsys.readouterr().err
+    # a failed rerun removes the old sidecar with its output's claim
+    fc.write_bytes(b"not an array")
+    assert main(["figure-fc", "--fc", str(fc), "--labels", str(table), "--out", str(tmp_path / "fc.png")]) == 1
+    assert not (tmp_path / "fc.png.provenance.json").exists()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from brainjepa import batches
 from brainjepa.io import read_timeseries
 from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
 
@@ -641,3 +642,91 @@ def test_a_deleted_or_changed_shard_is_noticed_before_any_job(tiny_project):
     assert shard.read_bytes() == content                                                   # deterministic bytes
     again = snakemake(work, "-n", "all")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+CORPUS_TS = {  # pre-parcellated runs (TSV, the atlas's ROI names as header) -> what the message must say
+    "nan": "non-finite", "constant": "no signal", "headeronly": "no time points", "wrongnames": "unknown",
+    "text": "non-numeric"}
+CORPUS_BOLD = {  # NIfTI runs
+    "truncated": "cannot read", "corrupt": "cannot read", "threed": "3-D", "fov": "field of view"}
+
+
+def _write_corpus(work: Path) -> dict[str, Path]:
+    """A cohort `bad` of one broken run per case, plus two good runs (a time series and a BOLD), beside the tiny
+    demo's cohorts. Returns each case's file."""
+    import gzip
+
+    import nibabel as nib
+
+    names = pd.read_csv(work / "results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv", sep="\t")["name"].tolist()
+    rng = np.random.default_rng(0)
+    folder = work / "corpus"
+    folder.mkdir()
+    files = {}
+    for case in [*CORPUS_TS, "goodts"]:
+        data = pd.DataFrame(100 + rng.normal(size=(40, len(names))), columns=names)
+        if case == "nan":
+            data.iloc[5, 3] = np.nan
+        elif case == "constant":
+            data[names[7]] = 100.0
+        elif case == "headeronly":
+            data = data.iloc[:0]
+        elif case == "wrongnames":
+            data = data.rename(columns={names[2]: "Vis_typo"})
+        files[case] = folder / f"sub-{case}_timeseries.tsv"
+        data.to_csv(files[case], sep="\t", index=False)
+        if case == "text":
+            files[case].write_text(files[case].read_text().replace("\n1", "\nabc", 1))
+    good = next((work / "resources/demo/derivatives/adnisim").rglob("*_bold.nii.gz"))
+    img = nib.load(good)
+    for case in [*CORPUS_BOLD, "goodbold"]:
+        files[case] = folder / f"sub-{case}_ses-1_task-rest_run-1_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz"
+        if case == "truncated":
+            files[case].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        elif case == "corrupt":
+            files[case].write_bytes(gzip.compress(b"\x00" * 100)[:20] + b"not a gzip stream" * 50)
+        elif case == "threed":
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), files[case])
+        elif case == "fov":
+            affine = img.affine.copy()
+            affine[:3, 3] += 40.0                                              # shifted: outside the atlas
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine, img.header), files[case])
+        else:
+            files[case].write_bytes(good.read_bytes())
+    return files
+
+
+@pytest.mark.slow
+def test_a_bad_input_corpus_through_the_dag_fails_each_job_alone(tiny_project, tmp_path):
+    """The real DAG with --keep-going: each broken run fails its own job with one message naming its file and the
+    problem, leaves no output, and the good runs beside it (and every other cohort) are processed."""
+    work = tmp_path / "corpus_project"
+    shutil.copytree(tiny_project, work, symlinks=True)
+    files = _write_corpus(work)
+    cases = [*CORPUS_TS, *CORPUS_BOLD, "goodts", "goodbold"]
+    n = next(n for n in range(len(cases), 400) if len({batches.batch_of("bad", c, n) for c in cases}) == len(cases))
+    config = yaml.safe_load((work / "config/config.yaml").read_text())
+    config["batching"]["cohorts"]["bad"] = n                               # one run per job
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
+    samples = pd.read_csv(work / "config/samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    rows = [{**{k: "" for k in samples.columns}, "cohort": "bad", "subject": c, "session": "1", "run": "1",
+             "tr": "2.0", ("bold" if c in CORPUS_BOLD or c == "goodbold" else "timeseries"): str(files[c])}
+            for c in cases]
+    pd.concat([samples, pd.DataFrame(rows)]).to_csv(work / "config/samples.tsv", sep="\t", index=False)
+    phenotypes = pd.read_csv(work / "config/phenotypes.tsv", sep="\t", dtype=str, keep_default_na=False)
+    extra = pd.DataFrame([{**{k: "" for k in phenotypes.columns}, "cohort": "bad", "subject": c, "age": "60"}
+                          for c in cases])
+    pd.concat([phenotypes, extra]).to_csv(work / "config/phenotypes.tsv", sep="\t", index=False)
+    result = snakemake(work, "--keep-going", "all")
+    assert result.returncode != 0
+    logs = {p.stem: p.read_text() for p in (work / "logs/parcellate").glob("bad-*.log")}
+    for case, expected in {**CORPUS_TS, **CORPUS_BOLD}.items():
+        log = logs[f"bad-b{batches.batch_of('bad', case, n):0{max(2, len(str(n - 1)))}d}"]
+        errors = [line for line in log.splitlines() if "error:" in line]
+        assert len(errors) == 1 and str(files[case]) in errors[0] and expected in errors[0], (case, log[-1500:])
+        assert "Traceback" not in log
+        assert not (work / f"results/parcellate/bad/sub-{case}_ses-1_run-1.parquet").exists()
+        assert not (work / f"results/parcellate/bad/sub-{case}_ses-1_run-1_qc.tsv").exists()
+    for case in ("goodts", "goodbold"):                                     # beside them: done
+        assert (work / f"results/align_tr/bad/sub-{case}_ses-1_run-1.parquet").exists(), case
+    assert (work / "results/shards/pretrain/manifest.json").exists()       # the other cohorts' stages stand

@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from brainjepa import provenance
+
     try:
+        provenance.remove_sidecars(args)
         args.func(args)
+        provenance.write_sidecars(args)
     except Preempted as exc:  # a signal stopped training after a checkpoint: the job may be requeued
         print(f"brainjepa {args.command}: stopped: {_one_line(exc)}", file=sys.stderr)
         return Preempted.exit_code

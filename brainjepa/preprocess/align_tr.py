@@ -66,8 +66,12 @@ def run_align_tr(in_path: str | Path, out_path: str | Path, target_tr: float, me
     """The ``align-tr`` stage for one run file; returns the TR the output has."""
     frame, meta = read_timeseries(in_path)
     out, actual = align_tr(frame.to_numpy(dtype=np.float64), float(meta["tr"]), target_tr, method)
+    from brainjepa.provenance import make_record
+
     meta = {**meta, "tr": actual, "source_tr": float(meta["tr"]), "target_tr": float(target_tr),
-            "tr_alignment": method, "n_volumes": int(len(out))}
+            "tr_alignment": method, "n_volumes": int(len(out)),
+            "provenance": {**make_record("align-tr", {"target_tr": float(target_tr), "method": method},
+                                         {"in": [in_path]}), "upstream": meta.get("provenance")}}
     write_timeseries(out.astype(np.float32), list(frame.columns), out_path, meta)
     return actual
 

@@ -428,6 +428,13 @@ def run_parcellate(out: str | Path, atlas_path: str | Path, labels: str | Path |
         meta.update(atlas_id=atlas.identifier, space=atlas.space)
     if qc_out is not None:
         write_tsv_atomic(qc, qc_out)
+    from brainjepa.provenance import make_record
+
+    settings = {"empty_roi": empty_roi, "unnamed_columns": unnamed_columns, "tr": tr, "atlas_id": atlas.identifier}
+    meta["provenance"] = make_record("parcellate", settings, {
+        "bold": [bold] if bold else [], "timeseries": [timeseries] if timeseries else [],
+        "mask": [mask] if mask else [], "atlas": [atlas_path] if atlas_path else [],
+        "labels": [labels] if labels else []})
     write_timeseries(ts, atlas.names, out, meta)
 
 
@@ -449,7 +456,7 @@ def parcellate_runs(samples_path: str | Path, out_root: str | Path, atlas_path: 
     root = Path(out_root)
 
     def parcellate_row(row: dict) -> None:
-        run_parcellate(root / f"{row['run_id']}.parquet", atlas_path, bold=row["bold"] or None,
+        run_parcellate(root / f"{row['run_id']}.parquet", atlas_path, labels, bold=row["bold"] or None,
                        timeseries=row["timeseries"] or None, mask=row["mask"] or None,
                        tr=None if pd.isna(row["tr"]) else float(row["tr"]),
                        qc_out=root / f"{row['run_id']}_qc.tsv", empty_roi=empty_roi, atlas=atlas,
