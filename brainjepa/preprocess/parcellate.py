@@ -247,8 +247,9 @@ def apply_empty_roi_policy(ts: np.ndarray, qc: pd.DataFrame, policy: str, source
         return ts
     if policy == "error":
         listing = ", ".join(f"{r} ({f})" for r, f in zip(qc["roi"][bad][:10], qc["flag"][bad][:10]))
-        raise InputError(f"{source}: {int(bad.sum())} ROIs have no signal: {listing}; "
-                         "set the empty-ROI policy to 'zero' to keep the run with those ROIs zeroed")
+        raise InputError(f"{source}: {int(bad.sum())} ROIs have no signal (no voxels, or constant over the run: "
+                         f"outside the image's brain or field of view?): {listing}; set the empty-ROI policy to "
+                         "'zero' to keep the run with those ROIs zeroed")
     ts = ts.copy()
     ts[:, bad] = 0.0
     return ts
@@ -309,6 +310,8 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
             frame, named = _read_delimited(path, sep="\t" if ".tsv" in name else ",")
         else:
             raise InputError(f"{path}: unknown time-series format (use .tsv, .csv, .npy or .parquet)")
+    except InputError:  # already names the file and the problem
+        raise
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: cannot read time series ({exc})") from exc
     if frame.ndim != 2 or frame.shape[1] != len(names):
@@ -404,8 +407,17 @@ def _read_delimited(path: Path, sep: str) -> tuple[pd.DataFrame, bool]:
         frame.columns = first
     try:
         return frame.astype(float), not numeric
-    except ValueError as exc:
-        raise InputError(f"{path}: non-numeric value in the time series ({exc})") from None
+    except ValueError:
+        offset = 2 if not numeric or _numbered(first) else 1  # file line of data row 0
+        for column in frame.columns:
+            bad = pd.to_numeric(frame[column], errors="coerce").isna() & ~frame[column].str.strip().str.lower().isin(
+                ["nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "-infinity"])
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                cell = str(frame[column].iloc[row])
+                what = "an empty cell" if not cell.strip() else f"non-numeric value {cell.strip()[:40]!r}"
+                raise InputError(f"{path}: line {row + offset}, column {column!r}: {what} in the time series") from None
+        raise
 
 
 def run_parcellate(out: str | Path, atlas_path: str | Path, labels: str | Path | None = None,
