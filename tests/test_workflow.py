@@ -649,7 +649,8 @@ CORPUS_TS = {  # pre-parcellated runs (TSV, the atlas's ROI names as header) -> 
     "headeronly": "no time points", "wrongnames": "Vis_typo", "text": "line 2, column 'HIP-rh': non-numeric value 'abc"}
 CORPUS_BOLD = {  # NIfTI runs
     "truncated": "corrupt or truncated", "corrupt": "not a readable NIfTI", "threed": "must be 4-D",
-    "fov": "ROIs have no signal (no voxels, or constant over the run: outside the image's brain or field of view?)"}
+    "fov": "ROIs have no signal (no voxels, or constant over the run: outside the image's brain or field of view?)",
+    "lying": "truncated: the header promises 40 volumes, the file holds 39", "otherspace": "space 'MNI152NLin2009cAsym' but the atlas is in 'MNI152NLin6Asym'"}
 
 
 def _write_corpus(work: Path) -> dict[str, Path]:
@@ -681,8 +682,13 @@ def _write_corpus(work: Path) -> dict[str, Path]:
     good = next((work / "resources/demo/derivatives/adnisim").rglob("*_bold.nii.gz"))
     img = nib.load(good)
     for case in [*CORPUS_BOLD, "goodbold"]:
-        files[case] = folder / f"sub-{case}_ses-1_task-rest_run-1_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz"
-        if case == "truncated":
+        space = "MNI152NLin2009cAsym" if case == "otherspace" else "MNI152NLin6Asym"
+        suffix = ".nii" if case == "lying" else ".nii.gz"
+        files[case] = folder / f"sub-{case}_ses-1_task-rest_run-1_space-{space}_desc-preproc_bold{suffix}"
+        if case == "lying":                                                   # its header promises more volumes
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), files[case])
+            files[case].write_bytes(files[case].read_bytes()[:-5000])
+        elif case == "truncated":
             files[case].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
         elif case == "corrupt":
             files[case].write_bytes(gzip.compress(b"\x00" * 100)[:20] + b"not a gzip stream" * 50)
