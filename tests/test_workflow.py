@@ -49,10 +49,8 @@ def batch_jobs(counts: dict[str, int]) -> dict[str, list[str]]:
     return jobs
 
 
-@pytest.fixture(scope="module")
-def tiny_project(tmp_path_factory) -> Path:
-    """A working directory with a tiny demo config and sheets, after one full workflow run."""
-    work = tmp_path_factory.mktemp("tiny")
+def write_tiny_project(work: Path) -> None:
+    """A tiny demo config, training configs and sheets in ``work`` (every stage runs in about a minute)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     (work / "config").mkdir()
     config["demo"]["cohorts"] = {name: {k: spec[k] for k in ("tr", "n_volumes")} for name, spec in TINY_COHORTS.items()}
@@ -76,6 +74,13 @@ def tiny_project(tmp_path_factory) -> Path:
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     write_demo_sheets(work / "config" / "samples.tsv", work / "config" / "phenotypes.tsv", "resources/demo",
                       cohorts_from_spec(TINY_COHORTS), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory) -> Path:
+    """A working directory with a tiny demo config and sheets, after one full workflow run."""
+    work = tmp_path_factory.mktemp("tiny")
+    write_tiny_project(work)
     result = snakemake(work, "all")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return work
