@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo report test test-fast lint clean-demo
+.PHONY: demo report test test-fast test-slurm lint clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ report: demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# `snakemake --profile slurm all` on a real single-node Slurm started here (root, Debian: installs munge and
+# slurm-wlm when missing; stops the daemons it started). CI runs it.
+test-slurm: $(VENV)/.installed
+	BRAINJEPA_SLURM=1 $(BIN)/python -m pytest -q tests/test_slurm.py
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"

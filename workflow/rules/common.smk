@@ -365,6 +365,16 @@ def gradients_args(wildcards, input):
     return args
 
 
+def gpu_job_resources(section):
+    """The Slurm resources of a GPU-capable rule beside its gpu count, declared once in the config (pretrain or
+    evaluate): CPUs per GPU (used by the executor only for jobs that get GPUs) and the partition when set."""
+    section = config[section]
+    extra = {"cpus_per_gpu": section["cpus_per_gpu"]}
+    if section["partition"]:
+        extra["slurm_partition"] = section["partition"]
+    return extra
+
+
 def torchrun_launcher(processes):
     """The CLI for one process; torchrun's module (one process per GPU, or per CPU slot) for several."""
     if processes == 1:

@@ -33,6 +33,7 @@ rule features:
         ENV
     threads: config["evaluate"]["threads"]
     resources:
+        **gpu_job_resources("evaluate"),
         gpu=config["evaluate"]["gpus"],
         mem_mb=8000,
         runtime=config["evaluate"]["runtime"],
@@ -61,6 +62,7 @@ rule evaluate:
         ENV
     threads: config["evaluate"]["threads"]
     resources:
+        **gpu_job_resources("evaluate"),
         gpu=evaluate_gpus,
         mem_mb=8000,
         runtime=config["evaluate"]["runtime"],

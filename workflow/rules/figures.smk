@@ -169,6 +169,7 @@ if ATTENTION is not None and EVAL_RESULTS:
             ENV
         threads: config["evaluate"]["threads"]
         resources:
+            **gpu_job_resources("evaluate"),
             gpu=config["evaluate"]["gpus"],
             mem_mb=16000,
             runtime=config["evaluate"]["runtime"],

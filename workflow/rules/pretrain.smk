@@ -24,6 +24,7 @@ for _run in PRETRAIN_RUNS:
             ENV
         threads: config["pretrain"]["threads"]
         resources:
+            **gpu_job_resources("pretrain"),
             gpu=config["pretrain"]["gpus"],
             mem_mb=16000,
             runtime=config["pretrain"]["runtime"],
