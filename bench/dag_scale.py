@@ -86,8 +86,8 @@ def main() -> None:
             work = Path(tmp) / "dag"
             make_project(work, n, args.batches)
             r = dry_run(work)
-        print(f"{n:8d}  {args.batches:7d}  {r['seconds']:9.1f}  {r['peak_mb']:7.0f}  {r['jobs']:4d}  {r['per_run_jobs']:18d}",
-              flush=True)
+        print(f"{n:8d}  {args.batches:7d}  {r['seconds']:9.1f}  {r['peak_mb']:7.0f}  {r['jobs']:4d}  "
+              f"{r['per_run_jobs']:18d}", flush=True)
 
 
 if __name__ == "__main__":

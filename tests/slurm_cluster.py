@@ -27,7 +27,8 @@ def install() -> str | None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return "Slurm is not installed and this is not a root Debian machine (apt-get)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+    install_cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]
+    for cmd in (["apt-get", "update", "-qq"], install_cmd):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
         if result.returncode:
             return f"{' '.join(cmd)} failed: {result.stderr[-2000:]}"
@@ -125,7 +126,7 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def diagnostics(self) -> str:
         """The scheduler's logs (tail) and queue, for a failure message."""
         parts = []
-        for name, path in self.logs.items():
+        for path in self.logs.values():
             if path.exists():
                 parts.append(f"--- {path} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:]))
         parts.append(subprocess.run(["squeue", "-a"], capture_output=True, text=True).stdout)

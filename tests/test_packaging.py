@@ -45,11 +45,13 @@ def test_environment_matches_pyproject():
 
 
 def test_rule_environment_matches_pyproject():
-    """workflow/envs/brainjepa.yaml (--sdm conda) holds the package's dependencies, Snakemake aside."""
+    """workflow/envs/brainjepa.yaml (--sdm conda) holds the package's dependencies, Snakemake (and its Slurm
+    executor, which only the driver uses) aside."""
     conda = _conda_deps(REPO / "workflow" / "envs" / "brainjepa.yaml")
     assert conda.pop("python") == "=3.11"
     pip = _pip_deps()
     pip.pop("snakemake")
+    pip.pop("snakemake-executor-plugin-slurm")
     assert conda == pip
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import LocalSlurm, install
 from test_workflow import REPO, write_tiny_project
 

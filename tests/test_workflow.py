@@ -655,7 +655,8 @@ CORPUS_TS = {  # pre-parcellated runs (TSV, the atlas's ROI names as header) -> 
 CORPUS_BOLD = {  # NIfTI runs
     "truncated": "corrupt or truncated", "corrupt": "not a readable NIfTI", "threed": "must be 4-D",
     "fov": "ROIs have no signal (no voxels, or constant over the run: outside the image's brain or field of view?)",
-    "lying": "truncated: the header promises 40 volumes, the file holds 39", "otherspace": "space 'MNI152NLin2009cAsym' but the atlas is in 'MNI152NLin6Asym'"}
+    "lying": "truncated: the header promises 40 volumes, the file holds 39",
+    "otherspace": "space 'MNI152NLin2009cAsym' but the atlas is in 'MNI152NLin6Asym'"}
 
 
 def _write_corpus(work: Path) -> dict[str, Path]:
