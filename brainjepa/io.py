@@ -110,10 +110,20 @@ def read_timeseries(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), meta
 
 
-def read_timeseries_metadata(table: pa.Table) -> dict | None:
-    """The brainjepa metadata of a Parquet table (TR, atlas id, source, ...), or None for a foreign file."""
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+def read_timeseries_metadata(table: pa.Table | pa.Schema) -> dict | None:
+    """The brainjepa metadata of a Parquet table or schema (TR, atlas id, source, ...), or None for a foreign
+    file."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else None
+
+
+def read_timeseries_file_metadata(path: str | os.PathLike) -> dict | None:
+    """:func:`read_timeseries_metadata` of a file, from its schema alone (no data read)."""
+    try:
+        return read_timeseries_metadata(pq.read_schema(path))
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise InputError(f"{path}: cannot read as Parquet ({exc})") from None
 
 
 def check_roi_names(names: list[str], expected: list[str], source: str | os.PathLike, against: str) -> None:

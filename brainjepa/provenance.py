@@ -139,16 +139,9 @@ def read_provenance(path: str | os.PathLike) -> tuple[dict, list[str]]:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from brainjepa.io import read_timeseries_file_metadata
 
-        from brainjepa.io import METADATA_KEY
-
-        try:
-            meta = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
-        except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"{path}: cannot read as Parquet ({exc})") from None
-        record = json.loads(meta) if meta else None
+        record = read_timeseries_file_metadata(path)
         if record is not None and "provenance" in record:
             return record, _stale_inputs(record["provenance"])
     if path.suffix == ".pt" and not sidecar(path).exists():

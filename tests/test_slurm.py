@@ -39,7 +39,6 @@ def test_profile_slurm_runs_every_stage_and_the_gpu_request_reaches_sbatch(tmp_p
             pytest.fail(f"snakemake --profile slurm timed out\n{exc.stderr}\n{cluster.diagnostics()}")
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-5000:] + cluster.diagnostics()
-        assert "sbatch" in output or "slurm" in output.lower()
         # the results: every stage, both models
         for name in ("brainjepa_tiny", "mae_tiny"):
             assert (work / f"results/pretrain/{name}/final.pt").exists(), name

@@ -98,11 +98,10 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
 
     excluded = read_excluded(excluded_paths)
     cohort_of = excluded["run_id"].str.split("/").str[0]
-    trs: dict[str, dict[str, int]] = {}
+    trs: dict[str, set[str]] = {}  # cohort -> its effective TRs over the splits' shards
     for manifest in manifests:
         for cohort, counts in json.loads(Path(manifest).read_text()).get("tr", {}).items():
-            for tr, n in counts.items():
-                trs.setdefault(cohort, {})[tr] = trs.get(cohort, {}).get(tr, 0) + int(n)
+            trs.setdefault(cohort, set()).update(counts)
     cohorts = pd.DataFrame([{"cohort": c, "subjects": rows["subject"].nunique(), "runs": len(rows),
                              "input": "ROI time series" if (rows["bold"] == "").all() else
                                       ("NIfTI BOLD" if (rows["bold"] != "").all() else "NIfTI and time series"),

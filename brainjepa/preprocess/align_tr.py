@@ -8,7 +8,6 @@ whenever that ratio is rational with a small denominator (all scanner TRs in pra
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -97,20 +96,17 @@ MIXED_TR_POLICIES = ("error", "warn")
 
 def effective_trs(run_paths: dict[str, list[str | Path]]) -> dict[str, dict[float, int]]:
     """{cohort: {effective TR (s, to 0.1 ms): runs}} of aligned run files, from their metadata (no data read)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from brainjepa.io import METADATA_KEY
+    from brainjepa.io import read_timeseries_file_metadata
 
     out: dict[str, dict[float, int]] = {}
     for cohort, paths in sorted(run_paths.items()):
         counts: dict[float, int] = {}
         for path in paths:
+            meta = read_timeseries_file_metadata(path) or {}
             try:
-                meta = json.loads((pq.read_schema(path).metadata or {})[METADATA_KEY])
                 tr = round(float(meta["tr"]), 4)
-            except (OSError, pa.ArrowException, KeyError, ValueError, TypeError) as exc:
-                raise InputError(f"{path}: cannot read the TR of an aligned run ({exc})") from None
+            except (KeyError, ValueError, TypeError) as exc:
+                raise InputError(f"{path}: cannot read the TR of an aligned run ({exc!r})") from None
             counts[tr] = counts.get(tr, 0) + 1
         out[cohort] = dict(sorted(counts.items()))
     return out
