@@ -188,6 +188,27 @@ def test_bad_truncated_gzip(tmp_path, small_atlas, small_bold):
     assert str(bad) in msg
 
 
+def test_threaded_inflation_gives_the_same_means_and_errors(tmp_path, small_atlas, small_bold, monkeypatch):
+    """Large .nii.gz files are inflated in a background thread: same result, same truncation error."""
+    from brainjepa.preprocess import parcellate as P
+
+    atlas = P.Atlas.load(*small_atlas)
+    inline, _, _ = P.parcellate_bold(small_bold, atlas)
+    monkeypatch.setattr(P, "THREADED_MIN_BYTES", 0)
+    opened = []
+    real_open = P._gzip_threaded.open
+    monkeypatch.setattr(P._gzip_threaded, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    threaded, _, _ = P.parcellate_bold(small_bold, atlas)
+    assert opened == [small_bold]
+    np.testing.assert_array_equal(threaded, inline)
+    raw = small_bold.read_bytes()
+    bad = tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    msg = _assert_fails_cleanly(tmp_path, "truncated|corrupt", atlas_path=small_atlas[0], labels=small_atlas[1],
+                                bold=bad, tr=2.0)
+    assert str(bad) in msg and len(opened) == 2
+
+
 def test_bad_truncated_uncompressed(tmp_path, small_atlas, small_bold):
     img = nib.load(small_bold)
     nii = tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii"
