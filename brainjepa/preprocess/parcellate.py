@@ -5,11 +5,12 @@ file is read as one sequential (gzip) stream a few volumes at a time; each chunk
 sparse averaging operator built once per (atlas, grid). Memory stays at a few volumes whatever the run length.
 The result equals nilearn's ``NiftiLabelsMasker(strategy="mean")`` (float64 accumulation) on the same grid.
 
-Speed (``bench/parcellate.py``): a ``.nii.gz`` is inflated by ISA-L in a background thread (it releases the
-GIL; files from ``THREADED_MIN_BYTES`` on) while the main thread reduces the previous chunk, so a run costs about its decompression time. Only the
-atlas' voxels are looked at: they are gathered once per chunk, non-finite values are found from the same
-per-voxel minima and maxima that tell which voxels vary (NaN and Inf survive a min/max), and a chunk is read
-into one reused buffer. A non-finite value outside every ROI is not read, so it is not an error.
+Speed (``bench/parcellate.py``): a large ``.nii.gz`` (from ``THREADED_MIN_BYTES``) is inflated by ISA-L in a
+background thread (it releases the GIL) while the main thread reduces the previous chunk, so a run costs
+about its decompression time. Only the atlas' voxels are looked at: they are gathered once per chunk,
+non-finite values are found from the same per-voxel minima and maxima that tell which voxels vary (NaN and
+Inf survive a min/max), and a chunk is read into one reused buffer. A non-finite value outside every ROI is
+not read, so it is not an error.
 """
 
 from __future__ import annotations
