@@ -40,6 +40,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                     "--stats", missing, "--max-shard-mb", "1", "--dtype", "float16", "--window", "16",
                     "--short-policy", "exclude", "--out-dir", str(tmp / "shards")], "missing.tsv"),
         "pretrain": (["--config", str(tmp / "bad.yaml")], "optim.lrr"),
+        "launch": (["--nodes", "0", "--", "pretrain"], "pretrain.nodes"),
+        "check-distributed": (["--device", "cpu", "--expect-world-size", "3"], "world size 1, expected 3"),
         "model-info": (["--size", "huge"], "model.size"),
         "convert-checkpoint": (["--official", str(garbage), "--gradients", missing, "--out", str(tmp / "w.pt")],
                                "garbage.bin"),
@@ -81,8 +83,9 @@ def test_every_subcommand_is_covered(tmp_path):
 
 
 COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scaling", "group-fc", "gradients", "shards",
-            "pretrain", "model-info", "convert-checkpoint", "export-official", "simulate-atlas", "simulate-run",
-            "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc", "figure-gradients",
+            "pretrain", "launch", "check-distributed", "model-info", "convert-checkpoint", "export-official",
+            "simulate-atlas", "simulate-run", "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc",
+            "figure-gradients",
             "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",
             "provenance"]
 

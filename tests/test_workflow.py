@@ -347,6 +347,44 @@ def test_dry_run_of_default_demo_config():
     assert all(counts[rule] == 1 for rule in figures) and "figure_scaling" not in counts  # one encoder size
 
 
+def dry_run_jobs(output: str) -> dict[str, dict[str, str]]:
+    """The jobs of `snakemake -n -p`: {first output: {"rule", "resources", "shell"}}."""
+    jobs = {}
+    for block in output.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):$", block, flags=re.M)
+        fields = dict(re.findall(r"^\s*(output|resources|Shell command): (.*)$", block, flags=re.M))
+        if rule and "output" in fields:
+            jobs[fields["output"].split(", ")[0]] = {"rule": rule[1], "resources": fields.get("resources", ""),
+                                                     "shell": fields.get("Shell command", "")}
+    return jobs
+
+
+def test_jobs_on_several_nodes_start_one_launcher_per_node_with_srun(tmp_path):
+    """pretrain / evaluate `nodes: 2`: the training jobs ask Slurm for 2 nodes (the executor plugin's nodes, tasks,
+    mpi; GPUs per node as gres) and their shell starts a launcher on each with srun; closed-form jobs stay on one."""
+    overlay = tmp_path / "nodes.yaml"
+    overlay.write_text(yaml.safe_dump({"pretrain": {"nodes": 2, "processes": 4, "gpus": 4},
+                                       "evaluate": {"nodes": 2, "processes": 2, "gpus": 1}}))
+    pretrain, finetune, closed = ("results/pretrain/brainjepa_tiny/final.pt", "results/evaluate/sex/jepa_finetune/"
+                                  "seed0.json", "results/evaluate/sex/jepa_closed_form/seed0.json")
+    result = snakemake(REPO, "-n", "-p", "--forceall", pretrain, finetune, closed,
+                       "--configfile", str(REPO / "config/config.yaml"), str(overlay))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dry_run_jobs(result.stdout)
+    job = jobs[pretrain]
+    assert job["rule"] == "pretrain"
+    resources = dict(item.split("=", 1) for item in job["resources"].split(", "))
+    assert {k: resources.get(k) for k in ("nodes", "tasks", "mpi", "gres", "gpu")} == {
+        "nodes": "2", "tasks": "2", "mpi": "srun", "gres": "gpu:4", "gpu": None}, resources
+    check, run = job["shell"].split(" && ")
+    assert check == "brainjepa launch --section pretrain --nodes 2 --processes 4 --check"
+    assert run.startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=32 ")  # 4 GPUs x 8 CPUs
+    assert "-m brainjepa.cli launch --section pretrain --nodes 2 --processes 4 -- pretrain --config" in run
+    assert "nodes=2" in jobs[finetune]["resources"] and "srun --nodes=2" in jobs[finetune]["shell"]
+    assert "nodes=" not in jobs[closed]["resources"] and "srun" not in jobs[closed]["shell"]
+    assert jobs[closed]["shell"].startswith("brainjepa launch --section evaluate --nodes 1 --processes 1 -- evaluate")
+
+
 def test_encoders_of_two_sizes_add_the_scaling_figure_and_bad_attention_settings_fail(tmp_path):
     work = tmp_path / "sizes"
     _copy_demo_config(work)

@@ -150,3 +150,23 @@ def bootstrap_seed_mean(kind: str, y_true: np.ndarray, preds: list[np.ndarray], 
         if len(mean):
             out[name] = (float(np.percentile(mean, lo)), float(np.percentile(mean, hi)))
     return out
+
+
+def bootstrap_subject_mean(values: list[np.ndarray], n_boot: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of a metric that is a mean over test subjects (or recordings), averaged over seeds.
+
+    values: one array [S] per seed of the per-subject values, the same S subjects in the same order; the
+    subjects are resampled (the same resample for every seed). None when the seeds disagree on S or S is 0.
+    """
+    arrays = [np.asarray(v, dtype=float) for v in values]
+    if not arrays or len({len(a) for a in arrays}) != 1 or len(arrays[0]) == 0:
+        return None
+    mean = np.mean(arrays, axis=0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(mean), size=(n_boot, len(mean)))
+    boot = np.nanmean(mean[idx], axis=1)
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):
+        return None
+    return float(np.percentile(boot, (1 - level) / 2 * 100)), float(np.percentile(boot, (1 + level) / 2 * 100))

@@ -8,6 +8,12 @@ task's test metrics as ``mean (std)`` over seeds and, under it, the 95 % bootstr
 subjects of the seed-mean (every seed's predictions resampled with the same subjects,
 :func:`.metrics.bootstrap_seed_mean`). ``summary.md`` has the paper's columns: MSE / r for regression,
 ACC / F1 (%) for classification, plus balanced accuracy, and says how many seeds each cell has.
+
+BrainLM's capabilities (:mod:`.capabilities`: forecasting, network identification, perturbation,
+reconstruction) have records of their own kinds: their tables (``<tables>/<capability>.md``) give the
+capability's test metrics as mean (std) over seeds, with a 95 % bootstrap interval over test subjects (or
+recordings) for the metrics that are a mean over them (the record's ``per_subject``,
+:func:`.metrics.bootstrap_subject_mean`); ``summary.md`` ends with a section of their headline metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from brainjepa.errors import InputError
-from brainjepa.evaluate.metrics import CLASSIFICATION, REGRESSION, bootstrap_seed_mean
+from brainjepa.evaluate.capabilities import CAPABILITIES, KINDS
+from brainjepa.evaluate.metrics import CLASSIFICATION, REGRESSION, bootstrap_seed_mean, bootstrap_subject_mean
 
 PAPER_COLUMNS = {"regression": ("mse", "r", "mae"), "classification": ("accuracy", "f1", "balanced_accuracy", "auroc")}
 LABELS = {"mse": "MSE", "mae": "MAE", "r": "r", "r2": "R2", "accuracy": "ACC %", "balanced_accuracy": "BACC %",
@@ -44,8 +51,8 @@ def metrics_table(records: list[dict]) -> pd.DataFrame:
         row.update({f"test_{k}": v for k, v in r["test"].items()})
         row.update({f"val_{k}": v for k, v in r["val"].items()})
         selected = r.get("selected", {})
-        row["selected_epoch"] = selected.get("epoch")
-        row["selected_regularisation"] = selected.get("regularisation")
+        row["selected_epoch"] = selected.get("epoch") if isinstance(selected, dict) else None
+        row["selected_regularisation"] = selected.get("regularisation") if isinstance(selected, dict) else None
         row.update({f"n_{s}": n for s, n in r["n_subjects"].items()})
         row["seconds"] = r.get("seconds")
         rows.append(row)
@@ -90,8 +97,59 @@ def _cell(values: list[float], interval: tuple[float, float] | None, metric: str
     return text
 
 
+def _capability_columns(kind: str, runs: list[dict]) -> list[str]:
+    """The capability's headline metrics, then the other test metrics of its records (first-seen order)."""
+    spec = next(c for c in CAPABILITIES.values() if c.kind == kind)
+    columns = [m for m in spec.metrics if any(m in r["test"] for r in runs)]
+    for r in runs:
+        columns += [m for m in r["test"] if m not in columns]
+    return columns
+
+
+def capability_tables(records: list[dict], n_boot: int = 1000) -> tuple[dict[str, str], list[str]]:
+    """Markdown per capability (rows methods, columns its test metrics: mean (std) [95 % interval]) and the
+    lines of the summary's capability section."""
+    by_task: dict[str, dict[str, list[dict]]] = {}
+    for r in records:
+        by_task.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
+    tables, summary = {}, []
+    for task, methods in sorted(by_task.items()):
+        runs_all = [r for runs in methods.values() for r in runs]
+        kind = runs_all[0]["kind"]
+        columns = _capability_columns(kind, runs_all)
+        n = runs_all[0]["n_subjects"]
+        lines = [f"# {task}: {kind} (cohorts {', '.join(runs_all[0]['cohorts'])}; subjects train/val/test "
+                 f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)})", "",
+                 "Test metrics: mean (std) over seeds, [95 % bootstrap interval over test subjects or recordings] "
+                 "where the metric is a mean over them.", "",
+                 "| method | seeds | " + " | ".join(LABELS.get(c, c) for c in columns) + " |",
+                 "|---|---|" + "---|" * len(columns)]
+        main = CAPABILITIES[task].metrics[0] if task in CAPABILITIES else columns[0]
+        for method, runs in sorted(methods.items()):
+            runs = sorted(runs, key=lambda r: r["seed"])
+            cells = []
+            for c in columns:
+                values = [r["test"][c] for r in runs if c in r["test"]]
+                per = [r.get("per_subject", {}).get(c) for r in runs]
+                interval = bootstrap_subject_mean(per, n_boot) if all(p is not None for p in per) else None
+                cells.append(_cell(values, interval, c))
+            lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+            if main in columns:
+                summary.append(f"| {task} | {method} | {len(runs)} | {LABELS.get(main, main)} "
+                               f"{cells[columns.index(main)]} |")
+        tables[task] = "\n".join(lines) + "\n"
+    section = []
+    if summary:
+        section = ["", "## BrainLM's capabilities", "", "The headline test metric of each capability (tables "
+                   "<capability>.md have them all).", "", "| capability | method | seeds | metric |",
+                   "|---|---|---|---|", *summary]
+    return tables, section
+
+
 def task_tables(records: list[dict], n_boot: int = 1000) -> dict[str, str]:
     """Markdown per task (and ``summary``): rows methods, columns metrics: mean (std) [95 % interval]."""
+    capability = [r for r in records if r["kind"] in KINDS]
+    records = [r for r in records if r["kind"] not in KINDS]
     by_task: dict[str, dict[str, list[dict]]] = {}
     for r in records:
         by_task.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
@@ -124,7 +182,9 @@ def task_tables(records: list[dict], n_boot: int = 1000) -> dict[str, str]:
              "and balanced accuracy (%). Mean (std) over seeds; [95 % bootstrap interval over test subjects].", "",
              "| task | method | seeds | MSE / r or ACC / F1 | MAE or BACC |", "|---|---|---|---|---|"]
     lines += [f"| {t} | {m} | {s} | {a} | {b} |" for t, _, m, s, a, b in summary]
-    tables["summary"] = "\n".join(lines) + "\n"
+    cap_tables, section = capability_tables(capability, n_boot)
+    tables.update(cap_tables)
+    tables["summary"] = "\n".join(lines + section) + "\n"
     return tables
 
 

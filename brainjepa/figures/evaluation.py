@@ -26,7 +26,11 @@ PROTOCOL_COLORS = {"finetune": "#C44E52", "linprobe": "#4C72B0", "attentive": "#
                    "baseline": "#7f7f7f"}
 
 
-def read_metrics(path: str | Path) -> pd.DataFrame:
+def read_metrics(path: str | Path, capabilities: bool = False) -> pd.DataFrame:
+    """The metrics table; the rows of downstream tasks only unless ``capabilities`` (BrainLM's capabilities'
+    rows have kinds of their own, brainjepa.evaluate.capabilities, and figures of their own)."""
+    from brainjepa.evaluate.capabilities import KINDS
+
     path = Path(path)
     try:
         frame = pd.read_csv(path, sep="\t", na_values=["n/a"])
@@ -35,7 +39,7 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("task", "kind", "method", "seed") if c not in frame.columns]
     if missing or frame.empty:
         raise InputError(f"{path}: not a metrics table (missing {missing or 'rows'})")
-    return frame
+    return frame if capabilities else frame[~frame["kind"].isin(KINDS)].reset_index(drop=True)
 
 
 def _split_method(method: str) -> tuple[str, str]:

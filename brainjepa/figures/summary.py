@@ -63,6 +63,23 @@ def _models(runs: dict[str, str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _capabilities(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (capability, method): its headline test metric (brainjepa.evaluate.capabilities)."""
+    from brainjepa.evaluate.capabilities import CAPABILITIES
+
+    rows = []
+    for (task, method), group in metrics.groupby(["task", "method"], sort=True):
+        spec = next((c for c in CAPABILITIES.values() if c.kind == group["kind"].iloc[0]), None)
+        if spec is None:
+            continue
+        column = f"test_{spec.metrics[0]}"
+        values = group[column].to_numpy(dtype=float) if column in group else np.array([np.nan])
+        std = f" ({np.nanstd(values):.3f})" if len(values) > 1 else ""
+        rows.append({"capability": task, "method": method, "metric": spec.metrics[0],
+                     "test": f"{np.nanmean(values):.3f}{std}", "test subjects": int(group["n_test"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
 def _metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per method, one column per task: the task's main test metric, mean (std) over seeds."""
     from brainjepa.figures.evaluation import MAIN
@@ -121,9 +138,14 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
         from brainjepa.figures.evaluation import read_metrics
 
         metrics = read_metrics(metrics_path)
-        parts.append(rst_table(_metrics(metrics), f"Test metrics, mean (std) over {metrics['seed'].nunique()} seeds "
-                               "(r: Pearson; BACC: balanced accuracy; every metric and bootstrap intervals: "
-                               f"{results_dir}/tables/summary.md)"))
+        if len(metrics):
+            parts.append(rst_table(_metrics(metrics), f"Test metrics, mean (std) over {metrics['seed'].nunique()} "
+                                   "seeds (r: Pearson; BACC: balanced accuracy; every metric and bootstrap intervals: "
+                                   f"{results_dir}/tables/summary.md)"))
+        capabilities = _capabilities(read_metrics(metrics_path, capabilities=True))
+        if len(capabilities):
+            parts.append(rst_table(capabilities, "BrainLM's capabilities: the headline test metric, mean (std) over "
+                                   f"seeds (every metric: {results_dir}/tables/<capability>.md)"))
     text = "\n".join(parts)
     if out_json is not None:
         facts = {"runs": len(samples), "subjects": int(samples.groupby("cohort")["subject"].nunique().sum()),

@@ -48,6 +48,27 @@ def setup_distributed(device_kind: str) -> tuple[Distributed, torch.device]:
     return dist_info, device
 
 
+def check_distributed(device_kind: str = "auto", expect_world_size: int | None = None) -> dict:
+    """Join the job's process group and all-reduce every rank's number + 1, as a job on several nodes does before
+    it trains. Returns this rank's report: rank, world_size, host, sum (world_size x (world_size + 1) / 2 when
+    every rank took part); raises TrainingError when the world or the sum is not what it should be."""
+    import socket
+
+    info, device = setup_distributed(device_kind)
+    value = torch.tensor([info.rank + 1.0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(value)
+        dist.destroy_process_group()
+    report = {"rank": info.rank, "world_size": info.world_size, "local_rank": info.local_rank,
+              "host": socket.gethostname(), "device": str(device), "sum": float(value)}
+    if expect_world_size is not None and info.world_size != expect_world_size:
+        raise TrainingError(f"world size {info.world_size}, expected {expect_world_size} (nodes x processes per "
+                            "node): the launcher did not start every process")
+    if report["sum"] != info.world_size * (info.world_size + 1) / 2:
+        raise TrainingError(f"the all-reduce gave {report['sum']}, not the sum over {info.world_size} ranks")
+    return report
+
+
 def autocast_for(device: torch.device, precision: str):
     """bf16 autocast on GPU (precision auto/bf16); fp32 otherwise. ``precision`` is one of PRECISIONS."""
     if precision not in PRECISIONS:

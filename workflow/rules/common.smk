@@ -16,8 +16,10 @@ from snakemake.utils import validate
 
 from brainjepa import batches, bids, sheets
 from brainjepa.errors import InputError
+from brainjepa.evaluate.capabilities import CAPABILITIES as CAPABILITY_SPECS
 from brainjepa.group import splits
 from brainjepa.simulate import demo_atlas_paths, demo_run_paths, demo_timeseries_path
+from brainjepa.train import launch
 from brainjepa.train.config import load_config
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -109,6 +111,8 @@ _PREFIX = (
     'brainjepa() { brainjepa_python -m brainjepa.cli "$@"; }; '
 )
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
+# The same command as an executable, for srun (which cannot run a shell function) in jobs of several nodes.
+BRAINJEPA_EXEC = f"env PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m brainjepa.cli"
 try:  # the training configuration is checked now, not when the pretrain job starts hours later
     TRAIN_CONFIG = load_config(config["pretrain"]["config"])
 except InputError as exc:
@@ -365,21 +369,43 @@ def gradients_args(wildcards, input):
     return args
 
 
-def gpu_job_resources(section):
-    """The Slurm resources of a GPU-capable rule beside its gpu count, declared once in the config (pretrain or
-    evaluate): CPUs per GPU (used by the executor only for jobs that get GPUs) and the partition when set."""
-    section = config[section]
-    extra = {"cpus_per_gpu": section["cpus_per_gpu"]}
-    if section["partition"]:
-        extra["slurm_partition"] = section["partition"]
-    return extra
+def job_layout(section, launched=True, gpus=None):
+    """A job's nodes, processes and GPUs from its config section (pretrain or evaluate); one node and one process
+    unless the job runs under the launcher (``launched``); ``gpus`` for a count other than the section's."""
+    cfg = config[section]
+    return launch.JobLayout(
+        section,
+        nodes=cfg["nodes"] if launched else 1,
+        processes=cfg["processes"] if launched else 1,
+        gpus=cfg["gpus"] if gpus is None else gpus,
+        cpus_per_gpu=cfg["cpus_per_gpu"],
+        threads=cfg["threads"],
+    )
 
 
-def torchrun_launcher(processes):
-    """The CLI for one process; torchrun's module (one process per GPU, or per CPU slot) for several."""
-    if processes == 1:
-        return "brainjepa"
-    return f"brainjepa_python -m torch.distributed.run --standalone --nproc_per_node={processes} -m brainjepa.cli"
+def gpu_job_resources(section, gpus=None, launched=False):
+    """The Slurm resources of a GPU-capable rule, declared once in the config (pretrain or evaluate): CPUs per GPU
+    (used by the executor only for jobs that get GPUs) and the partition when set. With ``gpus`` (a count, or a
+    function of the wildcards), also the GPUs and, for a rule that starts its command through ``launcher``
+    (``launched``: a bool or a function of the wildcards), the nodes: brainjepa.train.launch.slurm_resources."""
+    extra = {"slurm_partition": config[section]["partition"]} if config[section]["partition"] else {}
+    if gpus is None:
+        return {"cpus_per_gpu": config[section]["cpus_per_gpu"], **extra}
+
+    def per_job(wildcards):
+        on = launched(wildcards) if callable(launched) else launched
+        return launch.slurm_resources(job_layout(section, on, gpus(wildcards) if callable(gpus) else gpus))
+
+    if not callable(gpus) and not callable(launched):
+        return {**per_job(None), **extra}
+    # one function per resource (a resource of None is left out, e.g. nodes of a job on one node)
+    return {key: (lambda wildcards, key=key: per_job(wildcards).get(key)) for key in launch.SLURM_RESOURCE_KEYS} | extra
+
+
+def launcher(section, launched=True):
+    """The shell words that start a `brainjepa` subcommand with the section's layout (brainjepa.train.launch):
+    `brainjepa launch` on one node, srun starting one launcher per node on several."""
+    return launch.rule_command(job_layout(section, launched), "brainjepa", BRAINJEPA_EXEC)
 
 
 def get_final_outputs():
@@ -388,7 +414,7 @@ def get_final_outputs():
     per_run += [f"{RESULTS}/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
     shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
     pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
-    evaluation = [METRICS, f"{TABLES}/summary.md"] if EVAL_RESULTS else []
+    evaluation = [METRICS, f"{TABLES}/summary.md"] if ALL_RESULTS else []
     atlas = [ATLAS_IMAGE, ATLAS_LABELS] if ATLAS_IMAGE else [ATLAS_LABELS]
     return [*atlas, *group, *shards, *pretrained, *per_run, *evaluation, *figure_outputs()]
 
@@ -454,6 +480,79 @@ EVAL_RESULTS = [
 ]
 
 
+# -- BrainLM's capabilities (rules/capabilities.smk; brainjepa/evaluate/capabilities.py) ---------------------------
+CAPABILITIES_ROOT = f"{RESULTS}/capabilities"  # <capability>/<method>/seed<k>.json (+ tables beside perturbation's)
+
+
+def _capabilities_setup():
+    """evaluate.capabilities, checked when the workflow starts: names, cohorts, encoders, methods."""
+    from brainjepa.evaluate.capabilities import CapabilityConfig
+
+    out = {}
+    cohorts = set(SAMPLES["cohort"])
+    for name, spec in config["evaluate"].get("capabilities", {}).items():
+        try:
+            cap = CapabilityConfig.from_dict(name, spec, list(EVAL_ENCODERS))
+        except InputError as exc:
+            raise WorkflowError(f"invalid evaluate config: {exc}")
+        missing = sorted(set(cap.cohorts) - cohorts)
+        if missing:
+            raise WorkflowError(
+                f"evaluate.capabilities.{name}: cohort(s) {missing} have no runs in {config['samples']}"
+            )
+        if name in EVAL_TASKS:
+            raise WorkflowError(f"evaluate.tasks.{name}: a task may not share the name of a capability")
+        out[name] = cap
+    return out
+
+
+EVAL_CAPABILITIES = _capabilities_setup()
+CAPABILITY_RESULTS = [
+    f"{CAPABILITIES_ROOT}/{name}/{method}/seed{seed}.json"
+    for name, cap in EVAL_CAPABILITIES.items()
+    for method in cap.methods()
+    for seed in config["evaluate"]["seeds"]
+]
+ALL_RESULTS = EVAL_RESULTS + CAPABILITY_RESULTS
+CAPABILITY_COMMANDS = {name: spec.command for name, spec in CAPABILITY_SPECS.items()}
+
+
+def capability_encoder(wildcards):
+    """The encoder name of a capability job, or None (a baseline)."""
+    return EVAL_CAPABILITIES[wildcards.capability].parse_method(wildcards.method)[0]
+
+
+def capability_inputs(wildcards):
+    """The shards and the atlas label table, plus the job's encoder (checkpoint, or config and gradients)."""
+    inputs = {**eval_manifests(), "atlas_labels": ATLAS_LABELS}
+    encoder = capability_encoder(wildcards)
+    if encoder is not None:
+        inputs.update(encoder_inputs(encoder))
+    return inputs
+
+
+def capability_args(wildcards):
+    """The options of one capability job (shell-quoted) beside --method, --seed, --shards and --out."""
+    from shlex import quote
+
+    cap = EVAL_CAPABILITIES[wildcards.capability]
+    encoder, feature = cap.parse_method(wildcards.method)
+    args = ["--cohorts", *map(quote, cap.cohorts), "--settings", quote(json.dumps(cap.settings, sort_keys=True))]
+    if encoder is not None:
+        args += ["--encoder", quote(json.dumps(encoder_spec(encoder)))]
+    if feature is not None:
+        args += ["--features", feature]
+    if wildcards.capability in ("network_id", "perturbation"):
+        args += ["--labels", quote(ATLAS_LABELS)]
+    return " ".join(args)
+
+
+def capability_gpus(wildcards):
+    """GPUs of a capability job: those that run an encoder or train a network (not persistence, AR, raw)."""
+    method = wildcards.method
+    return 0 if method in ("persistence", "ar", "raw") else config["evaluate"]["gpus"]
+
+
 def encoder_spec(name):
     """The JSON encoder spec of an evaluate.encoders entry (brainjepa.evaluate.encoders)."""
     entry = EVAL_ENCODERS[name]
@@ -512,12 +611,18 @@ def evaluate_args(wildcards, input):
     return " ".join(args)
 
 
-def evaluate_gpus(wildcards):
-    """GPUs of one evaluation job: the gradient-trained methods only (closed-form and FC heads run on CPU)."""
+def evaluate_launched(wildcards):
+    """Whether an evaluation job trains by gradient (fine-tune, probes): those start through the launcher, with
+    evaluate's GPUs, nodes and processes; closed-form and FC heads run as one process on CPU."""
     from brainjepa.evaluate.run import parse_method
 
     _, protocol = parse_method(wildcards.method)
-    return config["evaluate"]["gpus"] if protocol in ("finetune", "linprobe", "attentive") else 0
+    return protocol in ("finetune", "linprobe", "attentive")
+
+
+def evaluate_gpus(wildcards):
+    """GPUs of one evaluation job: the gradient-trained methods only (closed-form and FC heads run on CPU)."""
+    return config["evaluate"]["gpus"] if evaluate_launched(wildcards) else 0
 
 
 # -- figures and the report (rules/figures.smk) ------------------------------------------------------------------

@@ -62,13 +62,12 @@ rule evaluate:
         ENV
     threads: config["evaluate"]["threads"]
     resources:
-        **gpu_job_resources("evaluate"),
-        gpu=evaluate_gpus,
+        **gpu_job_resources("evaluate", gpus=evaluate_gpus, launched=evaluate_launched),
         mem_mb=8000,
         runtime=config["evaluate"]["runtime"],
     params:
         args=evaluate_args,
-        launcher=lambda wildcards: torchrun_launcher(config["evaluate"]["processes"] if evaluate_gpus(wildcards) else 1),
+        launcher=lambda wildcards: launcher("evaluate", evaluate_launched(wildcards)),
         shards=os.path.dirname(os.path.dirname(SHARDS_MANIFEST)),
     shell:
         "{params.launcher} evaluate {params.args} --method {wildcards.method:q} --seed {wildcards.seed:q}"
@@ -77,11 +76,11 @@ rule evaluate:
 
 rule metrics:
     input:
-        EVAL_RESULTS,
+        ALL_RESULTS,
     output:
         tsv=report(METRICS, caption="../report/metrics.rst", category=CAT_EVAL),
         summary=f"{TABLES}/summary.md",
-        tables=[f"{TABLES}/{task}.md" for task in EVAL_TASKS],
+        tables=[f"{TABLES}/{name}.md" for name in [*EVAL_TASKS, *EVAL_CAPABILITIES]],
     log:
         f"{LOGS}/metrics/metrics.log",
     conda:

@@ -192,7 +192,7 @@ rule report_summary:
         splits=SPLITS,
         manifests=[SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES],
         checkpoints=[f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS],
-        metrics=[METRICS] if EVAL_RESULTS else [],
+        metrics=[METRICS] if ALL_RESULTS else [],
     output:
         rst=REPORT_SUMMARY,
         json=REPORT_SUMMARY_JSON,

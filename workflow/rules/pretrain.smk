@@ -24,12 +24,11 @@ for _run in PRETRAIN_RUNS:
             ENV
         threads: config["pretrain"]["threads"]
         resources:
-            **gpu_job_resources("pretrain"),
-            gpu=config["pretrain"]["gpus"],
+            **gpu_job_resources("pretrain", gpus=config["pretrain"]["gpus"], launched=True),
             mem_mb=16000,
             runtime=config["pretrain"]["runtime"],
         params:
-            launcher=torchrun_launcher(config["pretrain"]["processes"]),
+            launcher=launcher("pretrain"),
             out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         shell:
             "{params.launcher} pretrain --config {input.train_config:q} --set data.manifest={input.manifest:q}"

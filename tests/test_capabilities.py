@@ -1,0 +1,99 @@
+"""BrainLM's capabilities in the harness: their config, methods, and their rows in metrics.tsv and the tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainjepa.errors import InputError
+from brainjepa.evaluate.capabilities import CAPABILITIES, CapabilityConfig
+from brainjepa.evaluate.metrics import bootstrap_subject_mean
+from brainjepa.evaluate.summary import metrics_table, run_summary, task_tables
+
+
+def test_methods_of_each_capability():
+    forecast = CapabilityConfig.from_dict("forecast", {"cohorts": ["ukb"], "encoders": ["jepa", "random"],
+                                                       "baselines": ["persistence", "ar"]}, ["jepa", "random"])
+    assert forecast.methods() == ["jepa_finetune", "random_finetune", "persistence", "ar"]
+    assert forecast.parse_method("random_finetune") == ("random", None)
+    assert forecast.parse_method("ar") == (None, None)
+    netid = CapabilityConfig.from_dict("network_id", {"cohorts": ["ukb"], "encoders": ["jepa"],
+                                                      "features": ["embedding", "attention"], "baselines": ["raw"]})
+    assert netid.methods() == ["jepa_embedding", "jepa_attention", "raw"]
+    assert netid.parse_method("jepa_attention") == ("jepa", "attention")
+    assert netid.parse_method("raw") == (None, "raw")
+    perturb = CapabilityConfig.from_dict("perturbation", {"cohorts": ["adni"], "encoders": ["jepa", "mae"]})
+    assert perturb.methods() == ["jepa", "mae"]
+    with pytest.raises(InputError, match="no method 'jepa_finetune'"):
+        perturb.parse_method("jepa_finetune")
+
+
+@pytest.mark.parametrize("name, spec, message", [
+    ("forecasting", {"cohorts": ["a"]}, "unknown capability"),
+    ("forecast", {"cohorts": []}, "at least one cohort"),
+    ("forecast", {"cohorts": ["a"], "baselines": ["arima"]}, r"baselines: \['arima'\] unknown"),
+    ("forecast", {"cohorts": ["a"], "encoders": ["bert"]}, r"encoders: \['bert'\] are not entries"),
+    ("network_id", {"cohorts": ["a"], "encoders": ["jepa"]}, "no features"),
+    ("reconstruction", {"cohorts": ["a"]}, "no methods"),
+    ("forecast", {"cohorts": ["a"], "horizon": 20}, "horizon"),
+])
+def test_bad_capability_configs_name_the_key(name, spec, message):
+    with pytest.raises(InputError, match=message):
+        CapabilityConfig.from_dict(name, spec, ["jepa"])
+
+
+def _record(task, kind, method, seed, test, per_subject=None):
+    return {"task": task, "kind": kind, "method": method, "seed": seed, "cohorts": ["ukb"], "label": None,
+            "source": None, "n_subjects": {"train": 6, "val": 2, "test": 4}, "val": {}, "test": test,
+            "per_subject": per_subject or {}, "details": {}, "selected": {"epoch": None, "history": []},
+            "seconds": 0.1}
+
+
+def test_subject_bootstrap_brackets_the_mean_and_needs_equal_subjects():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.6, 0.1, 40), rng.normal(0.6, 0.1, 40)
+    lo, hi = bootstrap_subject_mean([a, b])
+    assert lo < np.mean((a + b) / 2) < hi
+    assert bootstrap_subject_mean([a, b[:10]]) is None
+    assert bootstrap_subject_mean([]) is None
+
+
+def test_capability_rows_join_metrics_tsv_and_get_their_tables(tmp_path):
+    import json
+
+    records = [_record("forecast", "forecast", m, s, {"r2": r2 + 0.01 * s, "r": 0.5, "mse": 0.7},
+                       {"mse": [0.6, 0.7, 0.8, 0.9]})
+               for m, r2 in (("jepa_finetune", 0.08), ("persistence", -0.4)) for s in (0, 1)]
+    records += [_record("network_id", "network_id", "raw", s, {"accuracy": 0.4, "balanced_accuracy": 0.35},
+                        {"accuracy": [0.3, 0.4, 0.5, 0.4]}) for s in (0, 1)]
+    table = metrics_table(records)
+    assert set(table["kind"]) == {"forecast", "network_id"}
+    assert table.loc[table["method"] == "persistence", "test_r2"].tolist() == [-0.4, -0.39]
+    tables = task_tables(records, n_boot=200)
+    assert "| persistence | 2 | -0.395 (0.005) | 0.500 (0.000) | 0.700 (0.000) [0.650, 0.850] |" in tables["forecast"]
+    assert "| raw | 2 | 40.00 (0.00) [" in tables["network_id"]
+    assert "## BrainLM's capabilities" in tables["summary"]
+    assert "| forecast | jepa_finetune | 2 | R2 0.085 (0.005) |" in tables["summary"]
+    paths = []
+    for i, r in enumerate(records):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    run_summary(paths, tmp_path / "metrics.tsv", tmp_path / "tables", n_boot=50)
+    assert len(pd.read_csv(tmp_path / "metrics.tsv", sep="\t")) == 6
+    assert (tmp_path / "tables" / "network_id.md").exists()
+
+
+def test_figures_read_task_rows_unless_asked_for_capabilities(tmp_path):
+    from brainjepa.figures.evaluation import read_metrics
+
+    frame = pd.DataFrame([{"task": "age", "kind": "regression", "method": "fc_linear", "seed": 0, "test_r": 0.5},
+                          {"task": "forecast", "kind": "forecast", "method": "ar", "seed": 0, "test_r2": 0.1}])
+    frame.to_csv(tmp_path / "m.tsv", sep="\t", index=False)
+    assert read_metrics(tmp_path / "m.tsv")["task"].tolist() == ["age"]
+    assert read_metrics(tmp_path / "m.tsv", capabilities=True)["task"].tolist() == ["age", "forecast"]
+
+
+def test_every_capability_has_a_command_and_a_main_metric():
+    assert {c.command for c in CAPABILITIES.values()} == {"forecast", "network-id", "perturb", "reconstruct"}
+    assert all(c.metrics for c in CAPABILITIES.values())
