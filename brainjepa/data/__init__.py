@@ -1,1 +1,2 @@
-"""Training data: Parquet shards with their manifest, and the torch dataset that streams them (rules/shards.smk)."""
+"""Training data: Parquet or WebDataset tar shards with their manifest, and the torch dataset that streams them
+(rules/shards.smk)."""

@@ -1,4 +1,4 @@
-"""Torch loading of the Parquet shards written by :mod:`brainjepa.data.shards`.
+"""Torch loading of the shards written by :mod:`brainjepa.data.shards`, Parquet or WebDataset tar.
 
 :class:`ShardDataset` is an ``IterableDataset`` that yields ``(x, y)``:
 
@@ -10,7 +10,10 @@
   every subject of the phenotypes sheet, so codes agree across splits). With ``return_run_id=True`` it yields
   ``(x, y, run_id)``.
 
-Units of work are (shard file, row group). Each rank takes every ``world_size``-th unit, and each DataLoader
+Units of work are (shard file, row group); in a tar shard (the manifest's ``shard_format: webdataset``) a "row
+group" is a group of the manifest's ``rows_per_row_group`` consecutive samples, so a tar set has the units of its
+Parquet twin, and the same stream below (the row order of a unit is seeded by the Parquet shard's name in both
+formats). Each rank takes every ``world_size``-th unit, and each DataLoader
 worker of a rank every ``num_workers``-th of those, so within one epoch every sample appears exactly once
 across all ranks and workers (ranks may get a few samples more or fewer than others: a DDP training loop
 must tolerate uneven ends, e.g. by stopping at the smallest rank's count). A rank's share does not depend
@@ -35,7 +38,9 @@ DataLoader workers also with ``persistent_workers=True`` (recommended: each cons
 sha256 of a shard the first time it opens it, and persistent workers do that once rather than every epoch).
 
 Reading cost (bench/loader.py): a row group is decoded once (the matrices are raw little-endian bytes, see
-``brainjepa.data.shards``) and every window of it is copied out as float32.
+``brainjepa.data.shards``) and every window of it is copied out as float32. A local tar shard is indexed once
+per process (its member headers) and a group is one read; tar shards in object storage are streamed
+(``shard_url``, :mod:`brainjepa.data.tar_shards`).
 """
 
 from __future__ import annotations
@@ -52,12 +57,21 @@ import pyarrow.parquet as pq
 import torch
 
 from brainjepa.data.schedule import _ROWS, assign_units, stable_hash, window_starts  # noqa: F401 (re-exported)
-from brainjepa.data.shards import DTYPES, check_scaling_stats, load_manifest
+from brainjepa.data.shards import DTYPES, SHARD_FORMATS, check_scaling_stats, load_manifest
+from brainjepa.data.tar_shards import TarShardReader, is_url, sha256_location
 from brainjepa.errors import InputError
-from brainjepa.io import sha256_file
 
 MODES = ("train", "eval")
 OPEN_FILES = 16
+OPEN_STREAMS = 4  # open remote tar streams per process (each may hold a download process)
+
+
+def _row_seed_name(path: str) -> str:
+    """The name that seeds a unit's row order: the Parquet shard's name in either format (same stream)."""
+    stem, dot, suffix = path.rpartition(".")
+    return f"{stem}{SHARD_FORMATS['parquet']}" if dot and f".{suffix}" in SHARD_FORMATS.values() else path
+
+
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -70,13 +84,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
     manifest_path: ``manifest.json`` or its folder. window: at most the shards' window. label_columns: the
     labels in ``y`` (default: all in the manifest; ``[]``: none). rank/world_size: default torch.distributed's
     when initialised, else 0/1. scaling_stats: a statistics file to check against the manifest.
+    shard_url: tar shards only: where the shard files are, ``{path}`` standing for a manifest entry's ``path``
+    (``pipe:aws s3 cp s3://bucket/shards/pretrain/{path} -``, ``https://host/shards/pretrain/{path}``, or a local
+    folder: ``/scratch/pretrain/{path}``); default: beside the manifest.
     """
 
     def __init__(self, manifest_path: str | os.PathLike, split: str, *, window: int = 160, mode: str = "train",
                  seed: int = 0, label_columns: list[str] | None = None, rank: int | None = None,
                  world_size: int | None = None, verify_checksums: bool = True,
                  scaling_stats: str | os.PathLike | None = None, return_run_id: bool = False,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, shard_url: str | None = None):
         super().__init__()
         path = Path(manifest_path)
         self.manifest_path = path / "manifest.json" if path.is_dir() else path
@@ -104,6 +121,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise InputError(f"{self.manifest_path}: no label column(s) {unknown} (available: {list(kinds)})")
         if scaling_stats is not None:
             check_scaling_stats(self.manifest_path, scaling_stats)
+        self.shard_format = self.manifest["shard_format"]
+        if shard_url is not None and self.shard_format != "webdataset":
+            raise InputError(f"{self.manifest_path}: shard_url streams tar shards (shard_format webdataset); these "
+                             f"are {self.shard_format}")
+        if shard_url is not None and "{path}" not in shard_url:
+            raise ValueError(f"shard_url {shard_url!r} has no '{{path}}' (where a shard's path goes)")
+        self.shard_url = shard_url
+        self.group_size = int(self.manifest["rows_per_row_group"]) if self.shard_format == "webdataset" else None
         self.split, self.window, self.mode, self.seed = split, int(window), mode, int(seed)
         self.label_names = names
         self.label_kinds = {n: kinds[n] for n in names}
@@ -119,7 +144,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self._ranks = self._explicit_ranks or _distributed()
         self.batch_size = None if batch_size is None else int(batch_size)
         self._epoch = torch.zeros(2, dtype=torch.int64).share_memory_()  # [epoch, first batch]
-        self._files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
+        self._files: OrderedDict[int, pq.ParquetFile | TarShardReader] = OrderedDict()
         self._verified: set[int] = set()
         self._pid = os.getpid()
         self._windows_per_unit: list[int] | None = None
@@ -163,17 +188,21 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return [self.units[u] for u in picked]
 
     # -- reading ----------------------------------------------------------------------------------------------
-    def _shard_path(self, shard: int) -> Path:
+    def _shard_path(self, shard: int) -> Path | str:
+        """The shard's file (a local path), or its URL for tar shards given ``shard_url``."""
+        if self.shard_url is not None:
+            location = self.shard_url.replace("{path}", self.shards[shard]["path"])
+            return location if is_url(location) else Path(location)
         return self.root / self.shards[shard]["path"]
 
-    def _open(self, shard: int, verify: bool = True) -> pq.ParquetFile:
+    def _open(self, shard: int, verify: bool = True) -> pq.ParquetFile | TarShardReader:
         if self._pid != os.getpid():  # a forked DataLoader worker: its own handles and its own checks
             self._files, self._verified, self._pid = OrderedDict(), set(), os.getpid()
         path = self._shard_path(shard)
         if verify and self.verify_checksums and shard not in self._verified:
             try:
-                digest = sha256_file(path)
-            except OSError as exc:
+                digest = sha256_location(path)
+            except (OSError, InputError) as exc:
                 raise InputError(f"{path}: cannot read shard ({exc}); listed in {self.manifest_path}") from exc
             expected = self.shards[shard]["sha256"]
             if digest != expected:
@@ -183,29 +212,50 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if shard in self._files:
             self._files.move_to_end(shard)
             return self._files[shard]
-        try:
-            handle = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"{path}: cannot read shard ({exc}); listed in {self.manifest_path}") from exc
+        if self.shard_format == "webdataset":
+            handle = TarShardReader(path, self.shards[shard]["rows"], self.group_size,
+                                    where=f"{path} (listed in {self.manifest_path})")
+        else:
+            try:
+                handle = pq.ParquetFile(path)
+            except (OSError, pa.ArrowException) as exc:
+                raise InputError(f"{path}: cannot read shard ({exc}); listed in {self.manifest_path}") from exc
         self._files[shard] = handle
-        while len(self._files) > OPEN_FILES:
+        limit = OPEN_STREAMS if isinstance(path, str) else OPEN_FILES
+        while len(self._files) > limit:
             self._files.popitem(last=False)[1].close()
         return handle
 
-    def _label_matrix(self, table: pa.Table) -> np.ndarray:
-        """[rows, n_labels] float32, NaN for missing; categorical values as indices into their category list."""
-        out = np.full((table.num_rows, len(self.label_names)), np.nan, dtype=np.float32)
+    def _label_matrix(self, n_rows: int, columns: dict[str, list | np.ndarray]) -> np.ndarray:
+        """[rows, n_labels] float32, NaN for missing; categorical values as indices into their category list.
+
+        columns: each label's values (categorical: text or None; others: numbers, None or NaN)."""
+        out = np.full((n_rows, len(self.label_names)), np.nan, dtype=np.float32)
         for j, name in enumerate(self.label_names):
-            column = table.column(name)
+            values = columns[name]
             if self.label_kinds[name] == "categorical":
                 index = {value: float(i) for i, value in enumerate(self.categories[name])}
-                out[:, j] = [np.nan if v is None else index.get(v, np.nan) for v in column.to_pylist()]
+                out[:, j] = [np.nan if v is None else index.get(v, np.nan) for v in values]
             else:
-                out[:, j] = column.to_numpy(zero_copy_only=False).astype(np.float32)
+                out[:, j] = np.asarray([np.nan if v is None else v for v in values] if isinstance(values, list)
+                                       else values, dtype=np.float32)
         return out
 
     def _read_unit(self, shard: int, row_group: int):
-        """Run ids, per-run [R, T] tensor views (over one decoded Arrow buffer) and labels of one row group."""
+        """Run ids, per-run [R, T] tensor views (over one decoded buffer) and labels of one unit."""
+        if self.shard_format == "webdataset":
+            return self._read_tar_unit(shard, row_group)
+        return self._read_parquet_unit(shard, row_group)
+
+    def _read_tar_unit(self, shard: int, group: int):
+        """:meth:`_read_unit` of a tar shard: the group's samples read in one go, the matrices viewed in place."""
+        samples = self._open(shard).read_group(group, self.value_dtype, self.n_rois)
+        labels = self._label_matrix(len(samples), {name: [meta.get(name) for meta, _ in samples]
+                                                   for name in self.label_names})
+        return [meta["run_id"] for meta, _ in samples], [torch.from_numpy(m) for _, m in samples], labels
+
+    def _read_parquet_unit(self, shard: int, row_group: int):
+        """:meth:`_read_unit` of a Parquet shard (the views are over one decoded Arrow buffer)."""
         path = self._shard_path(shard)
         handle = self._open(shard)
         columns = ["run_id", "n_rois", "n_timepoints", "data", *self.label_names]
@@ -230,7 +280,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
             flat = torch.from_numpy(values)
         starts = (offsets - offsets[0]) // self.itemsize
         mats = [flat[starts[i]:starts[i + 1]].view(int(n_rois[i]), int(n_time[i])) for i in range(table.num_rows)]
-        return table.column("run_id").to_pylist(), mats, self._label_matrix(table)
+        labels = {name: (table.column(name).to_pylist() if self.label_kinds[name] == "categorical"
+                         else table.column(name).to_numpy(zero_copy_only=False)) for name in self.label_names}
+        return table.column("run_id").to_pylist(), mats, self._label_matrix(table.num_rows, labels)
+
+    def _row_order(self, epoch: int, shard: int, row_group: int, n_rows: int) -> list[int]:
+        """Train mode: the shuffled order of a unit's rows, from (seed, epoch, shard name, row group)."""
+        unit_seed = [self.seed, epoch, _ROWS, stable_hash(_row_seed_name(self.shards[shard]["path"])), row_group]
+        return np.random.default_rng(unit_seed).permutation(n_rows).tolist()
 
     def _samples(self, rank: int, world_size: int, worker: int, num_workers: int
                  ) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
@@ -240,8 +297,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             run_ids, mats, labels = self._read_unit(shard, row_group)
             order = range(len(run_ids))
             if self.mode == "train":
-                unit_seed = [self.seed, epoch, _ROWS, stable_hash(self.shards[shard]["path"]), row_group]
-                order = np.random.default_rng(unit_seed).permutation(len(run_ids)).tolist()
+                order = self._row_order(epoch, shard, row_group, len(run_ids))
             for i in order:
                 mat = mats[i]
                 for start in window_starts(mat.shape[1], self.window, mode=self.mode, seed=self.seed,
@@ -268,8 +324,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 if cached is None or cached[0] != j:
                     shard, row_group = units[j]
                     run_ids, mats, labels = self._read_unit(shard, row_group)
-                    unit_seed = [self.seed, epoch, _ROWS, stable_hash(self.shards[shard]["path"]), row_group]
-                    order = np.random.default_rng(unit_seed).permutation(len(run_ids)).tolist()
+                    order = self._row_order(epoch, shard, row_group, len(run_ids))
                     cached = (j, run_ids, mats, labels, order)
                 _, run_ids, mats, labels, order = cached
                 i = order[position - (int(ends[j - 1]) if j else 0)]
@@ -287,6 +342,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
     # -- sizes ---------------------------------------------------------------------------------------------------
     def _unit_windows(self) -> list[int]:
         """Windows per unit (train: rows; eval: sum of floor(T / window)), read from the shards' small columns."""
+        if self._windows_per_unit is None and self.shard_format == "webdataset":
+            self._windows_per_unit = self._tar_unit_windows()
         if self._windows_per_unit is None:
             counts = []
             for shard, row_group in self.units:
@@ -298,6 +355,22 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     counts.append(int((n_time // self.window).sum()))
             self._windows_per_unit = counts
         return self._windows_per_unit
+
+    def _tar_unit_windows(self) -> list[int]:
+        """:meth:`_unit_windows` of tar shards: train mode from the manifest's row counts; eval mode from every
+        sample's metadata (a stream reads the whole shard once, skipping nothing but the decoding)."""
+        counts, lengths = [], {}
+        for shard, group in self.units:
+            rows = min(self.group_size, int(self.shards[shard]["rows"]) - group * self.group_size)
+            if self.mode == "train":
+                counts.append(rows)
+                continue
+            if shard not in lengths:
+                meta = self._open(shard, verify=False).read_all(self.value_dtype, matrices=False)
+                lengths[shard] = [int(m["n_timepoints"]) for m, _ in meta]
+            first = group * self.group_size
+            counts.append(sum(t // self.window for t in lengths[shard][first:first + rows]))
+        return counts
 
     def __len__(self) -> int:
         """Samples this rank yields in the current epoch, over all its DataLoader workers (with ``batch_size``:

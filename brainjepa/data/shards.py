@@ -2,10 +2,13 @@
 
 Layout of ``out_dir``::
 
-    manifest.json                 format, dtype, window, ROI names, scaling-statistics id, shard list, and
-                                  ``tr``: {cohort: {effective TR (s): runs}} of the runs written
+    manifest.json                 format, shard_format, dtype, window, ROI names, scaling-statistics id, shard
+                                  list, and ``tr``: {cohort: {effective TR (s): runs}} of the runs written
     excluded.tsv                  runs not written (shorter than the window): run_id, split, n_timepoints, reason
     <split>/shard-00000.parquet   one set per split, rows ordered by run_id
+
+``shard_format="webdataset"`` writes the same runs into the same shards as WebDataset tar files instead
+(``<split>/shard-00000.tar``, one sample per run: :mod:`brainjepa.data.tar_shards`), with the same manifest.
 
 Shard columns: ``run_id, cohort, subject, session, run, split`` (string), ``tr`` (float64), ``n_rois``,
 ``n_timepoints`` (int32), ``data`` (binary: the scaled R x T matrix, row-major, little-endian float16 or
@@ -62,6 +65,7 @@ DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 SHORT_POLICIES = ("exclude", "error")
 MISSING_TEXT = ("", "n/a", "NA")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+SHARD_FORMATS = {"parquet": ".parquet", "webdataset": ".tar"}  # manifest "shard_format" -> file suffix
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ def _typed_label(value, kind: str, column: str, run_id: str):
 
 
 def _check_arguments(stats: ScalingStats, max_shard_bytes: int, dtype: str, window: int, short_policy: str,
-                     rows_per_row_group: int, label_columns: dict[str, str]) -> None:
+                     rows_per_row_group: int, label_columns: dict[str, str], shard_format: str) -> None:
+    if shard_format not in SHARD_FORMATS:
+        raise InputError(f"shard format must be one of {sorted(SHARD_FORMATS)}, not {shard_format!r}")
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     if short_policy not in SHORT_POLICIES:
@@ -270,14 +276,22 @@ class _ShardWriter:
 def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, schema: pa.Schema, *,
                  max_shard_bytes: int, dtype: str, rows_per_row_group: int,
                  label_columns: dict[str, str], flat: bool = False,
-                 trs: dict[str, dict[str, int]] | None = None) -> list[dict]:
+                 trs: dict[str, dict[str, int]] | None = None, shard_format: str = "parquet") -> list[dict]:
     """Write one split's shards under ``root/split`` (``root`` when flat); return their manifest entries.
     ``trs`` gathers {cohort: {effective TR (s, as text): runs}}."""
+    from brainjepa.data.tar_shards import TarShardWriter
+
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     entries: list[dict] = []
-    writer: _ShardWriter | None = None
+    writer: _ShardWriter | TarShardWriter | None = None
 
-    def finish(w: _ShardWriter) -> None:
+    def start(path: Path) -> _ShardWriter | TarShardWriter:
+        if shard_format == "webdataset":  # the Parquet schema's metadata, and the label kinds its types give
+            header = {**json.loads(schema.metadata[METADATA_KEY]), "label_columns": label_columns}
+            return TarShardWriter(path, rows_per_row_group, label_columns, header)
+        return _ShardWriter(path, schema, rows_per_row_group, label_columns)
+
+    def finish(w: _ShardWriter | TarShardWriter) -> None:
         w.close()
         entries.append({"path": w.path.relative_to(root).as_posix(), "rows": w.rows, "row_groups": w.row_groups,
                         "sha256": sha256_file(w.path), "bytes": w.path.stat().st_size})
@@ -289,8 +303,8 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
                 finish(writer)
                 writer = None
             if writer is None:
-                path = (root if flat else root / split) / f"shard-{len(entries):05d}.parquet"
-                writer = _ShardWriter(path, schema, rows_per_row_group, label_columns)
+                path = (root if flat else root / split) / f"shard-{len(entries):05d}{SHARD_FORMATS[shard_format]}"
+                writer = start(path)
             data, tr = _read_scaled(run, stats, dtype)
             writer.add(run, data, tr)
             if trs is not None:
@@ -342,7 +356,7 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
                  max_shard_bytes: int = 256 * 2**20, dtype: str = "float16", window: int = 160,
                  short_policy: str = "exclude", rows_per_row_group: int = 16,
                  label_columns: dict[str, str] | None = None, categories: dict[str, list] | None = None,
-                 flat: bool = False) -> dict:
+                 flat: bool = False, shard_format: str = "parquet") -> dict:
     """Scale every run with ``stats`` and write Parquet shards plus ``manifest.json`` into ``out_dir``.
 
     runs: one row per run with ``run_id, cohort, subject, session, run, split, path`` (a per-run ROI time
@@ -355,9 +369,12 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
 
     categories: the values of each categorical label (default: those of the kept runs), so that codes agree
     between shard sets built apart (one per split). flat: the shards of a single split directly in ``out_dir``.
+    shard_format: ``parquet``, or ``webdataset`` for the same runs in the same shards as tar files (one sample
+    per run; a "row group" is then a group of ``rows_per_row_group`` consecutive samples).
     """
     label_columns = dict(label_columns or {})
-    _check_arguments(stats, max_shard_bytes, dtype, window, short_policy, rows_per_row_group, label_columns)
+    _check_arguments(stats, max_shard_bytes, dtype, window, short_policy, rows_per_row_group, label_columns,
+                     shard_format)
     planned = _plan_runs(runs, stats, label_columns)
     excluded = [r for r in planned if r.n_timepoints < window]
     if excluded and short_policy == "error":
@@ -401,13 +418,14 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
             splits[split] = _write_split(split, by_split[split], stats, tmp, schema,
                                          max_shard_bytes=max_shard_bytes, dtype=dtype,
                                          rows_per_row_group=rows_per_row_group, label_columns=label_columns,
-                                         flat=flat, trs=trs)
+                                         flat=flat, trs=trs, shard_format=shard_format)
         table = pd.DataFrame({"run_id": [r.ids["run_id"] for r in excluded],
                               "split": [r.ids["split"] for r in excluded],
                               "n_timepoints": [r.n_timepoints for r in excluded],
                               "reason": [f"shorter than the window ({window})"] * len(excluded)})
         write_tsv_atomic(table.sort_values("run_id", kind="stable"), tmp / "excluded.tsv")
-        manifest = {"format": FORMAT, "brainjepa_version": __version__, "dtype": dtype, "window": int(window),
+        manifest = {"format": FORMAT, "shard_format": shard_format, "brainjepa_version": __version__,
+                    "dtype": dtype, "window": int(window),
                     "rows_per_row_group": int(rows_per_row_group), "max_shard_bytes": int(max_shard_bytes),
                     "roi_names": list(stats.rois), "scaling_stats_id": stats.id, "scaling_method": stats.method,
                     "splits": splits, "label_columns": label_columns, "label_categories": categories,
@@ -424,7 +442,7 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
 def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phenotypes_path: str | os.PathLike,
                label_types: dict[str, str], stats_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                max_shard_mb: float = 256, dtype: str = "float16", window: int = 160,
-               short_policy: str = "exclude", split: str | None = None) -> dict:
+               short_policy: str = "exclude", split: str | None = None, shard_format: str = "parquet") -> dict:
     """The ``shards`` stage: every run of the split table, with its subject's labels, scaled -> shards + manifest.
 
     Run files are ``<runs_root>/<run_id>.parquet`` (the align_tr stage's outputs); labels come from the
@@ -447,7 +465,7 @@ def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phe
     runs["path"] = [str(run_file(runs_root, r)) for r in runs["run_id"]]
     return build_shards(runs, ScalingStats.load(stats_path), out_dir, max_shard_bytes=int(max_shard_mb * 2**20),
                         dtype=dtype, window=window, short_policy=short_policy, label_columns=label_types,
-                        categories=categories, flat=split is not None)
+                        categories=categories, flat=split is not None, shard_format=shard_format)
 
 
 def sheet_categories(phenotypes: pd.DataFrame, label_types: dict[str, str]) -> dict[str, list[str]]:
@@ -472,6 +490,9 @@ def load_manifest(path: str | os.PathLike) -> dict:
     lacking = [key for key in needed if key not in manifest]
     if lacking:
         raise InputError(f"{path}: shard manifest lacks {lacking}")
+    manifest.setdefault("shard_format", "parquet")  # manifests written before the tar format
+    if manifest["shard_format"] not in SHARD_FORMATS:
+        raise InputError(f"{path}: shard_format {manifest['shard_format']!r} is not one of {sorted(SHARD_FORMATS)}")
     for split, shards in manifest["splits"].items():
         for entry in shards:
             if not {"path", "rows", "row_groups", "sha256", "bytes"} <= set(entry):
@@ -518,9 +539,30 @@ def check_scaling_stats(manifest: dict | str | os.PathLike, stats_path: str | os
                          "use the matching statistics file")
 
 
+def _is_tar(path: str | os.PathLike) -> bool:
+    return str(path).endswith(SHARD_FORMATS["webdataset"])
+
+
 def read_shard(path: str | os.PathLike, dtype: str = "float16") -> pd.DataFrame:
-    """A shard as a frame with ``data`` decoded to [n_rois, n_timepoints] arrays (``dtype``: the manifest's)."""
+    """A shard as a frame with ``data`` decoded to [n_rois, n_timepoints] arrays (``dtype``: the manifest's).
+
+    Parquet or tar (by the name's suffix), the same frame."""
+    if _is_tar(path):
+        from brainjepa.data.tar_shards import read_tar_shard
+
+        return read_tar_shard(path, dtype)
     frame = pq.read_table(path).to_pandas()
     frame["data"] = [np.frombuffer(b, DTYPES[dtype]).reshape(r, t)
                      for b, r, t in zip(frame["data"], frame["n_rois"], frame["n_timepoints"])]
     return frame
+
+
+def read_shard_columns(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
+    """The named columns a shard has (Parquet or tar, by the name's suffix), without the matrices."""
+    columns = [c for c in columns if c != "data"]
+    if _is_tar(path):
+        from brainjepa.data.tar_shards import read_tar_shard
+
+        return read_tar_shard(path, columns=columns)
+    present = set(pq.read_schema(path).names)
+    return pq.read_table(path, columns=[c for c in columns if c in present]).to_pandas()

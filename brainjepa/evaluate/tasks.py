@@ -104,7 +104,7 @@ def _value_text(value) -> str:
 
 
 def _read_split(manifest_path: str | Path, split: str, columns: list[str], with_data: bool) -> pd.DataFrame:
-    from brainjepa.data.shards import load_manifest, read_shard
+    from brainjepa.data.shards import load_manifest, read_shard, read_shard_columns
 
     manifest = load_manifest(manifest_path)
     frames = []
@@ -113,10 +113,7 @@ def _read_split(manifest_path: str | Path, split: str, columns: list[str], with_
         if with_data:
             frames.append(read_shard(path, manifest["dtype"]))
         else:
-            import pyarrow.parquet as pq
-
-            present = set(pq.read_schema(path).names)
-            frames.append(pq.read_table(path, columns=[c for c in columns if c in present]).to_pandas())
+            frames.append(read_shard_columns(path, columns))
     if not frames:
         return pd.DataFrame(columns=columns + (["data"] if with_data else []))
     return pd.concat(frames, ignore_index=True)

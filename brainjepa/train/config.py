@@ -37,6 +37,7 @@ DATA_DERIVED = ("n_rois", "n_timesteps", "n_gradients")  # model fields set from
 class DataConfig:
     manifest: str = "results/shards/pretrain/manifest.json"
     split: str = "pretrain"
+    shard_url: str | None = None          # tar shards elsewhere, {path} = a manifest entry's path (docs/formats.md)
     scaling_stats: str | None = None     # when given, checked against the shards' statistics id
     gradients: str = "results/gradients/gradients.tsv"
     labels: str | None = None             # atlas label table (centroids for model.positional 'centroid')

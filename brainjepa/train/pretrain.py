@@ -130,7 +130,8 @@ def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, windo
 
     dataset = ShardDataset(cfg.data.manifest, cfg.data.split, window=window, mode="train",
                            seed=cfg.run.seed, rank=dist_info.rank, world_size=dist_info.world_size,
-                           scaling_stats=cfg.data.scaling_stats, batch_size=cfg.data.batch_size)
+                           scaling_stats=cfg.data.scaling_stats, batch_size=cfg.data.batch_size,
+                           shard_url=cfg.data.shard_url)
     collator = MaskCollator(len(manifest["roi_names"]), patches, cfg.mask, seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=collator, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
@@ -142,7 +143,7 @@ def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, windo
 # Settings that do not change what is trained: a run may resume with other values. Paths are left out of a
 # run's identity too; the content they point at is in it (run_identity).
 RESUMABLE_CHANGES = {"run.stop_after_steps", "run.progress", "data.num_workers", "run.log_every",
-                     "run.checkpoint_every", "run.collapse_threshold", "run.out_dir", "data.manifest",
+                     "run.checkpoint_every", "run.collapse_threshold", "run.out_dir", "data.manifest", "data.shard_url",
                      "data.gradients", "data.scaling_stats", "data.labels"}
 
 

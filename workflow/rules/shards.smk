@@ -1,5 +1,6 @@
-# Training data: the runs of each split scaled with the pretraining statistics, one Parquet shard set per split
-# (results/shards/<split>/), so that a new downstream cohort never rebuilds the pretraining shards.
+# Training data: the runs of each split scaled with the pretraining statistics, one shard set per split
+# (results/shards/<split>/; Parquet, or WebDataset tar with shards.format), so that a new downstream cohort never
+# rebuilds the pretraining shards.
 
 
 rule shards:
@@ -27,8 +28,9 @@ rule shards:
         dtype=config["shards"]["dtype"],
         window=config["shards"]["window"],
         short=config["shards"]["short_policy"],
+        format=config["shards"]["format"],
     shell:
         "brainjepa shards --split {wildcards.split} --splits {input.splits:q} --runs-root {params.runs_root:q}"
         " --phenotypes {input.phenotypes:q} --label-types {params.labels:q} --stats {input.stats:q}"
         " --max-shard-mb {params.max_mb} --dtype {params.dtype} --window {params.window}"
-        " --short-policy {params.short} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --short-policy {params.short} --format {params.format} --out-dir {params.out_dir:q} > {log:q} 2>&1"
