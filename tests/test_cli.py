@@ -74,6 +74,11 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "report-summary": (["--samples", missing, "--splits", missing, "--excluded", missing, "--out",
                             str(tmp / "s.rst")], "missing.tsv"),
         "provenance": ([str(garbage)], "garbage.bin"),
+        "forecast": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "persistence", "--out",
+                      str(tmp / "f.json")], "no_shards"),
+        "reconstruct": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "mae", "--encoder",
+                         json.dumps({"kind": "checkpoint", "path": str(garbage)}), "--out", str(tmp / "r.json")],
+                        "no_shards"),
     }
 
 
@@ -87,7 +92,7 @@ COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scali
             "simulate-atlas", "simulate-run", "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc",
             "figure-gradients",
             "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",
-            "provenance"]
+            "provenance", "forecast", "reconstruct"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

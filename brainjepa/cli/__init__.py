@@ -18,7 +18,8 @@ import traceback
 from brainjepa import __version__
 from brainjepa.errors import InputError, Preempted, TrainingError
 
-GROUPS = ("preprocess", "group", "data", "train", "evaluate", "figures", "models", "demo", "sheets")
+GROUPS = ("preprocess", "group", "data", "train", "evaluate", "forecasting", "figures", "models", "demo",
+          "sheets")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,7 @@ CAPABILITIES: dict[str, Capability] = {
     "network_id": Capability("network_id", "network-id", ("accuracy", "balanced_accuracy"), baselines=("raw",),
                              features=("embedding", "attention")),
     "perturbation": Capability("perturbation", "perturb", ("closed_share",)),
-    "reconstruction": Capability("reconstruction", "reconstruct", ("r2_mask20", "r2_mask50", "r2_mask75")),
+    "reconstruction": Capability("reconstruction", "reconstruct", ("r2_mask75", "r2_mask50", "r2_mask20")),
 }
 KINDS = {c.kind for c in CAPABILITIES.values()}
 
