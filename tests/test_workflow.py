@@ -63,6 +63,7 @@ def write_tiny_project(work: Path) -> None:
     # 9 subjects cannot fill train/val/test of a task: the evaluation stages are tested in test_evaluate.py (and
     # their DAG in the default config's dry run); the MAE baseline still pretrains here (rule pretrain_mae)
     config["evaluate"]["tasks"] = {}
+    config["evaluate"]["capabilities"] = {}  # the same: tested in test_forecast.py and its siblings
     config["figures"]["attention"] = None  # it compares the groups of a task
     mae = yaml.safe_load((REPO / "config" / "pretrain_mae.yaml").read_text())
     mae["data"].update(batch_size=2)
@@ -345,6 +346,8 @@ def test_dry_run_of_default_demo_config():
     figures = {"figure_fc", "figure_gradients", "figure_qc", "figure_pretraining", "figure_evaluation",
                "network_attention", "report_summary"}
     assert all(counts[rule] == 1 for rule in figures) and "figure_scaling" not in counts  # one encoder size
+    # BrainLM's capabilities: forecast (3 fine-tuned encoders + 3 baselines) and MAE reconstruction, x 2 seeds
+    assert counts["capability"] == (6 + 1) * 2
 
 
 def dry_run_jobs(output: str) -> dict[str, dict[str, str]]:
@@ -502,7 +505,7 @@ def test_a_pre_parcellated_cohort_with_a_label_table_only(tmp_path):
     config["batching"] = {"default": 1, "cohorts": {}}
     config["shards"]["window"] = 32
     config["gradients"]["n_components"] = 5
-    config["evaluate"].update(tasks={}, encoders={"jepa": {"pretrained": "config/pretrain.yaml"}})
+    config["evaluate"].update(tasks={}, capabilities={}, encoders={"jepa": {"pretrained": "config/pretrain.yaml"}})
     config["figures"]["attention"] = None
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     train = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
