@@ -79,6 +79,13 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "reconstruct": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "mae", "--encoder",
                          json.dumps({"kind": "checkpoint", "path": str(garbage)}), "--out", str(tmp / "r.json")],
                         "no_shards"),
+        "network-id": (["--features", "raw", "--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method",
+                        "raw", "--labels", missing, "--out", str(tmp / "n.json")], "no_shards"),
+        "perturb": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "jepa", "--encoder",
+                     json.dumps({"kind": "checkpoint", "path": str(garbage)}), "--labels", missing, "--out",
+                     str(tmp / "p.json")], "no_shards"),
+        "figure-perturbation": (["--rois", missing, "--labels", missing, "--out", str(tmp / "p.png")],
+                                "missing.tsv"),
     }
 
 
@@ -92,7 +99,7 @@ COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scali
             "simulate-atlas", "simulate-run", "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc",
             "figure-gradients",
             "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",
-            "provenance", "forecast", "reconstruct"]
+            "provenance", "forecast", "reconstruct", "network-id", "perturb", "figure-perturbation"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -18,7 +18,7 @@ import traceback
 from brainjepa import __version__
 from brainjepa.errors import InputError, Preempted, TrainingError
 
-GROUPS = ("preprocess", "group", "data", "train", "evaluate", "forecasting", "figures", "models", "demo",
+GROUPS = ("preprocess", "group", "data", "train", "evaluate", "forecasting", "networks", "figures", "models", "demo",
           "sheets")
 
 
