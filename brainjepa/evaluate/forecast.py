@@ -383,7 +383,7 @@ def fit_forecaster(model, optimizer, train: Callable[[int], np.ndarray], val: np
     import torch
     import torch.nn.functional as F
 
-    from brainjepa.evaluate.loop import lr_at
+    from brainjepa.evaluate.loop import lr_at, optimizer_step
 
     first = train(0)
     n = len(first)
@@ -408,12 +408,7 @@ def fit_forecaster(model, optimizer, train: Callable[[int], np.ndarray], val: np
                     loss = F.mse_loss(model(batch).float(), batch[:, :, context:context + horizon].float())
                 else:
                     loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{name}: non-finite loss at epoch {epoch + 1}, step {step}; lower the LR")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(optimizer_step(optimizer, loss, name, epoch, step))
             step += 1
         val_mse = float(np.mean((predict(model, val, device, max(batch_size, 64), autocast) - val_truth) ** 2))
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_mse": val_mse, "lr": value,

@@ -38,6 +38,16 @@ class FitResult:
     state: dict                       # the selected state dict (CPU tensors)
 
 
+def optimizer_step(optimizer, loss: torch.Tensor, name: str, epoch: int, step: int) -> float:
+    """One optimizer step on ``loss`` (refused when it is not finite); returns the loss value."""
+    if not torch.isfinite(loss):
+        raise TrainingError(f"{name}: non-finite loss at epoch {epoch + 1}, step {step}; lower the LR")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def task_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
               class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """MSE on z-scored targets (output [B, 1]) or cross-entropy (output [B, C] logits, target class indices;
@@ -111,12 +121,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
             x, y = x.to(device).float(), targets[batch].to(device)
             with autocast():
                 loss = task_loss(kind, step_module(x), y, weight)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{name}: non-finite loss at epoch {epoch + 1}, step {step}; lower the LR")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(optimizer_step(optimizer, loss, name, epoch, step))
             step += 1
         val_pred = predict(model, val[0], kind, device, max(batch_size, 64), autocast)
         val_loss = subject_loss(kind, val[2], val[1], val_pred, class_weight)
