@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from brainjepa.evaluate import perturb
-from brainjepa.evaluate.networks import evaluation_windows, roi_networks
-from brainjepa.evaluate.tasks import split_manifests
+from brainjepa.evaluate.networks import roi_networks
+from brainjepa.evaluate.tasks import split_manifests, split_windows
 from brainjepa.preprocess.atlas import read_label_table
 
 
@@ -51,21 +51,21 @@ def main() -> None:
     cfg = perturb.PerturbConfig.from_dict(json.loads(args.settings))
     manifests = split_manifests(args.shards)
     manifest = json.loads(manifests["train"].read_text())
-    w = evaluation_windows(manifests, [args.cohort], int(manifest["window"]), ("train", "test"), label=cfg.label)
-    perturb.check_groups({s: v["value"] for s, v in w.items()}, cfg)
+    w = split_windows(manifests, [args.cohort], int(manifest["window"]), ("train", "test"), label=cfg.label)
+    perturb.check_groups({s: v.value for s, v in w.items()}, cfg)
     networks = roi_networks(read_label_table(args.labels), manifest["roi_names"], cfg.network_column, args.labels)
     encoder = RoiPower(len(manifest["roi_names"]), 32)
     t0 = time.perf_counter()
     train, test = w["train"], w["test"]
     mu = {}
     for g in (cfg.source, cfg.target):
-        m = train["value"] == g
+        m = train.value == g
         with torch.no_grad():
-            rep = perturb.pooled(encoder, torch.from_numpy(train["data"][m])[:, None]).numpy()
-        mu[g] = perturb.group_mean(rep, train["subject"][m])
+            rep = perturb.pooled(encoder, torch.from_numpy(train.data[m])[:, None]).numpy()
+        mu[g] = perturb.group_mean(rep, train.subject[m])
     mu_s, mu_t = mu[cfg.source], mu[cfg.target]
-    source = test["value"] == cfg.source
-    data, subject = test["data"][source], test["subject"][source]
+    source = test.value == cfg.source
+    data, subject = test.data[source], test.subject[source]
     scale = float(np.sum((mu_s - mu_t) ** 2))
     for name, goal in (("target", mu_t), ("control", perturb.random_direction_target(mu_s, mu_t, 0))):
         if cfg.goal == "shift":

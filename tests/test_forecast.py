@@ -164,10 +164,9 @@ def test_a_fine_tuned_encoder_beats_persistence_on_predictable_signals(sine_data
     assert ar["test"]["r2"] > 0.9                                    # a sinusoid is an AR(2) process
     assert 1 <= tuned["selected"]["epoch"] <= 15 and len(tuned["selected"]["history"]) == 15
     # persistence by hand from the windows
-    from brainjepa.evaluate.forecast import load_windows
-    from brainjepa.evaluate.tasks import split_manifests
+    from brainjepa.evaluate.tasks import split_manifests, split_windows
 
-    test = load_windows(split_manifests(shards), ["c"], WINDOW)["test"].data
+    test = split_windows(split_manifests(shards), ["c"], WINDOW)["test"].data
     expected = np.mean((test[:, :, 48:56] - test[:, :, 47:48]) ** 2)
     assert persistence["test"]["mse"] == pytest.approx(expected, rel=1e-5)
 

@@ -43,15 +43,15 @@ def save_checkpoint(path, encoder, decoder, objective: str, roi_names=NAMES) -> 
 def train_mae(root, steps: int) -> tuple[BrainEncoder, BrainPredictor]:
     """A tiny MAE trained ``steps`` steps at mask ratio 0.5 on random crops of the training runs (mae_step, as
     pretraining; the crops keep it from memorising the few windows)."""
-    from brainjepa.evaluate.forecast import load_windows
-    from brainjepa.evaluate.tasks import split_manifests
+    from brainjepa.evaluate.tasks import split_manifests, split_windows
     from brainjepa.train.jepa import mae_step
     from brainjepa.train.masks import random_masks
 
     torch.manual_seed(0)
     gradients = torch.randn(R, 4)
     encoder, decoder = BrainEncoder(MODEL, gradients), BrainPredictor(MODEL, gradients, out_dim=MODEL.patch_size)
-    runs = np.stack(load_windows(split_manifests(root / "shards"), ["c"], WINDOW)["train"].runs)    # [N, R, T_RUN]
+    train = split_windows(split_manifests(root / "shards"), ["c"], WINDOW, keep_runs=True)["train"]
+    runs = np.stack(train.runs)                                                           # [N, R, T_RUN]
     optimizer = torch.optim.AdamW([*encoder.parameters(), *decoder.parameters()], lr=3e-3)
     rng = np.random.default_rng(0)
     for step in range(steps):
@@ -114,8 +114,7 @@ def test_roi_mean_fill_holds_each_rois_visible_mean():
 def test_reconstruction_r2_of_a_trained_mae_matches_a_direct_computation(mae_data, tmp_path):
     from sklearn.metrics import r2_score
 
-    from brainjepa.evaluate.forecast import load_windows
-    from brainjepa.evaluate.tasks import split_manifests
+    from brainjepa.evaluate.tasks import split_manifests, split_windows
     from brainjepa.models.layers import gather_tokens
     from brainjepa.train.jepa import patch_targets
 
@@ -128,7 +127,7 @@ def test_reconstruction_r2_of_a_trained_mae_matches_a_direct_computation(mae_dat
     assert record["test"]["r2_mask20"] > 0.5 > untrained["test"]["r2_mask20"]
     assert record["test"]["r2_mask20"] > record["details"]["roi_mean_fill"]["test"]["r2_mask20"]
     # the same number computed here, straight from the masks
-    test = load_windows(split_manifests(root / "shards"), ["c"], WINDOW, splits=("test",))["test"]
+    test = split_windows(split_manifests(root / "shards"), ["c"], WINDOW, splits=("test",))["test"]
     masks = window_masks([f"{r}@{s}" for r, s in zip(test.run_id, test.start)], MODEL.n_tokens, 0.2, seed=0)
     x = torch.from_numpy(test.data).unsqueeze(1)
     with torch.no_grad():

@@ -171,6 +171,6 @@ def run_network_attention(encoder_spec: dict, shards: str | Path, task_spec: dic
 
 def _group_values(raw: np.ndarray) -> list:
     """Label values as group names: 1.0 -> "1", "M" -> "M"."""
-    from brainjepa.evaluate.tasks import _value_text
+    from brainjepa.evaluate.tasks import value_text
 
-    return [_value_text(v) for v in raw]
+    return [value_text(v) for v in raw]

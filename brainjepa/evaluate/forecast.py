@@ -58,14 +58,18 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from brainjepa.config import from_mapping
 from brainjepa.errors import InputError, TrainingError
 from brainjepa.train.config import Device, Precision
+
+if TYPE_CHECKING:
+    from brainjepa.evaluate.tasks import SplitWindows
 
 log = logging.getLogger("brainjepa.evaluate")
 WHERE = "evaluate.capabilities.forecast.settings"
@@ -166,65 +170,6 @@ def subject_mse(subject: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tup
 
     window_mse = ((np.asarray(truth, np.float64) - pred) ** 2).reshape(len(truth), -1).mean(axis=1)
     return subject_mean(subject, window_mse)
-
-
-# ------------------------------------------------------------------------------------------------- data
-@dataclass
-class SplitWindows:
-    """The deterministic evaluation windows of one split: per window (N) ``subject`` ("cohort/subject"),
-    ``run_id``, ``start``; ``data`` [N, R, window] float32 and ``runs`` (each window's whole run [R, T_run])."""
-
-    subject: np.ndarray
-    run_id: np.ndarray
-    start: np.ndarray
-    data: np.ndarray
-    runs: list[np.ndarray] = field(default_factory=list)
-
-    def jittered(self, span: int, seed: int, epoch: int) -> np.ndarray:
-        """One stretch of ``span`` steps per window, from a random start in its run (drawn from seed, epoch
-        and the window's key) -> [N, R, span] float32."""
-        from brainjepa.data.schedule import window_starts
-
-        out = np.empty((len(self.runs), self.data.shape[1], span), dtype=np.float32)
-        for i, run in enumerate(self.runs):
-            (s0,) = window_starts(run.shape[1], span, mode="train", seed=seed, epoch=epoch,
-                                  run_id=f"{self.run_id[i]}@{self.start[i]}")
-            out[i] = run[:, s0:s0 + span]
-        return out
-
-    def whole_runs(self) -> list[np.ndarray]:
-        """Each run once [R, T_run] float32 (a run with several windows is listed once)."""
-        seen: dict[str, np.ndarray] = {}
-        for run_id, run in zip(self.run_id, self.runs):
-            seen.setdefault(str(run_id), np.asarray(run, dtype=np.float32))
-        return list(seen.values())
-
-
-def load_windows(manifests: dict[str, Path], cohorts: list[str], window: int,
-                 splits: tuple[str, ...] = SPLITS) -> dict[str, SplitWindows]:
-    """The cohorts' evaluation windows of every split in ``splits`` (a split without any is an error naming its
-    manifest)."""
-    from brainjepa.data.schedule import window_starts
-    from brainjepa.evaluate.tasks import _read_split
-
-    out = {}
-    for split in splits:
-        frame = _read_split(manifests[split], split, [], True)
-        frame = frame[frame["cohort"].isin(cohorts)]
-        subject, run_id, start, blocks, runs = [], [], [], [], []
-        for row in frame.itertuples(index=False):
-            run = np.asarray(row.data, dtype=np.float32)
-            for s0 in window_starts(run.shape[1], window, mode="eval"):
-                subject.append(f"{row.cohort}/{row.subject}")
-                run_id.append(row.run_id)
-                start.append(s0)
-                blocks.append(run[:, s0:s0 + window])
-                runs.append(run)
-        if not blocks:
-            raise InputError(f"{manifests[split]}: no run of cohort(s) {list(cohorts)} with a full window of {window} "
-                             f"time steps in split '{split}'")
-        out[split] = SplitWindows(np.array(subject), np.array(run_id), np.array(start), np.stack(blocks), runs)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- baselines
@@ -491,7 +436,7 @@ def run_forecast(method: str, seed: int, shards: str | Path, cohorts: list[str],
 
     ``method``: a label for an encoder method (with ``encoder_spec``) or one of :data:`BASELINES` (without)."""
     from brainjepa.data.shards import load_manifest
-    from brainjepa.evaluate.tasks import split_manifests
+    from brainjepa.evaluate.tasks import split_manifests, split_windows
     from brainjepa.io import write_text_atomic
 
     cfg = cfg or ForecastConfig()
@@ -502,7 +447,7 @@ def run_forecast(method: str, seed: int, shards: str | Path, cohorts: list[str],
     manifest = load_manifest(manifests["train"])
     window, roi_names = int(manifest["window"]), list(manifest["roi_names"])
     cfg.check_window(window)
-    windows = load_windows(manifests, list(cohorts), window)
+    windows = split_windows(manifests, list(cohorts), window, keep_runs=True)
     c, h = cfg.context, cfg.horizon
     source, selected, details = None, {"epoch": None, "history": []}, {}
     uses_train = method != "persistence"

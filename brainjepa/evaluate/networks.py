@@ -239,47 +239,13 @@ def chance_levels(y: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes:
     return {"uniform": 1.0 / n_classes, "majority": float(np.mean(y[test] == majority))}
 
 
-# ------------------------------------------------------------------------------------------------- data
-def evaluation_windows(manifests: dict, cohorts: list[str], window: int, splits: tuple[str, ...] = SPLITS,
-                       label: str | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """The deterministic evaluation windows of the cohorts' runs in each split: ``{split: {"subject" [N]
-    ("cohort/subject"), "run_id" [N], "start" [N], "data" [N, R, window] float32}}``; with ``label`` also
-    "value" [N]: the label as text ("1.0" -> "1"; "" where missing)."""
-    from brainjepa.data.schedule import window_starts
-    from brainjepa.evaluate.tasks import _read_split, _value_text
-
-    out = {}
-    for split in splits:
-        frame = _read_split(manifests[split], split, [], True)
-        if label is not None and label not in frame.columns:
-            raise InputError(f"{manifests[split]}: shards lack label column {label!r} (add it to the workflow "
-                             "config's labels)")
-        frame = frame[frame["cohort"].isin(cohorts)]
-        rows: dict[str, list] = {"subject": [], "run_id": [], "start": [], "data": [], "value": []}
-        for _, row in frame.iterrows():
-            matrix = row["data"]
-            value = "" if label is None or pd.isna(row[label]) else _value_text(row[label])
-            for s0 in window_starts(matrix.shape[1], window, mode="eval"):
-                rows["subject"].append(f"{row['cohort']}/{row['subject']}")
-                rows["run_id"].append(row["run_id"])
-                rows["start"].append(s0)
-                rows["data"].append(np.asarray(matrix[:, s0:s0 + window], dtype=np.float32))
-                rows["value"].append(value)
-        if not rows["data"]:
-            raise InputError(f"{manifests[split]}: no run of cohort(s) {cohorts} with a full window of {window} "
-                             f"time steps in split '{split}'")
-        out[split] = {k: np.stack(v) if k == "data" else np.array(v) for k, v in rows.items()
-                      if k != "value" or label is not None}
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- the stage
 def run_network_id(features: str, method: str, seed: int, shards: str | Path, cohorts: list[str],
                    labels_path: str | Path, out: str | Path, cfg: NetworkIdConfig | None = None,
                    encoder_spec: dict | None = None) -> dict:
     """The ``network-id`` stage: one (features, method, seed) -> the capability record at ``out`` (JSON)."""
     from brainjepa.data.shards import load_manifest
-    from brainjepa.evaluate.tasks import split_manifests
+    from brainjepa.evaluate.tasks import split_manifests, split_windows
     from brainjepa.io import write_text_atomic
     from brainjepa.preprocess.atlas import read_label_table
 
@@ -298,7 +264,7 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
     mask, scored, excluded = scored_networks(networks, cfg.networks)
     y = np.array([scored.index(n) for n in networks[mask]])
     train, test = stratified_roi_split(y, cfg.test_fraction, seed)
-    windows = evaluation_windows(manifests, list(cohorts), window)
+    windows = split_windows(manifests, list(cohorts), window)
 
     source, encoder, device, autocast = None, None, "cpu", None
     if features != "raw":
@@ -317,19 +283,19 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
 
     scores, predictions = {}, {}
     for split in SPLITS:
-        feats = recording_features(features, windows[split]["data"], encoder, cfg, device, autocast)[:, mask]
+        feats = recording_features(features, windows[split].data, encoder, cfg, device, autocast)[:, mask]
         results = [score_recording(f, y, train, test, cfg.c_grid, cfg.max_iter) for f in feats]
         scores[split] = np.stack([r[0] for r in results])                              # [N, C, 2]
         predictions[split] = np.stack([r[1] for r in results])                         # [N, C, n_test]
-    _, val_subject = subject_scores(windows["val"]["subject"], scores["val"])          # [S, C, 2]
+    _, val_subject = subject_scores(windows["val"].subject, scores["val"])          # [S, C, 2]
     val_mean = val_subject.mean(axis=0)                                                 # [C, 2]
     best = int(np.argmax(val_mean[:, 1]))                                               # first max: smallest C
-    subjects, test_subject = subject_scores(windows["test"]["subject"], scores["test"][:, best])   # [S, 2]
+    subjects, test_subject = subject_scores(windows["test"].subject, scores["test"][:, best])   # [S, 2]
     hits = predictions["test"][:, best] == y[test]                                      # [N, n_test]
     recall = {n: float(hits[:, y[test] == k].mean()) for k, n in enumerate(scored)}
     position_only = None
     if encoder is not None:     # what the ROI's position embedding alone gives: the features of an all-zero window
-        zero = np.zeros((1,) + windows["test"]["data"].shape[1:], dtype=np.float32)
+        zero = np.zeros((1,) + windows["test"].data.shape[1:], dtype=np.float32)
         feats = recording_features(features, zero, encoder, cfg, device, autocast)[0, mask]
         acc, bacc = score_recording(feats, y, train, test, (cfg.c_grid[best],), cfg.max_iter)[0][0]
         position_only = {"accuracy": float(acc), "balanced_accuracy": float(bacc)}
@@ -338,7 +304,7 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
     record = {
         "task": "network_id", "kind": "network_id", "method": method, "seed": seed, "cohorts": list(cohorts),
         "label": cfg.network_column, "source": source,
-        "n_subjects": {"train": 0, "val": int(len(set(windows["val"]["subject"]))), "test": int(len(subjects))},
+        "n_subjects": {"train": 0, "val": int(len(set(windows["val"].subject))), "test": int(len(subjects))},
         "val": {"accuracy": float(val_mean[best, 0]), "balanced_accuracy": float(val_mean[best, 1])},
         "test": {"accuracy": float(test_subject[:, 0].mean()), "balanced_accuracy": float(test_subject[:, 1].mean())},
         "per_subject": {"accuracy": [float(v) for v in test_subject[:, 0]],
@@ -354,7 +320,7 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
             "chance": chance_levels(y, train, test, len(scored)),
             "test_recall_per_network": recall,                 # over all test recordings, at the selected C
             "position_only": position_only,
-            "n_recordings": {s: int(len(windows[s]["subject"])) for s in SPLITS},
+            "n_recordings": {s: int(len(windows[s].subject)) for s in SPLITS},
             "test_subjects": [str(s) for s in subjects],
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         },

@@ -96,9 +96,9 @@ class PerturbConfig:
         d = dict(d or {})
         for key in ("source", "target"):      # YAML may read 0 / 1 as numbers; groups are label values as text
             if isinstance(d.get(key), (int, float)) and not isinstance(d.get(key), bool):
-                from brainjepa.evaluate.tasks import _value_text
+                from brainjepa.evaluate.tasks import value_text
 
-                d[key] = _value_text(d[key])
+                d[key] = value_text(d[key])
         return from_mapping(cls, d, WHERE)
 
 
@@ -227,8 +227,8 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
     from brainjepa.data.shards import load_manifest
     from brainjepa.evaluate.encoders import load_encoder
     from brainjepa.evaluate.features import extract
-    from brainjepa.evaluate.networks import evaluation_windows, roi_networks
-    from brainjepa.evaluate.tasks import split_manifests
+    from brainjepa.evaluate.networks import roi_networks
+    from brainjepa.evaluate.tasks import split_manifests, split_windows
     from brainjepa.io import write_text_atomic, write_tsv_atomic
     from brainjepa.preprocess.atlas import read_label_table
     from brainjepa.train.runtime import autocast_for, setup_distributed
@@ -244,8 +244,8 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
     manifest = load_manifest(manifests["train"])
     window, roi_names = int(manifest["window"]), list(manifest["roi_names"])
     networks = roi_networks(read_label_table(labels_path), roi_names, cfg.network_column, str(labels_path))
-    windows = evaluation_windows(manifests, list(cohorts), window, ("train", "test"), label=cfg.label)
-    check_groups({s: w["value"] for s, w in windows.items()}, cfg)
+    windows = split_windows(manifests, list(cohorts), window, ("train", "test"), label=cfg.label)
+    check_groups({s: w.value for s, w in windows.items()}, cfg)
     _, device = setup_distributed(cfg.device)
     encoder, source = load_encoder(encoder_spec, roi_names, window, seed=seed)
     encoder.to(device)
@@ -254,15 +254,15 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
     train = windows["train"]
     means = {}
     for name, value in (("source", cfg.source), ("target", cfg.target)):
-        m = train["value"] == value
-        rep, _ = extract(encoder, train["data"][m], encoder.cfg.n_time_patches, device, cfg.batch_size, autocast)
-        means[name] = group_mean(rep, train["subject"][m])
+        m = train.value == value
+        rep, _ = extract(encoder, train.data[m], encoder.cfg.n_time_patches, device, cfg.batch_size, autocast)
+        means[name] = group_mean(rep, train.subject[m])
     scale = float(np.sum((means["source"] - means["target"]) ** 2))
     if scale == 0.0:
         raise InputError(f"perturbation: the groups {cfg.label}={cfg.source!r} and {cfg.target!r} have the same mean "
                          "representation (nothing to move)")
-    test = windows["test"]["value"] == cfg.source
-    data, subject = windows["test"]["data"][test], windows["test"]["subject"][test]
+    test = windows["test"].value == cfg.source
+    data, subject = windows["test"].data[test], windows["test"].subject[test]
     goals = {"target": means["target"], "control": random_direction_target(means["source"], means["target"], seed)}
     runs, shares = {}, {}
     if cfg.goal == "shift":
@@ -272,7 +272,7 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
         log.info("perturbation toward the %s (%d windows of %d test subjects)", name, len(data), len(set(subject)))
         runs[name] = perturb_windows(encoder, data, goal, scale, cfg, device, autocast)
         shares[name] = closed_shares(runs[name]["start"], runs[name]["end"], goal, means["source"], means["target"])
-    train_subjects = len(set(train["subject"][np.isin(train["value"], [cfg.source, cfg.target])]))
+    train_subjects = len(set(train.subject[np.isin(train.value, [cfg.source, cfg.target])]))
     record, rois, nets = _summarise(runs, shares, subject, networks, cfg, scale)
     record["n_subjects"]["train"] = int(train_subjects)
     record.update({"method": method, "seed": seed, "cohorts": list(cohorts), "source": source})

@@ -217,8 +217,7 @@ def run_reconstruct(method: str, seed: int, shards: str | Path, cohorts: list[st
     import torch
 
     from brainjepa.data.shards import load_manifest
-    from brainjepa.evaluate.forecast import load_windows
-    from brainjepa.evaluate.tasks import split_manifests, subject_mean
+    from brainjepa.evaluate.tasks import split_manifests, split_windows, subject_mean
     from brainjepa.io import write_text_atomic
     from brainjepa.train.runtime import autocast_for, setup_distributed
 
@@ -239,7 +238,7 @@ def run_reconstruct(method: str, seed: int, shards: str | Path, cohorts: list[st
     encoder.to(device)
     decoder.to(device)
     autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
-    windows = load_windows(manifests, list(cohorts), window, splits=SPLITS)
+    windows = split_windows(manifests, list(cohorts), window, splits=SPLITS)
     scores = {s: {} for s in SPLITS}
     fill_scores = {s: {} for s in SPLITS}
     per_subject, subjects = {}, []

@@ -96,14 +96,16 @@ class TaskWindows:
         return {s: int(len(set(self.subject[self.split == s]))) for s in SPLITS}
 
 
-def _value_text(value) -> str:
+def value_text(value) -> str:
     """A label value as text: 1.0 -> "1", "M" -> "M" (how ``positive`` and ``include`` are compared)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
 
 
-def _read_split(manifest_path: str | Path, split: str, columns: list[str], with_data: bool) -> pd.DataFrame:
+def read_split(manifest_path: str | Path, split: str, columns: list[str], with_data: bool) -> pd.DataFrame:
+    """One split's shard rows (every shard of the manifest): the metadata ``columns``, or every column with
+    ``data`` ([R, T] float32 per run) when ``with_data``."""
     from brainjepa.data.shards import load_manifest, read_shard, read_shard_columns
 
     manifest = load_manifest(manifest_path)
@@ -119,6 +121,75 @@ def _read_split(manifest_path: str | Path, split: str, columns: list[str], with_
     return pd.concat(frames, ignore_index=True)
 
 
+@dataclass
+class SplitWindows:
+    """The deterministic evaluation windows of one split: per window (N) ``subject`` ("cohort/subject"),
+    ``run_id``, ``start``; ``data`` [N, R, window] float32; ``value`` [N] the label as text ("1.0" -> "1",
+    "" where missing; empty without a label) and ``runs`` (each window's whole run [R, T_run]; empty unless
+    asked for)."""
+
+    subject: np.ndarray
+    run_id: np.ndarray
+    start: np.ndarray
+    data: np.ndarray
+    value: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
+    runs: list[np.ndarray] = field(default_factory=list)
+
+    def jittered(self, span: int, seed: int, epoch: int) -> np.ndarray:
+        """One stretch of ``span`` steps per window, from a random start in its run (drawn from seed, epoch
+        and the window's key) -> [N, R, span] float32. Needs ``runs``."""
+        from brainjepa.data.schedule import window_starts
+
+        out = np.empty((len(self.runs), self.data.shape[1], span), dtype=np.float32)
+        for i, run in enumerate(self.runs):
+            (s0,) = window_starts(run.shape[1], span, mode="train", seed=seed, epoch=epoch,
+                                  run_id=f"{self.run_id[i]}@{self.start[i]}")
+            out[i] = run[:, s0:s0 + span]
+        return out
+
+    def whole_runs(self) -> list[np.ndarray]:
+        """Each run once [R, T_run] float32 (a run with several windows is listed once). Needs ``runs``."""
+        seen: dict[str, np.ndarray] = {}
+        for run_id, run in zip(self.run_id, self.runs):
+            seen.setdefault(str(run_id), np.asarray(run, dtype=np.float32))
+        return list(seen.values())
+
+
+def split_windows(manifests: dict, cohorts: list[str], window: int, splits: tuple[str, ...] = SPLITS,
+                  label: str | None = None, keep_runs: bool = False) -> dict[str, SplitWindows]:
+    """The cohorts' deterministic evaluation windows (every window from time 0, as the tasks read them) of
+    each split in ``splits``: ``{split: SplitWindows}``; with ``label`` also each window's label as text, with
+    ``keep_runs`` each window's whole run. A split without any window is an error naming its manifest."""
+    from brainjepa.data.schedule import window_starts
+
+    out = {}
+    for split in splits:
+        frame = read_split(manifests[split], split, [], True)
+        if label is not None and label not in frame.columns:
+            raise InputError(f"{manifests[split]}: shards lack label column {label!r} (add it to the workflow "
+                             "config's labels)")
+        frame = frame[frame["cohort"].isin(cohorts)]
+        rows: dict[str, list] = {"subject": [], "run_id": [], "start": [], "data": [], "value": [], "runs": []}
+        for _, row in frame.iterrows():
+            run = np.asarray(row["data"], dtype=np.float32)
+            value = "" if label is None or pd.isna(row[label]) else value_text(row[label])
+            for s0 in window_starts(run.shape[1], window, mode="eval"):
+                rows["subject"].append(f"{row['cohort']}/{row['subject']}")
+                rows["run_id"].append(row["run_id"])
+                rows["start"].append(s0)
+                rows["data"].append(run[:, s0:s0 + window])
+                if label is not None:
+                    rows["value"].append(value)
+                if keep_runs:
+                    rows["runs"].append(run)
+        if not rows["data"]:
+            raise InputError(f"{manifests[split]}: no run of cohort(s) {list(cohorts)} with a full window of "
+                             f"{window} time steps in split '{split}'")
+        out[split] = SplitWindows(np.array(rows["subject"]), np.array(rows["run_id"]), np.array(rows["start"]),
+                                  np.stack(rows["data"]), np.array(rows["value"], dtype=str), rows["runs"])
+    return out
+
+
 def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, with_data: bool = False) -> TaskWindows:
     """The task's windows from the per-split shard sets ``{split: manifest path}`` (train, val, test)."""
     from brainjepa.data.schedule import window_starts
@@ -131,15 +202,15 @@ def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, w
     columns = ["run_id", "cohort", "subject", "split", "n_timepoints", *dict.fromkeys(needed)]
     rows = []
     for split in SPLITS:
-        frame = _read_split(manifests[split], split, columns, with_data)
+        frame = read_split(manifests[split], split, columns, with_data)
         absent = [c for c in needed if c not in frame.columns]
         if absent:
             raise InputError(f"{manifests[split]}: shards lack label column(s) {absent} of task {task.name} "
                              f"(add them to the workflow config's labels)")
         frame = frame[frame["cohort"].isin(task.cohorts)]
         for column, allowed in task.include.items():
-            keep = {_value_text(v) for v in allowed}
-            frame = frame[[pd.notna(v) and _value_text(v) in keep for v in frame[column]]]
+            keep = {value_text(v) for v in allowed}
+            frame = frame[[pd.notna(v) and value_text(v) in keep for v in frame[column]]]
         frame = frame[frame[task.label].notna()]
         rows.append(frame)
     table = pd.concat(rows, ignore_index=True)
@@ -187,7 +258,7 @@ def _set_targets(w: TaskWindows) -> None:
         w.std = float(per_subject.std(ddof=0)) or 1.0
         w.target = (values - w.mean) / w.std
         return
-    text = np.array([_value_text(v) for v in w.raw])
+    text = np.array([value_text(v) for v in w.raw])
     if task.kind == "binary":
         values = sorted(set(text))
         if len(values) != 2:
@@ -250,7 +321,7 @@ def cohort_windows(manifests: dict[str, str | Path], cohorts: list[str], window:
 
     run_ids, starts, blocks = [], [], []
     for split in SPLITS:
-        frame = _read_split(manifests[split], split, [], True)
+        frame = read_split(manifests[split], split, [], True)
         frame = frame[frame["cohort"].isin(cohorts)]
         for run_id, matrix in zip(frame["run_id"], frame["data"]):
             for s0 in window_starts(matrix.shape[1], window, mode="eval"):

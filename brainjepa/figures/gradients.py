@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 
 from brainjepa.errors import InputError
-from brainjepa.figures.common import network_colors, network_order, pyplot, rgb_from_positions, save
+from brainjepa.figures.common import (
+    glass_brain_nodes,
+    network_colors,
+    network_order,
+    paint_atlas_slices,
+    pyplot,
+    rgb_from_positions,
+    save,
+)
 
 
 def network_silhouette(positions: np.ndarray, networks: np.ndarray) -> float:
@@ -90,47 +98,18 @@ def plot_gradient_space(gradients: pd.DataFrame, labels: pd.DataFrame, out: str 
     return silhouette
 
 
-def _colour_volume(data: np.ndarray, values: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-    """An RGBA volume: voxels of ROI ``values[k]`` get ``rgb[k]``, unlabelled voxels transparent."""
-    lut = np.zeros((int(max(values.max(), data.max())) + 1, 4))
-    lut[values.astype(int), :3] = rgb
-    lut[values.astype(int), 3] = 1.0
-    return lut[np.clip(data.astype(int), 0, len(lut) - 1)]
-
-
 def plot_gradient_brain(gradients: pd.DataFrame, labels: pd.DataFrame, atlas_image: str | Path, out: str | Path,
                         cortical_only: bool = False) -> None:
     """Atlas ROIs painted their gradient colour in orthogonal slices, and a glass brain of ROI centroids."""
-    import nibabel as nib
-    from nilearn import plotting
-
     plt = pyplot()
     table = _selected(gradients, labels, cortical_only)
     rgb = rgb_from_positions(table[["g1", "g2", "g3"]].to_numpy())
-    img = nib.as_closest_canonical(nib.load(str(atlas_image)))
-    data = np.asarray(img.dataobj).astype(np.int64)
-    volume = _colour_volume(data, table["index"].to_numpy(), rgb)
-    labelled = np.argwhere(data > 0)
-    lo, hi = labelled.min(axis=0), labelled.max(axis=0)
-    zooms = img.header.get_zooms()[:3]
     fig = plt.figure(figsize=(11, 12))
-    grid = fig.add_gridspec(4, 3, height_ratios=[1, 1, 1, 1.2])
-    for row, (name, axis) in enumerate((("axial", 2), ("coronal", 1), ("sagittal", 0))):
-        rest = [a for a in range(3) if a != axis]                 # the plane's axes, RAS order
-        for col, frac in enumerate((0.3, 0.5, 0.7)):
-            k = int(round(lo[axis] + frac * (hi[axis] - lo[axis])))
-            ax = fig.add_subplot(grid[row, col])
-            ax.imshow(np.transpose(np.take(volume, k, axis=axis), (1, 0, 2)), origin="lower",
-                      interpolation="nearest", aspect=zooms[rest[1]] / zooms[rest[0]])
-            ax.set_facecolor("#202020")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            mm = float(img.affine[axis, axis] * k + img.affine[axis, 3])
-            ax.set_title(f"{name}, {'xyz'[axis]} = {mm:.0f} mm", fontsize=8)
-    glass = fig.add_subplot(grid[3, :])
-    coords = table[["x", "y", "z"]].to_numpy(dtype=np.float64)
-    display = plotting.plot_connectome(np.zeros((len(table), len(table))), coords, node_color=[tuple(c) for c in rgb],
-                                       node_size=18, display_mode="lyrz", axes=glass, annotate=True, colorbar=False)
+    grid = fig.add_gridspec(2, 1, height_ratios=[3, 1.2])
+    paint_atlas_slices(fig, grid[0], atlas_image, table["index"].to_numpy(), rgb,
+                       planes=("axial", "coronal", "sagittal"))
+    glass = fig.add_subplot(grid[1])
+    display = glass_brain_nodes(glass, table[["x", "y", "z"]].to_numpy(), rgb)
     glass.set_title("glass brain of the ROI centroids", fontsize=8)
     fig.suptitle("Gradient colours on the brain: each ROI coloured by its (g1, g2, g3) position")
     save(fig, out)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from brainjepa.errors import InputError
-from brainjepa.figures.common import network_colors, network_order, pyplot, save
+from brainjepa.figures.common import glass_brain_nodes, network_colors, network_order, paint_atlas_slices, pyplot, save
 
 CMAP = "magma_r"
 
@@ -48,7 +48,6 @@ def plot_perturbation(rois: pd.DataFrame, labels: pd.DataFrame, out: str | Path,
     """ROI magnitudes on a glass brain (and painted atlas slices with ``atlas_image``) and a per-network bar chart
     of the target and control magnitudes -> ``out`` (PNG or SVG, deterministic bytes)."""
     import matplotlib
-    from nilearn import plotting
 
     plt = pyplot()
     table = _joined(rois, labels)
@@ -61,44 +60,16 @@ def plot_perturbation(rois: pd.DataFrame, labels: pd.DataFrame, out: str | Path,
     grid = fig.add_gridspec(rows, 3, height_ratios=[1.1] + [1.0] * (rows - 1))
     glass = fig.add_subplot(grid[0, :])
     sizes = 10 + 70 * norm(magnitude)
-    coords = table[["x", "y", "z"]].to_numpy(dtype=np.float64)
-    display = plotting.plot_connectome(np.zeros((len(table), len(table))), coords, node_color=[tuple(c) for c in rgb],
-                                       node_size=sizes, display_mode="lyrz", axes=glass, annotate=True, colorbar=False)
+    display = glass_brain_nodes(glass, table[["x", "y", "z"]].to_numpy(), rgb, sizes)
     glass.set_title("perturbation magnitude per ROI (RMS over time; colour and size)", fontsize=9)
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=glass, fraction=0.02, pad=0.01,
                  label="RMS of delta (scaled units)")
     if atlas_image is not None:
-        _painted_slices(fig, grid[1, :], table, rgb, atlas_image)
+        paint_atlas_slices(fig, grid[1, :], atlas_image, table["index"].to_numpy(), rgb)
     _network_bars(fig.add_subplot(grid[rows - 1, :]), table)
     fig.suptitle(title)
     save(fig, out)
     display.close()
-
-
-def _painted_slices(fig, cell, table: pd.DataFrame, rgb: np.ndarray, atlas_image: str | Path) -> None:
-    """Three axial slices (30/50/70 % of the labelled extent) of the atlas, each ROI painted its colour."""
-    import nibabel as nib
-
-    from brainjepa.figures.gradients import _colour_volume
-
-    img = nib.as_closest_canonical(nib.load(str(atlas_image)))
-    data = np.asarray(img.dataobj).astype(np.int64)
-    volume = _colour_volume(data, table["index"].to_numpy(), rgb)
-    labelled = np.argwhere(data > 0)
-    if not len(labelled):
-        raise InputError(f"{atlas_image}: the atlas image has no labelled voxel")
-    lo, hi = labelled.min(axis=0), labelled.max(axis=0)
-    zooms = img.header.get_zooms()[:3]
-    sub = cell.subgridspec(1, 3)
-    for col, frac in enumerate((0.3, 0.5, 0.7)):
-        k = int(round(lo[2] + frac * (hi[2] - lo[2])))
-        ax = fig.add_subplot(sub[0, col])
-        ax.imshow(np.transpose(volume[:, :, k], (1, 0, 2)), origin="lower", interpolation="nearest",
-                  aspect=zooms[1] / zooms[0])
-        ax.set_facecolor("#202020")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"axial, z = {float(img.affine[2, 2] * k + img.affine[2, 3]):.0f} mm", fontsize=8)
 
 
 def _network_bars(ax, table: pd.DataFrame) -> None:
