@@ -97,3 +97,82 @@ def test_figures_read_task_rows_unless_asked_for_capabilities(tmp_path):
 def test_every_capability_has_a_command_and_a_main_metric():
     assert {c.command for c in CAPABILITIES.values()} == {"forecast", "network-id", "perturb", "reconstruct"}
     assert all(c.metrics for c in CAPABILITIES.values())
+
+
+def _records(tmp_path) -> list:
+    """Capability records of every figure panel (two seeds each) and one perturbation record, as JSON files."""
+    import json
+
+    rng = np.random.default_rng(0)
+    paths = []
+
+    def write(task, method, seed, test, details):
+        path = tmp_path / task / method / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": task, "method": method, "seed": seed, "test": test, "details": details}))
+        paths.append(path)
+
+    for seed in (0, 1):
+        for method in ("jepa_finetune", "persistence"):
+            curve = list(np.linspace(0.5, 0.0, 8) + 0.01 * rng.standard_normal(8))
+            write("forecast", method, seed, {"r2": float(np.mean(curve))},
+                  {"per_step": {"test": {"r2": curve}, "val": {"r2": curve}}})
+        write("network_id", "jepa_embedding", seed, {"accuracy": 0.6 + 0.1 * seed},
+              {"chance": {"uniform": 0.125}, "position_only": {"accuracy": 0.4}})
+        write("network_id", "raw", seed, {"accuracy": 0.5}, {"chance": {"uniform": 0.125}, "position_only": None})
+        write("reconstruction", "mae", seed, {"r2_mask20": 0.4, "r2_mask50": 0.35, "r2_mask75": 0.3},
+              {"mask_ratios": [0.2, 0.5, 0.75]})
+        write("perturbation", "jepa", seed, {"closed_share": 0.9}, {})
+    return paths
+
+
+def test_capabilities_figure_draws_each_capability_from_its_records(tmp_path):
+    from test_figures import assert_real_image
+
+    from brainjepa.figures.capabilities import plot_capabilities, read_records
+
+    records = read_records(_records(tmp_path / "r"))
+    assert {c: sorted(m) for c, m in records.items()} == {
+        "forecast": ["jepa_finetune", "persistence"], "network_id": ["jepa_embedding", "raw"],
+        "reconstruction": ["mae"], "perturbation": ["jepa"]}
+    assert all(len(seeds) == 2 for methods in records.values() for seeds in methods.values())
+    assert plot_capabilities(records, tmp_path / "a.png") == ["forecast", "network_id", "reconstruction"]
+    plot_capabilities(records, tmp_path / "b.png")
+    assert_real_image(tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert plot_capabilities({"reconstruction": records["reconstruction"]}, tmp_path / "c.png") == ["reconstruction"]
+    with pytest.raises(InputError, match="no forecast, network_id or reconstruction record.*perturbation"):
+        plot_capabilities({"perturbation": records["perturbation"]}, tmp_path / "d.png")
+
+
+def test_capabilities_figure_names_a_bad_record(tmp_path):
+    from brainjepa.figures.capabilities import plot_capabilities, read_records
+
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(InputError, match="x.json: cannot read"):
+        read_records([tmp_path / "x.json"])
+    (tmp_path / "y.json").write_text('{"task": "forecast"}')
+    with pytest.raises(InputError, match="y.json: not a capability record"):
+        read_records([tmp_path / "y.json"])
+    (tmp_path / "z.json").write_text('{"task": "forecast", "method": "ar", "test": {}, "details": {}}')
+    with pytest.raises(InputError, match="forecast/ar: a record lacks details.per_step.test.r2"):
+        plot_capabilities(read_records([tmp_path / "z.json"]), tmp_path / "z.png")
+
+
+def test_perturbation_tables_of_several_seeds_are_averaged_per_roi(tmp_path):
+    from brainjepa.figures.perturbation import mean_roi_tables
+
+    names = ["A_1", "B_2", "C_3"]
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        pd.DataFrame({"name": names, "network": ["N1", "N1", "N2"], "magnitude": [scale * v for v in (1, 2, 3)],
+                      "control_magnitude": [scale] * 3}).to_csv(tmp_path / f"s{seed}.tsv", sep="\t", index=False)
+    mean = mean_roi_tables([tmp_path / "s0.tsv", tmp_path / "s1.tsv"])
+    assert list(mean["name"]) == names and list(mean["network"]) == ["N1", "N1", "N2"]
+    assert mean["magnitude"].tolist() == [2.0, 4.0, 6.0] and mean["control_magnitude"].tolist() == [2.0] * 3
+    pd.DataFrame({"name": names[::-1], "network": ["N2", "N1", "N1"], "magnitude": [1.0] * 3}).to_csv(
+        tmp_path / "other.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match="other.tsv: its ROIs differ"):
+        mean_roi_tables([tmp_path / "s0.tsv", tmp_path / "other.tsv"])
+    pd.DataFrame({"name": names}).to_csv(tmp_path / "bare.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"bare.tsv: the perturbation ROI table lacks column\(s\) \['network'"):
+        mean_roi_tables([tmp_path / "bare.tsv"])

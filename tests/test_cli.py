@@ -86,6 +86,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                      str(tmp / "p.json")], "no_shards"),
         "figure-perturbation": (["--rois", missing, "--labels", missing, "--out", str(tmp / "p.png")],
                                 "missing.tsv"),
+        "figure-capabilities": (["--results", str(garbage), "--out", str(tmp / "c.png")], "garbage.bin"),
     }
 
 
@@ -99,7 +100,8 @@ COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scali
             "simulate-atlas", "simulate-run", "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc",
             "figure-gradients",
             "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",
-            "provenance", "forecast", "reconstruct", "network-id", "perturb", "figure-perturbation"]
+            "provenance", "forecast", "reconstruct", "network-id", "perturb", "figure-perturbation",
+            "figure-capabilities"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -344,10 +344,12 @@ def test_dry_run_of_default_demo_config():
     assert batch_jobs(counts) == {stage: expected for stage in PER_RUN_STAGES}
     assert counts["atlas"] == counts["simulate_atlas"] == 1
     figures = {"figure_fc", "figure_gradients", "figure_qc", "figure_pretraining", "figure_evaluation",
-               "network_attention", "report_summary"}
+               "network_attention", "figure_capabilities", "report_summary"}
     assert all(counts[rule] == 1 for rule in figures) and "figure_scaling" not in counts  # one encoder size
-    # BrainLM's capabilities: forecast (3 fine-tuned encoders + 3 baselines) and MAE reconstruction, x 2 seeds
-    assert counts["capability"] == (6 + 1) * 2
+    # BrainLM's capabilities, x 2 seeds: forecast (3 fine-tuned encoders + 3 baselines), MAE reconstruction and
+    # network identification (3 encoders x 2 feature kinds + raw); perturbation (3 encoders), a figure per encoder
+    assert counts["capability"] == (6 + 1 + 7) * 2
+    assert counts["perturbation"] == 3 * 2 and counts["figure_perturbation"] == 3
 
 
 def dry_run_jobs(output: str) -> dict[str, dict[str, str]]:

@@ -84,6 +84,14 @@ def _figure_evaluation(args: argparse.Namespace) -> None:
         evaluation.plot_scaling(metrics, params, args.out_scaling)
 
 
+def _figure_capabilities(args: argparse.Namespace) -> None:
+    from brainjepa.figures.capabilities import plot_capabilities, read_records
+
+    records = read_records(args.results)
+    for out in args.out:
+        plot_capabilities(records, out)
+
+
 def _figure_qc(args: argparse.Namespace) -> None:
     from brainjepa.figures.qc import run_qc_figures
 
@@ -137,6 +145,14 @@ def register(sub) -> None:
     p.add_argument("--out-scaling", help="scaling figure (needs --encoder name=checkpoint of 2+ sizes)")
     p.add_argument("--encoder", type=named_path, action="append", default=[], help="name=checkpoint (repeatable)")
     p.set_defaults(func=_figure_evaluation)
+
+    p = sub.add_parser("figure-capabilities",
+                       help="BrainLM's capabilities: forecasting per horizon step, network identification, "
+                            "masked reconstruction per mask ratio (every method, mean over seeds)")
+    p.add_argument("--results", nargs="+", required=True,
+                   help="capability records (results/capabilities/<capability>/<method>/seed<k>.json)")
+    p.add_argument("--out", nargs="+", required=True, help="figure file(s): .png and/or .svg")
+    p.set_defaults(func=_figure_capabilities)
 
     p = sub.add_parser("figure-qc", parents=[parent("labels", "splits")],
                        help="per-ROI coverage and temporal SNR over runs, split counts, runs excluded")

@@ -27,17 +27,12 @@ def _perturb(args: argparse.Namespace) -> None:
 
 
 def _figure_perturbation(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from brainjepa.errors import InputError
-    from brainjepa.figures.perturbation import plot_perturbation
+    from brainjepa.figures.perturbation import mean_roi_tables, plot_perturbation
     from brainjepa.preprocess.atlas import read_label_table
 
-    try:
-        rois = pd.read_csv(args.rois, sep="\t")
-    except (OSError, pd.errors.ParserError) as exc:
-        raise InputError(f"{args.rois}: cannot read the perturbation ROI table ({exc})") from None
-    plot_perturbation(rois, read_label_table(args.labels), args.out, args.atlas, args.title)
+    rois = mean_roi_tables(args.rois)
+    title = args.title if len(args.rois) == 1 else f"{args.title} (mean of {len(args.rois)} seeds)"
+    plot_perturbation(rois, read_label_table(args.labels), args.out, args.atlas, title)
 
 
 def register(sub) -> None:
@@ -62,7 +57,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("figure-perturbation", parents=[parent("labels", "out")],
                        help="perturbation magnitudes on a glass brain (and atlas slices) and per network")
-    p.add_argument("--rois", required=True, help="the perturbation's <out stem>.rois.tsv")
+    p.add_argument("--rois", required=True, nargs="+",
+                   help="the perturbation's <out stem>.rois.tsv; several (seeds): their per-ROI mean")
     p.add_argument("--atlas", help="the atlas image (painted slices)")
     p.add_argument("--title", default="In-silico perturbation", help="figure title")
     p.set_defaults(func=_figure_perturbation)

@@ -43,6 +43,26 @@ def _joined(rois: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def mean_roi_tables(paths: list[str | Path]) -> pd.DataFrame:
+    """The per-ROI mean of several perturbation ROI tables (seeds of one method): name and network of the first,
+    the mean of every magnitude column. The tables must list the same ROIs in the same order."""
+    frames = []
+    for path in paths:
+        try:
+            frames.append(pd.read_csv(path, sep="\t"))
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read the perturbation ROI table ({exc})") from None
+        missing = [c for c in ("name", "network", "magnitude") if c not in frames[-1].columns]
+        if missing:
+            raise InputError(f"{path}: the perturbation ROI table lacks column(s) {missing}")
+        if list(frames[-1]["name"].astype(str)) != list(frames[0]["name"].astype(str)):
+            raise InputError(f"{path}: its ROIs differ from those of {paths[0]} (tables of one atlas expected)")
+    out = frames[0][["name", "network"]].copy()
+    for column in [c for c in frames[0].columns if c.endswith("magnitude")]:
+        out[column] = np.mean([f[column].to_numpy(dtype=np.float64) for f in frames], axis=0)
+    return out
+
+
 def plot_perturbation(rois: pd.DataFrame, labels: pd.DataFrame, out: str | Path,
                       atlas_image: str | Path | None = None, title: str = "In-silico perturbation") -> None:
     """ROI magnitudes on a glass brain (and painted atlas slices with ``atlas_image``) and a per-network bar chart

@@ -514,6 +514,9 @@ CAPABILITY_RESULTS = [
     for seed in config["evaluate"]["seeds"]
 ]
 ALL_RESULTS = EVAL_RESULTS + CAPABILITY_RESULTS
+# the capabilities figure reads forecasting, network identification and reconstruction; perturbation has its own
+CAPABILITY_FIGURE_RESULTS = [p for p in CAPABILITY_RESULTS if not p.startswith(f"{CAPABILITIES_ROOT}/perturbation/")]
+PERTURBATION_METHODS = EVAL_CAPABILITIES["perturbation"].methods() if "perturbation" in EVAL_CAPABILITIES else []
 CAPABILITY_COMMANDS = {name: spec.command for name, spec in CAPABILITY_SPECS.items()}
 
 
@@ -701,6 +704,8 @@ def figure_outputs():
         files += [f"{FIGURES}/scaling.png"] if SCALING_ENCODERS else []
     if ATTENTION is not None and EVAL_RESULTS:
         files += [f"{FIGURES}/network_attention.png", f"{FIGURES}/network_attention.tsv"]
+    files += [f"{FIGURES}/capabilities.png"] if CAPABILITY_FIGURE_RESULTS else []
+    files += [f"{FIGURES}/perturbation_{method}.png" for method in PERTURBATION_METHODS]
     return files + [REPORT_SUMMARY, REPORT_SUMMARY_JSON]
 
 

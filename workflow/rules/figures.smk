@@ -186,6 +186,62 @@ if ATTENTION is not None and EVAL_RESULTS:
             " --out-networks {output.networks:q} --out-rois {output.rois:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
+if CAPABILITY_FIGURE_RESULTS:
+
+    rule figure_capabilities:
+        input:
+            CAPABILITY_FIGURE_RESULTS,
+        output:
+            png=report(f"{FIGURES}/capabilities.png", caption="../report/capabilities.rst", category=CAT_EVAL),
+            svg=f"{FIGURES}/capabilities.svg",
+        log:
+            f"{LOGS}/figures/capabilities.log",
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        shell:
+            "brainjepa figure-capabilities --results {input:q} --out {output.png:q} {output.svg:q} > {log:q} 2>&1"
+
+
+if PERTURBATION_METHODS:
+
+    rule figure_perturbation:
+        input:
+            unpack(
+                lambda wildcards: {
+                    "rois": [
+                        f"{CAPABILITIES_ROOT}/perturbation/{wildcards.method}/seed{seed}.rois.tsv"
+                        for seed in config["evaluate"]["seeds"]
+                    ],
+                    "labels": ATLAS_LABELS,
+                }
+                | ({"atlas": ATLAS_IMAGE} if ATLAS_IMAGE else {})
+            ),
+        output:
+            report(
+                f"{FIGURES}/perturbation_{{method}}.png", caption="../report/perturbation.rst", category=CAT_INTERPRET
+            ),
+        log:
+            f"{LOGS}/figures/perturbation_{{method}}.log",
+        wildcard_constraints:
+            method="|".join(PERTURBATION_METHODS),
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        params:
+            atlas=lambda wildcards, input: f"--atlas {shlex.quote(input.atlas)}" if ATLAS_IMAGE else "",
+            title=lambda wildcards: f"In-silico perturbation: {wildcards.method}",
+        shell:
+            "brainjepa figure-perturbation --rois {input.rois:q} --labels {input.labels:q} {params.atlas}"
+            " --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule report_summary:
     input:
         samples=config["samples"],
