@@ -52,6 +52,7 @@ def make_project(work: Path, n_subjects: int, n_batches: int, n_rois: int = 450)
     config["batching"] = {"default": 2, "cohorts": {"ukb": n_batches}}
     config["splits"].update(pretraining={"cohort": "ukb", "fraction": 0.8}, stratify={})
     config["evaluate"]["tasks"] = {"age": {"cohorts": ["ext"], "label": "age", "kind": "regression"}}
+    config["evaluate"]["capabilities"] = {}   # the demo's name its cohorts; their jobs do not grow with subjects
     config["figures"]["attention"] = None
     for name in ("pretrain.yaml", "pretrain_mae.yaml"):
         (work / "config" / name).write_text((REPO / "config" / name).read_text())
