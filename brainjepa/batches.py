@@ -116,3 +116,19 @@ def for_each_run(items: list[tuple[str, T]], process: Callable[[T], object], sta
         log.info("%s %d/%d: %s", stage, i, len(items), run_id)
         with naming_run(run_id):
             process(item)
+
+
+def write_stamp(path, files: list) -> None:
+    """The stamp of a finished batch: a TSV of every file it wrote (``file``, ``bytes``), written atomically once
+    all of them exist. Downstream rules depend on a batch's stamp instead of its many per-run files, so that the
+    workflow graph resolves one file per batch, not one per run (Snakemake looks each input up among the
+    producing rule's outputs, which costs the batch size per lookup)."""
+    import os
+
+    from brainjepa.io import write_tsv_atomic
+
+    missing = [str(f) for f in files if not os.path.isfile(f)]
+    if missing:
+        raise InputError(f"{path}: the batch did not write {len(missing)} of its files, e.g. {missing[0]}")
+    write_tsv_atomic(pd.DataFrame({"file": [str(f) for f in files], "bytes": [os.path.getsize(f) for f in files]}),
+                     path)

@@ -55,8 +55,22 @@ def _records(frame: pd.DataFrame, numeric: tuple[str, ...]) -> list[dict]:
 
 
 def _validate_rows(records: list[dict], schema: dict, path: Path) -> None:
-    validator = jsonschema.Draft202012Validator(schema)
+    """Every row against the sheet's schema; the first invalid row is an error naming its line, column and problem.
+
+    The rows are screened by a compiled validator (fastjsonschema: about 30x faster than jsonschema, which
+    matters at 40,000 rows a sheet since the workflow validates at every start); a row it rejects is validated
+    again by jsonschema, whose errors name the column. Both read the same schema (draft-7 keywords only)."""
+    import fastjsonschema
+
+    screen = fastjsonschema.compile({k: v for k, v in schema.items() if k != "$schema"})
+    validator = None
     for i, rec in enumerate(records):
+        try:
+            screen(rec)
+            continue
+        except fastjsonschema.JsonSchemaException:
+            pass
+        validator = validator or jsonschema.Draft202012Validator(schema)
         errors = sorted(validator.iter_errors(rec), key=lambda e: list(e.path))
         if errors:
             err = errors[0]
@@ -95,9 +109,8 @@ def load_samples(path: str | Path, produced: Callable[[str], bool] = lambda p: F
     for column in PATH_COLUMNS:
         if column not in frame:
             frame[column] = ""
-    for i, row in frame.iterrows():
-        for column in PATH_COLUMNS:
-            value = row[column]
+    for i, row in enumerate(frame[list(PATH_COLUMNS)].itertuples(index=False, name=None)):
+        for column, value in zip(PATH_COLUMNS, row):
             if "{" in value or "}" in value:  # Snakemake reads braces in a file name as a wildcard
                 raise InputError(f"{path}: line {i + 2}: column '{column}': {value}: braces {{ }} in a file path "
                                  "cannot go through the workflow (Snakemake takes them for wildcards); rename the "

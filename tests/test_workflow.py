@@ -209,6 +209,37 @@ def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_
 
 
 @pytest.mark.slow
+def test_stages_after_a_batch_depend_on_its_stamp_and_a_deleted_run_file_reruns_the_batch(tiny_project, tmp_path):
+    """The stages after the per-run batches read one stamp per batch (not one file per run: the 40,000-run DAG
+    resolves 10^2 files, not 10^5); a per-run file deleted behind the workflow's back still reruns its batch."""
+    from brainjepa import batches
+
+    work = tmp_path / "copy"
+    shutil.copytree(tiny_project, work, symlinks=True)
+    stamps = sorted((work / "results/align_tr/_batches").glob("*.tsv"))
+    assert stamps and all(pd.read_csv(p, sep="\t").columns.tolist() == ["file", "bytes"] for p in stamps)
+    listed = pd.concat([pd.read_csv(p, sep="\t") for p in stamps])
+    assert all((work / f).stat().st_size == b for f, b in zip(listed["file"], listed["bytes"]))
+    qc = work / "results/parcellate/adnisim/sub-adnisim0001_ses-1_run-1_qc.tsv"
+    qc.unlink()
+    dry = snakemake(work, "-n", "-p", "all")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    adni = batches.batch_name("adnisim", batches.batch_of("adnisim", "adnisim0001", 2), 2)
+    counts = job_counts(dry.stdout)
+    assert batch_jobs(counts)["parcellate"] == [adni.replace("-", "_")]
+    forced = snakemake(work, "-n", "-p", "--forceall", "results/scaling/scaling_stats.json")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    scaling = forced.stdout.split("rule scaling:")[1].split("\n\n")[0]
+    inputs = scaling.split("input: ")[1].split("\n")[0].split(", ")
+    assert inputs[0] == "results/splits/splits.tsv"
+    assert inputs[1:] and all(re.fullmatch(r"results/align_tr/_batches/ukbsim-b\d+\.tsv", f) for f in inputs[1:])
+    assert "--runs-root results/align_tr " in scaling
+    run = snakemake(work, "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert qc.exists()
+
+
+@pytest.mark.slow
 def test_a_per_run_target_builds_and_a_new_subject_reruns_only_its_batch(tiny_project, tmp_path):
     """Per-run files stay targets of their own; a new held-out subject reruns its batch's jobs and nothing that
     feeds the group statistics or the pretraining shards."""

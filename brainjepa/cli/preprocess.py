@@ -39,11 +39,11 @@ def _parcellate(args: argparse.Namespace) -> None:
         if not args.out_root:
             raise InputError("--samples needs --out-root (the folder of <run_id>.parquet and <run_id>_qc.tsv)")
         n = parcellate_runs(args.samples, args.out_root, args.atlas, args.labels, args.runs, args.empty_roi,
-                            args.unnamed_columns)
+                            args.unnamed_columns, args.stamp)
         log.info("%d runs parcellated to %s", n, args.out_root)
         return
-    if args.out is None or args.out_root or args.runs:
-        raise InputError("one run (--bold or --timeseries) needs --out, not --out-root or --runs")
+    if args.out is None or args.out_root or args.runs or args.stamp:
+        raise InputError("one run (--bold or --timeseries) needs --out, not --out-root, --runs or --stamp")
     run_parcellate(args.out, args.atlas, args.labels, bold=args.bold, timeseries=args.timeseries,
                    mask=args.mask, tr=args.tr, qc_out=args.qc, empty_roi=args.empty_roi,
                    unnamed_columns=args.unnamed_columns)
@@ -54,6 +54,10 @@ def _align_tr(args: argparse.Namespace) -> None:
 
     for out, actual in zip(args.out, align_tr_runs(args.input, args.out, args.target_tr, args.method)):
         log.info("%s: TR %.4f s", out, actual)
+    if args.stamp:
+        from brainjepa.batches import write_stamp
+
+        write_stamp(args.stamp, args.out)
 
 
 def register(sub) -> None:
@@ -83,6 +87,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="output file (one run)")
     p.add_argument("--out-root", help="with --samples: writes <out-root>/<run_id>.parquet and <run_id>_qc.tsv")
     p.add_argument("--runs", nargs="+", metavar="RUN_ID", help="with --samples: these runs (<cohort>/sub-..._run-..)")
+    p.add_argument("--stamp", help="with --samples: the batch's stamp, written last (TSV of the files written)")
     p.add_argument("--atlas", help="the atlas image (NIfTI runs); without it, --labels alone names the columns of "
                                    "pre-parcellated runs")
     p.add_argument("--labels", help="label table (index, name, ...); column names come from it")
@@ -100,4 +105,5 @@ def register(sub) -> None:
     p.add_argument("--out", nargs="+", required=True, help="output files, one per --in file, in the same order")
     p.add_argument("--target-tr", type=float, required=True, help="seconds")
     p.add_argument("--method", default="stride", help="stride (the paper) | resample (anti-aliased)")
+    p.add_argument("--stamp", help="the batch's stamp, written last (TSV of the files written)")
     p.set_defaults(func=_align_tr)

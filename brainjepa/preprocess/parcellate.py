@@ -486,15 +486,16 @@ def run_parcellate(out: str | Path, atlas_path: str | Path, labels: str | Path |
 
 def parcellate_runs(samples_path: str | Path, out_root: str | Path, atlas_path: str | Path,
                     labels: str | Path | None = None, run_ids: list[str] | None = None,
-                    empty_roi: str = "error", unnamed_columns: str = "error") -> int:
+                    empty_roi: str = "error", unnamed_columns: str = "error", stamp: str | Path | None = None) -> int:
     """The ``parcellate`` stage for many runs of a sample sheet in one process (the workflow's batch jobs).
 
     Each listed run (default: every run of the sheet) is parcellated from its row (``bold`` with ``mask`` and
     ``tr``, or ``timeseries``) with the atlas loaded once, to ``<out_root>/<run_id>.parquet`` and
-    ``<out_root>/<run_id>_qc.tsv``. An error names the run. Returns the number of runs written.
+    ``<out_root>/<run_id>_qc.tsv``. An error names the run. With ``stamp``, the batch's stamp
+    (:func:`brainjepa.batches.write_stamp`) is written last. Returns the number of runs written.
     """
     from brainjepa import sheets
-    from brainjepa.batches import for_each_run, select_runs
+    from brainjepa.batches import for_each_run, select_runs, write_stamp
 
     samples = sheets.load_samples(samples_path, produced=lambda p: True)  # a missing file fails with its run
     rows = select_runs(samples, run_ids, str(samples_path))
@@ -509,4 +510,6 @@ def parcellate_runs(samples_path: str | Path, out_root: str | Path, atlas_path: 
                        unnamed_columns=unnamed_columns)
 
     for_each_run([(row["run_id"], row) for row in rows.to_dict("records")], parcellate_row, "parcellate")
+    if stamp is not None:
+        write_stamp(stamp, [root / f"{r}{suffix}" for r in rows["run_id"] for suffix in (".parquet", "_qc.tsv")])
     return len(rows)

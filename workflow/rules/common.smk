@@ -165,6 +165,7 @@ RUN_IDS = list(SAMPLES["run_id"])
 SAMPLE_ROWS = SAMPLES.to_dict("index")  # run_id -> its sheet row (a dict: fast lookups for 10^4 runs)
 # The per-run stages run one job per batch of subjects (brainjepa/batches.py): {batch name: [run_id, ...]}.
 BATCHES = batches.assign_batches(SPLIT_TABLE, config["batching"], config["splits"]["pretraining"]["cohort"])
+BATCH_OF_RUN = {run_id: batch for batch, run_ids in BATCHES.items() for run_id in run_ids}
 
 
 DEMO_ATLAS = demo_atlas_paths(str(DEMO_ROOT))
@@ -184,6 +185,51 @@ if LABEL_ONLY_ATLAS and (SAMPLES["bold"] != "").any():
     )
 PARCELLATE_ROOT = f"{RESULTS}/parcellate"  # <cohort>/<stem>.parquet (ROI time series), <stem>_qc.tsv (per ROI)
 ALIGN_TR_ROOT = f"{RESULTS}/align_tr"  # <cohort>/<stem>.parquet at the target TR
+
+
+def batch_stamp(root, batch):
+    """The stamp of a per-run stage's batch job (brainjepa.batches.write_stamp): <root>/_batches/<batch>.tsv.
+
+    A batch job declares every per-run file (each is a target of its own) and its stamp first; the stages after it
+    depend on stamps, one file per batch, because Snakemake resolves every input file by scanning the producing
+    rule's outputs: at 40,000 runs, per-run inputs cost 6 * 10^7 output comparisons (bench/dag_scale.py)."""
+    return f"{root}/_batches/{batch}.tsv"
+
+
+def batch_files(root, batch):
+    """The per-run files that a batch job of the stage at ``root`` declares beside its stamp."""
+    suffixes = (".parquet", "_qc.tsv") if root == PARCELLATE_ROOT else (".parquet",)
+    return [f"{root}/{run_id}{suffix}" for run_id in BATCHES[batch] for suffix in suffixes]
+
+
+_MISSING = {}
+
+
+def missing_batch_files(root, batch):
+    """The batch's declared per-run files that do not exist (a run added to the batch, or a file deleted).
+
+    Snakemake reruns a job only for a missing output that something requests; a stamp alone would hide them. So
+    `all` requests a finished batch (one with its stamp) with missing files by its stamp and those files
+    (computed once per workflow start)."""
+    key = (root, batch)
+    if key not in _MISSING:  # without its stamp the batch runs anyway: no need to look
+        done = os.path.exists(batch_stamp(root, batch))
+        _MISSING[key] = [f for f in batch_files(root, batch) if not os.path.exists(f)] if done else []
+    return _MISSING[key]
+
+
+def batch_targets(root, batch):
+    """What `all` requests of a batch: its stamp, and any of its per-run files that are missing. Only `all`: the
+    stages after a batch depend on its stamp alone, since a set of input files that changes between runs (missing
+    files, then none) would make Snakemake rerun them."""
+    return [batch_stamp(root, batch), *missing_batch_files(root, batch)]
+
+
+def run_stamps(root, run_ids):
+    """The stamps of the batches holding ``run_ids`` (sorted, each once)."""
+    return [batch_stamp(root, b) for b in sorted({BATCH_OF_RUN[r] for r in run_ids})]
+
+
 SPLITS = f"{RESULTS}/splits/splits.tsv"
 SPLIT_BALANCE = f"{RESULTS}/splits/balance.tsv"
 SCALING_STATS = f"{RESULTS}/scaling/scaling_stats.json"
@@ -248,8 +294,9 @@ def parcellate_batch_inputs(run_ids):
     return inputs
 
 
-def parcellate_batch_outputs(run_ids):
+def parcellate_batch_outputs(batch, run_ids):
     return {
+        "stamp": batch_stamp(PARCELLATE_ROOT, batch),  # first: where a lookup of the stamp stops
         "timeseries": [f"{PARCELLATE_ROOT}/{run_id}.parquet" for run_id in run_ids],
         "qc": [f"{PARCELLATE_ROOT}/{run_id}_qc.tsv" for run_id in run_ids],
     }
@@ -312,13 +359,13 @@ def atlas_args(wildcards, input):
 
 
 def runs_root(wildcards, input):
-    """The align_tr stage's folder, from the declared run files (<root>/<cohort>/<stem>.parquet)."""
+    """The align_tr stage's folder, from the declared batch stamps (<root>/_batches/<batch>.tsv)."""
     return os.path.dirname(os.path.dirname(input.runs[0])) if input.runs else ALIGN_TR_ROOT
 
 
 def split_runs(wildcards):
-    """The aligned run files of one split (from the split table computed when the workflow starts)."""
-    return aligned_runs(SPLIT_TABLE.loc[SPLIT_TABLE["split"] == wildcards.split, "run_id"])
+    """The align_tr stamps of the batches holding one split's runs (the split table of the workflow's start)."""
+    return run_stamps(ALIGN_TR_ROOT, SPLIT_TABLE.loc[SPLIT_TABLE["split"] == wildcards.split, "run_id"])
 
 
 def split_content(wildcards):
@@ -410,8 +457,7 @@ def launcher(section, launched=True):
 
 def get_final_outputs():
     group = [SPLITS, SPLIT_BALANCE, SCALING_STATS, GROUP_FC, GRADIENTS]
-    per_run = [f"{ALIGN_TR_ROOT}/{run_id}.parquet" for run_id in RUN_IDS]
-    per_run += [f"{RESULTS}/parcellate/{run_id}_qc.tsv" for run_id in RUN_IDS]
+    per_run = [f for root in (PARCELLATE_ROOT, ALIGN_TR_ROOT) for batch in BATCHES for f in batch_targets(root, batch)]
     shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
     pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
     evaluation = [METRICS, f"{TABLES}/summary.md"] if ALL_RESULTS else []

@@ -51,7 +51,7 @@ rule figure_gradients:
 
 rule figure_qc:
     input:
-        qc=[f"{PARCELLATE_ROOT}/{run_id}_qc.tsv" for run_id in RUN_IDS],
+        qc=run_stamps(PARCELLATE_ROOT, RUN_IDS),  # every batch's <run_id>_qc.tsv
         labels=ATLAS_LABELS,
         samples=config["samples"],
         splits=SPLITS,

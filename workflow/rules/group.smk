@@ -51,7 +51,7 @@ rule split_balance:
 rule scaling:
     input:
         splits=ancient(SPLITS),  # what matters of it is the pretraining set: the runs below
-        runs=aligned_runs(PRETRAIN_RUN_IDS),
+        runs=run_stamps(ALIGN_TR_ROOT, PRETRAIN_RUN_IDS),  # their batches
     output:
         SCALING_STATS,
     log:
@@ -75,7 +75,7 @@ rule group_fc:
     input:
         splits=ancient(SPLITS),  # what matters of it is the pretraining set: the runs below
         labels=ATLAS_LABELS,
-        runs=aligned_runs(PRETRAIN_RUN_IDS),
+        runs=run_stamps(ALIGN_TR_ROOT, PRETRAIN_RUN_IDS),  # their batches
     output:
         fc=GROUP_FC,
     log:

@@ -1,5 +1,6 @@
 # ROI mean time series (streamed from the BOLD file) and per-ROI QC of every run: one job per batch of runs
-# (config "batching"), each declaring its runs' files, so every per-run file is still a target of its own.
+# (config "batching"), each declaring its runs' files, so every per-run file is still a target of its own, and its
+# stamp (written last), which the stages after it depend on.
 for batch, run_ids in BATCHES.items():
 
     rule:
@@ -8,7 +9,7 @@ for batch, run_ids in BATCHES.items():
         input:
             **parcellate_batch_inputs(run_ids),
         output:
-            **parcellate_batch_outputs(run_ids),
+            **parcellate_batch_outputs(batch, run_ids),
         log:
             f"{LOGS}/parcellate/{batch}.log",
         conda:
@@ -28,4 +29,4 @@ for batch, run_ids in BATCHES.items():
         shell:
             "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} {params.atlas}"
             " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
-            " --out-root {params.out_root:q} > {log:q} 2>&1"
+            " --out-root {params.out_root:q} --stamp {output.stamp:q} > {log:q} 2>&1"
