@@ -4,10 +4,13 @@ For each size, a working folder gets a pre-parcellated cohort of that many subje
 exist but are empty: a dry run only checks that inputs exist), a small downstream cohort, and the demo's config
 with the demo off and a label-table atlas. Then ``snakemake -n all`` runs and this prints its wall time, peak
 memory (max RSS of the Snakemake process), and the job counts: total, and those of the per-run stages
-(parcellate_*, align_tr_*: one job per batch of subjects, config ``batching``).
+(parcellate_*, align_tr_*: one job per batch of subjects, config ``batching``). With ``--done``, a second dry
+run follows on the same folder with the per-run stages finished (every batch's stamp and every run's parcellated,
+QC and aligned file present, empty): what a rerun after adding a cohort costs.
 
     python bench/dag_scale.py                      # 1000 10000 40000 subjects, 100 batches for the big cohort
     python bench/dag_scale.py --subjects 40000 --batches 200
+    python bench/dag_scale.py --subjects 40000 --done
 """
 
 from __future__ import annotations
@@ -59,6 +62,23 @@ def make_project(work: Path, n_subjects: int, n_batches: int, n_rois: int = 450)
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
 
 
+def finish_per_run_stages(work: Path) -> int:
+    """Create what the per-run stages leave behind: the batch stamps (named by a dry run) and every run's files."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory",
+           str(work), "--cores", "2", "-n", "all"]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    files = set(re.findall(r"results/(?:parcellate|align_tr)/_batches/[\w-]+\.tsv", text))
+    samples = pd.read_csv(work / "config/samples.tsv", sep="\t", dtype=str)
+    for cohort, subject, session, run in zip(samples["cohort"], samples["subject"], samples["session"], samples["run"]):
+        stem = f"{cohort}/sub-{subject}_ses-{session}_run-{run}"
+        files.update({f"results/parcellate/{stem}.parquet", f"results/parcellate/{stem}_qc.tsv",
+                      f"results/align_tr/{stem}.parquet"})
+    for f in files:
+        (work / f).parent.mkdir(parents=True, exist_ok=True)
+        (work / f).touch()
+    return len(files)
+
+
 def dry_run(work: Path) -> dict:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory",
            str(work), "--cores", "2", "-n", "--quiet", "rules", "all"]
@@ -80,15 +100,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subjects", type=int, nargs="+", default=[1000, 10000, 40000])
     parser.add_argument("--batches", type=int, default=100, help="batches of the big cohort (config batching)")
+    parser.add_argument("--done", action="store_true", help="also dry-run with the per-run stages finished")
     args = parser.parse_args()
-    print("subjects  batches  dry-run s  peak MB  jobs  per-run-stage jobs")
+    print("subjects  batches  state       dry-run s  peak MB  jobs  per-run-stage jobs")
     for n in args.subjects:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp) / "dag"
             make_project(work, n, args.batches)
-            r = dry_run(work)
-        print(f"{n:8d}  {args.batches:7d}  {r['seconds']:9.1f}  {r['peak_mb']:7.0f}  {r['jobs']:4d}  "
-              f"{r['per_run_jobs']:18d}", flush=True)
+            states = [("fresh", None)] + ([("per-run done", finish_per_run_stages)] if args.done else [])
+            for state, prepare in states:
+                if prepare is not None:
+                    prepare(work)
+                r = dry_run(work)
+                print(f"{n:8d}  {args.batches:7d}  {state:12s}  {r['seconds']:8.1f}  {r['peak_mb']:7.0f}  "
+                      f"{r['jobs']:4d}  {r['per_run_jobs']:18d}", flush=True)
 
 
 if __name__ == "__main__":

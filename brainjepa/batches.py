@@ -132,3 +132,18 @@ def write_stamp(path, files: list) -> None:
         raise InputError(f"{path}: the batch did not write {len(missing)} of its files, e.g. {missing[0]}")
     write_tsv_atomic(pd.DataFrame({"file": [str(f) for f in files], "bytes": [os.path.getsize(f) for f in files]}),
                      path)
+    _remove_stale_stamps(path)
+
+
+def _remove_stale_stamps(path) -> None:
+    """Remove the stamps of the same batch with another run-list digest (``<batch>-<8 hex>.tsv`` beside ``path``):
+    the batch's earlier run lists."""
+    from pathlib import Path
+
+    path = Path(path)
+    match = re.fullmatch(r"(.+)-[0-9a-f]{8}\.tsv", path.name)
+    if not match:
+        return
+    for other in path.parent.glob(f"{match[1]}-*.tsv"):
+        if other != path and re.fullmatch(re.escape(match[1]) + r"-[0-9a-f]{8}\.tsv", other.name):
+            other.unlink(missing_ok=True)

@@ -96,3 +96,23 @@ def test_select_runs_and_errors_naming_the_run():
     with pytest.raises(RuntimeError, match=r"^run r2: ValueError: broken"):
         batches.for_each_run([("r1", 1), ("r2", 2), ("r3", 3)], process, "test")
     assert seen == [1]
+
+
+def test_a_stamp_lists_the_batch_files_and_replaces_the_batch_older_stamps(tmp_path):
+    from brainjepa.batches import write_stamp
+
+    files = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    for i, f in enumerate(files):
+        f.write_bytes(b"x" * (i + 3))
+    stamps = tmp_path / "_batches"
+    stamps.mkdir()
+    old, other = stamps / "c-b00-0123abcd.tsv", stamps / "c-b01-0123abcd.tsv"
+    old.write_text("file\tbytes\n")
+    other.write_text("file\tbytes\n")
+    write_stamp(stamps / "c-b00-89abcdef.tsv", files)
+    table = pd.read_csv(stamps / "c-b00-89abcdef.tsv", sep="\t")
+    assert table.to_dict("list") == {"file": [str(f) for f in files], "bytes": [3, 4]}
+    assert not old.exists() and other.exists()                 # another batch's stamp stays
+    with pytest.raises(InputError, match=r"c-b01-00000000.tsv: the batch did not write 1 of its files, e.g. .*gone"):
+        write_stamp(stamps / "c-b01-00000000.tsv", [files[0], tmp_path / "gone.parquet"])
+    assert not (stamps / "c-b01-00000000.tsv").exists() and other.exists()

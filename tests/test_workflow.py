@@ -209,11 +209,9 @@ def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_
 
 
 @pytest.mark.slow
-def test_stages_after_a_batch_depend_on_its_stamp_and_a_deleted_run_file_reruns_the_batch(tiny_project, tmp_path):
-    """The stages after the per-run batches read one stamp per batch (not one file per run: the 40,000-run DAG
-    resolves 10^2 files, not 10^5); a per-run file deleted behind the workflow's back still reruns its batch."""
-    from brainjepa import batches
-
+def test_stages_after_a_batch_depend_on_its_stamp_and_a_deleted_run_file_is_remade(tiny_project, tmp_path):
+    """A batch job declares only its stamp, and the stages after it read stamps (the 40,000-run DAG resolves 10^2
+    files, not 10^5); a per-run file deleted behind the workflow's back is remade by `all`, on its own."""
     work = tmp_path / "copy"
     shutil.copytree(tiny_project, work, symlinks=True)
     stamps = sorted((work / "results/align_tr/_batches").glob("*.tsv"))
@@ -224,15 +222,15 @@ def test_stages_after_a_batch_depend_on_its_stamp_and_a_deleted_run_file_reruns_
     qc.unlink()
     dry = snakemake(work, "-n", "-p", "all")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    adni = batches.batch_name("adnisim", batches.batch_of("adnisim", "adnisim0001", 2), 2)
     counts = job_counts(dry.stdout)
-    assert batch_jobs(counts)["parcellate"] == [adni.replace("-", "_")]
+    assert batch_jobs(counts)["parcellate"] == [] and counts["run_parcellate"] == 1   # the run alone
     forced = snakemake(work, "-n", "-p", "--forceall", "results/scaling/scaling_stats.json")
     assert forced.returncode == 0, forced.stderr[-3000:]
     scaling = forced.stdout.split("rule scaling:")[1].split("\n\n")[0]
     inputs = scaling.split("input: ")[1].split("\n")[0].split(", ")
     assert inputs[0] == "results/splits/splits.tsv"
-    assert inputs[1:] and all(re.fullmatch(r"results/align_tr/_batches/ukbsim-b\d+\.tsv", f) for f in inputs[1:])
+    stamp = r"results/align_tr/_batches/ukbsim-b\d+-[0-9a-f]{8}\.tsv"          # pretraining batches only
+    assert inputs[1:] and all(re.fullmatch(stamp, f) for f in inputs[1:])
     assert "--runs-root results/align_tr " in scaling
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -253,8 +251,8 @@ def test_a_per_run_target_builds_and_a_new_subject_reruns_only_its_batch(tiny_pr
     run = snakemake(work, target)
     assert run.returncode == 0, run.stderr[-3000:]
     counts = job_counts(run.stdout + run.stderr)
-    adni = batches.batch_name("adnisim", batches.batch_of("adnisim", "adnisim0001", 2), 2).replace("-", "_")
-    assert batch_jobs(counts) == {"simulate_run": [], "parcellate": [], "align_tr": [adni]} and counts == {}
+    assert batch_jobs(counts) == {"simulate_run": [], "parcellate": [], "align_tr": []}
+    assert counts == {"run_align_tr": 1}                                   # the run alone, not its batch
     assert read_timeseries(work / target)[0].shape == (40, 64)
 
     samples, phenotypes = _sheets(work)

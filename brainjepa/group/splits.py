@@ -90,10 +90,11 @@ def make_splits(samples: pd.DataFrame, seed: int, fractions: dict[str, float],
     """
     check_fractions(fractions)
     samples = samples.reset_index(drop=True)
-    cohorts_of = samples.groupby("subject")["cohort"].unique()
-    shared = cohorts_of[cohorts_of.map(len) > 1]
-    if len(shared):
-        subject, cohorts = shared.index[0], sorted(shared.iloc[0])
+    from brainjepa.sheets import shared_subjects
+
+    shared = shared_subjects(samples)
+    if shared:
+        subject, cohorts = next(iter(shared.items()))
         raise InputError(f"subject '{subject}' has runs in several cohorts {cohorts}; subject labels must be "
                          "unique across cohorts (prefix them with the cohort)")
     if pretraining_cohort is not None and pretraining_cohort not in set(samples["cohort"]):

@@ -166,6 +166,7 @@ SAMPLE_ROWS = SAMPLES.to_dict("index")  # run_id -> its sheet row (a dict: fast 
 # The per-run stages run one job per batch of subjects (brainjepa/batches.py): {batch name: [run_id, ...]}.
 BATCHES = batches.assign_batches(SPLIT_TABLE, config["batching"], config["splits"]["pretraining"]["cohort"])
 BATCH_OF_RUN = {run_id: batch for batch, run_ids in BATCHES.items() for run_id in run_ids}
+BATCH_DIGEST = {batch: batches.content_digest(sorted(run_ids))[:8] for batch, run_ids in BATCHES.items()}
 
 
 DEMO_ATLAS = demo_atlas_paths(str(DEMO_ROOT))
@@ -188,16 +189,20 @@ ALIGN_TR_ROOT = f"{RESULTS}/align_tr"  # <cohort>/<stem>.parquet at the target T
 
 
 def batch_stamp(root, batch):
-    """The stamp of a per-run stage's batch job (brainjepa.batches.write_stamp): <root>/_batches/<batch>.tsv.
+    """The stamp of a per-run stage's batch job (brainjepa.batches.write_stamp): <root>/_batches/<batch>-<digest>.tsv,
+    the digest that of the batch's run list, so that a run added to (or taken from) a batch names a new stamp and
+    reruns the job.
 
-    A batch job declares every per-run file (each is a target of its own) and its stamp first; the stages after it
-    depend on stamps, one file per batch, because Snakemake resolves every input file by scanning the producing
-    rule's outputs: at 40,000 runs, per-run inputs cost 6 * 10^7 output comparisons (bench/dag_scale.py)."""
-    return f"{root}/_batches/{batch}.tsv"
+    A batch job declares only its stamp; the runs' files are written beside it, and a rule per run (run_parcellate,
+    run_align_tr) makes any one of them on its own, so each stays a target. Snakemake spends time on every declared
+    file (it scans the producing rule's outputs to resolve an input, sorts all outputs, prints them): with the
+    120,000 per-run files of a 40,000-run cohort declared, a dry run took 74 s, without them 9 s
+    (bench/dag_scale.py)."""
+    return f"{root}/_batches/{batch}-{BATCH_DIGEST[batch]}.tsv"
 
 
 def batch_files(root, batch):
-    """The per-run files that a batch job of the stage at ``root`` declares beside its stamp."""
+    """The per-run files that a batch job of the stage at ``root`` writes beside its stamp."""
     suffixes = (".parquet", "_qc.tsv") if root == PARCELLATE_ROOT else (".parquet",)
     return [f"{root}/{run_id}{suffix}" for run_id in BATCHES[batch] for suffix in suffixes]
 
@@ -206,11 +211,8 @@ _MISSING = {}
 
 
 def missing_batch_files(root, batch):
-    """The batch's declared per-run files that do not exist (a run added to the batch, or a file deleted).
-
-    Snakemake reruns a job only for a missing output that something requests; a stamp alone would hide them. So
-    `all` requests a finished batch (one with its stamp) with missing files by its stamp and those files
-    (computed once per workflow start)."""
+    """The per-run files of a finished batch (one with its stamp) that do not exist: deleted since. `all` requests
+    them, and the per-run rule remakes each (computed once per workflow start)."""
     key = (root, batch)
     if key not in _MISSING:  # without its stamp the batch runs anyway: no need to look
         done = os.path.exists(batch_stamp(root, batch))
@@ -220,8 +222,7 @@ def missing_batch_files(root, batch):
 
 def batch_targets(root, batch):
     """What `all` requests of a batch: its stamp, and any of its per-run files that are missing. Only `all`: the
-    stages after a batch depend on its stamp alone, since a set of input files that changes between runs (missing
-    files, then none) would make Snakemake rerun them."""
+    stages after a batch depend on its stamp alone (a remade file has the content it had)."""
     return [batch_stamp(root, batch), *missing_batch_files(root, batch)]
 
 
@@ -294,12 +295,17 @@ def parcellate_batch_inputs(run_ids):
     return inputs
 
 
-def parcellate_batch_outputs(batch, run_ids):
-    return {
-        "stamp": batch_stamp(PARCELLATE_ROOT, batch),  # first: where a lookup of the stamp stops
-        "timeseries": [f"{PARCELLATE_ROOT}/{run_id}.parquet" for run_id in run_ids],
-        "qc": [f"{PARCELLATE_ROOT}/{run_id}_qc.tsv" for run_id in run_ids],
-    }
+def run_of(wildcards):
+    """The sheet's run of a per-run target (wildcards cohort, stem); a run the sheet lacks is an error naming it."""
+    run_id = f"{wildcards.cohort}/{wildcards.stem}"
+    if run_id not in SAMPLE_ROWS:
+        raise WorkflowError(f"{run_id}: no such run in {config['samples']} (per-run targets are runs of the sheet)")
+    return run_id
+
+
+def parcellate_run_inputs(wildcards):
+    """parcellate_batch_inputs of the one run of a per-run target."""
+    return parcellate_batch_inputs([run_of(wildcards)])
 
 
 def demo_batches():

@@ -1,6 +1,6 @@
 # ROI mean time series (streamed from the BOLD file) and per-ROI QC of every run: one job per batch of runs
-# (config "batching"), each declaring its runs' files, so every per-run file is still a target of its own, and its
-# stamp (written last), which the stages after it depend on.
+# (config "batching"). A batch job declares only its stamp (written last; the stages after it depend on it) and
+# writes its runs' files beside it; rule run_parcellate makes any one run's files, so each is a target of its own.
 for batch, run_ids in BATCHES.items():
 
     rule:
@@ -9,7 +9,7 @@ for batch, run_ids in BATCHES.items():
         input:
             **parcellate_batch_inputs(run_ids),
         output:
-            **parcellate_batch_outputs(batch, run_ids),
+            stamp=batch_stamp(PARCELLATE_ROOT, batch),
         log:
             f"{LOGS}/parcellate/{batch}.log",
         conda:
@@ -20,7 +20,7 @@ for batch, run_ids in BATCHES.items():
         params:
             runs=run_ids,
             content=batches.content_digest(sample_rows(run_ids, ["bold", "timeseries", "mask", "tr"])),
-            out_root=lambda wildcards, output: os.path.dirname(os.path.dirname(output.timeseries[0])),
+            out_root=PARCELLATE_ROOT,
             empty_roi=config["parcellate"]["empty_roi"],
             unnamed=config["parcellate"].get("unnamed_columns", "error"),
             atlas=lambda wildcards, input: (  # none with atlas.labels: the label table names the columns
@@ -30,3 +30,32 @@ for batch, run_ids in BATCHES.items():
             "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} {params.atlas}"
             " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
             " --out-root {params.out_root:q} --stamp {output.stamp:q} > {log:q} 2>&1"
+
+
+rule run_parcellate:
+    input:
+        unpack(parcellate_run_inputs),
+    output:
+        timeseries=f"{PARCELLATE_ROOT}/{{cohort}}/{{stem}}.parquet",
+        qc=f"{PARCELLATE_ROOT}/{{cohort}}/{{stem}}_qc.tsv",
+    log:
+        f"{LOGS}/parcellate/runs/{{cohort}}/{{stem}}.log",
+    wildcard_constraints:
+        cohort="[A-Za-z0-9]+",
+        stem="sub-[A-Za-z0-9]+_ses-[A-Za-z0-9]+_run-[A-Za-z0-9]+",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        run=run_of,
+        out_root=PARCELLATE_ROOT,
+        empty_roi=config["parcellate"]["empty_roi"],
+        unnamed=config["parcellate"].get("unnamed_columns", "error"),
+        atlas=lambda wildcards, input: f"--atlas {shlex.quote(input.atlas)}" if "atlas" in input.keys() else "",
+    shell:
+        "brainjepa parcellate --samples {input.samples:q} --runs {params.run:q} {params.atlas}"
+        " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
+        " --out-root {params.out_root:q} > {log:q} 2>&1"
