@@ -1,8 +1,10 @@
 """Batches of runs: the per-run stages (simulate_run, parcellate, align_tr) run one job per batch, not per run.
 
 Snakemake spends about 0.6 s on every job (on 2 cores: 64 align_tr jobs took 40 s, most of it Python and pandas
-imports), so a cohort of hundreds of runs needs many runs per job. A batch is a set of subjects of one cohort,
-and every per-run file stays a declared output of its batch's job, so any single run file is still a target.
+imports), so a cohort of hundreds of runs needs many runs per job. A batch is a set of subjects of one cohort.
+The parcellate and align_tr batch jobs declare only a stamp (:func:`write_stamp`) and the workflow has a rule per
+run beside them, so any single run file is still a target. A bad run fails its batch's job after the other runs
+of the batch are written, and the error names every bad run.
 
 A subject's batch is a pure function of (cohort, subject) and the cohort's number of batches n: the index
 floor(n * u), u uniform in [0, 1) from the SHA-256 of the identifiers (as the splits do). All runs of a subject
@@ -111,11 +113,25 @@ def naming_run(run_id: str) -> Iterator[None]:
 
 
 def for_each_run(items: list[tuple[str, T]], process: Callable[[T], object], stage: str) -> None:
-    """Call ``process(item)`` for each (run_id, item), logging each run and naming it in any error."""
+    """Call ``process(item)`` for each (run_id, item), logging each run and naming it in any error.
+
+    A run that fails does not stop the others: every run is tried, then one bad run's error is raised as it was,
+    and several are raised together as one InputError naming each (the first five in full)."""
+    failures: list[Exception] = []
     for i, (run_id, item) in enumerate(items, start=1):
         log.info("%s %d/%d: %s", stage, i, len(items), run_id)
-        with naming_run(run_id):
-            process(item)
+        try:
+            with naming_run(run_id):
+                process(item)
+        except (InputError, RuntimeError) as exc:
+            log.info("%s %d/%d: %s failed; going on with the batch's other runs", stage, i, len(items), run_id)
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        shown = "; ".join(str(e) for e in failures[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        raise InputError(f"{len(failures)} of {len(items)} runs failed ({stage}): {shown}{more}")
 
 
 def write_stamp(path, files: list) -> None:

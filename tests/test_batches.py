@@ -95,7 +95,16 @@ def test_select_runs_and_errors_naming_the_run():
 
     with pytest.raises(RuntimeError, match=r"^run r2: ValueError: broken"):
         batches.for_each_run([("r1", 1), ("r2", 2), ("r3", 3)], process, "test")
-    assert seen == [1]
+    assert seen == [1, 3]                      # a bad run stops no other run of its batch
+
+    def process_many(item: int) -> None:
+        if item % 2 == 0:
+            raise InputError(f"f{item}.nii.gz: bad")
+        seen.append(item)
+
+    with pytest.raises(InputError, match=r"^7 of 14 runs failed \(test\): run r2: f2.nii.gz: bad; run r4: f4.nii.gz: "
+                                         r"bad; .*run r10: f10.nii.gz: bad; and 2 more$"):
+        batches.for_each_run([(f"r{k}", k) for k in range(1, 15)], process_many, "test")
 
 
 def test_a_stamp_lists_the_batch_files_and_replaces_the_batch_older_stamps(tmp_path):
