@@ -303,6 +303,16 @@ def run_of(wildcards):
     return run_id
 
 
+def parcellate_options(wildcards, input):
+    """The `brainjepa parcellate` options shared by the batch and per-run rules (shell-quoted): the atlas (none
+    with atlas.labels: the label table names the columns), the label table and the parcellate settings."""
+    atlas = f"--atlas {shlex.quote(input.atlas)} " if "atlas" in input.keys() else ""
+    return (
+        f"{atlas}--labels {shlex.quote(input.labels)} --empty-roi {config['parcellate']['empty_roi']}"
+        f" --unnamed-columns {config['parcellate'].get('unnamed_columns', 'error')}"
+    )
+
+
 def parcellate_run_inputs(wildcards):
     """parcellate_batch_inputs of the one run of a per-run target."""
     return parcellate_batch_inputs([run_of(wildcards)])
@@ -365,7 +375,7 @@ def atlas_args(wildcards, input):
 
 
 def runs_root(wildcards, input):
-    """The align_tr stage's folder, from the declared batch stamps (<root>/_batches/<batch>.tsv)."""
+    """The align_tr stage's folder, from the declared batch stamps (<root>/_batches/<batch>-<digest>.tsv)."""
     return os.path.dirname(os.path.dirname(input.runs[0])) if input.runs else ALIGN_TR_ROOT
 
 

@@ -21,14 +21,9 @@ for batch, run_ids in BATCHES.items():
             runs=run_ids,
             content=batches.content_digest(sample_rows(run_ids, ["bold", "timeseries", "mask", "tr"])),
             out_root=PARCELLATE_ROOT,
-            empty_roi=config["parcellate"]["empty_roi"],
-            unnamed=config["parcellate"].get("unnamed_columns", "error"),
-            atlas=lambda wildcards, input: (  # none with atlas.labels: the label table names the columns
-                f"--atlas {shlex.quote(input.atlas)}" if "atlas" in input.keys() else ""
-            ),
+            options=parcellate_options,
         shell:
-            "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} {params.atlas}"
-            " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
+            "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} {params.options}"
             " --out-root {params.out_root:q} --stamp {output.stamp:q} > {log:q} 2>&1"
 
 
@@ -52,10 +47,7 @@ rule run_parcellate:
     params:
         run=run_of,
         out_root=PARCELLATE_ROOT,
-        empty_roi=config["parcellate"]["empty_roi"],
-        unnamed=config["parcellate"].get("unnamed_columns", "error"),
-        atlas=lambda wildcards, input: f"--atlas {shlex.quote(input.atlas)}" if "atlas" in input.keys() else "",
+        options=parcellate_options,
     shell:
-        "brainjepa parcellate --samples {input.samples:q} --runs {params.run:q} {params.atlas}"
-        " --labels {input.labels:q} --empty-roi {params.empty_roi} --unnamed-columns {params.unnamed}"
+        "brainjepa parcellate --samples {input.samples:q} --runs {params.run:q} {params.options}"
         " --out-root {params.out_root:q} > {log:q} 2>&1"
