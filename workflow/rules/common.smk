@@ -201,6 +201,17 @@ def batch_stamp(root, batch):
     return f"{root}/_batches/{batch}-{BATCH_DIGEST[batch]}.tsv"
 
 
+def stamp_stage_root(wildcards, output):
+    """A batch job's stage folder, from its declared stamp (<root>/_batches/<batch>-<digest>.tsv): inferred from the
+    output rather than a hard-coded prefix, so that it holds where the job's files are staged elsewhere."""
+    return os.path.dirname(os.path.dirname(output.stamp))
+
+
+def run_stage_root(wildcards, output):
+    """A per-run job's stage folder, from its declared <root>/<cohort>/<stem>.parquet output."""
+    return os.path.dirname(os.path.dirname(output[0]))
+
+
 def batch_files(root, batch):
     """The per-run files that a batch job of the stage at ``root`` writes beside its stamp."""
     suffixes = (".parquet", "_qc.tsv") if root == PARCELLATE_ROOT else (".parquet",)

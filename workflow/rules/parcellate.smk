@@ -20,7 +20,7 @@ for batch, run_ids in BATCHES.items():
         params:
             runs=run_ids,
             content=batches.content_digest(sample_rows(run_ids, ["bold", "timeseries", "mask", "tr"])),
-            out_root=PARCELLATE_ROOT,
+            out_root=stamp_stage_root,
             options=parcellate_options,
         shell:
             "brainjepa parcellate --samples {input.samples:q} --runs {params.runs:q} {params.options}"
@@ -46,7 +46,7 @@ rule run_parcellate:
         runtime=10,
     params:
         run=run_of,
-        out_root=PARCELLATE_ROOT,
+        out_root=run_stage_root,
         options=parcellate_options,
     shell:
         "brainjepa parcellate --samples {input.samples:q} --runs {params.run:q} {params.options}"
