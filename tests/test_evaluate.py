@@ -388,6 +388,25 @@ def test_every_method_writes_its_json_through_the_cli(eval_data, tmp_path, metho
                                        else {"accuracy", "balanced_accuracy", "f1", "auroc"})
 
 
+def test_fine_tuning_finds_a_planted_amplitude_effect(eval_data):
+    """Positive control of the fine-tune (the demo's sex and diagnosis effects are too weak for ~70 training
+    subjects: bench/finetune_positive_control.py): an untrained encoder fine-tuned on 36 subjects finds the
+    fixture's sex, planted as the amplitude of ROIs 4-5 only, on the held-out subjects; loaded windows go
+    through evaluate_windows, the code of rule evaluate."""
+    from brainjepa.evaluate.run import evaluate_windows
+
+    root, _ = eval_data
+    w = load_task(SEX, split_manifests(root / "shards"), WINDOW, with_data=True)
+    spec = {"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")}
+    cfg = ProtocolConfig.from_dict({"finetune": {"epochs": 40, "warmup_epochs": 1, "base_lr": 0.03},
+                                    "class_weight": "balanced", "threads": 1})
+    record = evaluate_windows(w, "random_finetune", 0, cfg, spec)
+    assert record["n_subjects"] == {"train": 36, "val": 12, "test": 12}
+    assert record["test"]["auroc"] >= 0.9 and record["test"]["balanced_accuracy"] >= 0.75
+    with pytest.raises(InputError, match="needs the task's windows"):
+        evaluate_windows(load_task(SEX, split_manifests(root / "shards"), WINDOW), "random_finetune", 0, cfg, spec)
+
+
 def test_closed_form_and_fc_jobs_do_not_import_torch(eval_data, tmp_path):
     """An evaluation job pays its imports (torch: about 3 s on a small machine, times dozens of jobs in the
     demo): the FC and closed-form heads do not import it."""

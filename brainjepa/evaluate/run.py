@@ -181,13 +181,30 @@ def _subject_rows(w: TaskWindows, split: str, pred: np.ndarray) -> tuple[np.ndar
 def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path, out: str | Path,
                    protocols: ProtocolConfig | None = None, encoder_spec: dict | None = None,
                    features: list[str | Path] | None = None) -> dict:
-    """Evaluate one (task, method, seed) and write its JSON (rank 0); returns the record.
+    """Evaluate one (task, method, seed) on the shards' windows and write its JSON (rank 0); returns the record.
 
     torch is imported only by the gradient-trained protocols (closed-form and FC jobs start seconds sooner)."""
     from brainjepa.data.shards import load_manifest
     from brainjepa.io import write_text_atomic
 
     cfg = protocols or ProtocolConfig()
+    _, protocol = parse_method(method)
+    manifests = split_manifests(shards)
+    window = int(load_manifest(manifests["train"])["window"])
+    w = load_task(task, manifests, window, with_data=protocol in ("finetune", "fc_linear", "fc_svm"))
+    record = evaluate_windows(w, method, seed, cfg, encoder_spec, features)
+    if protocol not in TORCH_PROTOCOLS or _rank() == 0:
+        write_text_atomic(out, json.dumps(record, indent=1, default=_plain) + "\n")
+    return record
+
+
+def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: ProtocolConfig | None = None,
+                     encoder_spec: dict | None = None, features: list[str | Path] | None = None) -> dict:
+    """Evaluate one (task, method, seed) on loaded task windows ``w`` (:func:`.tasks.load_task`; with their
+    data for fine-tuning and the FC baselines); returns the JSON record (module docstring). The windows may
+    come from elsewhere than the shards (``bench/finetune_positive_control.py`` plants effects into them)."""
+    cfg = protocols or ProtocolConfig()
+    task = w.task
     encoder_name, protocol = parse_method(method)
     uses_torch = protocol in TORCH_PROTOCOLS
     if uses_torch and cfg.threads:
@@ -195,10 +212,9 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
 
         torch.set_num_threads(cfg.threads)
     name = f"{task.name}/{method}/seed{seed}"
-    manifests = split_manifests(shards)
-    window = int(load_manifest(manifests["train"])["window"])
-    needs_data = protocol in ("finetune", "fc_linear", "fc_svm")
-    w = load_task(task, manifests, window, with_data=needs_data)
+    window = int(w.data.shape[-1]) if w.data is not None else None
+    if protocol in ("finetune", "fc_linear", "fc_svm") and w.data is None:
+        raise InputError(f"{name}: {protocol} needs the task's windows (load_task with_data=True)")
     _seed_everything(seed, uses_torch)
     weight = _class_weight(w, cfg)
     t0 = time.perf_counter()
@@ -217,7 +233,8 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
         inputs = cached["roi_tokens"] if protocol == "attentive" else cached["pooled"]
         from brainjepa.evaluate.features import read_features
 
-        source = read_features(features[0])["meta"]["source"]
+        meta = read_features(features[0])["meta"]
+        source, window = meta["source"], meta.get("window", window)
         if protocol == "closed_form":
             predictions, info = _closed_form(protocol, w, inputs.astype(np.float64), cfg, seed, weight)
         else:
@@ -244,8 +261,6 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
     record["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("%s: test %s (%.1f s)", name, ", ".join(f"{k} {v:.3f}" for k, v in record["test"].items()),
              record["seconds"])
-    if not uses_torch or _rank() == 0:
-        write_text_atomic(out, json.dumps(record, indent=1, default=_plain) + "\n")
     return record
 
 
