@@ -349,6 +349,21 @@ def test_cached_features_equal_fresh_ones(eval_data, tmp_path):
     np.testing.assert_allclose(pooled[:2], tokens.mean(dim=1).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_feature_windows_are_the_tasks_windows_and_an_absent_cohort_is_named(eval_data):
+    from brainjepa.evaluate.tasks import cohort_windows, split_windows
+
+    root, _ = eval_data
+    manifests = split_manifests(root / "shards")
+    run_id, start, data, names = cohort_windows(manifests, ["c"], WINDOW)
+    per_split = split_windows(manifests, ["c"], WINDOW)
+    assert list(run_id) == [r for s in ("train", "val", "test") for r in per_split[s].run_id]
+    np.testing.assert_array_equal(data, np.concatenate([per_split[s].data for s in ("train", "val", "test")]))
+    assert data.shape == (len(start), R, WINDOW) and names == [f"roi{i}" for i in range(R)]
+    with pytest.raises(InputError, match=r"cohort\(s\) \['zz'\]: no run with a full window"):
+        cohort_windows(manifests, ["zz"], WINDOW)
+    assert split_windows(manifests, ["zz"], WINDOW, skip_empty=True) == {}
+
+
 def test_lars_scales_matrix_updates_by_the_trust_ratio():
     w = torch.nn.Parameter(torch.full((2, 2), 2.0))
     b = torch.nn.Parameter(torch.zeros(2))

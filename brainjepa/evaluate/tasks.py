@@ -156,10 +156,12 @@ class SplitWindows:
 
 
 def split_windows(manifests: dict, cohorts: list[str], window: int, splits: tuple[str, ...] = SPLITS,
-                  label: str | None = None, keep_runs: bool = False) -> dict[str, SplitWindows]:
+                  label: str | None = None, keep_runs: bool = False,
+                  skip_empty: bool = False) -> dict[str, SplitWindows]:
     """The cohorts' deterministic evaluation windows (every window from time 0, as the tasks read them) of
     each split in ``splits``: ``{split: SplitWindows}``; with ``label`` also each window's label as text, with
-    ``keep_runs`` each window's whole run. A split without any window is an error naming its manifest."""
+    ``keep_runs`` each window's whole run. A split without any window is an error naming its manifest, or left
+    out of the result with ``skip_empty``."""
     from brainjepa.data.schedule import window_starts
 
     out = {}
@@ -182,6 +184,8 @@ def split_windows(manifests: dict, cohorts: list[str], window: int, splits: tupl
                     rows["value"].append(value)
                 if keep_runs:
                     rows["runs"].append(run)
+        if not rows["data"] and skip_empty:
+            continue
         if not rows["data"]:
             raise InputError(f"{manifests[split]}: no run of cohort(s) {list(cohorts)} with a full window of "
                              f"{window} time steps in split '{split}'")
@@ -315,24 +319,17 @@ def subject_loss(kind: str, subject: np.ndarray, target: np.ndarray, pred: np.nd
 def cohort_windows(manifests: dict[str, str | Path], cohorts: list[str], window: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Every evaluation window of the cohorts' train/val/test runs, labelled or not: (run_id [N], start [N],
-    data [N, R, window] float32, ROI names). What the feature cache of an encoder holds."""
-    from brainjepa.data.schedule import window_starts
+    data [N, R, window] float32, ROI names), in split order (:func:`split_windows`). What the feature cache of
+    an encoder holds; a split without a run of the cohorts is skipped."""
     from brainjepa.data.shards import load_manifest
 
-    run_ids, starts, blocks = [], [], []
-    for split in SPLITS:
-        frame = read_split(manifests[split], split, [], True)
-        frame = frame[frame["cohort"].isin(cohorts)]
-        for run_id, matrix in zip(frame["run_id"], frame["data"]):
-            for s0 in window_starts(matrix.shape[1], window, mode="eval"):
-                run_ids.append(run_id)
-                starts.append(s0)
-                blocks.append(np.asarray(matrix[:, s0:s0 + window], dtype=np.float32))
-    if not blocks:
+    parts = list(split_windows(manifests, cohorts, window, skip_empty=True).values())
+    if not parts:
         raise InputError(f"cohort(s) {cohorts}: no run with a full window of {window} time steps in the "
                          "train/val/test shards")
     names = list(load_manifest(manifests["train"])["roi_names"])
-    return np.array(run_ids), np.array(starts), np.stack(blocks), names
+    return (np.concatenate([p.run_id for p in parts]), np.concatenate([p.start for p in parts]),
+            np.concatenate([p.data for p in parts]), names)
 
 
 def split_manifests(shards: str | Path) -> dict[str, Path]:
