@@ -145,6 +145,23 @@ def test_the_planted_network_ranks_first(goal):
     assert closed.mean() > 0.8 and projected.mean() > 0.8
 
 
+def test_group_difference_permutation_test_tells_a_real_difference_from_none():
+    rng = np.random.default_rng(0)
+    rep = rng.normal(size=(40, 6))
+    is_target = np.arange(40) % 2 == 0
+    none = pt.group_difference(rep, is_target, 500)
+    shifted = rep.copy()
+    shifted[is_target, 0] += 1.5
+    real = pt.group_difference(shifted, is_target, 500)
+    assert none["p"] > 0.05 and real["p"] == pytest.approx(1 / 501)
+    assert real["distance"] > real["null_95"] and none["distance"] < none["null_95"]
+    direct = np.linalg.norm(shifted[is_target].mean(0) - shifted[~is_target].mean(0))
+    assert real["distance"] == pytest.approx(direct)
+    assert pt.group_difference(rep, is_target, 500) == none                 # deterministic
+    with pytest.raises(InputError, match="permutations"):
+        pt.PerturbConfig(permutations=0)
+
+
 def test_perturb_command_writes_the_record_tables_and_a_deterministic_figure(planted, tmp_path):
     from test_figures import assert_real_image
 
@@ -164,6 +181,7 @@ def test_perturb_command_writes_the_record_tables_and_a_deterministic_figure(pla
         assert {f"{prefix}magnitude_{n}" for n in NETWORKS} | {f"{prefix}rank_{n}" for n in NETWORKS} <= set(test)
     assert sorted(test[f"rank_{n}"] for n in NETWORKS) == [1.0, 2.0, 3.0, 4.0]
     assert 0 < test["closed_share"] <= 1 and -1 <= test["control_spearman"] <= 1
+    assert 0 < test["group_p"] <= 1 and record["details"]["group_difference"]["permutations"] == 1000
     assert record["details"]["loss"].startswith("||pool(x + delta) - mu_t||^2")
     rois = pd.read_csv(tmp_path / "jobs" / "seed0.rois.tsv", sep="\t")
     nets = pd.read_csv(tmp_path / "jobs" / "seed0.networks.tsv", sep="\t")

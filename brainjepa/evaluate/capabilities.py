@@ -46,7 +46,7 @@ CAPABILITIES: dict[str, Capability] = {
                            suffix="finetune"),
     "network_id": Capability("network_id", "network-id", ("accuracy", "balanced_accuracy"), baselines=("raw",),
                              features=("embedding", "attention")),
-    "perturbation": Capability("perturbation", "perturb", ("closed_share",)),
+    "perturbation": Capability("perturbation", "perturb", ("closed_share", "group_p")),
     "reconstruction": Capability("reconstruction", "reconstruct", ("r2_mask75", "r2_mask50", "r2_mask20")),
 }
 KINDS = {c.kind for c in CAPABILITIES.values()}

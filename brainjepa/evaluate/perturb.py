@@ -37,7 +37,13 @@ says how much of the ranking is shared. (The other candidate control, a
 source -> source move, asks each subject to become its group's mean: it mixes the subject's own deviation into
 the ranking and has no group-difference length to match, so it was not chosen.)
 
-Record ``test`` (floats): ``closed_share``, ``projected_share``, ``rms`` (of delta over every entry),
+Whether there is a group difference to follow at all: ``group_p``, a label-permutation test of the distance
+||mu_t - mu_s|| over the training subjects of both groups (their labels shuffled ``permutations`` times; p =
+(1 + #{permuted distance >= observed}) / (1 + permutations)). An encoder whose representations do not separate
+the groups (a large p) still gives a perturbation and a ranking, but one that can only show where the encoder is
+easy to move: the job's log says so.
+
+Record ``test`` (floats): ``closed_share``, ``projected_share``, ``rms`` (of delta over every entry), ``group_p``,
 ``magnitude_<network>``, ``rank_<network>``, the same with a ``control_`` prefix, and ``control_spearman``;
 ``per_subject``: ``closed_share`` and ``control_closed_share``. For a checkpoint encoder the seed changes only the
 control's direction (the optimisation from delta = 0 is deterministic).
@@ -77,6 +83,7 @@ class PerturbConfig:
     lr: float = 0.05                           # Adam learning rate (the data's scaled units per step)
     penalty: float = 1.0                       # lambda: weight of mean(delta^2) in the loss
     goal: Literal["mean", "shift"] = "mean"    # mean: pool(x + delta) -> mu_t; shift: -> pool(x) + mu_t - mu_s
+    permutations: int = 1000                   # label permutations of the group-difference test (group_p)
     batch_size: int = 32                       # windows optimised together
     log_every: int = 25                        # steps between loss log lines (and history points)
     device: Device = "auto"
@@ -84,8 +91,8 @@ class PerturbConfig:
     threads: int | None = None                 # torch threads (None: torch's default)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise InputError(f"{WHERE}: steps, batch_size and log_every must be at least 1")
+        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1 or self.permutations < 1:
+            raise InputError(f"{WHERE}: steps, batch_size, log_every and permutations must be at least 1")
         if self.lr <= 0 or self.penalty < 0:
             raise InputError(f"{WHERE}: lr must be > 0 and penalty >= 0")
         if str(self.source) == str(self.target):
@@ -217,6 +224,29 @@ def group_mean(representation: np.ndarray, subject: np.ndarray) -> np.ndarray:
     return subject_mean(subject, representation)[1].mean(axis=0)
 
 
+def group_difference(representation: np.ndarray, is_target: np.ndarray, permutations: int,
+                     seed: int = 0) -> dict[str, float]:
+    """Label-permutation test of the distance between two groups' mean representations.
+
+    representation [S, D]: one row per subject (its window mean); is_target [S] bool. Returns the observed
+    distance, the permuted distances' mean and 95th percentile, and p = (1 + #{permuted >= observed}) /
+    (1 + permutations) (deterministic for a given ``seed``)."""
+    rep = np.asarray(representation, dtype=np.float64)
+    labels = np.asarray(is_target, dtype=bool)
+
+    def distance(mask: np.ndarray) -> np.ndarray:  # mask [P, S] -> [P]
+        n_t = mask.sum(axis=1, keepdims=True)
+        mu_t = (mask @ rep) / n_t
+        mu_s = ((~mask) @ rep) / (len(rep) - n_t)
+        return np.linalg.norm(mu_t - mu_s, axis=1)
+
+    observed = float(distance(labels[None])[0])
+    rng = np.random.default_rng(seed)
+    null = distance(np.stack([rng.permutation(labels) for _ in range(permutations)]))
+    return {"distance": observed, "null_mean": float(null.mean()), "null_95": float(np.quantile(null, 0.95)),
+            "p": float((1 + np.sum(null >= observed)) / (1 + permutations)), "permutations": int(permutations)}
+
+
 def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[str], labels_path: str | Path,
                      out: str | Path, encoder_spec: dict, cfg: PerturbConfig | None = None) -> dict:
     """The ``perturb`` stage: one (encoder method, seed) -> the record at ``out`` (JSON) and the tables
@@ -251,12 +281,21 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
     encoder.to(device)
     autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
 
+    from brainjepa.evaluate.tasks import subject_mean
+
     train = windows["train"]
-    means = {}
-    for name, value in (("source", cfg.source), ("target", cfg.target)):
-        m = train.value == value
-        rep, _ = extract(encoder, train.data[m], encoder.cfg.n_time_patches, device, cfg.batch_size, autocast)
-        means[name] = group_mean(rep, train.subject[m])
+    both = np.isin(train.value, [cfg.source, cfg.target])
+    rep, _ = extract(encoder, train.data[both], encoder.cfg.n_time_patches, device, cfg.batch_size, autocast)
+    subjects, subject_rep = subject_mean(train.subject[both], rep)
+    group_of = dict(zip(train.subject[both], train.value[both]))
+    is_target = np.array([group_of[s] == cfg.target for s in subjects])
+    means = {"source": subject_rep[~is_target].mean(axis=0), "target": subject_rep[is_target].mean(axis=0)}
+    difference = group_difference(subject_rep, is_target, cfg.permutations)
+    if difference["p"] > 0.05:
+        log.warning("perturbation: the encoder's representations do not separate %s=%s from %s=%s (permutation "
+                    "p = %.3f over %d training subjects): the ROI ranking can only show where the encoder is easy "
+                    "to move, not the group difference", cfg.label, cfg.source, cfg.label, cfg.target,
+                    difference["p"], len(subjects))
     scale = float(np.sum((means["source"] - means["target"]) ** 2))
     if scale == 0.0:
         raise InputError(f"perturbation: the groups {cfg.label}={cfg.source!r} and {cfg.target!r} have the same mean "
@@ -272,9 +311,10 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
         log.info("perturbation toward the %s (%d windows of %d test subjects)", name, len(data), len(set(subject)))
         runs[name] = perturb_windows(encoder, data, goal, scale, cfg, device, autocast)
         shares[name] = closed_shares(runs[name]["start"], runs[name]["end"], goal, means["source"], means["target"])
-    train_subjects = len(set(train.subject[np.isin(train.value, [cfg.source, cfg.target])]))
     record, rois, nets = _summarise(runs, shares, subject, networks, cfg, scale)
-    record["n_subjects"]["train"] = int(train_subjects)
+    record["n_subjects"]["train"] = int(len(subjects))
+    record["test"]["group_p"] = difference["p"]
+    record["details"]["group_difference"] = difference
     record.update({"method": method, "seed": seed, "cohorts": list(cohorts), "source": source})
     record["details"]["settings"] = asdict(cfg)
     record["seconds"] = round(time.perf_counter() - t0, 2)
