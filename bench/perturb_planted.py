@@ -21,7 +21,7 @@ from torch import nn
 
 from brainjepa.evaluate import perturb
 from brainjepa.evaluate.networks import roi_networks
-from brainjepa.evaluate.tasks import split_manifests, split_windows, subject_mean
+from brainjepa.evaluate.tasks import split_manifests, split_windows
 from brainjepa.preprocess.atlas import read_label_table
 
 
@@ -57,20 +57,12 @@ def main() -> None:
     encoder = RoiPower(len(manifest["roi_names"]), 32)
     t0 = time.perf_counter()
     train, test = w["train"], w["test"]
-    mu = {}
-    for g in (cfg.source, cfg.target):
-        m = train.value == g
-        with torch.no_grad():
-            rep = perturb.pooled(encoder, torch.from_numpy(train.data[m])[:, None]).numpy()
-        mu[g] = perturb.group_mean(rep, train.subject[m])
-    mu_s, mu_t = mu[cfg.source], mu[cfg.target]
     both = np.isin(train.value, [cfg.source, cfg.target])
     with torch.no_grad():
         rep = perturb.pooled(encoder, torch.from_numpy(train.data[both])[:, None]).numpy()
-    subjects, subject_rep = subject_mean(train.subject[both], rep)
-    group_of = dict(zip(train.subject[both], train.value[both]))
-    difference = perturb.group_difference(subject_rep, np.array([group_of[s] == cfg.target for s in subjects]),
-                                          cfg.permutations)
+    subject_rep, is_target, mu = perturb.training_groups(rep, train.subject[both], train.value[both], cfg)
+    mu_s, mu_t = mu["source"], mu["target"]
+    difference = perturb.group_difference(subject_rep, is_target, cfg.permutations)
     print(f"group difference: distance {difference['distance']:.4f}, permuted mean {difference['null_mean']:.4f}, "
           f"p {difference['p']:.4f}")
     source = test.value == cfg.source

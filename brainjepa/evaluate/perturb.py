@@ -217,11 +217,18 @@ def check_groups(values: dict[str, np.ndarray], cfg: PerturbConfig) -> None:
         raise InputError(f"{WHERE}.source: the group {cfg.label}={cfg.source!r} has no test subject to perturb")
 
 
-def group_mean(representation: np.ndarray, subject: np.ndarray) -> np.ndarray:
-    """Pooled representations [N, D] of one group's windows -> the mean over subjects of their window means [D]."""
+def training_groups(representation: np.ndarray, subject: np.ndarray, value: np.ndarray, cfg: PerturbConfig
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Pooled representations [N, D] of the two groups' training windows (``subject`` and label ``value`` [N],
+    only the source and target groups' windows) -> (subject representations [S, D]: the mean of each subject's
+    windows, is_target [S] bool, ``{"source": mu_s, "target": mu_t}``: the mean over each group's subjects)."""
     from brainjepa.evaluate.tasks import subject_mean
 
-    return subject_mean(subject, representation)[1].mean(axis=0)
+    subjects, subject_rep = subject_mean(subject, representation)
+    group_of = dict(zip(subject, value))
+    is_target = np.array([group_of[s] == cfg.target for s in subjects])
+    return subject_rep, is_target, {"source": subject_rep[~is_target].mean(axis=0),
+                                    "target": subject_rep[is_target].mean(axis=0)}
 
 
 def group_difference(representation: np.ndarray, is_target: np.ndarray, permutations: int,
@@ -281,21 +288,16 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
     encoder.to(device)
     autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
 
-    from brainjepa.evaluate.tasks import subject_mean
-
     train = windows["train"]
     both = np.isin(train.value, [cfg.source, cfg.target])
     rep, _ = extract(encoder, train.data[both], encoder.cfg.n_time_patches, device, cfg.batch_size, autocast)
-    subjects, subject_rep = subject_mean(train.subject[both], rep)
-    group_of = dict(zip(train.subject[both], train.value[both]))
-    is_target = np.array([group_of[s] == cfg.target for s in subjects])
-    means = {"source": subject_rep[~is_target].mean(axis=0), "target": subject_rep[is_target].mean(axis=0)}
+    subject_rep, is_target, means = training_groups(rep, train.subject[both], train.value[both], cfg)
     difference = group_difference(subject_rep, is_target, cfg.permutations)
     if difference["p"] > 0.05:
         log.warning("perturbation: the encoder's representations do not separate %s=%s from %s=%s (permutation "
                     "p = %.3f over %d training subjects): the ROI ranking can only show where the encoder is easy "
                     "to move, not the group difference", cfg.label, cfg.source, cfg.label, cfg.target,
-                    difference["p"], len(subjects))
+                    difference["p"], len(subject_rep))
     scale = float(np.sum((means["source"] - means["target"]) ** 2))
     if scale == 0.0:
         raise InputError(f"perturbation: the groups {cfg.label}={cfg.source!r} and {cfg.target!r} have the same mean "
@@ -312,7 +314,7 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
         runs[name] = perturb_windows(encoder, data, goal, scale, cfg, device, autocast)
         shares[name] = closed_shares(runs[name]["start"], runs[name]["end"], goal, means["source"], means["target"])
     record, rois, nets = _summarise(runs, shares, subject, networks, cfg, scale)
-    record["n_subjects"]["train"] = int(len(subjects))
+    record["n_subjects"]["train"] = int(len(subject_rep))
     record["test"]["group_p"] = difference["p"]
     record["details"]["group_difference"] = difference
     record.update({"method": method, "seed": seed, "cohorts": list(cohorts), "source": source})
