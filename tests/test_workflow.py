@@ -817,3 +817,118 @@ def test_a_bad_input_corpus_through_the_dag_fails_each_job_alone(tiny_project, t
     for case in ("goodts", "goodbold"):                                     # beside them: done
         assert (work / f"results/align_tr/bad/sub-{case}_ses-1_run-1.parquet").exists(), case
     assert (work / "results/shards/pretrain/manifest.json").exists()       # the other cohorts' stages stand
+
+
+def _write_study_project(work: Path, n_subjects: int) -> list[str]:
+    """config/mystudy.yaml's study (pre-parcellated runs, a label table) at the tiny project's sizes, no tasks."""
+    (work / "config").mkdir(parents=True, exist_ok=True)
+    write_study(work, n_subjects=n_subjects, n_time=80)
+    config = yaml.safe_load((REPO / "config" / "mystudy.yaml").read_text())
+    config["shards"]["window"] = 32
+    config["gradients"]["n_components"] = 5
+    config["evaluate"].update(tasks={}, capabilities={}, encoders={"jepa": {"pretrained": "config/pretrain.yaml"}})
+    config["figures"]["attention"] = None
+    train = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
+    train["data"].update(batch_size=2)
+    train["model"].update(patch_size=16)
+    train["optim"].update(epochs=1, warmup_epochs=1)
+    (work / "config" / "pretrain.yaml").write_text(yaml.safe_dump(train))
+    (work / "config" / "mystudy.yaml").write_text(yaml.safe_dump(config))
+    return [f"{s + 1:03d}" for s in range(n_subjects)]
+
+
+def _subject_in(split: str, taken: set[str]) -> str:
+    """A new subject ID of config/mystudy.yaml's study that its hash split sends to ``split``."""
+    from brainjepa.group.splits import assign_split
+
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    return next(s for s in (f"{k:03d}" for k in range(100, 999))
+                if s not in taken and assign_split(0, "mystudy", s, fractions, 0.8) == split)
+
+
+@pytest.mark.slow
+def test_a_stage_requested_alone_after_a_sheet_edit_rebuilds_what_it_depends_on(tmp_path):
+    """After subjects are added to or removed from the sheets, or a failed batch's bad row is removed, a target
+    requested alone (shards, scaling, gradients, the pretrained model) plans and runs everything it depends on in
+    the same invocation. It used to run only the `splits` job and exit 0, leaving the old subject set in outputs
+    that looked complete (Snakemake skips the other inputs of a job whose only input from a rerunning job is
+    ancient: snakemake/snakemake#4166)."""
+    from brainjepa.data.shards import load_manifest, read_shard_columns
+
+    work = tmp_path / "study"
+    subjects = _write_study_project(work, 24)
+    study = ["--configfile", str(work / "config/mystudy.yaml")]
+    results = "studies/mystudy/results"
+    shards = [f"{results}/shards/{s}/manifest.json" for s in ("pretrain", "train", "val", "test")]
+    done = snakemake(work, *shards, *study)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    samples, phenotypes = work / "config/mystudy/samples.tsv", work / "config/mystudy/phenotypes.tsv"
+    first = "data/mystudy/sub-001/ses-1/func/sub-001_ses-1_task-rest_timeseries.tsv"
+
+    def add(subject: str, path: str = first) -> None:
+        with samples.open("a") as f:
+            f.write(f"mystudy\t{subject}\t1\t1\t\t\t{path}\t2.0\n")
+        with phenotypes.open("a") as f:
+            f.write(f"mystudy\t{subject}\t55.0\tM\n")
+
+    def remove(subject: str) -> None:
+        for sheet in (samples, phenotypes):
+            table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+            table[table["subject"] != subject].to_csv(sheet, sep="\t", index=False)
+
+    def planned(*targets: str) -> dict[str, int]:
+        result = snakemake(work, "-n", *targets, *study)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        counts = job_counts(result.stdout)
+        return {"batches": {r for r in counts if r.startswith(("parcellate_", "align_tr_"))}, **counts}
+
+    def shard_subjects(split: str) -> set[str]:
+        folder = work / f"{results}/shards/{split}"
+        return {s for f in folder.glob("shard-*.parquet") for s in read_shard_columns(f, ["subject"])["subject"]}
+
+    new = _subject_in("pretrain", set(subjects))
+    add(new)
+    stages = {**{m: {"scaling": 1, "shards": 1} for m in shards},
+              f"{results}/scaling/scaling_stats.json": {"scaling": 1},
+              f"{results}/gradients/gradients.tsv": {"group_fc": 1, "gradients": 1},
+              f"{results}/pretrain/brainjepa_tiny/final.pt": {"scaling": 1, "shards": 1, "group_fc": 1, "pretrain": 1}}
+    for target, jobs in stages.items():
+        plan = planned(target)
+        assert {"parcellate_mystudy_b00", "align_tr_mystudy_b00"} <= plan["batches"], (target, plan)
+        assert {rule: plan.get(rule) for rule in jobs} == jobs, (target, plan)
+    before = load_manifest(work / shards[0])["scaling_stats_id"]
+    run = snakemake(work, *shards, *study)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert new in shard_subjects("pretrain")
+    assert load_manifest(work / shards[0])["scaling_stats_id"] != before          # the new subject's statistics
+    again = snakemake(work, "-n", *shards, *study)
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+
+    # a held-out subject added: the held-out batch's splits (one batch: train, val, test), not the pretraining stages
+    held_out = _subject_in("test", set(subjects) | {new})
+    add(held_out)
+    plan = planned(*shards)
+    assert plan.get("shards") == 3 and "scaling" not in plan and plan["batches"] == {
+        "parcellate_mystudy_h00", "align_tr_mystudy_h00"}, plan
+
+    # a pretraining subject removed: the pretraining stages again
+    remove(subjects[0])
+    plan = planned(f"{results}/scaling/scaling_stats.json")
+    assert plan.get("scaling") == 1 and {"parcellate_mystudy_b00", "align_tr_mystudy_b00"} <= plan["batches"], plan
+
+    # a failed batch (a bad run), then the bad row removed: the same command builds every shard set
+    bad = work / "data/mystudy/bad.tsv"
+    table = pd.read_csv(work / first, sep="\t")
+    table.iloc[5, 3] = np.nan
+    table.to_csv(bad, sep="\t", index=False)
+    add(_subject_in("pretrain", set(subjects) | {new, held_out}), "data/mystudy/bad.tsv")
+    failed = snakemake(work, *shards, "--keep-going", *study)
+    assert failed.returncode != 0 and "bad.tsv: an empty cell" in (
+        work / "studies/mystudy/logs/parcellate/mystudy-b00.log").read_text()
+    remove(pd.read_csv(samples, sep="\t", dtype=str)["subject"].iloc[-1])
+    rerun = snakemake(work, *shards, *study)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert all((work / m).exists() for m in shards)
+    assert new in shard_subjects("pretrain") and subjects[0] not in shard_subjects("pretrain")
+    assert held_out in shard_subjects("test")
+    assert "Nothing to be done" in snakemake(work, "-n", *shards, *study).stdout

@@ -14,7 +14,7 @@ def _splits(args: argparse.Namespace) -> None:
     from brainjepa.group.splits import run_splits
 
     table = run_splits(args.samples, args.out, args.seed, args.fractions, args.pretraining_cohort,
-                       args.pretraining_fraction, args.stratify, args.phenotypes, args.label_types)
+                       args.pretraining_fraction, args.stratify, args.phenotypes, args.label_types, args.only)
     counts = table.drop_duplicates(["cohort", "subject"]).groupby(["cohort", "split"]).size()
     log.info("subjects per cohort and split:\n%s", counts.to_string())
 
@@ -57,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--stratify", type=json_object, default={}, help="JSON {cohort: label}: exact balance there")
     p.add_argument("--phenotypes", help="phenotypes.tsv (needed with --stratify)")
     p.add_argument("--label-types", type=json_object, default={}, help="JSON label declarations for --phenotypes")
+    p.add_argument("--only", choices=["pretrain", "train", "val", "test"],
+                   help="write the runs of this split only (the table a stage of one split reads)")
     p.set_defaults(func=_splits)
 
     p = sub.add_parser("split-balance", parents=[parent("splits", "phenotypes", "label_types", "out")],

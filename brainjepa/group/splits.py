@@ -208,8 +208,14 @@ def read_splits(path: str | Path) -> pd.DataFrame:
 
 def run_splits(samples_path: str | Path, out: str | Path, seed: int, fractions: dict[str, float],
                pretraining_cohort: str | None, pretraining_fraction: float, stratify: dict[str, str] | None = None,
-               phenotypes_path: str | Path | None = None, label_types: dict[str, str] | None = None) -> pd.DataFrame:
-    """The ``splits`` stage: the sample sheet (+ phenotypes when stratifying) -> the split table TSV."""
+               phenotypes_path: str | Path | None = None, label_types: dict[str, str] | None = None,
+               only: str | None = None) -> pd.DataFrame:
+    """The ``splits`` stage: the sample sheet (+ phenotypes when stratifying) -> the split table TSV.
+
+    With ``only`` (a split name), the table of that split's runs alone: the workflow gives each stage that reads
+    one split (scaling and group FC: ``pretrain``; the shards of each split) such a table of its own, rewritten only
+    when that split's runs change, so that a new downstream subject never touches the pretraining set's stages.
+    """
     from brainjepa import sheets
     from brainjepa.io import write_tsv_atomic
 
@@ -221,6 +227,11 @@ def run_splits(samples_path: str | Path, out: str | Path, seed: int, fractions: 
         phenotypes = sheets.load_phenotypes(phenotypes_path, label_types or None)
     table = make_splits(samples, seed, fractions, pretraining_cohort, pretraining_fraction, stratify or {},
                         phenotypes)
+    if only is not None:
+        table = table[table["split"] == only]
+        if table.empty:
+            raise InputError(f"{samples_path}: no run is in split '{only}' (splits.fractions and the pretraining "
+                             "cohort decide the splits; `brainjepa validate --config` prints their counts)")
     write_tsv_atomic(table, out)
     return table
 

@@ -243,6 +243,7 @@ def run_stamps(root, run_ids):
 
 
 SPLITS = f"{RESULTS}/splits/splits.tsv"
+SPLIT_RUNS = f"{RESULTS}/splits/split-{{split}}.tsv"  # the rows of one split (rule split_table)
 SPLIT_BALANCE = f"{RESULTS}/splits/balance.tsv"
 SCALING_STATS = f"{RESULTS}/scaling/scaling_stats.json"
 GROUP_FC = f"{RESULTS}/group_fc/group_fc.npy"
@@ -390,7 +391,7 @@ def runs_root(wildcards, input):
     return os.path.dirname(os.path.dirname(input.runs[0])) if input.runs else ALIGN_TR_ROOT
 
 
-def split_runs(wildcards):
+def split_stamps(wildcards):
     """The align_tr stamps of the batches holding one split's runs (the split table of the workflow's start)."""
     return run_stamps(ALIGN_TR_ROOT, SPLIT_TABLE.loc[SPLIT_TABLE["split"] == wildcards.split, "run_id"])
 
@@ -398,8 +399,8 @@ def split_runs(wildcards):
 def split_content(wildcards):
     """A digest of what one split's shards hold besides the run files: its runs' labels and the categories.
 
-    The shards rule reads the split table and the phenotypes sheet as ancient inputs (their edits for other
-    cohorts must not rebuild this split); this parameter reruns it when its own labels change.
+    The shards rule reads the phenotypes sheet as an ancient input (its edits for other cohorts must not rebuild
+    this split); this parameter reruns it when its own labels change.
     """
     import hashlib
 
@@ -413,6 +414,31 @@ def split_content(wildcards):
 
 def aligned_runs(run_ids):
     return [str(splits.run_file(ALIGN_TR_ROOT, run_id)) for run_id in run_ids]
+
+
+def split_rows_digest(wildcards):
+    """A digest of one split's rows of the split table (the workflow's start computes the same table as the splits
+    job): a parameter of rule split_table, which reruns it when the split's runs change."""
+    import hashlib
+
+    rows = SPLIT_TABLE[SPLIT_TABLE["split"] == wildcards.split].sort_values("run_id")
+    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def splits_options(wildcards, input):
+    """The `brainjepa splits` options of the config's splits section (shell-quoted), beside --samples and --out."""
+    section = config["splits"]
+    fractions = ",".join(str(section["fractions"][k]) for k in ("train", "val", "test"))
+    options = (
+        f"--seed {section['seed']} --fractions {fractions} --pretraining-cohort "
+        f"{shlex.quote(section['pretraining']['cohort'])} --pretraining-fraction {section['pretraining']['fraction']}"
+    )
+    if section["stratify"]:
+        options += (
+            f" --stratify {shlex.quote(json.dumps(section['stratify']))} --phenotypes {shlex.quote(input.phenotypes)}"
+            f" --label-types {shlex.quote(json.dumps(config['labels']))}"
+        )
+    return options
 
 
 def splits_inputs(wildcards):

@@ -13,20 +13,31 @@ rule splits:
     conda:
         ENV
     params:
-        stratify=lambda wildcards, input: (
-            f"--stratify {shlex.quote(json.dumps(config['splits']['stratify']))}"
-            f" --phenotypes {shlex.quote(input.phenotypes)}"
-            f" --label-types {shlex.quote(json.dumps(config['labels']))}"
-            if config["splits"]["stratify"]
-            else ""
-        ),
-        seed=config["splits"]["seed"],
-        fractions=",".join(str(config["splits"]["fractions"][k]) for k in ("train", "val", "test")),
-        cohort=config["splits"]["pretraining"]["cohort"],
-        fraction=config["splits"]["pretraining"]["fraction"],
+        options=splits_options,
     shell:
-        "brainjepa splits --samples {input.samples:q} --seed {params.seed} --fractions {params.fractions}"
-        " --pretraining-cohort {params.cohort:q} --pretraining-fraction {params.fraction} {params.stratify}"
+        "brainjepa splits --samples {input.samples:q} {params.options} --out {output:q} > {log:q} 2>&1"
+
+
+# The runs of one split, for the stages that read that split alone (scaling and group FC: pretrain; the shards of
+# each split). Its sheets are ancient inputs and the digest of the split's rows a parameter, so the job reruns when
+# (and only when) the split's runs change: a new downstream subject leaves the pretraining stages alone. Not an
+# ancient input of those stages: Snakemake then never looks at their other inputs in a run where this job reruns
+# (snakemake/snakemake#4166), and a target requested alone after a sheet edit would be left stale.
+rule split_table:
+    input:
+        unpack(lambda wildcards: {k: ancient(v) for k, v in splits_inputs(wildcards).items()}),
+    output:
+        SPLIT_RUNS,
+    log:
+        f"{LOGS}/splits/{{split}}.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        options=splits_options,
+        content=split_rows_digest,
+    shell:
+        "brainjepa splits --samples {input.samples:q} {params.options} --only {wildcards.split}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -50,7 +61,7 @@ rule split_balance:
 
 rule scaling:
     input:
-        splits=ancient(SPLITS),  # what matters of it is the pretraining set: the runs below
+        splits=SPLIT_RUNS.format(split="pretrain"),  # the pretraining set
         runs=run_stamps(ALIGN_TR_ROOT, PRETRAIN_RUN_IDS),  # their batches
     output:
         SCALING_STATS,
@@ -73,7 +84,7 @@ rule scaling:
 
 rule group_fc:
     input:
-        splits=ancient(SPLITS),  # what matters of it is the pretraining set: the runs below
+        splits=SPLIT_RUNS.format(split="pretrain"),  # the pretraining set
         labels=ATLAS_LABELS,
         runs=run_stamps(ALIGN_TR_ROOT, PRETRAIN_RUN_IDS),  # their batches
     output:

@@ -5,10 +5,10 @@
 
 rule shards:
     input:
-        splits=ancient(SPLITS),
+        splits=SPLIT_RUNS,  # the split's runs
         stats=SCALING_STATS,
-        phenotypes=ancient(config["phenotypes"]),
-        runs=split_runs,
+        phenotypes=ancient(config["phenotypes"]),  # the split's labels: params.content
+        runs=split_stamps,
     output:
         manifest=SHARDS_MANIFEST,
     log:
