@@ -97,3 +97,34 @@ def test_stride_refuses_a_target_below_the_tr(tmp_path, capsys):
     assert main(["align-tr", "--in", str(src), "--out", str(dst), "--target-tr", "2.0", "--method", "stride"]) == 1
     err = capsys.readouterr().err
     assert "slow.parquet" in err and "longer than the target TR" in err and not dst.exists()
+
+
+def test_align_tr_refuses_an_implausible_tr_in_its_input(tmp_path, capsys):
+    """A run file whose TR is a millisecond value (2000 s) was resampled to 200,000 time points, exit 0."""
+    src, dst = tmp_path / "ms.parquet", tmp_path / "out.parquet"
+    write_timeseries(np.ones((200, 3), np.float32), ["a", "b", "c"], src, {"tr": 2000.0})
+    assert main(["align-tr", "--in", str(src), "--out", str(dst), "--target-tr", "2", "--method", "resample"]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}: TR 2000 s from its metadata 'tr'" in err and "looks like milliseconds: 2 s?" in err
+    assert not dst.exists()
+
+
+def test_resample_refuses_an_output_beyond_its_bound_before_allocating(tmp_path, capsys):
+    """A target TR far below the run's (a unit slip in the target) would interpolate a run into a huge one."""
+    from brainjepa.errors import InputError
+    from brainjepa.preprocess.align_tr import MAX_RESAMPLED_TIMEPOINTS, MAX_UPSAMPLING
+
+    with pytest.raises(InputError) as info:
+        align_tr(np.ones((50, 2)), 2.0, 0.002, "resample", source="run.parquet")
+    assert str(info.value).startswith("run.parquet: resampling from TR 2 s to the target TR 0.002 s would turn "
+                                      "50 time points into 50000")
+    assert f"at most {MAX_UPSAMPLING} times" in str(info.value)
+    assert len(align_tr(np.ones((50, 2)), 30.0, 1.0, "resample")[0]) == 1500          # 30x: the bound, kept
+    long = np.ones((MAX_RESAMPLED_TIMEPOINTS // 2 + 1, 1))
+    with pytest.raises(InputError, match=f"more than {MAX_RESAMPLED_TIMEPOINTS} time points"):
+        align_tr(long, 2.0, 1.0, "resample")
+    src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    write_timeseries(np.ones((50, 3), np.float32), ["a", "b", "c"], src, {"tr": 2.0})
+    assert main(["align-tr", "--in", str(src), "--out", str(dst), "--target-tr", "0.002", "--method", "resample"]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}: resampling from TR 2 s to the target TR 0.002 s" in err and not dst.exists()

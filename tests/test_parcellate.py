@@ -264,7 +264,7 @@ def test_bad_non_finite_voxels(tmp_path, small_atlas, value):
     data[3, 3, 3, 10] = value
     path = save_bold(tmp_path / "sub-1_space-MNI152NLin6Asym_bold.nii.gz", data, FSL_2MM)
     msg = _assert_fails_cleanly(tmp_path, "NaN/Inf", atlas_path=small_atlas[0], bold=path)
-    assert "volume 10" in msg and "(3, 3, 3)" in msg
+    assert "time points 9-12 (first at time point 11, voxel (3, 3, 3) counted from 0)" in msg, msg
 
 
 def test_bad_no_tr(tmp_path, small_atlas):
@@ -411,3 +411,75 @@ def test_a_label_table_alone_parcellates_time_series_and_refuses_nifti(tmp_path,
     np.testing.assert_allclose(pd.read_parquet(tmp_path / "a.parquet").to_numpy(), data, rtol=1e-6)
     _assert_fails_cleanly(tmp_path, "needs an atlas image, but the atlas is a label table only", atlas_path=None,
                           labels=labels, bold=small_bold)
+
+
+# ------------------------------------------------------------------------------------------- TR bound
+def test_cli_refuses_a_header_tr_in_milliseconds_labelled_seconds(tmp_path, small_atlas, capsys):
+    """pixdim[4] = 2000 with time unit 'sec' was taken as a 2000 s TR (exit 0, align-tr then made 200,000 points)."""
+    from brainjepa.cli import main
+
+    data = (500 + np.random.default_rng(0).normal(0, 10, size=(10, 12, 10, 6))).astype(np.float32)
+    bold = save_bold(tmp_path / "sub-01_space-MNI152NLin6Asym_bold.nii.gz", data, FSL_2MM, tr=2000)
+    out = tmp_path / "ts.parquet"
+    args = ["parcellate", "--bold", str(bold), "--atlas", str(small_atlas[0]), "--labels", str(small_atlas[1]),
+            "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{bold}: TR 2000 s from the NIfTI header pixdim[4]" in err and "looks like milliseconds: 2 s?" in err
+    assert not out.exists()
+    assert main(args + ["--tr", "1e6"]) == 1
+    err = capsys.readouterr().err
+    assert "TR 1000000 s from --tr (the sample sheet)" in err and "at most 30 s" in err and not out.exists()
+    assert main(args + ["--tr", "2"]) == 0 and read_timeseries(out)[1]["tr"] == 2.0
+
+
+def test_a_time_series_tr_is_bounded_whatever_its_source(tmp_path, small_atlas):
+    """The TR a brainjepa Parquet carries in its metadata, and a sheet TR for a text file, are bounded like a
+    NIfTI's."""
+    from brainjepa.io import write_timeseries
+
+    image, labels = small_atlas
+    data = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    src = tmp_path / "ms.parquet"
+    write_timeseries(data, ["A_1", "B_2", "C_3", "D_4"], src, {"tr": 720.0})
+    msg = _assert_fails_cleanly(tmp_path, "time-series metadata 'tr'", atlas_path=image, labels=labels,
+                                timeseries=src)
+    assert msg.startswith(f"{src}: TR 720 s") and "720 looks like milliseconds: 0.72 s?" in msg
+    run_parcellate(tmp_path / "ok.parquet", image, labels, timeseries=src, tr=0.72)   # the sheet's TR wins
+    assert read_timeseries(tmp_path / "ok.parquet")[1]["tr_source"] == "sheet"
+    tsv = tmp_path / "ts.tsv"
+    pd.DataFrame(data, columns=["A_1", "B_2", "C_3", "D_4"]).to_csv(tsv, sep="\t", index=False)
+    _assert_fails_cleanly(tmp_path, r"TR 1000000 s from --tr \(the sample sheet\)", atlas_path=image, labels=labels,
+                          timeseries=tsv, tr=1e6)
+
+
+# ------------------------------------------------------------------------------------------- time points
+def test_time_points_are_numbered_from_1_and_text_files_name_the_line(tmp_path, small_atlas):
+    """One numbering in every message: 'time point' counts from 1 (the first volume or data row is time point 1);
+    a text file's cell is also given by its file line (the header is line 1)."""
+    image, labels = small_atlas
+    header = "A_1\tB_2\tC_3\tD_4\n"
+    rows = ["1\t2\t3\t4\n"] * 20
+    for name, cell in (("nan.tsv", "nan"), ("empty_cell.tsv", "")):
+        path = tmp_path / name
+        path.write_text(header + "".join(rows[:15]) + f"1\t2\t3\t{cell}\n" + "".join(rows[16:]))
+        msg = _assert_fails_cleanly(tmp_path, "time point", atlas_path=image, labels=labels, timeseries=path,
+                                    tr=2.0)
+        assert "time point 16 (line 17), ROI 'D_4'" in msg, msg
+    data = np.ones((20, 4))
+    data[15, 3] = np.inf
+    np.save(tmp_path / "inf.npy", data)
+    msg = _assert_fails_cleanly(tmp_path, "time point", atlas_path=image, labels=labels,
+                                timeseries=tmp_path / "inf.npy", tr=2.0, unnamed_columns="label_order")
+    assert msg == f"{tmp_path / 'inf.npy'}: non-finite value inf at time point 16, ROI 'D_4'"
+    folder = tmp_path / "ukb"
+    folder.mkdir()
+    for file, rois in (("fMRI.Schaefer17n400p.csv.gz", ["C_3", "D_4"]), ("fMRI.Tian_Subcortex_S3_3T.csv.gz",
+                                                                          ["A_1", "B_2"])):
+        block = pd.DataFrame(np.ones((2, 20)), columns=[str(t) for t in range(20)]).astype(object)
+        if file.startswith("fMRI.Schaefer"):
+            block.iloc[1, 15] = "x"
+        block.insert(0, "label_name", rois)
+        block.to_csv(folder / file, index=False)
+    msg = _assert_fails_cleanly(tmp_path, "non-numeric", atlas_path=image, labels=labels, timeseries=folder, tr=2.0)
+    assert "non-numeric value 'x' for ROI 'D_4' at time point 16 (line 3, column 17)" in msg, msg

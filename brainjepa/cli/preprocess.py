@@ -92,7 +92,8 @@ def register(sub) -> None:
                                    "pre-parcellated runs")
     p.add_argument("--labels", help="label table (index, name, ...); column names come from it")
     p.add_argument("--mask")
-    p.add_argument("--tr", type=float, help="TR in seconds (else sidecar, then header)")
+    p.add_argument("--tr", type=float, help="TR in seconds, 0 < TR <= 30 as the sample sheet's tr (else sidecar, "
+                   "then header; each held to the same range)")
     p.add_argument("--qc", help="per-ROI QC table (TSV)")
     p.add_argument("--empty-roi", default="error", help="ROIs without signal: error | zero")
     p.add_argument("--unnamed-columns", default="error", choices=["error", "label_order"],

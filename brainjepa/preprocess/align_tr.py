@@ -4,6 +4,9 @@
 2.205 s), no filtering, as Brain-JEPA does. ``resample``: anti-aliased polyphase resampling
 (``scipy.signal.resample_poly``) by the rational factor TR / target, so the output has exactly the target TR
 whenever that ratio is rational with a small denominator (all scanner TRs in practice).
+
+Every TR read from a run file is held to (0, ``bids.MAX_TR_S``] seconds, the sample sheet's range, and
+resampling refuses an output longer than its bounds (:func:`check_resampled_length`) before allocating it.
 """
 
 from __future__ import annotations
@@ -13,11 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from brainjepa import bids
 from brainjepa.errors import InputError
 from brainjepa.io import read_timeseries, write_timeseries
 
 METHODS = ("stride", "resample")
 MAX_DENOMINATOR = 1000
+# Resampling only interpolates between a run's samples. Real TR pairs up-sample by a few times at most (a 3 s run
+# to a 0.72 s target: 4.2x); MAX_UPSAMPLING = 30 admits a run at the longest plausible TR (bids.MAX_TR_S, 30 s)
+# to a 1 s target. More output time points per input one is a unit slip in a TR or in the target TR.
+MAX_UPSAMPLING = 30
+# 100,000 time points: 55 hours at 2 s, 2.8 hours at 0.1 s, far beyond any fMRI run (the longest public runs hold a
+# few thousand volumes); with 450 ROIs the float64 output is 360 MB.
+MAX_RESAMPLED_TIMEPOINTS = 100_000
 
 
 def stride_for(tr: float, target_tr: float) -> int:
@@ -31,10 +42,29 @@ def align_stride(ts: np.ndarray, tr: float, target_tr: float) -> tuple[np.ndarra
     return ts[::k], tr * k
 
 
-def align_resample(ts: np.ndarray, tr: float, target_tr: float) -> tuple[np.ndarray, float]:
+def _where(source: str | Path | None) -> str:
+    return f"{source}: " if source is not None else ""
+
+
+def check_resampled_length(n_in: int, n_out: int, tr: float, target_tr: float,
+                           source: str | Path | None = None) -> None:
+    """Refuse a resampled run of ``n_out`` time points (from ``n_in`` at ``tr`` seconds, to ``target_tr`` seconds)
+    longer than ``MAX_UPSAMPLING`` times its input or than ``MAX_RESAMPLED_TIMEPOINTS``."""
+    if n_out <= min(MAX_UPSAMPLING * n_in, MAX_RESAMPLED_TIMEPOINTS):
+        return
+    bound = (f"at most {MAX_UPSAMPLING} times the input's time points" if n_out > MAX_UPSAMPLING * n_in
+             else f"no more than {MAX_RESAMPLED_TIMEPOINTS} time points")
+    raise InputError(f"{_where(source)}resampling from TR {tr:.10g} s to the target TR {target_tr:.10g} s would turn "
+                     f"{n_in} time points into {n_out}; a TR alignment gives {bound}. Check the units of the run's "
+                     "TR and of align_tr.target_tr (--target-tr), both in seconds")
+
+
+def align_resample(ts: np.ndarray, tr: float, target_tr: float,
+                   source: str | Path | None = None) -> tuple[np.ndarray, float]:
     """Polyphase resampling by up/down = TR/target (anti-aliasing FIR, linear end padding).
 
-    ts: [T, R] -> [~T * TR / target, R]; returns the series and the TR it actually has (seconds).
+    ts: [T, R] -> [ceil(T * up / down), R] (~T * TR / target); returns the series and the TR it actually has
+    (seconds). An output beyond :func:`check_resampled_length`'s bounds is an error, raised before allocating it.
     """
     from scipy.signal import resample_poly  # imported here: 1 s, and stride needs none
 
@@ -42,32 +72,40 @@ def align_resample(ts: np.ndarray, tr: float, target_tr: float) -> tuple[np.ndar
     up, down = ratio.numerator, ratio.denominator
     if up == down:
         return ts.copy(), tr
+    check_resampled_length(len(ts), -(-len(ts) * up // down), tr, target_tr, source)
     out = resample_poly(ts.astype(np.float64), up, down, axis=0, padtype="line")
     return out, tr * down / up
 
 
-def align_tr(ts: np.ndarray, tr: float, target_tr: float, method: str) -> tuple[np.ndarray, float]:
-    """Align a [T, R] series sampled every ``tr`` seconds to ``target_tr``; returns (series, actual TR)."""
+def align_tr(ts: np.ndarray, tr: float, target_tr: float, method: str,
+             source: str | Path | None = None) -> tuple[np.ndarray, float]:
+    """Align a [T, R] series sampled every ``tr`` seconds to ``target_tr``; returns (series, actual TR).
+
+    ``source``: the run's file, named by errors."""
     if method not in METHODS:
         raise ValueError(f"TR alignment method must be one of {METHODS}, not {method!r}")
     if not (tr > 0 and target_tr > 0):
-        raise InputError(f"TR {tr} s and target TR {target_tr} s must be positive")
+        raise InputError(f"{_where(source)}TR {float(tr):.10g} s and target TR {float(target_tr):.10g} s must be "
+                         "positive")
     if method == "stride":
         if target_tr < tr * (1 - 1e-3):   # decimation cannot shorten the TR: it would silently keep the run as is
-            raise InputError(f"TR {tr:g} s is longer than the target TR {target_tr:g} s: the 'stride' method only "
+            raise InputError(f"{_where(source)}TR {tr:g} s is longer than the target TR {target_tr:g} s: the "
+                             "'stride' method only "
                              "drops time points (it cannot make the TR shorter); use align_tr.method 'resample', "
                              "or a target TR of at least every run's TR")
         return align_stride(ts, tr, target_tr)
-    return align_resample(ts, tr, target_tr)
+    return align_resample(ts, tr, target_tr, source)
 
 
 def run_align_tr(in_path: str | Path, out_path: str | Path, target_tr: float, method: str) -> float:
     """The ``align-tr`` stage for one run file; returns the TR the output has."""
     frame, meta = read_timeseries(in_path)
-    out, actual = align_tr(frame.to_numpy(dtype=np.float64), float(meta["tr"]), target_tr, method)
+    tr = bids.check_tr(meta.get("tr"), in_path, "its metadata 'tr'", "rerun parcellate with the run's tr (seconds) "
+                       "in the sample sheet")
+    out, actual = align_tr(frame.to_numpy(dtype=np.float64), tr, target_tr, method, in_path)
     from brainjepa.provenance import make_record
 
-    meta = {**meta, "tr": actual, "source_tr": float(meta["tr"]), "target_tr": float(target_tr),
+    meta = {**meta, "tr": actual, "source_tr": tr, "target_tr": float(target_tr),
             "tr_alignment": method, "n_volumes": int(len(out)),
             "provenance": {**make_record("align-tr", {"target_tr": float(target_tr), "method": method},
                                          {"in": [in_path]}), "upstream": meta.get("provenance")}}

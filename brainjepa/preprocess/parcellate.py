@@ -249,9 +249,9 @@ def extract_roi_means(info: BoldInfo, op: ParcelOperator) -> tuple[np.ndarray, n
             bad = ~np.isfinite(sel)
             vol, vox = np.argwhere(bad)[0]
             ijk = np.unravel_index(op.voxels[vox], info.shape[:3], order="F")
-            raise InputError(f"{info.path}: {int(bad.sum())} NaN/Inf values in the atlas' voxels in volumes "
-                             f"{start}-{start + len(chunk) - 1} (first at volume {start + vol}, "
-                             f"voxel {tuple(map(int, ijk))})")
+            raise InputError(f"{info.path}: {int(bad.sum())} NaN/Inf values in the atlas' voxels in time points "
+                             f"{start + 1}-{start + len(chunk)} (first at time point {start + int(vol) + 1}, "
+                             f"voxel {tuple(map(int, ijk))} counted from 0)")
         np.minimum(vmin, cmin, out=vmin)
         np.maximum(vmax, cmax, out=vmax)
         out[start:start + len(chunk)] = (op.matrix @ sel.T.astype(np.float64)).T
@@ -321,7 +321,8 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
     missing ones. Columns without names (``.npy``, a header-less text file, or a numbered header ``0..R-1`` /
     ``1..R`` such as ``DataFrame.to_csv(index=False)`` writes) are never guessed: ``unnamed_columns``
     ``label_order`` declares them to be in the label table's order, ``error`` (the default) refuses them.
-    The TR comes from ``tr`` or, for a brainjepa Parquet file, its metadata.
+    The TR comes from ``tr`` or, for a brainjepa Parquet file, its metadata; either is held to
+    (0, ``bids.MAX_TR_S``] seconds. Messages number time points from 1 (and give a text file's line).
     """
     if unnamed_columns not in UNNAMED_COLUMNS:
         raise InputError(f"unnamed_columns must be one of {', '.join(UNNAMED_COLUMNS)}, not {unnamed_columns!r}")
@@ -329,6 +330,7 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
     if not path.exists():
         raise InputError(f"{path}: time-series file does not exist")
     meta_tr = None
+    first_line = None  # a text file's line of time point 1
     name = path.name.lower()
     try:
         if path.is_dir():
@@ -341,7 +343,7 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
             frame = table.to_pandas()
             named = not _numbered(list(map(str, frame.columns)))
         elif name.endswith((".tsv", ".csv", ".tsv.gz", ".csv.gz")):
-            frame, named = _read_delimited(path, sep="\t" if ".tsv" in name else ",")
+            frame, named, first_line = _read_delimited(path, sep="\t" if ".tsv" in name else ",")
         else:
             raise InputError(f"{path}: unknown time-series format (use .tsv, .csv, .npy or .parquet)")
     except InputError:  # already names the file and the problem
@@ -372,12 +374,18 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
     if len(data) == 0:
         raise InputError(f"{path}: no time points (a header only?)")
     if not np.isfinite(data).all():
-        row, col = np.argwhere(~np.isfinite(data))[0]
-        raise InputError(f"{path}: non-finite value at time point {row}, ROI {names[col]}")
-    tr = tr if tr is not None else meta_tr
-    if tr is None or not tr > 0:
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(data))[0])
+        line = f" (line {row + first_line})" if first_line is not None else ""
+        raise InputError(f"{path}: non-finite value {float(data[row, col])} at time point {row + 1}{line}, "
+                         f"ROI {names[col]!r}")
+    if tr is not None:
+        tr, tr_source = bids.check_tr(tr, path, bids.SHEET_TR_SOURCE, "give the run's tr in seconds"), "sheet"
+    elif meta_tr is not None:
+        tr, tr_source = bids.check_tr(meta_tr, path, "its time-series metadata 'tr'",
+                                      "give the run's tr in the sample sheet"), "metadata"
+    else:
         raise InputError(f"{path}: no TR: give the 'tr' column in the sample sheet for time-series rows")
-    return data.astype(np.float32), {"tr": float(tr), "tr_source": "sheet" if meta_tr is None else "metadata",
+    return data.astype(np.float32), {"tr": tr, "tr_source": tr_source,
                                      "source": str(path), "n_volumes": int(len(data)),
                                      "columns": "by name" if named else "label_order (declared)"}
 
@@ -408,8 +416,10 @@ def read_ukb_folder(folder: Path) -> pd.DataFrame:
                              f"column per time point; got columns {list(frame.columns[:3])}...")
         values = frame.iloc[:, 1:].apply(pd.to_numeric, errors="coerce")
         if values.isna().to_numpy().any():
-            row, col = np.argwhere(values.isna().to_numpy())[0]
-            raise InputError(f"{path}: non-numeric value for ROI {frame.iloc[row, 0]!r} at time column {col + 1}")
+            row, col = (int(i) for i in np.argwhere(values.isna().to_numpy())[0])
+            cell = str(frame.iloc[row, col + 1]).strip()[:40]
+            raise InputError(f"{path}: non-numeric value {cell!r} for ROI {str(frame.iloc[row, 0])!r} at time point "
+                             f"{col + 1} (line {row + 2}, column {col + 2})")
         blocks.append(pd.DataFrame(values.to_numpy(dtype=np.float64).T, columns=frame["label_name"].astype(str)))
     if len(blocks[0]) != len(blocks[1]):
         raise InputError(f"{folder}: the subcortical file has {len(blocks[0])} time points, the cortical one "
@@ -426,9 +436,10 @@ def _numbered(cells: list[str]) -> bool:
     return values in (list(map(float, range(len(cells)))), list(map(float, range(1, len(cells) + 1))))
 
 
-def _read_delimited(path: Path, sep: str) -> tuple[pd.DataFrame, bool]:
-    """A delimited matrix and whether its columns are named. First row: ROI names (any non-numeric cell), a
-    numbered header (dropped, unnamed), or data (no header, unnamed)."""
+def _read_delimited(path: Path, sep: str) -> tuple[pd.DataFrame, bool, int]:
+    """A delimited matrix, whether its columns are named, and the file line (from 1) of its first time point.
+    First row: ROI names (any non-numeric cell), a numbered header (dropped, unnamed), or data (no header,
+    unnamed)."""
     frame = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False)
     first = [str(c).strip() for c in frame.iloc[0].tolist()] if len(frame) else []
     try:
@@ -436,13 +447,14 @@ def _read_delimited(path: Path, sep: str) -> tuple[pd.DataFrame, bool]:
         numeric = True
     except ValueError:
         numeric = False
+    offset = 1  # file line of data row 0
     if not numeric or _numbered(first):
         frame = frame.iloc[1:].reset_index(drop=True)
         frame.columns = first
+        offset = 2
     try:
-        return frame.astype(float), not numeric
+        return frame.astype(float), not numeric, offset
     except ValueError:
-        offset = 2 if not numeric or _numbered(first) else 1  # file line of data row 0
         for column in frame.columns:
             bad = pd.to_numeric(frame[column], errors="coerce").isna() & ~frame[column].str.strip().str.lower().isin(
                 ["nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "-infinity"])
@@ -450,7 +462,9 @@ def _read_delimited(path: Path, sep: str) -> tuple[pd.DataFrame, bool]:
                 row = int(np.flatnonzero(bad.to_numpy())[0])
                 cell = str(frame[column].iloc[row])
                 what = "an empty cell" if not cell.strip() else f"non-numeric value {cell.strip()[:40]!r}"
-                raise InputError(f"{path}: line {row + offset}, column {column!r}: {what} in the time series") from None
+                where = f"column {frame.columns.get_loc(column) + 1}" if numeric else f"ROI {str(column)!r}"
+                raise InputError(f"{path}: {what} at time point {row + 1} (line {row + offset}), {where}: "
+                                 "every cell of the time series must be a number") from None
         raise
 
 
