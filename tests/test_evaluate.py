@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -549,3 +550,112 @@ def test_vectorised_bootstrap_metrics_equal_the_reference_ones(kind):
         ref = task_metrics(kind, y[k], p[k], 2.0)
         for name, value in ref.items():
             assert fast[name][k] == pytest.approx(value), name
+
+
+# ------------------------------------------------------------------------------------------------- shard checksums
+CORRUPTED = (r"val/shard-00000\.parquet: sha256 [0-9a-f]{64} does not match [0-9a-f]{64} in "
+             r"\S*val/manifest\.json; the shard is corrupted or was replaced \(rebuild the shards\)")
+
+
+def _corrupted_copy(eval_data, tmp_path):
+    """A copy of the fixture's shard sets with one byte of ``val/shard-00000.parquet`` flipped (same size)."""
+    import shutil
+
+    root, _ = eval_data
+    copy = tmp_path / "shards"
+    shutil.copytree(root / "shards", copy)
+    path = copy / "val" / "shard-00000.parquet"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert path.stat().st_size == (root / "shards" / "val" / "shard-00000.parquet").stat().st_size
+    return copy
+
+
+def test_a_flipped_byte_in_a_val_shard_stops_evaluation_and_features(eval_data, tmp_path, capsys):
+    """Evaluation reads verify the shards' sha256 (same size, one byte changed: the metrics would change)."""
+    from brainjepa.cli import main
+    from brainjepa.evaluate.tasks import read_split
+
+    root, _ = eval_data
+    copy = _corrupted_copy(eval_data, tmp_path)
+    for columns, with_data in ((["subject", "age"], False), ([], True)):  # some columns: still the whole file
+        with pytest.raises(InputError, match=CORRUPTED):
+            read_split(copy / "val" / "manifest.json", "val", columns, with_data)
+    assert len(read_split(copy / "train" / "manifest.json", "train", ["subject"], False)) == 36  # clean shards
+    task = json.dumps({"name": "age", "cohorts": ["c"], "label": "age", "kind": "regression"})
+    assert main(["evaluate", "--shards", str(copy), "--task", task, "--method", "fc_linear", "--seed", "0",
+                 "--protocols", json.dumps({"closed_form": {"grid": 3}}), "--out", str(tmp_path / "e.json")]) != 0
+    assert re.search(CORRUPTED, capsys.readouterr().err) and not (tmp_path / "e.json").exists()
+    spec = {"kind": "random", "config": str(root / "model.yaml"), "gradients": str(root / "gradients.tsv")}
+    assert main(["features", "--shards", str(copy), "--encoder", json.dumps(spec), "--cohort", "c",
+                 "--out", str(tmp_path / "f.npz")]) != 0
+    assert re.search(CORRUPTED, capsys.readouterr().err) and not (tmp_path / "f.npz").exists()
+
+
+def test_shard_checksums_are_computed_once_per_process(eval_data, tmp_path, monkeypatch):
+    """A second read of a shard in the same process does not hash it again; a changed file is hashed again."""
+    import shutil
+
+    from brainjepa.data import shards
+    from brainjepa.evaluate.tasks import read_split
+
+    root, _ = eval_data
+    copy = tmp_path / "shards"
+    shutil.copytree(root / "shards", copy)
+    hashed = []
+    real = shards.check_shard_sha256
+    monkeypatch.setattr(shards, "check_shard_sha256", lambda path, *a, **k: hashed.append(str(path)) or
+                        real(path, *a, **k))
+    manifest = copy / "val" / "manifest.json"
+    first = read_split(manifest, "val", [], True)
+    assert hashed == [str(copy / "val" / "shard-00000.parquet")]
+    pd.testing.assert_frame_equal(read_split(manifest, "val", ["subject", "age"], False), first[["subject", "age"]])
+    read_split(manifest, "val", [], True)
+    assert len(hashed) == 1
+    _corrupted_copy(eval_data, tmp_path / "again")  # not this copy: a fresh one for the flipped file's bytes
+    (copy / "val" / "shard-00000.parquet").write_bytes((tmp_path / "again" / "shards" / "val" /
+                                                         "shard-00000.parquet").read_bytes())
+    with pytest.raises(InputError, match=CORRUPTED):  # rewritten in place: checked again
+        read_split(manifest, "val", ["subject"], False)
+    assert len(hashed) == 2
+
+
+def test_a_one_class_training_split_is_named_with_its_task_split_and_counts(eval_data, tmp_path, capsys):
+    """Every training subject male: each evaluate job failed with scikit-learn's raw `needs samples of at least 2
+    classes in the data, but the data contains only one class: np.int64(1)`, naming neither task nor split. The
+    check the workflow runs on the sheets at its start (tasks.task_split_problems) now names both, with counts."""
+    from brainjepa.cli import main
+    from brainjepa.evaluate.tasks import task_split_problems
+
+    root, frame = eval_data
+    frame = frame.copy()
+    frame.loc[frame["split"] == "train", "sex"] = "M"
+    stats = ScalingStats("subject_mean", tuple(f"roi{i}" for i in range(R)), np.zeros(R), np.ones(R), len(frame))
+    for split in ("train", "val", "test"):
+        build_shards(frame[frame["split"] == split], stats, tmp_path / "shards" / split, window=WINDOW,
+                     label_columns={"age": "continuous", "sex": "categorical", "diagnosis": "binary"},
+                     categories={"sex": ["F", "M"]}, flat=True, rows_per_row_group=8)
+    expected = ("task sex: the training split holds 1 class of 'sex' ('M': 36 subjects), a classifier needs at "
+                "least 2 ('F': 12, 'M': 48 in all splits); stratify the cohort's splits by the label "
+                "(splits.stratify: {c: sex}) or add subjects")
+    assert task_split_problems(SEX, frame) == [expected]
+    with pytest.raises(InputError, match=re.escape(expected)):
+        load_task(SEX, split_manifests(tmp_path / "shards"), WINDOW)
+    task_json = json.dumps({"name": "sex", "cohorts": ["c"], "label": "sex", "kind": "binary", "positive": "M"})
+    out = tmp_path / "sex.json"
+    assert main(["evaluate", "--shards", str(tmp_path / "shards"), "--task", task_json, "--method", "fc_linear",
+                 "--seed", "0", "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert expected in err and "np." not in err and not out.exists()
+    # the other problems a task's splits can have, from the same function
+    assert task_split_problems(AGE, frame[frame["split"] != "test"]) == [
+        "task age: no labelled subject in split 'test' (labelled subjects of cohort(s) c: train 36, val 12, test 0)"]
+    three = frame.assign(sex=["M", "F", "X"] * (len(frame) // 3))
+    assert task_split_problems(SEX, three)[0].startswith(
+        "task sex: a binary label needs exactly 2 values, 'sex' has 3 ('F': 20, 'M': 20, 'X': 20 subjects)")
+    multi = TaskConfig.from_dict("sex3", {"cohorts": ["c"], "label": "sex", "kind": "multiclass"})
+    stray = three.assign(sex=np.where((three["split"] == "train") & (three["sex"] == "X"), "F", three["sex"]))
+    assert task_split_problems(multi, stray) == [
+        "task sex3: value(s) of 'sex' without a training subject ('X': 8 subjects in val/test): a classifier "
+        "cannot predict them"]

@@ -932,3 +932,70 @@ def test_a_stage_requested_alone_after_a_sheet_edit_rebuilds_what_it_depends_on(
     assert new in shard_subjects("pretrain") and subjects[0] not in shard_subjects("pretrain")
     assert held_out in shard_subjects("test")
     assert "Nothing to be done" in snakemake(work, "-n", *shards, *study).stdout
+
+
+def test_task_splits_that_cannot_train_select_or_test_stop_the_workflow_before_any_job(tmp_path):
+    """Knowable from the sheets, so refused when the workflow starts (they failed in each evaluate job after
+    pretraining): a task split without a labelled subject (test: 0), a classification whose training split holds
+    one class (sklearn's raw `needs samples of at least 2 classes ... np.int64(1)` before), and a capability
+    without subjects in a split; each message names the task, the split and the counts."""
+    work = tmp_path / "tasks"
+    _copy_demo_config(work)
+    (work / "config" / "pretrain_mae.yaml").write_text((REPO / "config" / "pretrain_mae.yaml").read_text())
+    config = yaml.safe_load((work / "config" / "config.yaml").read_text())
+
+    def dry_run(cfg: dict) -> str:
+        (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        result = snakemake(work, "-n", "all")
+        assert result.returncode != 0, result.stdout[-2000:]
+        assert not (work / "results").exists()
+        return result.stdout + result.stderr
+
+    no_test = json.loads(json.dumps(config))
+    no_test["splits"]["fractions"] = {"train": 0.95, "val": 0.05, "test": 0.0}
+    output = dry_run(no_test)
+    assert re.search(r"task age: no labelled subject in split 'test' \(labelled subjects of cohort\(s\) ukbsim: "
+                     r"train \d+, val \d+, test 0\)", output), output[-2000:]
+    no_test["evaluate"]["tasks"] = {}
+    assert "evaluate.capabilities.forecast: no subject of cohort(s) ukbsim in split(s) test" in dry_run(no_test)
+
+    # every training subject of ukbsim male: the sex task cannot train
+    from brainjepa.group.splits import make_splits
+    from brainjepa.sheets import load_phenotypes, load_samples
+
+    samples = load_samples(work / "config/samples.tsv", produced=lambda p: True)
+    table = make_splits(samples, config["splits"]["seed"], config["splits"]["fractions"], "ukbsim",
+                        config["splits"]["pretraining"]["fraction"], config["splits"]["stratify"],
+                        load_phenotypes(work / "config/phenotypes.tsv", config["labels"]))
+    train = set(table.loc[(table["split"] == "train") & (table["cohort"] == "ukbsim"), "subject"])
+    assert train
+    phenotypes = pd.read_csv(work / "config/phenotypes.tsv", sep="\t", dtype=str, keep_default_na=False)
+    phenotypes.loc[phenotypes["subject"].isin(train), "sex"] = "M"
+    phenotypes.to_csv(work / "config/phenotypes.tsv", sep="\t", index=False)
+    output = dry_run(config)
+    assert re.search(r"task sex: the training split holds 1 class of 'sex' \('M': \d+ subjects\), a classifier needs "
+                     r"at least 2 \('F': \d+, 'M': \d+ in all splits\); stratify", output), output[-2000:]
+    assert "np." not in output
+
+
+def test_a_relative_run_folder_that_leaves_output_dir_is_refused(tmp_path):
+    """A training config's relative run.out_dir lies under output_dir; `../../escape` used to be accepted, and the
+    pretrain rule wrote ../../escape/final.pt outside the dataset's folder."""
+    work = tmp_path / "escape"
+    _copy_demo_config(work)
+    (work / "config" / "pretrain_mae.yaml").write_text((REPO / "config" / "pretrain_mae.yaml").read_text())
+    train = yaml.safe_load((work / "config" / "pretrain.yaml").read_text())
+    train["run"]["out_dir"] = "../../escape"
+    (work / "config" / "pretrain_escape.yaml").write_text(yaml.safe_dump(train))
+    overlay = work / "config" / "escape.yaml"
+    overlay.write_text(yaml.safe_dump({"pretrain": {"config": "config/pretrain_escape.yaml"}}))
+    result = snakemake(work, "-n", "all", "--configfile", str(work / "config/config.yaml"), str(overlay))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and ("config/pretrain_escape.yaml: run.out_dir '../../escape' leaves output_dir "
+                                       "(.)") in output, output[-2000:]
+    assert "escape/final.pt" not in output
+    # inside output_dir (even through ..) it is taken
+    train["run"]["out_dir"] = "results/pretrain/../pretrain/inside"
+    (work / "config" / "pretrain_escape.yaml").write_text(yaml.safe_dump(train))
+    result = snakemake(work, "-n", "all", "--configfile", str(work / "config/config.yaml"), str(overlay))
+    assert result.returncode == 0 and "results/pretrain/inside/final.pt" in result.stdout, result.stderr[-2000:]

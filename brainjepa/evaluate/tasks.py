@@ -103,19 +103,75 @@ def value_text(value) -> str:
     return str(value).strip()
 
 
+def task_subjects(task: TaskConfig, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``rows`` (runs or subjects, with columns cohort, the task's label and its ``include`` labels) that
+    count for the task: of its cohorts, allowed by ``include``, with a label."""
+    rows = rows[rows["cohort"].isin(task.cohorts)]
+    for column, allowed in task.include.items():
+        keep = {value_text(v) for v in allowed}
+        rows = rows[[pd.notna(v) and value_text(v) in keep for v in rows[column]]]
+    return rows[rows[task.label].notna()]
+
+
+def task_split_problems(task: TaskConfig, subjects: pd.DataFrame) -> list[str]:
+    """What keeps a task from being trained, selected and tested on ``subjects`` (one row per subject: cohort,
+    subject, split and the labels), each problem a message naming the task, the split and the counts: a split of
+    train/val/test without a labelled subject; for a classification, a training split of fewer than two classes,
+    a binary label without exactly two values (or without its ``positive`` one), and multiclass values that no
+    training subject has.
+
+    The workflow checks the sheets with it when it starts (the split table and the phenotypes), and
+    :func:`load_task` the task's windows, so a problem knowable from the sheets stops the run before any job."""
+    if task.label not in subjects.columns:
+        return [f"task {task.name}: no label column '{task.label}'"]
+    rows = task_subjects(task, subjects).drop_duplicates(["cohort", "subject"])
+    counts = {s: int((rows["split"] == s).sum()) for s in SPLITS}
+    where = f"labelled subjects of cohort(s) {', '.join(task.cohorts)}: " + ", ".join(
+        f"{s} {n}" for s, n in counts.items())
+    problems = [f"task {task.name}: no labelled subject in split '{s}' ({where})" for s, n in counts.items() if n == 0]
+    if task.kind == "regression" or problems:
+        return problems
+
+    def classes(split: str | None) -> dict[str, int]:
+        chosen = rows if split is None else rows[rows["split"] == split]
+        return {str(k): int(v) for k, v in chosen[task.label].map(value_text).value_counts().sort_index().items()}
+
+    def show(counted: dict[str, int]) -> str:
+        return ", ".join(f"{value!r}: {n}" for value, n in counted.items())
+
+    train, every = classes("train"), classes(None)
+    if len(train) < 2:
+        fix = (f"stratify the cohort's splits by the label (splits.stratify: {{{task.cohorts[0]}: {task.label}}}) "
+               "or add subjects")
+        problems.append(f"task {task.name}: the training split holds {len(train)} class of '{task.label}' "
+                        f"({show(train)} subjects), a classifier needs at least 2 ({show(every)} in all "
+                        f"splits); {fix}")
+    if task.kind == "binary":
+        positive = task.positive if task.positive is not None else "1"
+        if len(every) != 2:
+            problems.append(f"task {task.name}: a binary label needs exactly 2 values, '{task.label}' has "
+                            f"{len(every)} ({show(every)} subjects); declare the task multiclass, or restrict "
+                            "its subjects with include")
+        elif positive not in every:
+            problems.append(f"task {task.name}: positive value {positive!r} is not among the values of "
+                            f"'{task.label}' ({show(every)} subjects)")
+    elif len(train) >= 2:
+        stray = {k: n for k, n in every.items() if k not in train}
+        if stray:
+            problems.append(f"task {task.name}: value(s) of '{task.label}' without a training subject "
+                            f"({show(stray)} subjects in val/test): a classifier cannot predict them")
+    return problems
+
+
 def read_split(manifest_path: str | Path, split: str, columns: list[str], with_data: bool) -> pd.DataFrame:
     """One split's shard rows (every shard of the manifest): the metadata ``columns``, or every column with
-    ``data`` ([R, T] float32 per run) when ``with_data``."""
-    from brainjepa.data.shards import load_manifest, read_shard, read_shard_columns
+    ``data`` ([R, T] float32 per run) when ``with_data``. Each shard's sha256 is checked against the manifest
+    (once per process, whatever the columns: :func:`brainjepa.data.shards.read_listed_shard`)."""
+    from brainjepa.data.shards import load_manifest, read_listed_shard
 
     manifest = load_manifest(manifest_path)
-    frames = []
-    for entry in manifest["splits"].get(split, []):
-        path = Path(manifest_path).parent / entry["path"]
-        if with_data:
-            frames.append(read_shard(path, manifest["dtype"]))
-        else:
-            frames.append(read_shard_columns(path, columns))
+    frames = [read_listed_shard(manifest_path, entry, manifest["dtype"], None if with_data else columns)
+              for entry in manifest["splits"].get(split, [])]
     if not frames:
         return pd.DataFrame(columns=columns + (["data"] if with_data else []))
     return pd.concat(frames, ignore_index=True)
@@ -211,12 +267,7 @@ def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, w
         if absent:
             raise InputError(f"{manifests[split]}: shards lack label column(s) {absent} of task {task.name} "
                              f"(add them to the workflow config's labels)")
-        frame = frame[frame["cohort"].isin(task.cohorts)]
-        for column, allowed in task.include.items():
-            keep = {value_text(v) for v in allowed}
-            frame = frame[[pd.notna(v) and value_text(v) in keep for v in frame[column]]]
-        frame = frame[frame[task.label].notna()]
-        rows.append(frame)
+        rows.append(task_subjects(task, frame))
     table = pd.concat(rows, ignore_index=True)
     unknown = sorted(set(task.cohorts) - set(table["cohort"]))
     if unknown:
@@ -234,9 +285,9 @@ def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, w
     subject = (sub["cohort"] + "/" + sub["subject"]).to_numpy()
     split = sub["split"].to_numpy()
     raw = sub[task.label].to_numpy()
-    for s in SPLITS:
-        if not (split == s).any():
-            raise InputError(f"task {task.name}: no labelled subject in split '{s}'")
+    problems = task_split_problems(task, sub.drop_duplicates(["cohort", "subject"]))
+    if problems:
+        raise InputError("; ".join(problems) + " (in the train/val/test shards, runs of a full window only)")
     out = TaskWindows(task, sub["run_id"].to_numpy(), start, split, subject, np.zeros(len(sub)), raw, [])
     _set_targets(out)
     if with_data:
@@ -264,7 +315,7 @@ def _set_targets(w: TaskWindows) -> None:
         return
     text = np.array([value_text(v) for v in w.raw])
     if task.kind == "binary":
-        values = sorted(set(text))
+        values = sorted({str(t) for t in text})
         if len(values) != 2:
             raise InputError(f"task {task.name}: a binary label needs exactly 2 values, '{task.label}' has "
                              f"{values}")
@@ -274,8 +325,8 @@ def _set_targets(w: TaskWindows) -> None:
         negative = next(v for v in values if v != positive)
         w.classes = [negative, positive]
     else:
-        w.classes = sorted(set(text[train]))
-        stray = sorted(set(text) - set(w.classes))
+        w.classes = sorted({str(t) for t in text[train]})
+        stray = sorted({str(t) for t in text} - set(w.classes))
         if stray:
             raise InputError(f"task {task.name}: value(s) {stray} of '{task.label}' have no training subject")
     lookup = {c: i for i, c in enumerate(w.classes)}

@@ -63,11 +63,24 @@ RESULTS = os.path.normpath(os.path.join(OUTPUT_DIR, "results"))
 LOGS = os.path.normpath(os.path.join(OUTPUT_DIR, "logs"))
 
 
-def output_path(path):
-    """A path of the training configs' outputs (run.out_dir): relative ones lie under output_dir, as all outputs do."""
+def output_path(path, source):
+    """A path of the training configs' outputs (run.out_dir of the training config ``source``): a relative one lies
+    under output_dir, as all outputs do, and one that leaves it (``..``) is refused; an absolute one is taken as
+    it is."""
     if "{" in path or "}" in path:
-        raise WorkflowError(f"run.out_dir {path!r} holds a brace, which Snakemake reads as a wildcard; rename it")
-    return os.path.normpath(path if os.path.isabs(path) else os.path.join(OUTPUT_DIR, path))
+        raise WorkflowError(
+            f"{source}: run.out_dir {path!r} holds a brace, which Snakemake reads as a wildcard; rename it"
+        )
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    resolved = os.path.normpath(os.path.join(OUTPUT_DIR, path))
+    if os.path.relpath(resolved, OUTPUT_DIR).split(os.sep)[0] == os.pardir:
+        raise WorkflowError(
+            f"{source}: run.out_dir {path!r} leaves output_dir ({OUTPUT_DIR}): a relative run folder lies under "
+            f"output_dir (it resolves to {resolved}); give a folder inside it, e.g. results/pretrain/<name>, or an "
+            "absolute path"
+        )
+    return resolved
 
 
 # The output folder belongs to one dataset (its sample sheet): a config listing another sheet into the same
@@ -272,7 +285,9 @@ def check_shard_sets():
 
 
 check_shard_sets()
-PRETRAIN_DIR = output_path(TRAIN_CONFIG.run.out_dir)  # the training config's run folder (under output_dir)
+PRETRAIN_DIR = output_path(
+    TRAIN_CONFIG.run.out_dir, config["pretrain"]["config"]
+)  # the training config's run folder (under output_dir)
 
 
 def batch_resources(run_ids, seconds_per_run):
@@ -524,10 +539,19 @@ METRICS = f"{RESULTS}/metrics.tsv"
 TABLES = f"{RESULTS}/tables"  # <task>.md and summary.md
 
 
+# One row per subject: its split (the split table of the workflow's start) and its labels (phenotypes sheet).
+SPLIT_SUBJECTS = (
+    SPLIT_TABLE[["cohort", "subject", "split"]]
+    .drop_duplicates()
+    .merge(PHENOTYPES, on=["cohort", "subject"], how="left")
+)
+
+
 def _evaluate_setup():
-    """Tasks, protocol settings, encoders and the pretraining runs they need, checked when the workflow starts."""
+    """Tasks, protocol settings, encoders and the pretraining runs they need, checked when the workflow starts:
+    each task has labelled subjects in train, val and test, and a classification two classes to train on."""
     from brainjepa.evaluate.config import ProtocolConfig
-    from brainjepa.evaluate.tasks import TaskConfig
+    from brainjepa.evaluate.tasks import TaskConfig, task_split_problems
 
     section = config["evaluate"]
     try:
@@ -542,6 +566,12 @@ def _evaluate_setup():
             raise WorkflowError(f"evaluate.tasks.{task.name}: cohort(s) {missing} have no runs in {config['samples']}")
         if task.label not in config["labels"]:
             raise WorkflowError(f"evaluate.tasks.{task.name}: label '{task.label}' is not declared in labels")
+    problems = [p for task in tasks.values() for p in task_split_problems(task, SPLIT_SUBJECTS)]
+    if problems:
+        raise WorkflowError(
+            f"evaluate.tasks: {'; '.join(problems)} (the splits of {config['samples']} with the labels of "
+            f"{config['phenotypes']}; `brainjepa validate --config` prints the splits' counts)"
+        )
     runs = [{"rule": "pretrain", "config": config["pretrain"]["config"], "out_dir": PRETRAIN_DIR}]
     encoders = {}
     for name, spec in section["encoders"].items():
@@ -550,7 +580,7 @@ def _evaluate_setup():
             known = {r["config"]: r for r in runs}
             if path not in known:
                 try:
-                    out_dir = output_path(load_config(path).run.out_dir)
+                    out_dir = output_path(load_config(path).run.out_dir, path)
                 except InputError as exc:
                     raise WorkflowError(f"evaluate.encoders.{name}: invalid training config: {exc}")
                 if out_dir in {r["out_dir"] for r in runs}:
@@ -601,6 +631,15 @@ def _capabilities_setup():
             )
         if name in EVAL_TASKS:
             raise WorkflowError(f"evaluate.tasks.{name}: a task may not share the name of a capability")
+        rows = SPLIT_SUBJECTS[SPLIT_SUBJECTS["cohort"].isin(cap.cohorts)]
+        counts = {split: int((rows["split"] == split).sum()) for split in ("train", "val", "test")}
+        if not all(counts.values()):
+            empty = [split for split, n in counts.items() if not n]
+            raise WorkflowError(
+                f"evaluate.capabilities.{name}: no subject of cohort(s) {', '.join(cap.cohorts)} in split(s) "
+                f"{', '.join(empty)} (subjects: {', '.join(f'{k} {n}' for k, n in counts.items())}); the capability "
+                "trains, selects and tests on the train, val and test splits (splits.fractions)"
+            )
         out[name] = cap
     return out
 
