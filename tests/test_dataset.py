@@ -228,3 +228,20 @@ def test_whole_batches_through_dataloader_workers(shard_set):
         dataset.set_epoch(2)
         return [list(b[2]) for b in DataLoader(dataset, batch_size=4, num_workers=workers)]
     assert batches(2) == batches(0) and len(batches(0)) == 4
+
+
+def test_a_shard_is_hashed_once_per_process(shard_set, monkeypatch):
+    """Datasets of one process share the checksum check: a second dataset (or epoch) does not hash again."""
+    from brainjepa.data import shards
+
+    manifest_path, _, _ = shard_set
+    hashed = []
+    real = shards.check_shard_sha256
+    monkeypatch.setattr(shards, "check_shard_sha256", lambda path, *a, **k: hashed.append(str(path)) or
+                        real(path, *a, **k))
+    monkeypatch.setattr(shards, "_VERIFIED_SHARDS", set())  # whatever earlier tests verified
+    n_shards = len(shards.load_manifest(manifest_path)["splits"]["val"])
+    first = [x for x, _ in ShardDataset(manifest_path, "val", window=WINDOW, mode="eval")]
+    assert len(hashed) == n_shards
+    second = [x for x, _ in ShardDataset(manifest_path, "val", window=WINDOW, mode="eval")]
+    assert len(hashed) == n_shards and all(torch.equal(a, b) for a, b in zip(first, second))

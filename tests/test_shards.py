@@ -361,3 +361,31 @@ def test_a_killed_attempt_leaves_no_temporary_folder_after_the_rerun(tmp_path, c
     build_shards(runs, stats, tmp_path / "shards", window=16, label_columns=LABELS)
     assert not any(p.exists() for p in stale) and other.exists()
     assert (tmp_path / "shards" / "manifest.json").exists()
+
+
+def test_evaluation_and_pretraining_readers_give_one_checksum_message(tmp_path, cohort):
+    """read_split (evaluation) and ShardDataset (pretraining) check a shard's sha256 with the same message, for a
+    byte flipped in the data or in the Parquet footer (where the file no longer parses)."""
+    from brainjepa.evaluate.tasks import read_split
+
+    runs, _, stats = cohort
+    out = tmp_path / "shards"
+    manifest = build_shards(runs, stats, out, window=16)
+    path = out / manifest["splits"]["val"][0]["path"]
+    raw = bytearray(path.read_bytes())
+    for offset in (len(raw) // 3, len(raw) - 12):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        messages = []
+        for read in (lambda: read_split(out / "manifest.json", "val", ["run_id"], False),
+                     lambda: read_split(out / "manifest.json", "val", [], True),
+                     lambda: list(ShardDataset(out / "manifest.json", "val", window=16))):
+            with pytest.raises(InputError) as caught:
+                read()
+            messages.append(str(caught.value))
+        digest = hashlib.sha256(bytes(flipped)).hexdigest()
+        assert messages == [f"{path}: sha256 {digest} does not match {manifest['splits']['val'][0]['sha256']} in "
+                            f"{out / 'manifest.json'}; the shard is corrupted or was replaced (rebuild the shards)"] * 3
+    path.write_bytes(bytes(raw))
+    assert len(read_split(out / "manifest.json", "val", [], True)) == 3

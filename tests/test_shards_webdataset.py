@@ -342,3 +342,37 @@ def test_cli_format_option_reaches_the_writer(tmp_path, monkeypatch, flag, expec
     assert seen["shard_format"] == expected
     with pytest.raises(SystemExit):
         build_parser().parse_args(["shards", "--format", "zip"])
+
+
+def test_evaluation_reads_verify_tar_shards_once(tmp_path, monkeypatch):
+    """read_split (what evaluation, features, capabilities read) checks a tar shard's sha256 while reading it,
+    once per process; a same-size byte flip, in a matrix or in a tar header, gives the checksum message."""
+    from brainjepa.data import shards
+    from brainjepa.evaluate.tasks import read_split
+
+    runs = make_runs(tmp_path / "runs", n=9)
+    out = tmp_path / "shards"
+    manifest = build(runs, out, "webdataset")
+    build(runs, tmp_path / "parquet", "parquet")
+    expected = read_split(tmp_path / "parquet" / "manifest.json", "val", [], True)
+    hashed = []
+    real = shards.check_shard_sha256
+    monkeypatch.setattr(shards, "check_shard_sha256", lambda path, *a, **k: hashed.append(str(path)) or
+                        real(path, *a, **k))
+    clean = read_split(out / "manifest.json", "val", [], True)
+    pd.testing.assert_frame_equal(clean.drop(columns="data"), expected.drop(columns="data"))
+    assert all(np.array_equal(a, b) for a, b in zip(clean["data"], expected["data"]))
+    assert hashed == [str(out / manifest["splits"]["val"][0]["path"])]
+    read_split(out / "manifest.json", "val", ["subject"], False)
+    assert len(hashed) == 1  # the second read in this process: no second hash
+    path = out / manifest["splits"]["val"][0]["path"]
+    raw = bytearray(path.read_bytes())
+    message = (r"val/shard-00000\.tar: sha256 [0-9a-f]{64} does not match [0-9a-f]{64} in \S*manifest\.json; "
+               r"the shard is corrupted or was replaced \(rebuild the shards\)")
+    for offset in (len(raw) // 3, 100):  # a third in: a matrix; 100: the mode field of the first tar header
+        flipped = bytearray(raw)
+        flipped[offset] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        for columns, with_data in ((["subject", "age"], False), ([], True)):
+            with pytest.raises(InputError, match=message):
+                read_split(out / "manifest.json", "val", columns, with_data)

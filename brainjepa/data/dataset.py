@@ -35,7 +35,9 @@ resumed epoch starts at its batch without reading the ones before.
 
 Call :meth:`ShardDataset.set_epoch` before each epoch. The epoch lives in shared memory, so it reaches
 DataLoader workers also with ``persistent_workers=True`` (recommended: each consumer process checks the
-sha256 of a shard the first time it opens it, and persistent workers do that once rather than every epoch).
+sha256 of a shard the first time it opens it, and persistent workers do that once rather than every epoch; the
+check is :func:`brainjepa.data.shards.verify_shard`, whose record of verified files a process shares with its
+other datasets and the evaluation readers, and a forked worker inherits from its parent).
 
 Reading cost (bench/loader.py): a row group is decoded once (the matrices are raw little-endian bytes, see
 ``brainjepa.data.shards``) and every window of it is copied out as float32. A local tar shard is indexed once
@@ -57,8 +59,8 @@ import pyarrow.parquet as pq
 import torch
 
 from brainjepa.data.schedule import _ROWS, assign_units, stable_hash, window_starts  # noqa: F401 (re-exported)
-from brainjepa.data.shards import DTYPES, SHARD_FORMATS, check_scaling_stats, load_manifest
-from brainjepa.data.tar_shards import TarShardReader, is_url, sha256_location
+from brainjepa.data.shards import DTYPES, SHARD_FORMATS, check_scaling_stats, load_manifest, verify_shard
+from brainjepa.data.tar_shards import TarShardReader, is_url
 from brainjepa.errors import InputError
 
 MODES = ("train", "eval")
@@ -200,26 +202,24 @@ class ShardDataset(torch.utils.data.IterableDataset):
             self._files, self._verified, self._pid = OrderedDict(), set(), os.getpid()
         path = self._shard_path(shard)
         if verify and self.verify_checksums and shard not in self._verified:
-            try:
-                digest = sha256_location(path)
-            except (OSError, InputError) as exc:
-                raise InputError(f"{path}: cannot read shard ({exc}); listed in {self.manifest_path}") from exc
-            expected = self.shards[shard]["sha256"]
-            if digest != expected:
-                raise InputError(f"{path}: sha256 {digest} does not match {expected} in {self.manifest_path}; "
-                                 "the shard is corrupted or was replaced (rebuild the shards)")
+            verify_shard(path, self.shards[shard]["sha256"], self.manifest_path)  # once per process and file
             self._verified.add(shard)
         if shard in self._files:
             self._files.move_to_end(shard)
             return self._files[shard]
-        if self.shard_format == "webdataset":
-            handle = TarShardReader(path, self.shards[shard]["rows"], self.group_size,
-                                    where=f"{path} (listed in {self.manifest_path})")
-        else:
-            try:
-                handle = pq.ParquetFile(path)
-            except (OSError, pa.ArrowException) as exc:
-                raise InputError(f"{path}: cannot read shard ({exc}); listed in {self.manifest_path}") from exc
+        try:
+            if self.shard_format == "webdataset":
+                handle = TarShardReader(path, self.shards[shard]["rows"], self.group_size,
+                                        where=f"{path} (listed in {self.manifest_path})")
+            else:
+                try:
+                    handle = pq.ParquetFile(path)
+                except (OSError, pa.ArrowException) as exc:
+                    raise InputError(f"{path}: cannot read shard ({exc}); listed in {self.manifest_path}") from exc
+        except InputError:  # unreadable (also unverified, sizes only): a corrupted shard is named as such
+            if self.verify_checksums:
+                verify_shard(path, self.shards[shard]["sha256"], self.manifest_path)
+            raise
         self._files[shard] = handle
         limit = OPEN_STREAMS if isinstance(path, str) else OPEN_FILES
         while len(self._files) > limit:

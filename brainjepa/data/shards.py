@@ -215,7 +215,8 @@ def _read_scaled(run: _Run, stats: ScalingStats, dtype: str) -> tuple[np.ndarray
     if not np.isfinite(scaled).all():
         r, t = np.argwhere(~np.isfinite(scaled))[0]
         raise InputError(f"{run.path}: run {run.ids['run_id']}: scaled value at ROI '{stats.rois[r]}', time point "
-                         f"{t} is not finite in {dtype} (missing data in the input, or |value| too large)")
+                         f"{int(t) + 1} (counted from 1) is not finite in {dtype} (missing data in the input, or "
+                         "|value| too large)")
     return np.ascontiguousarray(scaled), tr
 
 
@@ -546,23 +547,131 @@ def _is_tar(path: str | os.PathLike) -> bool:
 def read_shard(path: str | os.PathLike, dtype: str = "float16") -> pd.DataFrame:
     """A shard as a frame with ``data`` decoded to [n_rois, n_timepoints] arrays (``dtype``: the manifest's).
 
-    Parquet or tar (by the name's suffix), the same frame."""
+    Parquet or tar (by the name's suffix), the same frame. Its sha256 is not checked: readers of a manifest's
+    shards use :func:`read_listed_shard`."""
     if _is_tar(path):
         from brainjepa.data.tar_shards import read_tar_shard
 
         return read_tar_shard(path, dtype)
-    frame = pq.read_table(path).to_pandas()
-    frame["data"] = [np.frombuffer(b, DTYPES[dtype]).reshape(r, t)
-                     for b, r, t in zip(frame["data"], frame["n_rois"], frame["n_timepoints"])]
-    return frame
+    return _parquet_frame(path, dtype)
 
 
 def read_shard_columns(path: str | os.PathLike, columns: list[str]) -> pd.DataFrame:
-    """The named columns a shard has (Parquet or tar, by the name's suffix), without the matrices."""
+    """The named columns a shard has (Parquet or tar, by the name's suffix), without the matrices (sha256 not
+    checked, as :func:`read_shard`)."""
     columns = [c for c in columns if c != "data"]
     if _is_tar(path):
         from brainjepa.data.tar_shards import read_tar_shard
 
         return read_tar_shard(path, columns=columns)
-    present = set(pq.read_schema(path).names)
-    return pq.read_table(path, columns=[c for c in columns if c in present]).to_pandas()
+    return _parquet_columns(path, columns)
+
+
+def _arrow_source(source: str | os.PathLike | pa.Buffer) -> str | os.PathLike | pa.BufferReader:
+    """What pyarrow reads: the path, or a reader over the buffer (a new one per call: readers keep a position)."""
+    return pa.BufferReader(source) if isinstance(source, pa.Buffer) else source
+
+
+def _parquet_frame(source: str | os.PathLike | pa.Buffer, dtype: str) -> pd.DataFrame:
+    """:func:`read_shard` of a Parquet shard, from a path or an Arrow buffer holding the file."""
+    frame = pq.read_table(_arrow_source(source)).to_pandas()
+    frame["data"] = [np.frombuffer(b, DTYPES[dtype]).reshape(r, t)
+                     for b, r, t in zip(frame["data"], frame["n_rois"], frame["n_timepoints"])]
+    return frame
+
+
+def _parquet_columns(source: str | os.PathLike | pa.Buffer, columns: list[str]) -> pd.DataFrame:
+    """:func:`read_shard_columns` of a Parquet shard, from a path or an Arrow buffer holding the file (``data``
+    left out)."""
+    present = set(pq.read_schema(_arrow_source(source)).names)
+    return pq.read_table(_arrow_source(source), columns=[c for c in columns if c in present and c != "data"]
+                         ).to_pandas()
+
+
+# ------------------------------------------------------------------------------------------------- checksums
+_VERIFIED_SHARDS: set[tuple] = set()
+"""The shards whose sha256 matched their manifest in this process, by :func:`_shard_identity`."""
+
+
+def _shard_identity(location: str | os.PathLike, expected: str) -> tuple:
+    """What the once-per-process check keys a shard by: a local file's resolved path, device, inode, size,
+    mtime_ns and ctime_ns (rewriting or replacing the file changes them, so it is checked again) with the digest
+    its manifest expects; a URL's text with that digest. OSError when a local file cannot be stat'ed."""
+    from brainjepa.data.tar_shards import is_url
+
+    if is_url(str(location)):
+        return (str(location), expected)
+    path = Path(location)
+    st = path.stat()
+    return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, expected)
+
+
+def check_shard_sha256(location: str | os.PathLike, digest: str, expected: str,
+                       manifest_path: str | os.PathLike) -> None:
+    """InputError unless ``digest`` (hex SHA-256 of the shard's bytes) is ``expected`` (its manifest entry's).
+
+    The one message of every shard reader: the shard, both digests, the manifest and what to do."""
+    if digest != expected:
+        raise InputError(f"{location}: sha256 {digest} does not match {expected} in {manifest_path}; "
+                         "the shard is corrupted or was replaced (rebuild the shards)")
+
+
+def verify_shard(location: str | os.PathLike, expected: str, manifest_path: str | os.PathLike) -> None:
+    """Check a shard's sha256 against ``expected`` (its manifest entry's) once per process: one full read of a
+    local file or of what a URL (``pipe:``, ``https://``, ...) streams, skipped when this process already
+    verified the same file (:func:`_shard_identity`). For readers that read the shard lazily (the pretraining
+    loader); :func:`read_listed_shard` hashes the bytes it reads anyway."""
+    from brainjepa.data.tar_shards import sha256_location
+
+    try:
+        identity = _shard_identity(location, expected)
+        if identity in _VERIFIED_SHARDS:
+            return
+        digest = sha256_location(location)
+    except (OSError, InputError) as exc:
+        raise InputError(f"{location}: cannot read shard ({exc}); listed in {manifest_path}") from exc
+    check_shard_sha256(location, digest, expected, manifest_path)
+    _VERIFIED_SHARDS.add(identity)
+
+
+def read_listed_shard(manifest_path: str | os.PathLike, entry: dict, dtype: str = "float16",
+                      columns: list[str] | None = None) -> pd.DataFrame:
+    """One shard a manifest lists (``entry``: its manifest entry, path relative to the manifest's folder), its
+    sha256 checked against the entry's the first time this process reads it (:func:`verify_shard`'s record).
+
+    columns None: every column, ``data`` decoded to [n_rois, n_timepoints] arrays of ``dtype`` (:func:`read_shard`);
+    else the named columns present, without the matrices (:func:`read_shard_columns`): the whole file is
+    verified all the same. The check costs no second read: a Parquet shard is read into memory once, hashed, and
+    its table parsed from that buffer; a tar shard is hashed as it streams. A corrupted shard gets the checksum
+    message also when it no longer parses."""
+    import hashlib
+
+    from brainjepa.data.tar_shards import read_tar_shard, sha256_location
+
+    path = Path(manifest_path).parent / entry["path"]
+    expected = entry["sha256"]
+    try:
+        identity = _shard_identity(path, expected)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read shard ({exc}); listed in {manifest_path}") from exc
+    if identity in _VERIFIED_SHARDS:
+        return read_shard(path, dtype) if columns is None else read_shard_columns(path, columns)
+    if _is_tar(path):
+        digest = hashlib.sha256()
+        try:
+            frame = read_tar_shard(path, dtype, columns if columns is None else [c for c in columns if c != "data"],
+                                   digest=digest)
+        except InputError:  # unreadable: a corrupted shard is named as such (a second pass, on this path only)
+            check_shard_sha256(path, sha256_location(path), expected, manifest_path)
+            raise
+        check_shard_sha256(path, digest.hexdigest(), expected, manifest_path)
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read shard ({exc}); listed in {manifest_path}") from exc
+        check_shard_sha256(path, hashlib.sha256(data).hexdigest(), expected, manifest_path)
+        buffer = pa.py_buffer(data)
+        frame = _parquet_frame(buffer, dtype) if columns is None else _parquet_columns(buffer, columns)
+    _VERIFIED_SHARDS.add(identity)
+    return frame

@@ -40,6 +40,7 @@ import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
@@ -133,14 +134,40 @@ class TarShardWriter:
 Members = dict[str, memoryview]
 
 
-class _Stream:
-    """A shard read front to back (any location ``webdataset.gopen`` opens); ``position``: samples passed."""
+class Digest(Protocol):
+    """A ``hashlib`` object (``hashlib.sha256()``): what a reader feeds a shard's bytes to."""
 
-    def __init__(self, location: str):
+    def update(self, data: bytes, /) -> None: ...
+
+
+class _HashingReader:
+    """A binary stream that feeds every byte read through it to ``digest``."""
+
+    def __init__(self, raw: BinaryIO, digest: Digest):
+        self._raw, self._digest = raw, digest
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._raw.read(size)
+        self._digest.update(block)
+        return block
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _Stream:
+    """A shard read front to back (any location ``webdataset.gopen`` opens); ``position``: samples passed.
+
+    digest: a ``hashlib`` object fed every byte of the shard as it is read (:meth:`drain` reads what the tar
+    reader leaves after the end of the archive), so that a shard read once is also hashed once."""
+
+    def __init__(self, location: str, digest: Digest | None = None):
         from webdataset.gopen import gopen
 
         self.location, self.position = location, 0
-        self._file = gopen(location, "rb")
+        self._file = open(location, "rb") if digest is not None and not is_url(location) else gopen(location, "rb")
+        if digest is not None:
+            self._file = _HashingReader(self._file, digest)
         self._tar = tarfile.open(fileobj=self._file, mode="r|")
         self._pending: tarfile.TarInfo | None = None  # the next sample's first header, its data not yet read
         self._ended = False
@@ -175,6 +202,11 @@ class _Stream:
             return None
         self.position += 1
         return key, members
+
+    def drain(self) -> None:
+        """Read the rest of the file (what follows the archive's last member) without looking at it."""
+        while self._file.read(2**20):
+            pass
 
     def close(self) -> None:
         self._tar.close()
@@ -287,16 +319,20 @@ class TarShardReader:
 
     location: a local path (indexed: a group is one read) or a URL (one sequential stream; a group further on
     continues it, one behind reopens it). rows: the samples the manifest lists (checked; None: whatever the
-    shard holds). ``where`` names the shard (and its manifest) in errors.
+    shard holds). ``where`` names the shard (and its manifest) in errors. digest: a ``hashlib`` object to feed
+    every byte of the shard: the shard is then one stream read front to back, also a local one (no index, no
+    reopening), and :meth:`read_all` reads it to the end of the file.
     """
 
-    def __init__(self, location: str | os.PathLike, rows: int | None, group_size: int, where: str | None = None):
+    def __init__(self, location: str | os.PathLike, rows: int | None, group_size: int, where: str | None = None,
+                 digest: Digest | None = None):
         self.location, self.group_size = str(location), int(group_size)
         self.rows = None if rows is None else int(rows)
         self.where = where or self.location
         self._index: _Index | None = None
         self._stream: _Stream | None = None
-        if not is_url(self.location):
+        self._digest = digest
+        if not is_url(self.location) and digest is None:
             try:
                 self._index = _Index(self.location)
             except (OSError, tarfile.TarError) as exc:
@@ -311,13 +347,17 @@ class TarShardReader:
             return self._index.read(first, len(self._index.samples) if count is None else count, wanted)
         try:
             if self._stream is None or self._stream.position > first:
+                if self._stream is not None and self._digest is not None:
+                    raise ValueError(f"{self.where}: a hashed shard is read once, front to back")
                 self._close_stream()
-                self._stream = _Stream(self.location)
+                self._stream = _Stream(self.location, self._digest)
             while self._stream.position < first and self._stream.next_sample(lambda ext: False) is not None:
                 pass
             out = []
             while (count is None or len(out) < count) and (sample := self._stream.next_sample(wanted)) is not None:
                 out.append(sample)
+            if count is None and self._digest is not None:
+                self._stream.drain()  # the end-of-archive blocks and padding are hashed too
         except (OSError, tarfile.TarError) as exc:
             raise InputError(f"{self.where}: cannot read tar shard ({exc})") from exc
         ended = count is None or len(out) < count
@@ -385,17 +425,19 @@ def sha256_location(location: str | os.PathLike, chunk: int = 4 * 2**20) -> str:
     return digest.hexdigest()
 
 
-def read_tar_shard(location: str | os.PathLike, dtype: str = "float16", columns: list[str] | None = None):
+def read_tar_shard(location: str | os.PathLike, dtype: str = "float16", columns: list[str] | None = None,
+                   digest: Digest | None = None):
     """A tar shard as the frame :func:`brainjepa.data.shards.read_shard` gives for a Parquet one: a row per run,
     ``data`` decoded to [n_rois, n_timepoints] arrays. columns: only these (those present; without ``data`` the
     matrices are not decoded; in the order given). Column types as in a Parquet shard (a label holding no text is
-    float64), converted to pandas as pyarrow converts the Parquet shard."""
+    float64), converted to pandas as pyarrow converts the Parquet shard. digest: a ``hashlib`` object fed every
+    byte of the file while it is read (one sequential pass, whatever ``columns``): the caller compares it."""
     import pyarrow as pa
 
     from brainjepa.data.shards import DTYPES, ID_COLUMNS
 
     with_data = columns is None or "data" in columns
-    reader = TarShardReader(location, rows=None, group_size=1)
+    reader = TarShardReader(location, rows=None, group_size=1, digest=digest)
     try:
         rows = reader.read_all(DTYPES[dtype], matrices=with_data)
         kinds = (reader.header() or {}).get("label_columns", {})
