@@ -150,3 +150,17 @@ def test_every_output_has_provenance_and_the_command_prints_and_checks_it(tmp_pa
     fc.write_bytes(b"not an array")
     assert main(["figure-fc", "--fc", str(fc), "--labels", str(table), "--out", str(tmp_path / "fc.png")]) == 1
     assert not (tmp_path / "fc.png.provenance.json").exists()
+
+
+def test_messages_show_plain_values_not_numpy_reprs():
+    """Network names come from a numpy array: the message printed `got [np.str_('Vis')]`."""
+    import numpy as np
+
+    from brainjepa.errors import InputError
+    from brainjepa.evaluate.networks import scored_networks
+
+    with pytest.raises(InputError, match=r"needs at least 2 networks with 2\+ ROIs, got \['Vis'\]$") as info:
+        scored_networks(np.array(["Vis", "Vis", "SM"]))
+    assert "np." not in str(info.value)
+    _, scored, small = scored_networks(np.array(["Vis", "Vis", "SM", "SM", "DMN"]))
+    assert scored == ["Vis", "SM"] and small == ["DMN"] and all(type(n) is str for n in scored + small)

@@ -287,3 +287,53 @@ def test_a_width_without_a_preset_needs_its_heads(tmp_path):
     assert main(args + ["--num-heads", "2"]) == 0
     _, model_config = load_weights(tmp_path / "w.pt")
     assert (model_config["embed_dim"], model_config["num_heads"]) == (64, 2)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", r"empty.pth: cannot read official checkpoint: the file is empty \(0 bytes\)"),
+    (bytes(range(7, 250)) * 4, r"empty.pth: cannot read official checkpoint: not a PyTorch checkpoint, or corrupt "
+                               r"\(972 bytes, starting 07 08 09 0a 0b 0c 0d 0e"),
+    (b"PK\x03\x04" + b"\0" * 60, r"cannot read official checkpoint: a truncated or corrupt PyTorch file \(64 bytes; "
+                                 r"RuntimeError: PytorchStreamReader failed reading zip archive"),
+])
+def test_an_empty_or_foreign_file_is_named_without_torch_advice(tmp_path, content, match):
+    """An empty file said `cannot read official checkpoint ()`; random bytes repeated torch's advice to load with
+    weights_only=False, which would run a crafted file's code."""
+    from brainjepa.models.convert import convert_official
+
+    (tmp_path / "empty.pth").write_bytes(content)
+    with pytest.raises(InputError, match=match) as info:
+        convert_official(tmp_path / "empty.pth", gradients_file(tmp_path, 16), tmp_path / "w.pt")
+    assert "weights_only" not in str(info.value) and "miniz" not in str(info.value)
+
+
+def test_a_converted_checkpoint_records_the_preset_it_matches_or_custom(tmp_path):
+    """A 64-wide release converted with --num-heads 2 was recorded as size 'base'; the converted file must rebuild
+    the model it holds."""
+    from brainjepa.cli import main
+    from brainjepa.models.convert import convert_official
+
+    grads = gradients_file(tmp_path, 16)
+    cfg = convert_official(small_release(tmp_path, rois=16, patches=10, dim=64), grads, tmp_path / "w.pt", 2)
+    _, model_config = load_weights(tmp_path / "w.pt")
+    assert cfg.size == model_config["size"] == "custom"
+    rebuilt = ModelConfig.from_dict(model_config).resolved()
+    assert (rebuilt.embed_dim, rebuilt.num_heads, rebuilt.depth, rebuilt.predictor_dim) == (64, 2, 1, 32)
+    from brainjepa.evaluate.encoders import load_encoder
+
+    encoder, _ = load_encoder({"kind": "checkpoint", "path": str(tmp_path / "w.pt")}, [f"R{i}" for i in range(16)],
+                              160)
+    assert encoder.cfg.num_heads == 2 and encoder.cfg.size == "custom"
+    with pytest.raises(InputError, match=r"model.size 'custom' needs every size: embed_dim, depth"):
+        ModelConfig(size="custom").resolved()
+    # a tiny official checkpoint from export-official (a preset-width model) keeps its preset name
+    tiny = ModelConfig(size="tiny", n_rois=16, n_timesteps=160, n_gradients=4).resolved()
+    encoder, predictor = build_model(tiny, torch.randn(16, 4))
+    states = {"encoder": encoder.state_dict(), "predictor": predictor.state_dict(),
+              "target_encoder": encoder.state_dict()}
+    from brainjepa.models.weights import save_weights
+
+    save_weights(tmp_path / "tiny.pt", states, tiny.to_dict(), source="test")
+    assert main(["export-official", "--checkpoint", str(tmp_path / "tiny.pt"), "--out", str(tmp_path / "o.pth")]) == 0
+    back = convert_official(tmp_path / "o.pth", grads, tmp_path / "tiny_back.pt", 4)  # 96 wide: heads not inferred
+    assert back.size == load_weights(tmp_path / "tiny_back.pt")[1]["size"] == "tiny"

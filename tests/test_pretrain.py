@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -219,7 +221,7 @@ def test_an_unreadable_latest_points_at_the_epoch_checkpoints(tiny_data, tmp_pat
     out = tmp_path / "e"
     pretrain(_cfg(tiny_data, out, "optim.epochs=2"))
     (out / "latest.pt").write_bytes(b"truncated by a full disk")
-    with pytest.raises(InputError, match=r"latest.pt: cannot read checkpoint .*: epoch-0001.pt, epoch-0002.pt; "
+    with pytest.raises(InputError, match=r"latest.pt: cannot read checkpoint.*: epoch-0001.pt, epoch-0002.pt; "
                                          "copy the newest over latest.pt to resume from it"):
         pretrain(_cfg(tiny_data, out, "optim.epochs=2"))
 
@@ -422,3 +424,48 @@ def test_mae_objective_trains_with_the_same_engine(tiny_data, tmp_path):
     assert torch.equal(patch_targets(x, 16)[0, 1], x[0, 0, 0, 16:32])          # token roi * W + t
     with pytest.raises(InputError, match="mae objective reconstructs with mse"):
         _cfg(tiny_data, tmp_path / "x", "objective=mae", "optim.loss=smooth_l1")
+
+
+# ------------------------------------------------------------------------------------------- messages
+@pytest.mark.parametrize("extra,match", [
+    (["data.batch_size=64"], r"split 'pretrain' has 24 windows \(one per run each epoch\), fewer than one "
+                             r"optimizer step of 64 \(batch 64\); lower data.batch_size to at most 24"),
+    (["data.batch_size=4", "optim.accumulation_steps=8"],
+     r"has 24 windows .*fewer than one optimizer step of 32 \(batch 4 x 8 accumulation\); lower "
+     r"data.batch_size to at most 3"),
+    (["data.batch_size=2", "optim.accumulation_steps=32"],
+     r"fewer than one optimizer step of 64 \(batch 2 x 32 accumulation\); lower optim.accumulation_steps to at "
+     r"most 12"),
+])
+def test_a_batch_larger_than_the_split_names_its_windows(tiny_data, tmp_path, extra, match):
+    with pytest.raises(InputError, match=match) as info:
+        Trainer(_cfg(tiny_data, tmp_path / "big", *extra))
+    assert "manifest.json" in str(info.value) and "samples for this rank" not in str(info.value)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 298752 vs 298640"),
+    OSError(28, "No space left on device"),
+])
+def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_old_one(tiny_data, tmp_path, monkeypatch,
+                                                                             error):
+    out = tmp_path / "full"
+    pretrain(_cfg(tiny_data, out, "run.stop_after_steps=2"))
+    before = (out / "latest.pt").read_bytes()
+
+    def fail(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise error
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(TrainingError) as info:
+        pretrain(_cfg(tiny_data, out))
+    message = str(info.value)
+    assert f"{out / 'latest.pt'}: cannot write the checkpoint" in message
+    assert re.search(r"disk full or file size limit \(\d+ bytes \([\d.]+ [kMG]?B\) free on .*; the checkpoint is "
+                     r"about [\d.]+ [kMG]?B\)", message), message
+    assert "the previous latest.pt is intact (step 2)" in message and "free space" in message
+    assert "inline_container" not in message
+    assert (out / "latest.pt").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []

@@ -154,3 +154,64 @@ def test_validate_warns_of_unlabelled_subjects_and_of_cohorts_without_val_or_tes
     assert "11 runs of 11 subjects: valid" in captured.out
     assert "2 subject(s)" in captured.err and "'A/10'" in captured.err and "'B/99'" in captured.err
     assert "cohort B: no " in captured.err and "train " in captured.err      # one subject cannot fill 3 splits
+
+
+# ------------------------------------------------------------------ every problem of a sheet at once, and its encoding
+def test_validate_reports_every_phenotype_value_error(tmp_path, bold, capsys):
+    """Only the first error was reported: a `2` in a binary column showed only once `seventy` was fixed."""
+    rows = "".join(f"A\t{i}\t5{i}\t0\n" for i in range(1, 7)) + "A\t7\tseventy\t1\nA\t8\t60\t2\nA\t9\tsixty\tyes\n"
+    samples = HEADER + "".join(f"A\t{i}\t1\t1\t{bold}\t\t\n" for i in range(1, 10))
+    assert _validate(tmp_path, samples, "cohort\tsubject\tage\tdiagnosis\n" + rows, CONFIG) == 1
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'p.tsv'}: 4 problems: line 8: column 'age': 'seventy' is not a number (declared continuous); "
+            "line 9: column 'diagnosis': '2' is not 0 or 1 (declared binary); line 10: column 'age': 'sixty' is not a "
+            "number (declared continuous); line 10: column 'diagnosis': 'yes' is not 0 or 1 (declared binary)") in err
+
+
+def test_every_sample_row_error_is_reported_in_the_same_style(tmp_path, bold):
+    rows = (f"A\t1\t1\t1\t{bold}\t\t\n" + f"A\tsub_2\t1\t1\t{bold}\t\t\n" + "A\t3\t1\t1\t\t\t\n"
+            + f"A\t4\t1\t1\t{bold}\t\tfast\n" + "A\t5\t1\t1\tmissing_bold.nii.gz\t\t\n")
+    with pytest.raises(InputError) as info:
+        load_samples(write(tmp_path / "s.tsv", HEADER + rows))
+    assert str(info.value) == (
+        f"{tmp_path / 's.tsv'}: 4 problems: line 3: column 'subject': 'sub_2' does not match '^[A-Za-z0-9]+$'; "
+        "line 4: row: exactly one of 'bold' and 'timeseries' must be given; line 5: column 'tr': 'fast' is not of "
+        "type 'number'; line 6: column 'bold': file missing_bold.nii.gz does not exist and no rule produces it")
+
+
+def test_many_problems_are_capped(tmp_path):
+    rows = "".join(f"A\t{i}\told\n" for i in range(1, 16))
+    path = write(tmp_path / "p.tsv", "cohort\tsubject\tage\n" + rows)
+    with pytest.raises(InputError) as info:
+        load_phenotypes(path, {"age": "continuous"})
+    message = str(info.value)
+    assert message.startswith(f"{path}: 15 problems: line 2: column 'age': 'old' is not a number")
+    assert message.count("is not a number") == 10 and message.endswith("line 11: column 'age': 'old' is not a number "
+                                                                        "(declared continuous) (and 5 more)")
+
+
+def test_a_column_name_error_is_reported_once(tmp_path):
+    path = write(tmp_path / "p.tsv", "cohort\tsubject\tage group\nA\t1\t50\nA\t2\t51\n")
+    with pytest.raises(InputError, match=r"p.tsv: line 2: row: 'age group' does not match") as info:
+        load_phenotypes(path)
+    assert "problems" not in str(info.value)
+
+
+@pytest.mark.parametrize("sheet", ["phenotypes", "samples"])
+def test_a_windows_1252_sheet_names_the_line_and_column_of_the_first_bad_byte(tmp_path, bold, sheet):
+    """`not a valid TSV ('utf-8' codec can't decode byte 0xfc in position 1: ...)`: a position in pandas' chunk."""
+    if sheet == "phenotypes":
+        text = "cohort\tsubject\tcity\tsex\nA\t1\tBern\tF\nA\t2\tZürich café\tMännlich\n"
+        where = r"line 3, column 6 \(in column 'city'\): byte 0xfc \(b'A\\t2\\tZ\\xfcrich ca'\)"
+        load = load_phenotypes
+    else:
+        text = HEADER + f"A\t1\t1\t1\t{bold}\t\t\nA\t2\t1\t1\t{tmp_path}/München.nii.gz\t\t\n"
+        where = r"line 3, column \d+ \(in column 'bold'\): byte 0xfc"
+        load = load_samples
+    path = tmp_path / f"cp1252_{sheet}.tsv"
+    path.write_bytes(text.encode("cp1252"))
+    with pytest.raises(InputError, match=f"cp1252_{sheet}.tsv: not UTF-8 text: {where}") as info:
+        load(path)
+    message = str(info.value)
+    assert "position" not in message and "save the file as UTF-8" in message
+    assert "Windows-1252" in message and "'ü'" in message

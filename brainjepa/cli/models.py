@@ -31,7 +31,8 @@ def register(sub) -> None:
 
     default = ModelConfig()  # the same defaults as a training config without a model section
     p = sub.add_parser("model-info", help="encoder and predictor parameter counts as JSON")
-    p.add_argument("--size", default=default.size, help=f"tiny | small | base | large (default {default.size})")
+    p.add_argument("--size", default=default.size,
+                   help=f"tiny | small | base | large | custom (default {default.size})")
     p.add_argument("--rois", type=int, default=default.n_rois)
     p.add_argument("--timesteps", type=int, default=default.n_timesteps)
     p.add_argument("--gradients", type=int, default=default.n_gradients)

@@ -104,7 +104,7 @@ def scored_networks(networks: np.ndarray, wanted: tuple[str, ...] = ()) -> tuple
 
     Only ``wanted`` networks are kept (all when empty; an unknown name is an error); a network with fewer
     than 2 ROIs is excluded with a warning."""
-    order = list(dict.fromkeys(networks))
+    order = [str(n) for n in dict.fromkeys(networks)]  # plain str: the names go into messages and records
     unknown = [n for n in wanted if n not in order]
     if unknown:
         raise InputError(f"network(s) {unknown} of the settings are not in the label table ({', '.join(order)})")

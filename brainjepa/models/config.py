@@ -9,7 +9,7 @@ from typing import Any, Literal
 from brainjepa.config import choices, from_mapping
 from brainjepa.errors import InputError
 
-Size = Literal["tiny", "small", "base", "large"]
+Size = Literal["tiny", "small", "base", "large", "custom"]
 Positional = Literal["gradient", "roi_sincos", "centroid"]
 Init = Literal["trunc_normal", "xavier"]
 AttentionBackend = Literal["sdpa", "flash_attn"]
@@ -25,15 +25,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "size": choices(Size), "positional": choices(Positional), "init": choices(Init),
     "attention": choices(AttentionBackend),
 }
-assert CHOICES["size"] == tuple(PRESETS)
+assert CHOICES["size"] == (*PRESETS, "custom")  # custom: no preset, every size given (e.g. a converted checkpoint)
+SIZE_FIELDS = tuple(PRESETS["base"])
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Encoder and predictor hyper-parameters.
 
-    Sizes left as None come from ``PRESETS[size]`` through :meth:`resolved`. The predictor uses the
-    encoder's number of heads.
+    Sizes left as None come from ``PRESETS[size]`` through :meth:`resolved`; ``size="custom"`` has no preset and
+    needs every size (``SIZE_FIELDS``) given. The predictor uses the encoder's number of heads.
 
     Attributes:
         n_rois, n_timesteps: input matrix of one sample, ROIs x time steps.
@@ -90,7 +91,13 @@ class ModelConfig:
 
     def resolved(self) -> ModelConfig:
         """A copy with every size filled from the preset, checked for divisibility."""
-        sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in PRESETS[self.size].items()}
+        if self.size == "custom":
+            missing = [k for k in SIZE_FIELDS if getattr(self, k) is None]
+            if missing:
+                raise InputError(f"model.size 'custom' needs every size: {', '.join(SIZE_FIELDS)} (missing "
+                                 f"{', '.join(missing)}); or name a preset ({', '.join(PRESETS)})")
+        preset = PRESETS.get(self.size, {})
+        sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
         cfg = dataclasses.replace(self, **sizes)
         cfg._check_widths()
         return cfg

@@ -146,12 +146,11 @@ def config_from_official(checkpoint: Mapping[str, Any], n_rois: int, num_heads: 
                          f"{n_rois} ROIs (as {n_tokens // n_rois} time patches): give the gradients the model "
                          "was trained with")
     fields: dict[str, Any] = {
-        "size": SIZE_BY_WIDTH.get(dim, "base"), "n_rois": n_rois, "n_timesteps": n_tokens // n_rois * patch_size,
+        "n_rois": n_rois, "n_timesteps": n_tokens // n_rois * patch_size,
         "patch_size": patch_size, "embed_dim": dim, "depth": _block_count(enc, "blocks."),
+        "num_heads": num_heads if num_heads is not None else PRESETS[SIZE_BY_WIDTH[dim]]["num_heads"],
         "mlp_ratio": _need(enc, "blocks.0.mlp.fc1.weight", name).shape[0] / dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in enc}
-    if num_heads is not None:
-        fields["num_heads"] = num_heads
     if "pos_embed_proj.predictor_pos_embed_proj.weight" in enc:
         fields.update(positional="gradient", n_gradients=int(enc["pos_embed_proj.predictor_pos_embed_proj.weight"]
                                                               .shape[1]))
@@ -164,7 +163,18 @@ def config_from_official(checkpoint: Mapping[str, Any], n_rois: int, num_heads: 
         pred = states["predictor"]
         fields.update(predictor_dim=int(_need(pred, "predictor_embed.weight", "predictor").shape[0]),
                       predictor_depth=_block_count(pred, "predictor_blocks."))
+    fields["size"] = _matching_preset(fields)
+    if fields["size"] == "custom" and "predictor" not in states:  # no predictor to measure: a placeholder
+        fields.update(predictor_dim=dim, predictor_depth=0)
     return ModelConfig(**fields).resolved()
+
+
+def _matching_preset(fields: Mapping[str, Any]) -> str:
+    """The preset whose sizes all equal ``fields``' (those present), else "custom": what the checkpoint is."""
+    for size, preset in PRESETS.items():
+        if all(fields.get(k, v) == v for k, v in preset.items()):
+            return size
+    return "custom"
 
 
 def _expected(cfg: ModelConfig, gradients: Tensor | None) -> dict[str, dict[str, tuple[int, ...]]]:

@@ -56,7 +56,25 @@ def read_torch_file(path: str | Path, what: str):
             raise InputError(f"{path}: {what} refused: it asks to run {', '.join(unsafe[:5])} when loaded, and "
                              "only tensors, Python values and numpy scalars are read from a file (weights_only). "
                              "If it is yours, re-save its state dicts as plain tensors") from None
-        raise InputError(f"{path}: cannot read {what} ({exc})") from exc
+        raise InputError(f"{path}: cannot read {what}: {_unreadable(path, exc)}") from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why a file did not load, in words (torch's own advice to load it with ``weights_only=False`` is left out: a
+    crafted file would run code)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:  # the weights-only unpickler's reason, without the advice around it
+        text = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation", 1)[0].strip()
+    text = text.split(" This is an internal miniz error", 1)[0].rstrip(".")  # drop torch's paragraph after it
+    reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if head.startswith(b"PK\x03\x04"):  # a zip archive, as torch.save writes: cut short or damaged
+        return f"a truncated or corrupt PyTorch file ({size} bytes; {reason})"
+    return f"not a PyTorch checkpoint, or corrupt ({size} bytes, starting {head.hex(' ')}; {reason})"
 
 
 def save_weights(path: str | Path, states: dict, model_config: dict, source: str) -> None:

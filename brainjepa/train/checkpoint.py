@@ -9,11 +9,14 @@ data it was trained on). Plain tensors and Python values only, so ``torch.load(w
 
 from __future__ import annotations
 
+import errno
+import math
+import shutil
 from pathlib import Path
 
 import torch
 
-from brainjepa.errors import InputError
+from brainjepa.errors import InputError, TrainingError
 from brainjepa.io import atomic_path
 from brainjepa.models.weights import CHECKPOINT_FORMAT, MODULES, read_torch_file
 
@@ -21,13 +24,67 @@ FORMAT = CHECKPOINT_FORMAT
 REQUIRED = (*MODULES, "model_config", "optimizer", "step", "epoch", "batch_in_epoch", "config")
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` (see the module docstring) atomically: a crash never leaves a half-written file."""
+def save_checkpoint(path: str | Path, state: dict, intact: str | None = None) -> None:
+    """Write ``state`` (see the module docstring) atomically: a crash never leaves a half-written file.
+
+    A write that fails for lack of space (a full disk, a quota, a file size limit) is a TrainingError naming the
+    file, the free bytes and the checkpoint's size; ``intact`` says what is still safe and what to do (default:
+    whether an older file of that name is left as it was)."""
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, **state}, tmp)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not any(s in str(exc) for s in WRITE_FAILURES):
+            raise
+        if intact is None:
+            intact = (f"the previous {path.name} is intact" if path.exists() else
+                      f"no {path.name} was there before") + "; free space (or write elsewhere) and rerun"
+        raise TrainingError(write_failure(path, exc, tensor_bytes(state), intact)) from exc
+
+
+# What torch's writer (PytorchStreamWriter) says when the file stops growing: a full disk or a size limit.
+WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def write_failure(path: Path, exc: BaseException, size: int, intact: str) -> str:
+    """The message of a checkpoint write that failed: why (no space, size limit, other), free bytes, what is safe."""
+    import resource
+
+    n_free = shutil.disk_usage(path.parent).free
+    free = f"{n_free} bytes ({human_bytes(n_free)}) free on {path.parent}"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if isinstance(exc, OSError) and exc.errno not in NO_SPACE:
+        why = f"{exc.strerror or exc} ({free})"
+    else:
+        why = f"disk full or file size limit ({free}; the checkpoint is about {human_bytes(size)})"
+        if limit != resource.RLIM_INFINITY:
+            why += f"; this process may write files of at most {limit} bytes (ulimit -f)"
+    return f"{path}: cannot write the checkpoint: {why}; {intact}"
+
+
+def tensor_bytes(tree) -> int:
+    """Bytes of the tensors in a nested dict/list: about a checkpoint's size on disk."""
+    if torch.is_tensor(tree):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
+
+
+def human_bytes(n: float) -> str:
+    """``1234567`` -> ``1.2 MB`` (powers of 1000, up to GB)."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    units = ("kB", "MB", "GB")
+    power = min(len(units), int(math.log10(n) // 3))
+    return f"{n / 1000 ** power:.1f} {units[power - 1]}"
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -139,6 +139,24 @@ def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, windo
     return dataset, collator, loader
 
 
+def too_few_windows(cfg: TrainConfig, manifest: dict, world_size: int) -> str:
+    """The message for a split with fewer windows than one optimizer step takes, and the setting to lower."""
+    n = sum(int(entry["rows"]) for entry in manifest["splits"].get(cfg.data.split, []))
+    batch, accumulation = cfg.data.batch_size, cfg.optim.accumulation_steps
+    parts = [f"batch {batch}"] + ([f"{accumulation} accumulation"] if accumulation > 1 else []) + (
+        [f"{world_size} processes"] if world_size > 1 else [])
+    if n // (accumulation * world_size) >= 1:
+        fix = f"lower data.batch_size to at most {n // (accumulation * world_size)}"
+    elif n // (batch * world_size) >= 1:
+        fix = f"lower optim.accumulation_steps to at most {n // (batch * world_size)}"
+    elif n // world_size >= 1:
+        fix = f"lower data.batch_size to at most {n // world_size} and optim.accumulation_steps to 1"
+    else:
+        fix = "use fewer processes or more runs"
+    return (f"{cfg.data.manifest}: split '{cfg.data.split}' has {n} windows (one per run each epoch), fewer than "
+            f"one optimizer step of {batch * accumulation * world_size} ({' x '.join(parts)}); {fix}")
+
+
 # ----------------------------------------------------------------------------------------------- the run
 # Settings that do not change what is trained: a run may resume with other values. Paths are left out of a
 # run's identity too; the content they point at is in it (run_identity).
@@ -209,11 +227,10 @@ class Trainer:
                                                    cfg.optim.accumulation_steps, self.device)
         per_epoch = self.batches_per_epoch // cfg.optim.accumulation_steps
         if per_epoch < 1:
-            raise InputError(f"{cfg.data.manifest}: split '{cfg.data.split}' has {len(self.dataset)} samples for "
-                             f"this rank, fewer than one optimizer step (batch {cfg.data.batch_size} x "
-                             f"{cfg.optim.accumulation_steps} accumulation)")
+            raise InputError(too_few_windows(cfg, self.manifest, self.dist.world_size))
         self.schedule = Schedule(cfg.optim.epochs * per_epoch, cfg.optim.warmup_epochs * per_epoch, cfg.optim)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.saved_step: int | None = None  # the step of this run's latest.pt on disk
         self.signal: int | None = None
         self.csv = CSVLog(self.out / "log.csv", False)  # opened by fit, once the run folder is settled
 
@@ -239,9 +256,21 @@ class Trainer:
     def save(self, *names: str) -> None:
         if self.dist.is_main:
             for name in names:
-                ckpt.save_checkpoint(self.out / name, self.state())
+                ckpt.save_checkpoint(self.out / name, self.state(), self._intact(name))
+                if name == "latest.pt":
+                    self.saved_step = self.step
         if dist.is_initialized():
             dist.barrier()
+
+    def _intact(self, name: str) -> str:
+        """What is safe, and what to do, if writing checkpoint ``name`` fails (latest.pt is written first)."""
+        if name != "latest.pt":
+            copy = f"copy it to {name}" + ("" if name == "final.pt" else " and rerun to continue")
+            return f"latest.pt holds the same state (step {self.step}): free space, then {copy}"
+        if self.saved_step is None:
+            return "nothing of this run was saved yet: free space and rerun (from step 0)"
+        return (f"the previous latest.pt is intact (step {self.saved_step}): free space and rerun to continue "
+                "from it")
 
     def start(self) -> str:
         """Settle the run folder: 'fresh', 'resume' or 'done' (nothing to train). Writes nothing on refusal."""
@@ -278,6 +307,7 @@ class Trainer:
             module.load_state_dict(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.saved_step = self.step
         ckpt.set_rng_state(state["rng"])
         log.info("resumed %s at step %d (epoch %d, batch %d)", self.out / "latest.pt", self.step, self.epoch,
                  self.batch_in_epoch)
