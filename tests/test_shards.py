@@ -311,7 +311,7 @@ def test_failed_build_leaves_no_output(tmp_path, cohort):
     write_timeseries(data, ROIS, bad, {"tr": 2.0})
     runs.loc[len(runs) - 1, "path"] = str(bad)  # the last run: several shards are written before it fails
     out = tmp_path / "out" / "shards"
-    with pytest.raises(InputError, match=r"nan\.parquet.*roi2.*time point 5.*not finite"):
+    with pytest.raises(InputError, match=r"nan\.parquet.*roi2.*time point 6 \(counted from 1\).*not finite"):
         build_shards(runs, stats, out, window=16, max_shard_bytes=R * 40 * 2)
     assert not out.exists()
     assert list((tmp_path / "out").iterdir()) == []

@@ -15,7 +15,8 @@ def _shards(args: argparse.Namespace) -> None:
 
     manifest = run_shards(args.splits, args.runs_root, args.phenotypes, args.label_types, args.stats, args.out_dir,
                           max_shard_mb=args.max_shard_mb, dtype=args.dtype, window=args.window,
-                          short_policy=args.short_policy, split=args.split, shard_format=args.format)
+                          short_policy=args.short_policy, split=args.split, shard_format=args.format,
+                          monitor_subjects=args.monitor_subjects)
     log.info("shards: %s", {k: sum(s["rows"] for s in v) for k, v in manifest["splits"].items()})
 
 
@@ -30,5 +31,8 @@ def register(sub) -> None:
     p.add_argument("--format", default="parquet", choices=["parquet", "webdataset"],
                    help="shard files: parquet (default) | webdataset (tar, one sample per run; docs/formats.md)")
     p.add_argument("--split", help="only this split's runs, its shards directly in --out-dir")
+    p.add_argument("--monitor-subjects", type=int, default=0,
+                   help="with --split pretrain: hold this many pretraining subjects out of training as the "
+                        "representation monitors' windows (split 'monitor', in --out-dir/monitor)")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_shards)

@@ -66,6 +66,9 @@ SHORT_POLICIES = ("exclude", "error")
 MISSING_TEXT = ("", "n/a", "NA")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 SHARD_FORMATS = {"parquet": ".parquet", "webdataset": ".tar"}  # manifest "shard_format" -> file suffix
+PRETRAIN_SPLIT = "pretrain"
+MONITOR_SPLIT = "monitor"   # pretraining subjects held out of training: the windows a run's monitors read
+MONITOR_MAX_SHARE = 5       # at most 1 in 5 pretraining subjects is held out for the monitors
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,8 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
                  max_shard_bytes: int, dtype: str, rows_per_row_group: int,
                  label_columns: dict[str, str], flat: bool = False,
                  trs: dict[str, dict[str, int]] | None = None, shard_format: str = "parquet") -> list[dict]:
-    """Write one split's shards under ``root/split`` (``root`` when flat); return their manifest entries.
+    """Write one split's shards under ``root/split`` (``root`` when flat, but the monitor split's under
+    ``root/monitor`` always); return their manifest entries.
     ``trs`` gathers {cohort: {effective TR (s, as text): runs}}."""
     from brainjepa.data.tar_shards import TarShardWriter
 
@@ -304,7 +308,8 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
                 finish(writer)
                 writer = None
             if writer is None:
-                path = (root if flat else root / split) / f"shard-{len(entries):05d}{SHARD_FORMATS[shard_format]}"
+                folder = root if flat and split != MONITOR_SPLIT else root / split
+                path = folder / f"shard-{len(entries):05d}{SHARD_FORMATS[shard_format]}"
                 writer = start(path)
             data, tr = _read_scaled(run, stats, dtype)
             writer.add(run, data, tr)
@@ -369,7 +374,8 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
     time and at most one row group is buffered. Returns the manifest.
 
     categories: the values of each categorical label (default: those of the kept runs), so that codes agree
-    between shard sets built apart (one per split). flat: the shards of a single split directly in ``out_dir``.
+    between shard sets built apart (one per split). flat: the shards of a single split directly in ``out_dir``
+    (runs of split ``monitor``, :func:`monitor_subjects`, beside them in ``out_dir/monitor``).
     shard_format: ``parquet``, or ``webdataset`` for the same runs in the same shards as tar files (one sample
     per run; a "row group" is then a group of ``rows_per_row_group`` consecutive samples).
     """
@@ -403,8 +409,8 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
     if categories is None:
         categories = {name: sorted({r.labels[name] for r in kept if r.labels[name] is not None})
                       for name, kind in label_columns.items() if kind == "categorical"}
-    if flat and len(by_split) > 1:
-        raise ValueError(f"flat shards hold one split, not {sorted(by_split)}")
+    if flat and len(set(by_split) - {MONITOR_SPLIT}) > 1:
+        raise ValueError(f"flat shards hold one split (and its monitor windows), not {sorted(by_split)}")
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -443,13 +449,18 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
 def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phenotypes_path: str | os.PathLike,
                label_types: dict[str, str], stats_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                max_shard_mb: float = 256, dtype: str = "float16", window: int = 160,
-               short_policy: str = "exclude", split: str | None = None, shard_format: str = "parquet") -> dict:
+               short_policy: str = "exclude", split: str | None = None, shard_format: str = "parquet",
+               monitor_subjects: int = 0) -> dict:
     """The ``shards`` stage: every run of the split table, with its subject's labels, scaled -> shards + manifest.
 
     Run files are ``<runs_root>/<run_id>.parquet`` (the align_tr stage's outputs); labels come from the
     phenotypes sheet (declared kinds in ``label_types``). With ``split``, only that split's runs, its shards
     directly in ``out_dir`` (the workflow builds one shard set per split, so a new downstream cohort leaves the
     pretraining shards alone); categorical codes then come from every subject of the sheet.
+
+    ``monitor_subjects`` (split ``pretrain`` only): that many pretraining subjects (:func:`monitor_subjects`) go to
+    the split ``monitor`` of the same manifest instead, windows never trained on that a pretraining run watches
+    its representations on (:mod:`brainjepa.train.monitors`).
     """
     from brainjepa import sheets
     from brainjepa.group.splits import read_splits, run_file
@@ -460,13 +471,31 @@ def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phe
     if split is not None:
         if split not in set(table["split"]):
             raise InputError(f"{splits_path}: no run is in split '{split}'")
-        table = table[table["split"] == split]
+        table = table[table["split"] == split].copy()
         categories = sheet_categories(phenotypes, label_types)
+        if split == PRETRAIN_SPLIT and monitor_subjects:
+            held = monitor_subjects_of(table, monitor_subjects)
+            table.loc[[(c, s) in held for c, s in zip(table["cohort"], table["subject"])], "split"] = MONITOR_SPLIT
     runs = table.merge(phenotypes, on=["cohort", "subject"], how="left")
     runs["path"] = [str(run_file(runs_root, r)) for r in runs["run_id"]]
     return build_shards(runs, ScalingStats.load(stats_path), out_dir, max_shard_bytes=int(max_shard_mb * 2**20),
                         dtype=dtype, window=window, short_policy=short_policy, label_columns=label_types,
                         categories=categories, flat=split is not None, shard_format=shard_format)
+
+
+def monitor_subjects_of(table: pd.DataFrame, n: int) -> set[tuple[str, str]]:
+    """The (cohort, subject) pairs of the pretraining set held out of training for the representation monitors: the
+    ``n`` subjects with the smallest stable hash (:func:`brainjepa.group.splits.unit_uniform` of "monitor",
+    cohort, subject), at most a fifth of the set, and none unless that is 2 or more (10 subjects). A pure function
+    of the subjects: the same set on every rebuild, and a new subject takes a place only if its hash is among the
+    ``n`` smallest."""
+    from brainjepa.group.splits import unit_uniform
+
+    subjects = sorted(set(zip(table["cohort"], table["subject"])))
+    n = min(n, len(subjects) // MONITOR_MAX_SHARE)
+    if n < 2:  # the monitors compare windows: one subject's are no set
+        return set()
+    return set(sorted(subjects, key=lambda cs: unit_uniform(0, "monitor", *cs))[:n])
 
 
 def sheet_categories(phenotypes: pd.DataFrame, label_types: dict[str, str]) -> dict[str, list[str]]:

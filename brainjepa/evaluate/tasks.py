@@ -140,7 +140,10 @@ def task_split_problems(task: TaskConfig, subjects: pd.DataFrame) -> list[str]:
         return ", ".join(f"{value!r}: {n}" for value, n in counted.items())
 
     train, every = classes("train"), classes(None)
-    if len(train) < 2:
+    if len(every) < 2 and task.kind == "multiclass":
+        problems.append(f"task {task.name}: a classification needs at least 2 values, '{task.label}' has "
+                        f"{len(every)} ({show(every)} subjects)")
+    elif len(train) < 2 and len(every) >= 2:
         fix = (f"stratify the cohort's splits by the label (splits.stratify: {{{task.cohorts[0]}: {task.label}}}) "
                "or add subjects")
         problems.append(f"task {task.name}: the training split holds {len(train)} class of '{task.label}' "

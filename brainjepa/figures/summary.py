@@ -59,8 +59,38 @@ def _models(runs: dict[str, str | Path]) -> pd.DataFrame:
                      "positions": model.get("positional"),
                      "parameters": f"{encoder_parameters(folder / 'final.pt'):,}",
                      "steps": int(log["step"].iloc[-1]), "epochs": int(log["epoch"].iloc[-1]) + 1,
-                     "last loss": f"{log['loss'].iloc[-1]:.4g}"})
+                     "last loss": f"{log['loss'].iloc[-1]:.4g}",
+                     "representations (step 0 -> last)": monitor_text(run_monitors(folder))})
     return pd.DataFrame(rows)
+
+
+def run_monitors(folder: str | Path) -> dict | None:
+    """A run folder's representation monitors (:func:`brainjepa.train.monitors.monitor_summary` at its config's
+    run.collapse_fraction), or None."""
+    import yaml
+
+    from brainjepa.train.monitors import monitor_summary
+
+    folder = Path(folder)
+    cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    return monitor_summary(folder / "monitors.csv", float(cfg.get("run", {}).get("collapse_fraction", 0.5)))
+
+
+def monitor_text(summary: dict | None) -> str:
+    """One line of a run's monitors: pooled RankMe and input share of each encoder, step 0 -> last, and which
+    fell below their threshold."""
+    if summary is None:
+        return "no monitors"
+    parts = []
+    for encoder in ("context", "target"):
+        cells = [f"{label} {summary['reference'].get(f'{encoder}_{key}', float('nan')):.3g} -> "
+                 f"{summary['values'][f'{encoder}_{key}']:.3g}"
+                 for key, label in (("rankme_pooled", "RankMe"), ("input_share", "input share"))
+                 if f"{encoder}_{key}" in summary["values"]]
+        if cells:
+            parts.append(f"{encoder}: {', '.join(cells)}")
+    verdict = ("NARROWED: " + "; ".join(summary["narrowed"])) if summary["narrowed"] else "none narrowed"
+    return f"{'; '.join(parts)} (step {summary['step']}); {verdict}"
 
 
 def _capabilities(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -155,6 +185,7 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
                  "excluded": {"runs": len(excluded),
                               "reasons": {str(k): int(v) for k, v in excluded["reason"].value_counts().items()}},
                  "models": {name: str(Path(folder) / "final.pt") for name, folder in runs.items()},
+                 "monitors": {name: run_monitors(folder) for name, folder in runs.items()},
                  "outputs": {"results": str(results_dir), "metrics": str(metrics_path) if metrics_path else None,
                              "figures": f"{results_dir}/figures",
                              "report": f"{results_dir}/report.html ({report_command})"}}
@@ -180,7 +211,7 @@ def summary_lines(path: str | Path) -> list[str]:
         lines.append(f"  {cohort}: " + ", ".join(f"{split} {n}" for split, n in counts.items())
                      + f"; TR after alignment {tr.get(cohort, 'n/a')} s")
     for name, path_ in facts["models"].items():
-        lines.append(f"  model {name}: {path_}")
+        lines.append(f"  model {name}: {path_}; representations: {monitor_text(facts.get('monitors', {}).get(name))}")
     outputs = facts["outputs"]
     lines.append(f"  metrics: {outputs['metrics'] or 'none (no evaluate tasks)'}; figures: {outputs['figures']}; "
                  f"report: {outputs['report']}")

@@ -30,6 +30,7 @@ TargetNorm = Literal["layer", "layer_centered"]    # layer (paper) | layer_cente
 EmaSchedule = Literal["paper", "code"]             # paper (linear over all optimizer steps) | code (stops near 0.9965)
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]        # auto: bf16 on GPU, fp32 on CPU
+Collapse = Literal["warn", "stop"]                 # what a narrowing representation monitor does
 DATA_DERIVED = ("n_rois", "n_timesteps", "n_gradients")  # model fields set from the shards and gradients
 
 
@@ -44,6 +45,7 @@ class DataConfig:
     window: int | None = None             # time steps per sample; None: the shard manifest's window
     batch_size: int = 16                  # per process
     num_workers: int = 2
+    monitor_split: str = "monitor"        # the manifest's split of held-out windows the monitors read (run.monitor_*)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class RunConfig:
     checkpoint_every: int = 10            # epochs; `latest.pt` is written at every epoch end too
     log_every: int = 10                   # optimizer steps between CSV rows
     collapse_threshold: float = 0.05      # warn when the target features' batch spread falls below this
+    monitor_every: int = 50               # optimizer steps between representation monitors (train/monitors.py); 0: off
+    monitor_windows: int = 512            # at most this many windows of data.monitor_split
+    collapse: Collapse = "warn"           # a monitor below collapse_fraction x its step-0 value: warn | stop the run
+    collapse_fraction: float = 0.5
     stop_after_steps: int | None = None   # leave cleanly (writing latest.pt) after this many steps in this call
     progress: bool = True
     deterministic: bool = False           # torch.use_deterministic_algorithms (GPU: slower kernels; CPU: always)
@@ -101,6 +107,10 @@ class TrainConfig:
                 raise InputError(f"config '{section}.{name}' must be at least 1")
         if self.data.num_workers < 0:
             raise InputError("config 'data.num_workers' must be >= 0")
+        if self.run.monitor_every < 0 or self.run.monitor_windows < 2:
+            raise InputError("config 'run.monitor_every' must be >= 0 (0: off) and 'run.monitor_windows' >= 2")
+        if not 0 < self.run.collapse_fraction < 1:
+            raise InputError(f"config 'run.collapse_fraction' must be in (0, 1), got {self.run.collapse_fraction}")
         if self.objective == "mae" and self.optim.loss != "mse":
             raise InputError("config 'optim.loss': the mae objective reconstructs with mse")
         if self.data.window is not None:

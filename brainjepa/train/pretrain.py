@@ -233,6 +233,81 @@ class Trainer:
         self.saved_step: int | None = None  # the step of this run's latest.pt on disk
         self.signal: int | None = None
         self.csv = CSVLog(self.out / "log.csv", False)  # opened by fit, once the run folder is settled
+        self.monitor_windows = self._monitor_windows(window)
+        self.monitor_csv = CSVLog(self.out / "monitors.csv", False, self.monitor_columns())
+        self.monitor_reference: dict[str, float] | None = None   # the step-0 monitors
+        self.monitor_step: int | None = None                      # the step of the last monitors
+
+    # -- representation monitors (train/monitors.py) --------------------------------------------------------
+    def _monitor_windows(self, window: int) -> torch.Tensor | None:
+        """The held-out windows of the monitors (rank 0 computes them; None: off)."""
+        from brainjepa.train.monitors import monitor_windows
+
+        cfg = self.cfg
+        if not cfg.run.monitor_every or not self.dist.is_main:
+            return None
+        windows = monitor_windows(cfg.data.manifest, cfg.data.monitor_split, window, cfg.run.monitor_windows,
+                                  cfg.data.shard_url)
+        if windows is None:
+            log.warning("%s has no '%s' split (shards.monitor_subjects; brainjepa shards --monitor-subjects): "
+                        "the representation monitors are off", cfg.data.manifest, cfg.data.monitor_split)
+        else:
+            log.info("representation monitors every %d steps on %d held-out windows of split '%s'",
+                     cfg.run.monitor_every, len(windows), cfg.data.monitor_split)
+        return windows
+
+    def monitored(self) -> dict[str, torch.nn.Module]:
+        """The encoders the monitors watch: the context and the EMA target encoder (the MAE: its encoder)."""
+        return {"context": self.encoder} if self.cfg.objective == "mae" else {"context": self.encoder,
+                                                                               "target": self.target}
+
+    def monitor_columns(self) -> list[str]:
+        from brainjepa.train.monitors import MONITORS
+
+        return ["step", "epoch", *(f"{name}_{key}" for name in self.monitored() for key in MONITORS)]
+
+    def watch(self, force: bool = False) -> None:
+        """The monitors at this step (every run.monitor_every steps, or ``force``): written to monitors.csv, and a
+        monitor below run.collapse_fraction of its step-0 value is a warning, or (run.collapse: stop) the end of
+        the run with latest.pt written. Rank 0 computes; every rank learns whether to stop."""
+        from brainjepa.train.monitors import narrowed, representation_monitors
+
+        cfg = self.cfg.run
+        if not cfg.monitor_every or self.monitor_step == self.step or (not force and self.step % cfg.monitor_every):
+            return
+        problems: list[str] = []
+        if self.monitor_windows is not None:
+            values = representation_monitors(self.monitored(), self.monitor_windows)
+            if self.step == 0:
+                self.monitor_reference = values
+            self.monitor_csv.write({"step": self.step, "epoch": self.epoch, **values})
+            if self.monitor_reference is not None:
+                problems = narrowed(values, self.monitor_reference, cfg.collapse_fraction)
+            if problems:
+                log.warning("representations narrowing at step %d (monitors on %d held-out windows): %s", self.step,
+                            len(self.monitor_windows), "; ".join(problems))
+        self.monitor_step = self.step
+        stop = torch.tensor(int(bool(problems) and cfg.collapse == "stop"), device=self.device)
+        if dist.is_initialized():
+            dist.broadcast(stop, 0)
+        if stop.item():
+            self.save("latest.pt")
+            raise TrainingError(f"representation collapse at step {self.step} (run.collapse: stop): "
+                                f"{'; '.join(problems) or 'see rank 0'}; {self.out / 'monitors.csv'} has every value")
+
+    def _monitor_reference_from_log(self) -> None:
+        """On resume: the step-0 monitors from monitors.csv (the reference of the narrowing check)."""
+        import csv
+
+        path = self.out / "monitors.csv"
+        if self.monitor_windows is None or not path.exists():
+            return
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("step") == "0":
+                    self.monitor_reference = {k: float(v) for k, v in row.items() if k not in ("step", "epoch") and v}
+        if self.monitor_reference is None:
+            log.warning("%s has no step-0 row: the monitors are logged without their reference", path)
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.dist.world_size == 1:
@@ -322,10 +397,14 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if how == "resume":
                 truncate_log(self.out / "log.csv", self.step)
+                truncate_log(self.out / "monitors.csv", self.step)
             write_text_atomic(self.out / "config.yaml", dump_config(self.cfg))
         if dist.is_initialized():
             dist.barrier()
         self.csv = CSVLog(self.out / "log.csv", self.dist.is_main)
+        self.monitor_csv = CSVLog(self.out / "monitors.csv", self.dist.is_main, self.monitor_columns())
+        if how == "resume":
+            self._monitor_reference_from_log()
 
     # -- training ------------------------------------------------------------------------------------------
     def fit(self) -> Path:
@@ -338,6 +417,8 @@ class Trainer:
             log.info("%s: finished run of the same identity: nothing to train", self.out)
             return self.out / "final.pt"
         self._settle_folder(how)
+        if self.step == 0:
+            self.watch(force=True)  # the reference: the run's initialisation
         self.t0 = self.tick = time.perf_counter()
         start_step = self.step
         with _catch_signals(self):
@@ -354,6 +435,7 @@ class Trainer:
                 keep = self.epoch % self.cfg.run.checkpoint_every == 0
                 names = ["latest.pt"] + ([f"epoch-{self.epoch:04d}.pt"] if keep else [])
                 self.save(*names)
+        self.watch(force=True)
         self.save("latest.pt", "final.pt")
         return self.out / "final.pt"
 
@@ -436,6 +518,7 @@ class Trainer:
             ema_update(self.target, self.encoder, values["momentum"])
         self.step += 1
         self.monitor(loss, monitors, values, samples_per_s * self.dist.world_size, bar)
+        self.watch()
 
     def monitor(self, loss, monitors: dict, values: dict, samples_per_s: float, bar) -> None:
         loss = monitors.pop("loss_global", loss)

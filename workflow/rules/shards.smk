@@ -29,8 +29,10 @@ rule shards:
         window=config["shards"]["window"],
         short=config["shards"]["short_policy"],
         format=config["shards"]["format"],
+        monitor=config["shards"]["monitor_subjects"],
     shell:
         "brainjepa shards --split {wildcards.split} --splits {input.splits:q} --runs-root {params.runs_root:q}"
         " --phenotypes {input.phenotypes:q} --label-types {params.labels:q} --stats {input.stats:q}"
         " --max-shard-mb {params.max_mb} --dtype {params.dtype} --window {params.window}"
-        " --short-policy {params.short} --format {params.format} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --short-policy {params.short} --format {params.format} --monitor-subjects {params.monitor}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
