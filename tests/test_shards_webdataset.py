@@ -152,7 +152,7 @@ def test_failed_build_leaves_no_output(tmp_path):
     data[3, 1] = np.nan
     write_timeseries(data, ROIS, bad, {"tr": 2.0})
     runs.loc[len(runs) - 1, "path"] = str(bad)  # the last run: tar shards are written before it fails
-    with pytest.raises(InputError, match=r"nan\.parquet.*roi1.*time point 3.*not finite"):
+    with pytest.raises(InputError, match=r"nan\.parquet.*roi1.*time point 4 \(counted from 1\).*not finite"):
         build(runs, tmp_path / "out" / "shards", "webdataset", max_shard_bytes=R * 40 * 2)
     assert list((tmp_path / "out").iterdir()) == []
     with pytest.raises(InputError, match="shard format must be one of"):

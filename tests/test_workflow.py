@@ -191,7 +191,7 @@ def test_rerun_is_a_no_op_and_a_downstream_cohort_leaves_pretraining_alone(tiny_
     assert batch_jobs(counts) == {"simulate_run": [], "parcellate": ["ext_b00"], "align_tr": ["ext_b00"]}
     assert counts.pop("shards") == 1  # ext's split only
     # no scaling, FC, gradients, pretrain; the QC figures and the report's summary count the new runs
-    assert set(counts) <= {"all", "splits", "split_balance", "figure_qc", "report_summary"}, counts
+    assert set(counts) <= {"all", "splits", "split_table", "split_balance", "figure_qc", "report_summary"}, counts
     run = snakemake(work, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     # the end of the run says what is in it: cohorts, splits, models and where the outputs are
@@ -722,8 +722,9 @@ def test_a_deleted_or_changed_shard_is_noticed_before_any_job(tiny_project):
 
 
 CORPUS_TS = {  # pre-parcellated runs (TSV, the atlas's ROI names as header) -> what the message must say
-    "nan": "non-finite value at time point 5", "empty": "line 4, column ", "constant": "no signal",
-    "headeronly": "no time points", "wrongnames": "Vis_typo", "text": "line 2, column 'HIP-rh': non-numeric value 'abc"}
+    "nan": "non-finite value nan at time point 6 (line 7)", "empty": "an empty cell at time point 3 (line 4)",
+    "constant": "no signal", "headeronly": "no time points", "wrongnames": "Vis_typo",
+    "text": "non-numeric value 'abc"}
 CORPUS_BOLD = {  # NIfTI runs
     "truncated": "corrupt or truncated", "corrupt": "not a readable NIfTI", "threed": "must be 4-D",
     "fov": "ROIs have no signal (no voxels, or constant over the run: outside the image's brain or field of view?)",
