@@ -469,3 +469,27 @@ def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_old_one(tin
     assert "inline_container" not in message
     assert (out / "latest.pt").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_log_of_older_columns_is_rewritten_with_the_new_header_and_identity_defaults_match(tmp_path):
+    """A run resumed after a column was added (regularizer) keeps one width per row; a setting added since a
+    checkpoint's identity was written counts as its default, so the run resumes instead of starting afresh."""
+    import csv
+
+    from brainjepa.train.log import LOG_COLUMNS, CSVLog
+    from brainjepa.train.pretrain import identity_changes
+
+    path = tmp_path / "log.csv"
+    old = [c for c in LOG_COLUMNS if c != "regularizer"]
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([old, [str(i) for i in range(len(old))]])
+    CSVLog(path, True).write({"step": 2, "loss": 0.5, "regularizer": 0.1})
+    table = pd.read_csv(path)
+    assert table.columns.tolist() == LOG_COLUMNS and len(table) == 2
+    assert np.isnan(table["regularizer"].iloc[0]) and table["regularizer"].iloc[1] == pytest.approx(0.1)
+    new = {"config": {"optim.lr": 1e-3, "optim.regularizer": "none", "optim.regularizer_weight": 0.0},
+           "data": {"shards": ["a"]}}
+    older = {"config": {"optim.lr": 1e-3}, "data": {"shards": ["a"]}}
+    assert identity_changes(older, new) == []
+    assert identity_changes(older, {**new, "config": {**new["config"], "optim.regularizer": "sigreg"}}) == [
+        "config optim.regularizer"]

@@ -64,6 +64,41 @@ class OptimConfig:
     loss: Loss = "mse"
     target_norm: TargetNorm = "layer"
     clip_grad: float | None = None
+    # anti-collapse term added to the loss, per token position across the global batch (train/regularizers.py):
+    # loss + regularizer_weight * R (suggested weights: sigreg 0.09 as LeWorldModel, vicreg 1.0)
+    regularizer: Literal["none", "sigreg", "vicreg"] = "none"
+    regularizer_weight: float = 0.0
+    sigreg_slices: int = 1024             # random unit directions, new each optimizer step
+    sigreg_knots: int = 17                # trapezoid points on [0, sigreg_tmax]
+    sigreg_tmax: float = 3.0
+    vicreg_gamma: float = 1.0             # the std the hinge asks for
+    vicreg_eps: float = 1e-4
+    mae_targets: Literal["raw", "patch_norm"] = "raw"  # mae only: patch_norm = MAE's norm_pix_loss
+
+    def __post_init__(self) -> None:
+        weight = self.regularizer_weight
+        if not weight >= 0 or weight == float("inf"):
+            raise InputError(f"config 'optim.regularizer_weight' must be a finite number >= 0, got {weight}")
+        if self.regularizer != "none" and weight == 0:
+            raise InputError(f"config 'optim.regularizer_weight' must be > 0 with optim.regularizer "
+                             f"'{self.regularizer}' (suggested: 0.09 for sigreg, 1.0 for vicreg)")
+        if self.regularizer == "none" and weight != 0:
+            raise InputError(f"config 'optim.regularizer_weight' is {weight} but optim.regularizer is 'none'; "
+                             "set optim.regularizer (sigreg or vicreg) or the weight to 0")
+        if self.sigreg_slices < 1:
+            raise InputError(f"config 'optim.sigreg_slices' must be at least 1, got {self.sigreg_slices}")
+        if self.sigreg_knots < 2:
+            raise InputError(f"config 'optim.sigreg_knots' must be at least 2, got {self.sigreg_knots}")
+        for name in ("sigreg_tmax", "vicreg_gamma", "vicreg_eps"):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):
+                raise InputError(f"config 'optim.{name}' must be a finite number > 0, got {value}")
+
+    def check_objective(self, objective: str) -> None:
+        """Settings that only one objective takes (``optim.mae_targets`` is the MAE's)."""
+        if self.mae_targets != "raw" and objective != "mae":
+            raise InputError(f"config 'optim.mae_targets' is '{self.mae_targets}': only the mae objective "
+                             f"reconstructs patches (objective is '{objective}')")
 
 
 @dataclass(frozen=True)
@@ -111,6 +146,7 @@ class TrainConfig:
             raise InputError("config 'run.monitor_every' must be >= 0 (0: off) and 'run.monitor_windows' >= 2")
         if not 0 < self.run.collapse_fraction < 1:
             raise InputError(f"config 'run.collapse_fraction' must be in (0, 1), got {self.run.collapse_fraction}")
+        self.optim.check_objective(self.objective)
         if self.objective == "mae" and self.optim.loss != "mse":
             raise InputError("config 'optim.loss': the mae objective reconstructs with mse")
         if self.data.window is not None:

@@ -12,9 +12,16 @@ imprint) is subtracted (the mean over the micro-batch at that position) and the 
 so the loss is about content only and shrinking content cannot lower it. Measured on the demo
 (``bench/jepa_synchrony.py``): with ``layer`` the tiny model's loss settles at the position-only level and
 the content of its targets shrinks; with ``layer_centered`` the loss falls below it.
+
+``optim.regularizer`` (``sigreg`` | ``vicreg``, :mod:`.regularizers`) adds ``optim.regularizer_weight * R`` to
+either objective's loss, ``R`` computed on the context encoder's output per token position across the global
+batch; monitor ``regularizer`` (``R``, unweighted). ``optim.mae_targets: patch_norm`` (mae only) normalises each
+hidden patch's target values by their own mean and standard deviation (MAE's ``norm_pix_loss``).
 """
 
 from __future__ import annotations
+
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +29,12 @@ import torch.nn.functional as F
 from brainjepa.config import choices
 from brainjepa.errors import InputError
 from brainjepa.models.layers import gather_tokens
-from brainjepa.train.config import Loss, TargetNorm
+from brainjepa.train.config import Loss, OptimConfig, TargetNorm
+from brainjepa.train.regularizers import Regularizer
 
 LOSSES = choices(Loss)  # the config's lists, not copies
 TARGET_NORMS = choices(TargetNorm)
+MAE_TARGETS = choices(typing.get_type_hints(OptimConfig)["mae_targets"])
 REGION_LOSSES = ("loss_alpha", "loss_beta", "loss_gamma")  # target_region codes 0, 1, 2
 
 
@@ -67,11 +76,28 @@ def normalize_targets(h: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.T
     return h, target_std
 
 
+def add_regularizer(loss: torch.Tensor, monitors: dict, regularizer: Regularizer | None, z: torch.Tensor,
+                    batch: dict, n_positions: int) -> torch.Tensor:
+    """``loss + weight * R`` with ``R`` on the context encoder's output z: [B, K, D] at ``batch["context_idx"]``
+    (all of the global batch's samples at each position); ``monitors["regularizer"] = R``. No-op for None.
+
+    Under DDP every rank adds the same global ``R``; see :mod:`.regularizers` for why its gradient needs no
+    scaling (DDP's mean over ranks gives the single-process gradient).
+    """
+    if regularizer is None:
+        return loss
+    value = regularizer(z, batch["context_idx"], batch["context_valid"], n_positions)
+    monitors["regularizer"] = value.detach()
+    return loss + regularizer.weight * value
+
+
 def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
-              target_norm: str = "layer", n_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+              target_norm: str = "layer", n_valid: torch.Tensor | None = None,
+              regularizer: Regularizer | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch and its monitors. batch: the mask collator's dict, already on the device.
 
     n_valid: see :func:`masked_loss` (the region monitors stay local to this process's micro-batch).
+    regularizer: ``optim.regularizer``'s term for this step (:func:`add_regularizer`), or None.
     """
     x = batch["x"]
     with torch.no_grad():
@@ -86,6 +112,7 @@ def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
             valid = batch["target_valid"] & (batch["target_region"] == region)
             monitors[name] = masked_loss(pred.float(), targets, valid, loss_kind) if valid.any() else \
                 torch.tensor(float("nan"), device=x.device)
+    loss = add_regularizer(loss, monitors, regularizer, z, batch, h.shape[1])
     return loss, monitors
 
 
@@ -95,21 +122,39 @@ def patch_targets(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(b, r * (t // patch_size), patch_size)
 
 
-def mae_step(encoder, decoder, batch: dict, patch_size: int,
-             n_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The masked-autoencoder baseline's loss of one micro-batch: MSE of the hidden patches' raw values.
+def normalize_patches(targets: torch.Tensor, kind: str = "raw") -> torch.Tensor:
+    """MAE targets [B, Nt, p] -> the regression targets. ``raw``: unchanged. ``patch_norm`` (MAE's
+    ``norm_pix_loss``): each patch minus its own mean, divided by ``sqrt(var + 1e-6)`` (unbiased variance over
+    its p values, as MAE; needs p >= 2)."""
+    if kind == "raw":
+        return targets
+    if kind != "patch_norm":
+        raise InputError(f"optim.mae_targets must be one of {', '.join(MAE_TARGETS)}, not {kind!r}")
+    if targets.shape[-1] < 2:
+        raise InputError("optim.mae_targets 'patch_norm' needs model.patch_size >= 2 (a patch's own variance)")
+    mean, var = targets.mean(dim=-1, keepdim=True), targets.var(dim=-1, keepdim=True)
+    return (targets - mean) / (var + 1e-6).sqrt()
+
+
+def mae_step(encoder, decoder, batch: dict, patch_size: int, n_valid: torch.Tensor | None = None,
+             regularizer: Regularizer | None = None, targets: str = "raw") -> tuple[torch.Tensor, dict]:
+    """The masked-autoencoder baseline's loss of one micro-batch: MSE of the hidden patches' values.
 
     The encoder sees the visible tokens (``context_idx``), the decoder (a predictor with ``out_dim =
-    patch_size``) fills the hidden ones (``target_idx``). Monitor ``target_std``: the spread across the batch
-    of the mean-pooled, layer-normed encoder output (~0 when every sample encodes alike).
+    patch_size``) fills the hidden ones (``target_idx``). targets: ``optim.mae_targets`` (:func:`normalize_patches`);
+    regularizer: as in :func:`jepa_step`, on the encoder's output. Monitor ``target_std``: the spread across the
+    batch of the mean-pooled, layer-normed encoder output (~0 when every sample encodes alike).
     """
     x = batch["x"]
     z = encoder(x, batch["context_idx"], batch["context_valid"])
     pred = decoder(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"])
-    targets = gather_tokens(patch_targets(x.float(), patch_size), batch["target_idx"])
-    loss = masked_loss(pred.float(), targets, batch["target_valid"], "mse", n_valid)
+    patches = patch_targets(x.float(), patch_size)                    # [B, R*W, p], all tokens
+    goal = normalize_patches(gather_tokens(patches, batch["target_idx"]), targets)
+    loss = masked_loss(pred.float(), goal, batch["target_valid"], "mse", n_valid)
     with torch.no_grad():
         pooled = F.layer_norm(z.float(), (z.shape[-1],)).mean(dim=1)
         spread = pooled.std(dim=0).mean() if pooled.shape[0] > 1 else pooled.new_full((), float("nan"))
     nan = torch.tensor(float("nan"), device=x.device)
-    return loss, {"target_std": spread.detach(), **{name: nan for name in REGION_LOSSES}}
+    monitors = {"target_std": spread.detach(), **{name: nan for name in REGION_LOSSES}}
+    loss = add_regularizer(loss, monitors, regularizer, z, batch, patches.shape[1])
+    return loss, monitors

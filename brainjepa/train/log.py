@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 LOG_COLUMNS = ["step", "epoch", "loss", "loss_alpha", "loss_beta", "loss_gamma", "lr", "weight_decay",
-               "momentum", "target_std", "samples_per_s", "elapsed_s"]
+               "momentum", "target_std", "samples_per_s", "elapsed_s", "regularizer"]
 
 
 class CSVLog:
@@ -17,6 +17,8 @@ class CSVLog:
         if active and not path.exists():
             with open(path, "w", newline="") as fh:
                 csv.writer(fh).writerow(columns)
+        elif active:
+            _migrate_header(path, columns)
 
     def write(self, row: dict) -> None:
         if self.active:
@@ -41,3 +43,17 @@ def truncate_log(path: Path, step: int) -> None:
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
     with open(path, "w", newline="") as fh:
         csv.writer(fh).writerows(kept)
+
+
+def _migrate_header(path: Path, columns: list[str]) -> None:
+    """A log written with other columns (a resumed run of an older brainjepa): rewritten with ``columns``, the
+    cells of a column it lacks empty, so that every row keeps the header's width."""
+    with open(path, newline="") as fh:
+        if next(csv.reader(fh), []) == columns:
+            return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([[row.get(c) or "" for c in columns] for row in rows])

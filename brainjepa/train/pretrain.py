@@ -162,7 +162,8 @@ def too_few_windows(cfg: TrainConfig, manifest: dict, world_size: int) -> str:
 # run's identity too; the content they point at is in it (run_identity).
 RESUMABLE_CHANGES = {"run.stop_after_steps", "run.progress", "data.num_workers", "run.log_every",
                      "run.checkpoint_every", "run.collapse_threshold", "run.out_dir", "data.manifest", "data.shard_url",
-                     "data.gradients", "data.scaling_stats", "data.labels"}
+                     "data.gradients", "data.scaling_stats", "data.labels", "run.monitor_every", "run.monitor_windows",
+                     "run.collapse", "run.collapse_fraction", "data.monitor_split"}
 
 
 def run_identity(cfg: TrainConfig, manifest: dict) -> dict:
@@ -183,9 +184,17 @@ def run_identity(cfg: TrainConfig, manifest: dict) -> dict:
 
 
 def identity_changes(old: dict, new: dict) -> list[str]:
-    """Dotted names of what differs between two identities (config keys, data items)."""
+    """Dotted names of what differs between two identities (config keys, data items). A config key that the
+    older identity lacks (a setting added since it was written) counts as its default there."""
+    defaults = _flatten(to_dict(TrainConfig()))
+    missing = object()
+
+    def old_value(key: str):
+        value = old["config"].get(key, missing)
+        return defaults.get(key) if value is missing else value
+
     changes = [f"config {k}" for k in sorted(set(old["config"]) | set(new["config"]))
-               if old["config"].get(k) != new["config"].get(k)]
+               if old_value(k) != new["config"].get(k)]
     return changes + [f"data {k}" for k in sorted(set(old["data"]) | set(new["data"]))
                       if old["data"].get(k) != new["data"].get(k)]
 
@@ -479,19 +488,29 @@ class Trainer:
         return True
 
     def micro_step(self, batch: dict, last_micro: bool) -> tuple[torch.Tensor, dict]:
-        """Forward and backward of one micro-batch (DDP gradient sync only on the last micro-batch)."""
+        """Forward and backward of one micro-batch (DDP gradient sync only on the last micro-batch).
+
+        ``optim.regularizer``: its term is computed on the global micro-batch (every rank's samples) with the
+        directions of this optimizer step (:mod:`.regularizers`); each rank adds the same value, and DDP's mean
+        of the gradients is the single-process one.
+        """
+        from brainjepa.train.regularizers import Regularizer
+
+        self.cfg.optim.check_objective(self.cfg.objective)
         sync = nullcontext() if last_micro or self.dist.world_size == 1 else no_sync(self.online)
         n_valid = None
         if self.dist.world_size > 1:  # normalise by the global batch's targets: DDP's mean is then its mean
             n_valid = batch["target_valid"].sum().to(torch.float64)
             dist.all_reduce(n_valid)
             n_valid = n_valid / self.dist.world_size
+        regularizer = Regularizer.from_config(self.cfg.optim, self.cfg.run.seed, self.step)
         with sync, autocast_for(self.device, self.cfg.run.precision):
             if self.cfg.objective == "mae":
-                loss, monitors = mae_step(self.online[0], self.online[1], batch, self.model_cfg.patch_size, n_valid)
+                loss, monitors = mae_step(self.online[0], self.online[1], batch, self.model_cfg.patch_size, n_valid,
+                                          regularizer, self.cfg.optim.mae_targets)
             else:
                 loss, monitors = jepa_step(self.online[0], self.target, self.online[1], batch, self.cfg.optim.loss,
-                                           self.cfg.optim.target_norm, n_valid)
+                                           self.cfg.optim.target_norm, n_valid, regularizer)
         if self.dist.world_size > 1:  # the logged loss: the global batch's (the mean of the ranks' shares)
             monitors["loss_global"] = loss.detach().clone()
             dist.all_reduce(monitors["loss_global"])
