@@ -87,6 +87,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "figure-perturbation": (["--rois", missing, "--labels", missing, "--out", str(tmp / "p.png")],
                                 "missing.tsv"),
         "figure-capabilities": (["--results", str(garbage), "--out", str(tmp / "c.png")], "garbage.bin"),
+        "pretraining-study": (["--config", missing, "--pretrain-manifest", missing, "--shards", str(tmp / "no_shards"),
+                               "--tasks", "{}", "--gradients", missing, "--out-dir", str(tmp / "study")],
+                              "missing.tsv"),
     }
 
 
@@ -101,7 +104,7 @@ COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scali
             "figure-gradients",
             "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",
             "provenance", "forecast", "reconstruct", "network-id", "perturb", "figure-perturbation",
-            "figure-capabilities"]
+            "figure-capabilities", "pretraining-study"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

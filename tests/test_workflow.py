@@ -1000,3 +1000,26 @@ def test_a_relative_run_folder_that_leaves_output_dir_is_refused(tmp_path):
     (work / "config" / "pretrain_escape.yaml").write_text(yaml.safe_dump(train))
     result = snakemake(work, "-n", "all", "--configfile", str(work / "config/config.yaml"), str(overlay))
     assert result.returncode == 0 and "results/pretrain/inside/final.pt" in result.stdout, result.stderr[-2000:]
+
+
+def test_the_pretraining_study_is_one_job_when_configured_and_its_config_is_checked(tmp_path):
+    """Off in the demo; `study.config` adds one pretraining_study job (its outputs in `all`); a bad study config
+    stops the dry run naming the key."""
+    work = tmp_path / "study_dag"
+    _copy_demo_config(work)
+    (work / "config" / "pretrain_mae.yaml").write_text((REPO / "config" / "pretrain_mae.yaml").read_text())
+    shutil.copytree(REPO / "config" / "study", work / "config" / "study")
+    assert "pretraining_study" not in job_counts(snakemake(work, "-n", "all").stdout)
+    overlay = work / "config" / "study_on.yaml"
+    overlay.write_text(yaml.safe_dump({"study": {"config": "config/study/objectives.yaml"}}))
+    result = snakemake(work, "-n", "-p", "all", "--configfile", str(work / "config/config.yaml"), str(overlay))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout)["pretraining_study"] == 1
+    job = dry_run_jobs(result.stdout)["results/study/objectives/study.tsv"]
+    assert job["shell"].startswith("brainjepa pretraining-study --config config/study/objectives.yaml "
+                                   "--pretrain-manifest results/shards/pretrain/manifest.json --shards results/shards")
+    bad = yaml.safe_load((work / "config/study/objectives.yaml").read_text()) | {"budget_stepz": 10}
+    (work / "config/study/objectives.yaml").write_text(yaml.safe_dump(bad))
+    refused = snakemake(work, "-n", "all", "--configfile", str(work / "config/config.yaml"), str(overlay))
+    assert refused.returncode != 0 and "invalid study config" in refused.stdout + refused.stderr
+    assert "budget_stepz" in refused.stdout + refused.stderr

@@ -19,7 +19,7 @@ from brainjepa import __version__
 from brainjepa.errors import InputError, Preempted, TrainingError
 
 GROUPS = ("preprocess", "group", "data", "train", "evaluate", "forecasting", "networks", "figures", "models", "demo",
-          "sheets")
+          "sheets", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -530,7 +530,7 @@ def get_final_outputs():
     pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
     evaluation = [METRICS, f"{TABLES}/summary.md"] if ALL_RESULTS else []
     atlas = [ATLAS_IMAGE, ATLAS_LABELS] if ATLAS_IMAGE else [ATLAS_LABELS]
-    return [*atlas, *group, *shards, *pretrained, *per_run, *evaluation, *figure_outputs()]
+    return [*atlas, *group, *shards, *pretrained, *per_run, *evaluation, *figure_outputs(), *STUDY_OUTPUTS]
 
 
 # -- downstream evaluation (rules/evaluate.smk) -----------------------------------------------------------------
@@ -870,3 +870,47 @@ def gradient_figures():
             f"{FIGURES}/gradients_brain.png", caption="../report/gradients_brain.rst", category=CAT_GROUP
         )
     return out
+
+
+# -- the pretraining study (rules/study.smk; brainjepa/evaluate/study.py) ------------------------------------------
+def _study_setup():
+    """config study.config, checked when the workflow starts: the study and the training configs it names."""
+    from brainjepa.evaluate.study import load_study
+
+    path = config["study"]["config"]
+    if not path:
+        return None
+    try:
+        study = load_study(path)
+        for name, spec in study.configs.items():
+            load_config(spec.config, list(spec.set))
+    except InputError as exc:
+        raise WorkflowError(f"invalid study config: {exc}")
+    if not EVAL_TASKS:
+        raise WorkflowError(f"study.config {path}: the study probes the tasks of evaluate.tasks, and there are none")
+    return study
+
+
+STUDY = _study_setup()
+STUDY_ROOT = f"{RESULTS}/study/{STUDY.name}" if STUDY else None
+STUDY_OUTPUTS = (
+    [f"{STUDY_ROOT}/{name}" for name in ("study.tsv", "paired.tsv", "study.md", "study.png")] if STUDY else []
+)
+
+
+def study_inputs(wildcards):
+    """The study config and its training configs; the shards, gradients, atlas labels and statistics; and for a
+    data fraction below 1, the pretraining split's table and aligned runs (the study rebuilds shards of a subset)."""
+    inputs = {
+        "study": config["study"]["config"],
+        "train_configs": sorted({spec.config for spec in STUDY.configs.values()}),
+        **eval_manifests(),
+        "pretrain": SHARDS_MANIFEST.format(split="pretrain"),
+        "gradients": GRADIENTS,
+        "labels": ATLAS_LABELS,
+        "stats": SCALING_STATS,
+    }
+    if min(STUDY.data_fractions) < 1:
+        inputs["splits"] = SPLIT_RUNS.format(split="pretrain")
+        inputs["runs"] = run_stamps(ALIGN_TR_ROOT, PRETRAIN_RUN_IDS)
+    return inputs
