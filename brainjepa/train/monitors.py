@@ -14,7 +14,8 @@ every ``run.monitor_every`` optimizer steps:
   LiDAR takes samples): 1 when position says nothing, 0 when the features are those of the position alone
   (positional collapse) or constant.
 
-RankMe is exp of the entropy of the normalised singular values (``p_k = s_k / sum(s) + 1e-7``), in [1, min(N, D)].
+RankMe is exp of the entropy of the normalised singular values (``p_k = s_k / sum(s) + 1e-7``) of the row-centred
+matrix (a shared offset is no dimension of variation), in [1, min(N - 1, D)].
 Neither has a universal threshold; the run's own initialisation is the reference: a monitor below
 ``run.collapse_fraction`` of its step-0 value is reported (``run.collapse: warn``) or stops the run (``stop``).
 """
@@ -35,10 +36,13 @@ EPS = 1e-7
 
 
 def rankme(z: torch.Tensor) -> float:
-    """RankMe of embeddings z: [N, D] -> exp(entropy of the singular values normalised to sum 1); NaN for N < 2."""
+    """RankMe of embeddings z: [N, D] -> exp(entropy of the singular values normalised to sum 1), of the matrix
+    centred over its rows (an offset shared by every row is no dimension of variation: 1 for constant rows); NaN
+    for N < 2."""
     if z.shape[0] < 2:
         return float("nan")
-    s = torch.linalg.svdvals(z.double())
+    z = z.double()
+    s = torch.linalg.svdvals(z - z.mean(dim=0, keepdim=True))
     if not float(s.sum()) > 0:
         return 1.0
     p = s / s.sum() + EPS
