@@ -493,3 +493,28 @@ def test_a_log_of_older_columns_is_rewritten_with_the_new_header_and_identity_de
     assert identity_changes(older, new) == []
     assert identity_changes(older, {**new, "config": {**new["config"], "optim.regularizer": "sigreg"}}) == [
         "config optim.regularizer"]
+
+
+def test_sigterm_to_the_whole_process_group_with_data_workers_still_writes_latest(tiny_data, tmp_path):
+    """Slurm signals every process of the job step, the DataLoader workers too: they died, torch's SIGCHLD handler
+    raised `DataLoader worker ... killed by signal: Terminated`, and the trainer exited 1 without latest.pt. The
+    workers now ignore SIGTERM and SIGINT; the trainer finishes its step, writes latest.pt and exits 75."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "group"
+    proc = subprocess.Popen(_cli(tiny_data, out, "data.num_workers=2"), env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the second optimizer step is logged: the workers are up
+        if (out / "log.csv").exists() and len((out / "log.csv").read_text().splitlines()) > 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "killed by signal" not in err and "latest.pt written" in err
+    assert 2 <= ckpt.load_checkpoint(out / "latest.pt")["step"] < 12

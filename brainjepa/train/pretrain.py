@@ -135,8 +135,16 @@ def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, windo
     collator = MaskCollator(len(manifest["roi_names"]), patches, cfg.mask, seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=collator, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.run.seed))
+                        generator=torch.Generator().manual_seed(cfg.run.seed), worker_init_fn=ignore_stop_signals)
     return dataset, collator, loader
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM and SIGINT: Slurm (and `kill -- -pgid`, Ctrl-C) signals every process of
+    the job, and a worker killed by it made torch's SIGCHLD handler raise in the trainer before it could finish its
+    step and write latest.pt. The trainer stops them when it leaves (and Slurm's SIGKILL follows anyway)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def too_few_windows(cfg: TrainConfig, manifest: dict, world_size: int) -> str:
