@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from brainjepa.cli.common import json_object
 
 
 def tasks_argument(text: str) -> dict:
     """``--tasks``: a JSON object {name: {cohorts, label, kind, ...}}, or the path of a JSON file holding one."""
-    source = text
     if not text.lstrip().startswith("{") and Path(text).is_file():
-        source = Path(text).read_text()
-    try:
-        value = json.loads(source)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object of tasks, got {text!r}")
-    return value
+        text = Path(text).read_text()
+    return json_object(text)
 
 
 def _study(args: argparse.Namespace) -> None:
