@@ -228,7 +228,7 @@ def test_stages_after_a_batch_depend_on_its_stamp_and_a_deleted_run_file_is_rema
     assert forced.returncode == 0, forced.stderr[-3000:]
     scaling = forced.stdout.split("rule scaling:")[1].split("\n\n")[0]
     inputs = scaling.split("input: ")[1].split("\n")[0].split(", ")
-    assert inputs[0] == "results/splits/splits.tsv"
+    assert inputs[0] == "results/splits/split-pretrain.tsv"                      # the pretraining set's table
     stamp = r"results/align_tr/_batches/ukbsim-b\d+-[0-9a-f]{8}\.tsv"          # pretraining batches only
     assert inputs[1:] and all(re.fullmatch(stamp, f) for f in inputs[1:])
     assert "--runs-root results/align_tr " in scaling
@@ -269,7 +269,7 @@ def test_a_per_run_target_builds_and_a_new_subject_reruns_only_its_batch(tiny_pr
     counts = job_counts(dry.stdout)
     held_out = batches.batch_name("ukbsim", batches.batch_of("ukbsim", subject, 4), 4, held_out=True)
     assert batch_jobs(counts) == {stage: [held_out.replace("-", "_")] for stage in PER_RUN_STAGES}
-    assert set(counts) <= {"splits", "split_balance", "shards"}, counts  # no scaling, group FC, gradients
+    assert set(counts) <= {"splits", "split_table", "split_balance", "shards"}, counts  # no scaling, FC, gradients
     assert "pretrain" not in re.findall(r"wildcards: split=(\w+)", dry.stdout)
 
 
