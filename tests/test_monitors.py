@@ -9,11 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from brainjepa.data.shards import build_shards, monitor_subjects_of
+from brainjepa.data.shards import monitor_subjects_of
 from brainjepa.errors import TrainingError
-from brainjepa.group.gradients import write_gradients
-from brainjepa.group.scaling import ScalingStats, write_scaling_stats
-from brainjepa.io import write_timeseries
 from brainjepa.models import ModelConfig
 from brainjepa.models.encoder import BrainEncoder
 from brainjepa.train.config import load_config
@@ -88,30 +85,11 @@ def test_monitor_subjects_are_a_stable_fifth_at_most():
     assert monitor_subjects_of(table.iloc[:9], 64) == set()     # below 10 subjects: none held out
 
 
-def _make_data(root, n_runs: int = 30):
-    rng = np.random.default_rng(0)
-    names = [f"roi{i}" for i in range(R)]
-    mixing = rng.normal(size=(3, R))
-    rows = []
-    for i in range(n_runs):
-        data = rng.normal(size=(T, 3)) @ mixing + 0.5 * rng.normal(size=(T, R))
-        path = root / "runs" / f"r{i:02d}.parquet"
-        write_timeseries(data.astype(np.float32), names, path, {"tr": 2.0})
-        rows.append({"run_id": f"c/sub-{i:02d}_ses-1_run-1", "cohort": "c", "subject": f"{i:02d}", "session": "1",
-                     "run": "1", "split": "pretrain", "path": str(path)})
-    frame = pd.DataFrame(rows)
-    held = monitor_subjects_of(frame, 6)
-    frame.loc[[("c", s) in held for s in frame["subject"]], "split"] = "monitor"
-    stats = ScalingStats("subject_mean", tuple(names), np.zeros(R), np.ones(R), n_runs)
-    write_scaling_stats(stats, root / "stats.json")
-    build_shards(frame, stats, root / "shards", window=WINDOW, rows_per_row_group=4)
-    write_gradients(rng.normal(size=(R, 4)), np.linspace(1, 0.5, 4), names, root / "gradients.tsv")
-    return root
-
-
 @pytest.fixture(scope="module")
 def monitor_data(tmp_path_factory):
-    return _make_data(tmp_path_factory.mktemp("monitors"))
+    from test_pretrain import _make_data
+
+    return _make_data(tmp_path_factory.mktemp("monitors"), R, T, 30, WINDOW, monitor=6)
 
 
 def _cfg(root, out, *extra):

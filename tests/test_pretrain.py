@@ -107,8 +107,9 @@ def test_config_unknown_keys_and_overrides(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- the loop
-def _make_data(root, n_rois: int, n_time: int, n_runs: int, window: int):
-    """Shards of ``n_runs`` runs (n_rois x n_time, planted structure; units of 4 rows), gradients, statistics."""
+def _make_data(root, n_rois: int, n_time: int, n_runs: int, window: int, monitor: int = 0):
+    """Shards of ``n_runs`` runs (n_rois x n_time, planted structure; units of 4 rows), gradients, statistics;
+    ``monitor`` of the subjects in split ``monitor`` (data.shards.monitor_subjects_of) instead of ``pretrain``."""
     rng = np.random.default_rng(0)
     names = [f"roi{i}" for i in range(n_rois)]
     mixing = rng.normal(size=(3, n_rois))
@@ -119,9 +120,15 @@ def _make_data(root, n_rois: int, n_time: int, n_runs: int, window: int):
         write_timeseries(data.astype(np.float32), names, path, {"tr": 2.0})
         rows.append({"run_id": f"c/sub-{i:02d}_ses-1_run-1", "cohort": "c", "subject": f"{i:02d}", "session": "1",
                      "run": "1", "split": "pretrain", "path": str(path)})
+    frame = pd.DataFrame(rows)
+    if monitor:
+        from brainjepa.data.shards import monitor_subjects_of
+
+        held = monitor_subjects_of(frame, monitor)
+        frame.loc[[("c", subject) in held for subject in frame["subject"]], "split"] = "monitor"
     stats = ScalingStats("subject_mean", tuple(names), np.zeros(n_rois), np.ones(n_rois), n_runs)
     write_scaling_stats(stats, root / "stats.json")
-    build_shards(pd.DataFrame(rows), stats, root / "shards", window=window, rows_per_row_group=4)
+    build_shards(frame, stats, root / "shards", window=window, rows_per_row_group=4)
     write_gradients(rng.normal(size=(n_rois, 4)), np.linspace(1, 0.5, 4), names, root / "gradients.tsv")
     return root
 
