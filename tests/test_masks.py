@@ -13,11 +13,12 @@ from brainjepa.train.masks import MaskCollator, MaskConfig, paper_blocks
 
 GRIDS = [(450, 10), (64, 10), (12, 2)]
 KEYS = ("context_idx", "context_valid", "target_idx", "target_valid", "target_region")
+LENGTHS = ("context_lengths", "target_lengths")
 
 
 def _equal(m: dict, ref: dict) -> bool:
-    """Same masks (torch.equal is False for different shapes)."""
-    return all(torch.equal(m[k], ref[k]) for k in KEYS)
+    """Same masks (torch.equal is False for different shapes), and the same host lengths."""
+    return all(torch.equal(m[k], ref[k]) for k in KEYS) and all(m[k] == ref[k] for k in LENGTHS)
 
 
 def token_grid(idx: torch.Tensor, valid: torch.Tensor, n_tokens: int) -> np.ndarray:
@@ -51,6 +52,9 @@ def check_padding(m: dict[str, torch.Tensor], truncated: bool) -> None:
             assert v.all()
         elif v.shape[1]:
             assert counts.max() == v.shape[1]  # padded to the batch maximum, never truncated
+    for lengths, valid in zip(LENGTHS, ("context_valid", "target_valid")):  # host ints, the valid prefixes
+        assert isinstance(m[lengths], tuple) and all(type(k) is int for k in m[lengths])
+        assert m[lengths] == tuple(m[valid].sum(1).tolist())
     assert m["target_region"].dtype == torch.long
     region, tv = m["target_region"].numpy(), m["target_valid"].numpy()
     assert region.shape == tv.shape
@@ -241,3 +245,28 @@ def test_dataloader_workers_give_the_masks_of_each_batch_index(persistent):
             assert _equal(batch, collator.masks_for(4, epoch, step))
         seeds_differ = {tuple(b["context_idx"].ravel().tolist()) for b in batches}
         assert len(seeds_differ) == 6
+
+
+# -- what the models are told about padding ------------------------------------------------------------------
+def test_lengths_tell_the_models_on_the_host_whether_a_batch_is_padded():
+    """Random (MAE) and reference batches are full: lengths equal the rows, so the models attend without a mask;
+    paper batches are padded, and with the lengths the models compute only the valid tokens (packed): over 50
+    batches of 16 at 450 x 10, the context encoder and the predictor compute about 29 % fewer tokens than when
+    padded to the batch maximum (bench/masks.py --padding: 4,222 against 5,914 per sample over 200 batches)."""
+    for mode in ("random", "reference"):
+        m = MaskCollator(450, 10, MaskConfig(mode=mode), seed=0).masks_for(16, 0, 0)
+        if mode == "reference":
+            check_padding(m, truncated=True)
+        assert all(type(k) is int for k in m["context_lengths"] + m["target_lengths"])
+        assert set(m["context_lengths"]) == {m["context_idx"].shape[1]}
+        assert set(m["target_lengths"]) == {m["target_idx"].shape[1]}
+    collator = MaskCollator(450, 10, MaskConfig(), seed=0)
+    padded = packed = 0
+    for step in range(50):
+        m = collator.masks_for(16, 0, step)
+        check_padding(m, truncated=False)
+        nc, nt = m["context_idx"].shape[1], m["target_idx"].shape[1]
+        c, t = np.array(m["context_lengths"]), np.array(m["target_lengths"])
+        padded += 16 * nc + 16 * (nc + nt)  # encoder + predictor, padded to the batch maximum
+        packed += c.sum() + (c + t).sum()
+    assert 0.65 < packed / padded < 0.80

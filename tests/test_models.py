@@ -8,6 +8,7 @@ import importlib.util
 import math
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from brainjepa.models import (
     PatchEmbed,
     build_model,
     count_parameters,
+    layers,
     model_info,
 )
 
@@ -220,25 +222,248 @@ def test_exact_attention_path_with_padding():
         encoder.forward_with_attention(sample(), layers=[4])
 
 
-def test_flash_attn_requested_but_missing(monkeypatch):
+def _no_flash_attn(monkeypatch) -> None:
+    """flash_attn absent, and its one warning per process not given yet."""
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
-    with pytest.raises(InputError, match="flash_attn package is not installed"):
-        BrainEncoder(tiny(attention="flash_attn"), gradients())
+    monkeypatch.setattr(layers, "_FLASH_WARNED", False)
+
+
+def test_flash_attn_requested_but_missing_falls_back_to_sdpa_with_one_warning(monkeypatch):
+    _no_flash_attn(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="flash_attn package is not installed") as caught:
+        torch.manual_seed(0)
+        flash = BrainEncoder(tiny(attention="flash_attn"), gradients())
+        BrainPredictor(tiny(attention="flash_attn"), gradients())
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert {m.backend for m in flash.modules() if isinstance(m, layers.Attention)} == {"sdpa"}
+    torch.manual_seed(0)
+    torch.testing.assert_close(flash(sample()), BrainEncoder(tiny(), gradients())(sample()))
+
+
+def _fake_flash_attn(monkeypatch, calls: list) -> None:
+    """A flash_attn module whose kernels are SDPA written out per sample, recording their calls."""
+
+    def dense(qkv):  # [B, N, 3, H, d] -> [B, N, H, d]
+        calls.append(("dense", tuple(qkv.shape)))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+
+    def varlen(qkv, cu_seqlens, max_seqlen):  # [T, 3, H, d] -> [T, H, d]
+        calls.append(("varlen", tuple(cu_seqlens.tolist()), max_seqlen, cu_seqlens.dtype))
+        bounds = cu_seqlens.tolist()
+        out = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            q, k, v = qkv[a:b].permute(1, 2, 0, 3)[:, None]
+            out.append(torch.nn.functional.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1))
+        return torch.cat(out)
+
+    fake = types.ModuleType("flash_attn")
+    fake.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
+    fake.flash_attn_qkvpacked_func = dense
+    fake.flash_attn_varlen_qkvpacked_func = varlen
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
 
 
 def test_flash_attn_installed_falls_back_to_sdpa_off_gpu(monkeypatch):
     calls = []
-    fake = types.ModuleType("flash_attn")
-    fake.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
-    fake.flash_attn_qkvpacked_func = lambda qkv: calls.append(qkv)
-    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    _fake_flash_attn(monkeypatch, calls)
     torch.manual_seed(0)
     flash = BrainEncoder(tiny(attention="flash_attn"), gradients())
     torch.manual_seed(0)
     sdpa = BrainEncoder(tiny(), gradients())
     torch.testing.assert_close(flash(sample()), sdpa(sample()))
     assert calls == []  # CPU float32 input: the kernel needs CUDA fp16/bf16
+
+
+def test_flash_attn_kernels_where_they_fit_dense_and_packed(monkeypatch):
+    """Where flash_attn fits (CUDA fp16/bf16, pretended here), unpadded batches take its dense kernel and packed
+    ones its varlen kernel, with int32 offsets and the longest sample, and give SDPA's outputs."""
+    calls = []
+    _fake_flash_attn(monkeypatch, calls)
+    monkeypatch.setattr(layers.Attention, "_flash_fits", lambda self, qkv: self._flash is not None)
+    torch.manual_seed(0)
+    flash = BrainEncoder(tiny(attention="flash_attn"), gradients()).eval()
+    sdpa = layers.set_attention_backend(BrainEncoder(tiny(), gradients()).eval(), "sdpa")
+    sdpa.load_state_dict(flash.state_dict())
+    x, idx, valid, lengths = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(flash(x), sdpa(x))
+        torch.testing.assert_close(flash(x, idx, valid, lengths=lengths), sdpa(x, idx, valid, lengths=lengths))
+    assert calls[0] == ("dense", (3, N, 3, 4, 24)) and len(calls) == 8
+    assert set(calls[4:]) == {("varlen", (0, 10, 16, 24), 10, torch.int32)}
+    assert layers.set_attention_backend(flash, "sdpa") is flash
+    calls.clear()
+    with torch.no_grad():
+        flash(x)
+    assert calls == []
+
+
+@pytest.mark.parametrize("runtime", ["", "flash_attn"])
+def test_checkpoint_saved_with_flash_attn_evaluates_where_flash_attn_is_absent(tmp_path, monkeypatch, runtime):
+    """The backend is not restored from a file: a weights file whose model_config says flash_attn (as written
+    before) loads for evaluation without the package, with SDPA; $BRAINJEPA_ATTENTION chooses at run time (asking
+    for flash_attn without the package: one warning, SDPA)."""
+    from brainjepa.evaluate.encoders import load_encoder
+    from brainjepa.models.weights import load_weights, save_weights
+
+    _no_flash_attn(monkeypatch)
+    monkeypatch.setenv("BRAINJEPA_ATTENTION", runtime)
+    cfg = CONFIGS["tiny"].resolved()
+    assert "attention" not in dataclasses.replace(cfg, attention="flash_attn").to_dict()  # checkpoints store none
+    torch.manual_seed(0)
+    encoder, predictor = build_model(cfg, gradients())
+    states = {"encoder": encoder.state_dict(), "target_encoder": encoder.state_dict(),
+              "predictor": predictor.state_dict()}
+    save_weights(tmp_path / "w.pt", states, {**cfg.to_dict(), "attention": "flash_attn"}, source="test")  # as before
+    assert load_weights(tmp_path / "w.pt")[1]["attention"] == "flash_attn"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded, _ = load_encoder({"kind": "checkpoint", "path": str(tmp_path / "w.pt")},
+                                 [f"roi{i}" for i in range(R)], T)
+    flash_warnings = [w for w in caught if "flash_attn package is not installed" in str(w.message)]
+    assert len(flash_warnings) == (1 if runtime else 0)
+    assert {m.backend for m in loaded.modules() if isinstance(m, layers.Attention)} == {"sdpa"}
+    assert loaded.cfg.attention == (runtime or "sdpa")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(sample()), encoder.eval()(sample()))
+    monkeypatch.setenv("BRAINJEPA_ATTENTION", "xformers")
+    with pytest.raises(InputError, match="BRAINJEPA_ATTENTION='xformers'"):
+        ModelConfig.from_checkpoint(cfg.to_dict())
+
+
+# ------------------------------------------------------------------------------------ padding: no mask, packed
+def padded_batch(lengths: tuple[int, ...] = (10, 6, 8), n: int = 10, seed: int = 4):
+    """x [3, 1, R, T], token_idx [3, n] (valid tokens first, padding 0), token_valid [3, n] and the lengths."""
+    x = sample(len(lengths), seed=seed)
+    valid = torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+    idx = torch.where(valid, random_index(len(lengths), n, seed=seed), 0)
+    return x, idx, valid, lengths
+
+
+class SdpaSpy:
+    """Stands in for F.scaled_dot_product_attention: records each call's attn_mask and query shape."""
+
+    def __init__(self, monkeypatch):
+        self.real = torch.nn.functional.scaled_dot_product_attention
+        self.masks, self.shapes = [], []
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", self)
+
+    def __call__(self, q, k, v, attn_mask=None, **kwargs):
+        self.masks.append(attn_mask)
+        self.shapes.append(tuple(q.shape))
+        return self.real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+
+def test_without_lengths_padding_still_takes_the_mask_and_valid_outputs_are_unchanged(monkeypatch):
+    """The key-padding-mask path (no lengths) is kept for callers without them: SDPA gets the mask, and each
+    sample's valid tokens are what the sample alone, unpadded, gives."""
+    torch.manual_seed(0)
+    encoder = BrainEncoder(CONFIGS["tiny"], gradients()).eval()
+    x, idx, valid, lengths = padded_batch()
+    spy = SdpaSpy(monkeypatch)
+    with torch.no_grad():
+        masked = encoder(x, idx, valid)
+    assert len(spy.masks) == 4 and all(m is not None and m.shape == (3, 1, 1, 10) for m in spy.masks)
+    with torch.no_grad():
+        for b, k in enumerate(lengths):
+            torch.testing.assert_close(masked[b, :k], encoder(x[b:b + 1], idx[b:b + 1, :k])[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.3])
+def test_packed_encoder_and_predictor_equal_the_masked_path_on_valid_tokens(monkeypatch, drop):
+    """With the collator's lengths a padded batch is packed: SDPA gets no mask and sees each sample alone (no
+    padded token computed), and outputs and gradients on valid tokens equal the masked path's (drop path, one
+    draw per sample, included)."""
+    torch.manual_seed(0)
+    encoder, predictor = build_model(tiny(drop_path=drop), gradients())
+    x, idx, valid, lengths = padded_batch()
+    tgt_lengths = (5, 2, 4)
+    tgt_valid = torch.arange(5)[None, :] < torch.tensor(tgt_lengths)[:, None]
+    tgt_idx = torch.where(tgt_valid, random_index(3, 5, seed=9), 0)
+
+    def run(packed: bool):
+        for m in (encoder, predictor):
+            m.zero_grad()
+        torch.manual_seed(1)
+        c_len, t_len = (lengths, tgt_lengths) if packed else (None, None)
+        z = encoder(x, idx, valid, lengths=c_len)
+        pred = predictor(z, idx, tgt_idx, valid, tgt_valid, context_lengths=c_len, target_lengths=t_len)
+        (pred[tgt_valid].square().sum() + z[valid].sum()).backward()
+        grads = {n: p.grad.clone() for m in (encoder, predictor) for n, p in m.named_parameters() if p.grad is not None}
+        return z.detach(), pred.detach(), grads
+
+    z_mask, pred_mask, grads_mask = run(False)
+    spy = SdpaSpy(monkeypatch)
+    z_pack, pred_pack, grads_pack = run(True)
+    assert spy.masks and all(m is None for m in spy.masks)
+    assert set(spy.shapes) == {(1, 4, k, 24) for k in (6, 8, 10)} | {(1, 4, k, 12) for k in (8, 12, 15)}
+    torch.testing.assert_close(z_pack[valid], z_mask[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pred_pack[tgt_valid], pred_mask[tgt_valid], atol=1e-5, rtol=1e-5)
+    assert z_pack[~valid].abs().max() == 0 and torch.isfinite(pred_pack).all()
+    assert grads_pack.keys() == grads_mask.keys()
+    for name in grads_mask:
+        torch.testing.assert_close(grads_pack[name], grads_mask[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_full_lengths_mean_no_mask_and_bad_lengths_are_refused(monkeypatch):
+    torch.manual_seed(0)
+    encoder, predictor = build_model(CONFIGS["tiny"], gradients())
+    x, idx, valid, _ = padded_batch((10, 10, 10))
+    spy = SdpaSpy(monkeypatch)
+    z = encoder(x, idx, valid, lengths=(10, 10, 10))
+    predictor(z, idx, idx[:, :4], valid, valid[:, :4], context_lengths=(10,) * 3, target_lengths=(4,) * 3)
+    assert len(spy.masks) == 6 and all(m is None for m in spy.masks)
+    assert {s[0] for s in spy.shapes} == {3}  # one batched call per block: SDPA may pick flash
+    with pytest.raises(ValueError, match="do not fit"):
+        encoder(x, idx, valid, lengths=(10, 11, 3))
+    with pytest.raises(ValueError, match="do not fit"):
+        encoder(x, idx, valid, lengths=(10, 3))
+
+
+@pytest.mark.parametrize("mode", ["random", "reference", "paper"])
+def test_training_step_calls_sdpa_without_a_mask(monkeypatch, mode):
+    """jepa_step (reference, paper) and mae_step (random: the MAE baseline) on collated batches: the context
+    encoder, the predictor and the target encoder never pass SDPA a mask; only a padded (paper) batch is
+    packed, and then every token the blocks compute is a valid one."""
+    from brainjepa.train.jepa import jepa_step, mae_step
+    from brainjepa.train.masks import MaskCollator, MaskConfig
+
+    r, w = 64, 10
+    cfg = ModelConfig(size="tiny", n_rois=r, n_timesteps=w * P, n_gradients=G, depth=1, predictor_depth=1)
+    torch.manual_seed(0)
+    collator = MaskCollator(r, w, MaskConfig(mode=mode), seed=0)
+    items = [(torch.randn(1, r, w * P), torch.zeros(1)) for _ in range(4)]
+    batch = collator(items)
+    encoder, target = BrainEncoder(cfg, gradients(r)), BrainEncoder(cfg, gradients(r))
+    predictor = BrainPredictor(cfg, gradients(r), out_dim=P if mode == "random" else None)
+    rows = {}  # tokens each module's blocks compute: batch x sequence of the MLP's input
+    names = {id(m): name for name, module in (("encoder", encoder), ("target", target), ("predictor", predictor))
+             for m in module.modules() if isinstance(m, layers.Mlp)}
+    real_mlp = layers.Mlp.forward
+
+    def counting_mlp(self, x):
+        rows.setdefault(names[id(self)], x.shape[0] * x.shape[1])  # the first block's
+        return real_mlp(self, x)
+
+    monkeypatch.setattr(layers.Mlp, "forward", counting_mlp)
+    spy = SdpaSpy(monkeypatch)
+    if mode == "random":
+        loss, _ = mae_step(encoder, predictor, batch, P)
+    else:
+        loss, _ = jepa_step(encoder, target, predictor, batch, "mse")
+        assert rows.pop("target") == 4 * r * w
+    assert torch.isfinite(loss)
+    assert spy.masks and all(m is None for m in spy.masks)
+    c_len, t_len = batch["context_lengths"], batch["target_lengths"]
+    nc, nt = batch["context_idx"].shape[1], batch["target_idx"].shape[1]
+    computed = [rows["encoder"], rows["predictor"]]
+    if mode == "paper":
+        assert min(c_len) < nc  # padded
+        assert computed == [sum(c_len), sum(c_len) + sum(t_len)]  # no padded token computed
+        assert computed[0] + computed[1] < 0.9 * (4 * nc + 4 * (nc + nt))
+    else:
+        assert set(c_len) == {nc} and set(t_len) == {nt} and computed == [4 * nc, 4 * (nc + nt)]
 
 
 # ------------------------------------------------------------------------------------ positional embedding

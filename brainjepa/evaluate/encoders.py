@@ -38,7 +38,7 @@ def load_encoder(spec: dict, roi_names: list[str], window: int, seed: int = 0, d
             from brainjepa.io import check_roi_names
 
             check_roi_names(list(names), list(roi_names), str(path), "the evaluation shards")
-        cfg = ModelConfig.from_dict(dict(state["model_config"]), f"{path}: model_config")
+        cfg = ModelConfig.from_checkpoint(state["model_config"], f"{path}: model_config")
         if cfg.n_rois != len(roi_names):
             raise InputError(f"{path}: the encoder takes {cfg.n_rois} ROIs, the evaluation shards have "
                              f"{len(roi_names)}")

@@ -119,7 +119,7 @@ def load_mae(spec: dict, roi_names: list[str], window: int):
     if missing:
         raise InputError(f"{path}: not a brainjepa checkpoint with a decoder (lacks {missing}); reconstruction needs "
                          "an MAE (objective: mae) checkpoint")
-    cfg = ModelConfig.from_dict(dict(state["model_config"]), f"{path}: model_config").resolved()
+    cfg = ModelConfig.from_checkpoint(state["model_config"], f"{path}: model_config").resolved()
     run_config = state.get("config")
     objective = run_config.get("objective") if isinstance(run_config, dict) else None
     out_dim = state["predictor"].get("proj.weight", torch.empty(0, 0)).shape[0]

@@ -16,7 +16,7 @@ _WHERE = {
     "build_model": "build", "count_parameters": "build", "model_info": "build",
     "PRESETS": "config", "ModelConfig": "config",
     "BrainEncoder": "encoder", "PatchEmbed": "encoder",
-    "gather_tokens": "layers", "key_padding_mask": "layers",
+    "gather_tokens": "layers", "key_padding_mask": "layers", "set_attention_backend": "layers",
     "BrainPositionalEmbedding": "pos_embed", "sincos_1d": "pos_embed",
     "BrainPredictor": "predictor",
     "AttentiveProbe": "heads", "FineTuneModel": "heads", "LinearProbe": "heads", "MeanPoolHead": "heads",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 assert CHOICES["size"] == (*PRESETS, "custom")  # custom: no preset, every size given (e.g. a converted checkpoint)
 SIZE_FIELDS = tuple(PRESETS["base"])
+ATTENTION_ENV = "BRAINJEPA_ATTENTION"  # the attention backend of models rebuilt from a file (runtime_attention)
+
+
+def runtime_attention() -> str:
+    """The attention backend for a model rebuilt from a checkpoint or weights file: ``$BRAINJEPA_ATTENTION`` when
+    set, else "sdpa". A file never chooses it (the backend is how this machine runs, not part of the weights)."""
+    name = os.environ.get(ATTENTION_ENV, "").strip() or "sdpa"
+    if name not in CHOICES["attention"]:
+        raise InputError(f"{ATTENTION_ENV}={name!r} is not one of {', '.join(CHOICES['attention'])}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,10 @@ class ModelConfig:
         init: "trunc_normal" (the public code: truncated normal std 0.02 on every Linear and the
             patch projection) or "xavier" (the paper: Xavier uniform). Default: the paper.
         attention: "sdpa" (``F.scaled_dot_product_attention``) or "flash_attn" (the flash_attn
-            package; used for unmasked fp16/bf16 CUDA inputs, other inputs go through SDPA).
+            package; used for fp16/bf16 CUDA inputs, unpadded or packed, other inputs go through SDPA; where
+            the package is missing, SDPA with one warning). A runtime setting, not part of the model:
+            :meth:`to_dict` (what checkpoints store) leaves it out and :meth:`from_checkpoint` ignores a stored
+            one (:func:`runtime_attention` chooses).
     """
 
     size: Size = "base"
@@ -86,8 +100,16 @@ class ModelConfig:
         """Build from a mapping (a YAML section); unknown keys and bad values are errors naming the key."""
         return from_mapping(cls, d, where)
 
+    @classmethod
+    def from_checkpoint(cls, d: dict[str, Any], where: str = "model_config") -> ModelConfig:
+        """Build from a checkpoint's or weights file's ``model_config``. A stored ``attention`` (files written
+        before it became a runtime setting) is ignored: the backend is :func:`runtime_attention`'s."""
+        stored = {k: v for k, v in dict(d).items() if k != "attention"}
+        return dataclasses.replace(from_mapping(cls, stored, where), attention=runtime_attention())
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field but the runtime ``attention`` backend (what checkpoints store as ``model_config``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "attention"}
 
     def resolved(self) -> ModelConfig:
         """A copy with every size filled from the preset, checked for divisibility."""

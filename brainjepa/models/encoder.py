@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from brainjepa.models.config import ModelConfig
-from brainjepa.models.layers import LayerNorm, gather_tokens, init_weights, key_padding_mask, make_blocks
+from brainjepa.models.layers import (
+    LayerNorm,
+    gather_tokens,
+    init_weights,
+    key_padding_mask,
+    make_blocks,
+    padding_plan,
+)
 from brainjepa.models.pos_embed import BrainPositionalEmbedding
 
 
@@ -61,18 +68,27 @@ class BrainEncoder(nn.Module):
         tokens = self.patch_embed(x) + self.pos_embed()
         return tokens if token_idx is None else gather_tokens(tokens, token_idx)
 
-    def forward(self, x: Tensor, token_idx: Tensor | None = None, token_valid: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, token_idx: Tensor | None = None, token_valid: Tensor | None = None,
+                lengths: Sequence[int] | None = None) -> Tensor:
         """x: [B, 1, R, T] -> [B, N, D] for the N tokens in ``token_idx`` (all R * W when None).
 
-        ``token_valid`` [B, N] (bool) marks real tokens when samples are padded to a common N;
-        padded tokens are never attended to, and their outputs are meaningless (but finite).
-        Padded positions of ``token_idx`` must still hold a valid index (e.g. 0).
+        Padding, when samples have fewer than N tokens (each sample's real tokens first in its row):
+        ``lengths`` (host ints, one per sample: the mask collator's ``context_lengths``) is the fast way: a batch
+        with every sample full attends without a mask, and a padded one is packed ([1, sum(lengths), D]) so that
+        no padded token is computed (:func:`~brainjepa.models.layers.padding_plan`); outputs at padded
+        positions are then 0. Without it, ``token_valid`` [B, N] (bool) gives a key-padding mask: padded tokens
+        are never attended to, and their outputs are meaningless (but finite). Padded positions of
+        ``token_idx`` must still hold a valid index (e.g. 0).
         """
         tokens = self.embed(x, token_idx)
-        attn_mask = key_padding_mask(token_valid)
+        n = tokens.shape[1]
+        attn_mask, varlen = padding_plan((tokens.shape[0], n), token_valid, lengths)
+        if varlen is not None:
+            tokens = varlen.pack(tokens)  # [1, sum(lengths), D]
         for block in self.blocks:
-            tokens = block(tokens, attn_mask)
-        return self.norm(tokens)
+            tokens = block(tokens, attn_mask, varlen)
+        tokens = self.norm(tokens)
+        return tokens if varlen is None else varlen.unpack(tokens, n)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """All tokens. x: [B, 1, R, T] -> [B, R * W, D]."""

@@ -7,12 +7,14 @@ positional embedding of its position. Only the target slots are returned, mapped
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainjepa.models.config import ModelConfig
-from brainjepa.models.layers import INIT_STD, LayerNorm, init_weights, key_padding_mask, make_blocks
+from brainjepa.models.layers import INIT_STD, LayerNorm, VarLen, init_weights, key_padding_mask, make_blocks
 from brainjepa.models.pos_embed import BrainPositionalEmbedding
 
 
@@ -56,20 +58,56 @@ class BrainPredictor(nn.Module):
         return torch.cat([ctx, tgt.to(ctx.dtype)], dim=1)
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor,
-                context_valid: Tensor | None = None, target_valid: Tensor | None = None) -> Tensor:
+                context_valid: Tensor | None = None, target_valid: Tensor | None = None,
+                context_lengths: Sequence[int] | None = None,
+                target_lengths: Sequence[int] | None = None) -> Tensor:
         """Predict the target tokens. Returns [B, Nt, out_dim] (out_dim D by default).
 
         context: [B, Nc, D] encoder outputs at ``context_idx`` [B, Nc]; target_idx: [B, Nt] (long,
-        token = roi * W + t). ``context_valid`` [B, Nc] / ``target_valid`` [B, Nt] (bool) mark real
-        entries when samples are padded; padded context is never attended to, and predictions at
-        padded target slots are meaningless (but finite) and must be left out of the loss.
+        token = roi * W + t). Padding (each sample's real entries first in its row), as in
+        :meth:`BrainEncoder.forward`: with ``context_lengths`` and ``target_lengths`` (host ints, the mask
+        collator's), a batch with nothing padded attends without a mask and a padded one is packed, each
+        sample's [context; targets] end to end, so no padded slot is computed (predictions there are 0).
+        Without them, ``context_valid`` [B, Nc] / ``target_valid`` [B, Nt] (bool) give a key-padding mask:
+        padded context is never attended to, and predictions at padded target slots are meaningless (but
+        finite). Either way those must be left out of the loss.
         """
         x = self.tokens(context, context_idx, target_idx)
-        attn_mask = key_padding_mask(_joint_valid(context_valid, target_valid, context_idx, target_idx))
+        nc, nt = context.shape[1], target_idx.shape[1]
+        if context_lengths is not None and target_lengths is not None:
+            varlen = _joint_lengths(context_lengths, target_lengths, nc, nt, x.shape[0])
+            if varlen is not None:
+                return self._forward_packed(x, nc, nt, tuple(context_lengths), varlen)
+            attn_mask = None
+        else:
+            attn_mask = key_padding_mask(_joint_valid(context_valid, target_valid, context_idx, target_idx))
         for block in self.blocks:
             x = block(x, attn_mask)
-        x = self.norm(x[:, context.shape[1]:])
+        x = self.norm(x[:, nc:])
         return self.proj(x)
+
+    def _forward_packed(self, x: Tensor, nc: int, nt: int, context_lengths: tuple[int, ...],
+                        varlen: VarLen) -> Tensor:
+        """x: [B, Nc + Nt, Dp] -> [B, Nt, out_dim], attending within each sample's valid entries only."""
+        packed = torch.cat([piece for b, (c, n) in enumerate(zip(context_lengths, varlen.lengths))
+                            for piece in (x[b, :c], x[b, nc:nc + n - c])])[None]  # [1, T, Dp]
+        for block in self.blocks:
+            packed = block(packed, None, varlen)
+        parts = packed[0].split(varlen.lengths)
+        targets = torch.stack([F.pad(part[c:], (0, 0, 0, nt - (part.shape[0] - c)))
+                               for c, part in zip(context_lengths, parts)])  # [B, Nt, Dp], zeros after
+        return self.proj(self.norm(targets))
+
+
+def _joint_lengths(context_lengths: Sequence[int], target_lengths: Sequence[int], nc: int, nt: int,
+                   batch: int) -> VarLen | None:
+    """Each sample's predictor input length (context + targets) as a VarLen, or None when nothing is padded."""
+    c, t = tuple(int(k) for k in context_lengths), tuple(int(k) for k in target_lengths)
+    if len(c) != batch or len(t) != batch or any(not 0 <= k <= nc for k in c) or any(not 0 <= k <= nt for k in t):
+        raise ValueError(f"context lengths {c} and target lengths {t} do not fit [{batch}, {nc}] and [{batch}, {nt}]")
+    if all(k == nc for k in c) and all(k == nt for k in t):
+        return None
+    return VarLen([a + b for a, b in zip(c, t)])
 
 
 def _joint_valid(context_valid: Tensor | None, target_valid: Tensor | None,

@@ -10,6 +10,11 @@ resolved ``model_config``:
 
 Plain tensors and Python values only, so ``torch.load(weights_only=True)`` reads both. Evaluation takes the
 target encoder (the paper's choice for downstream use) through :func:`load_weights`.
+
+The attention backend is not part of ``model_config`` (:meth:`ModelConfig.to_dict` leaves it out): it is how a
+machine runs the model. Rebuild a model from a file's config with :meth:`ModelConfig.from_checkpoint`, which
+ignores an ``attention`` stored by older files and takes :func:`~brainjepa.models.config.runtime_attention`'s
+(``$BRAINJEPA_ATTENTION``, default sdpa), so a model trained with flash_attn loads where flash_attn is missing.
 """
 
 from __future__ import annotations

@@ -91,6 +91,21 @@ def add_regularizer(loss: torch.Tensor, monitors: dict, regularizer: Regularizer
     return loss + regularizer.weight * value
 
 
+def encode_and_predict(encoder, predictor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context encoder's output z [B, Nc, D] and the predictor's [B, Nt, out_dim] for a collated batch.
+
+    The collator's host-side ``context_lengths``/``target_lengths`` reach the models (no device read decides it):
+    a batch with nothing padded (``random``, ``reference``) attends without a mask, so SDPA may use its flash
+    kernel; a padded one (``paper``) is packed, so no padded token is computed. A batch without them (built by
+    hand) takes the key-padding-mask path of ``context_valid``/``target_valid``.
+    """
+    c_len, t_len = batch.get("context_lengths"), batch.get("target_lengths")
+    z = encoder(batch["x"], batch["context_idx"], batch["context_valid"], lengths=c_len)
+    pred = predictor(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"],
+                     context_lengths=c_len, target_lengths=t_len)
+    return z, pred
+
+
 def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
               target_norm: str = "layer", n_valid: torch.Tensor | None = None,
               regularizer: Regularizer | None = None) -> tuple[torch.Tensor, dict]:
@@ -103,8 +118,7 @@ def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
     with torch.no_grad():
         h, target_std = normalize_targets(target_encoder(x), target_norm)  # [B, R*W, D], all tokens
         targets = gather_tokens(h, batch["target_idx"])        # [B, Nt, D]
-    z = encoder(x, batch["context_idx"], batch["context_valid"])
-    pred = predictor(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"])
+    z, pred = encode_and_predict(encoder, predictor, batch)
     loss = masked_loss(pred.float(), targets, batch["target_valid"], loss_kind, n_valid)
     monitors = {"target_std": target_std.detach()}
     with torch.no_grad():
@@ -146,8 +160,7 @@ def mae_step(encoder, decoder, batch: dict, patch_size: int, n_valid: torch.Tens
     batch of the mean-pooled, layer-normed encoder output (~0 when every sample encodes alike).
     """
     x = batch["x"]
-    z = encoder(x, batch["context_idx"], batch["context_valid"])
-    pred = decoder(z, batch["context_idx"], batch["target_idx"], batch["context_valid"], batch["target_valid"])
+    z, pred = encode_and_predict(encoder, decoder, batch)
     patches = patch_targets(x.float(), patch_size)                    # [B, R*W, p], all tokens
     goal = normalize_patches(gather_tokens(patches, batch["target_idx"]), targets)
     loss = masked_loss(pred.float(), goal, batch["target_valid"], "mse", n_valid)

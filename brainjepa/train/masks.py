@@ -225,7 +225,12 @@ def _pad_lists(mask: np.ndarray, keep: int | None = None) -> tuple[np.ndarray, n
     return positions.reshape(b, length), valid
 
 
-def _index_tensors(context: np.ndarray, codes: np.ndarray, truncate: bool) -> dict[str, torch.Tensor]:
+def _lengths(valid: np.ndarray) -> tuple[int, ...]:
+    """Each row's number of valid entries (a prefix), as host ints: valid [B, L] bool -> B ints."""
+    return tuple(int(k) for k in valid.sum(axis=1))
+
+
+def _index_tensors(context: np.ndarray, codes: np.ndarray, truncate: bool) -> dict[str, Any]:
     """Context mask [B, T] bool and target codes [B, P, T] int8 (region, -1 none) -> the index tensors.
 
     Targets are the P parts in order, each in token order (a token may recur in two parts).
@@ -241,15 +246,16 @@ def _index_tensors(context: np.ndarray, codes: np.ndarray, truncate: bool) -> di
     region = np.where(tgt_valid, np.take_along_axis(flat, pos, axis=1), -1).astype(np.int64)
     return {"context_idx": torch.from_numpy(ctx_idx), "context_valid": torch.from_numpy(ctx_valid),
             "target_idx": torch.from_numpy(np.where(tgt_valid, pos % n_tokens, 0)),
-            "target_valid": torch.from_numpy(tgt_valid), "target_region": torch.from_numpy(region)}
+            "target_valid": torch.from_numpy(tgt_valid), "target_region": torch.from_numpy(region),
+            "context_lengths": _lengths(ctx_valid), "target_lengths": _lengths(tgt_valid)}
 
 
-def random_masks(rngs: list[np.random.Generator], n_tokens: int, ratio: float) -> dict[str, torch.Tensor]:
+def random_masks(rngs: list[np.random.Generator], n_tokens: int, ratio: float) -> dict[str, Any]:
     """Uniform patch masking, one generator per sample: ``round(ratio * N)`` hidden tokens (at least 1, at
     most N - 1), the same count for every sample, so nothing is padded. Indices sorted ascending.
 
     Returns context_idx/context_valid [B, Nc], target_idx/target_valid/target_region [B, Nt] (region -1:
-    no alpha/beta/gamma region).
+    no alpha/beta/gamma region) and context_lengths/target_lengths (B ints: Nc and Nt).
     """
     n_hidden = int(min(max(round(ratio * n_tokens), 1), n_tokens - 1))
     perms = [rng.permutation(n_tokens) for rng in rngs]
@@ -259,7 +265,8 @@ def random_masks(rngs: list[np.random.Generator], n_tokens: int, ratio: float) -
             "context_valid": torch.ones(visible.shape, dtype=torch.bool),
             "target_idx": torch.from_numpy(hidden.astype(np.int64)),
             "target_valid": torch.ones(hidden.shape, dtype=torch.bool),
-            "target_region": torch.full(hidden.shape, -1, dtype=torch.int64)}
+            "target_region": torch.full(hidden.shape, -1, dtype=torch.int64),
+            "context_lengths": (visible.shape[1],) * len(rngs), "target_lengths": (n_hidden,) * len(rngs)}
 
 
 def _distributed_rank() -> int:
@@ -274,7 +281,10 @@ class MaskCollator:
 
     ``__call__`` returns ``x`` [B, 1, R, T], ``y`` [B, n_labels] (``run_id``: list, when items carry it),
     ``context_idx``/``context_valid`` [B, Nc], ``target_idx``/``target_valid``/``target_region`` [B, Nt]
-    (region 0 alpha, 1 beta, 2 gamma, -1 padding). Indices are tokens ``roi * W + t``.
+    (region 0 alpha, 1 beta, 2 gamma, -1 padding) and ``context_lengths``/``target_lengths`` (tuples of B
+    Python ints: each sample's valid entries, the prefix of its row). Indices are tokens ``roi * W + t``. The
+    lengths stay on the host: the models decide from them, without reading the device, whether a batch is
+    padded (no mask when it is not; packed tokens when it is: :func:`brainjepa.models.layers.padding_plan`).
 
     rank: the DDP rank, which places this process's samples in the global batch (default: torch.distributed's
     when initialised, else 0). Call :meth:`set_epoch` before each epoch.
@@ -312,7 +322,7 @@ class MaskCollator:
         if self._explicit_rank is None and torch.utils.data.get_worker_info() is None:
             self.rank = _distributed_rank()  # torch.distributed may have started since __init__
 
-    def masks_for(self, batch_size: int, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    def masks_for(self, batch_size: int, epoch: int, step: int) -> dict[str, Any]:
         """The index tensors of batch ``step`` of ``epoch``: a pure function of them, the seed and the rank.
 
         Paper mode draws each sample's masks from (seed, epoch, step, its index in the global batch: rank x
