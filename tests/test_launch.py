@@ -15,9 +15,11 @@ import pytest
 from brainjepa.errors import InputError
 from brainjepa.train.launch import (
     JobLayout,
+    check_sections,
     expand_nodelist,
     launch_argv,
     rule_command,
+    section_layout,
     slurm_resources,
     srun_argv,
 )
@@ -120,6 +122,42 @@ def test_a_slurm_environment_that_cannot_start_the_nodes_is_an_error(change, mes
 def test_counts_below_one_are_errors(nodes, processes, key):
     with pytest.raises(InputError, match=key):
         launch_argv(COMMAND, nodes, processes, {})
+
+
+SECTION = {"nodes": 1, "processes": 1, "gpus": 0, "cpus_per_gpu": 8, "threads": 2}
+
+
+@pytest.mark.parametrize("section, processes, gpus, message", [
+    ("pretrain", 4, 1, "pretrain.processes: 4 but pretrain.gpus: 1: .*3 process\\(es\\) would have none; set "
+                       "pretrain.processes: 1 \\(or pretrain.gpus: 4\\)"),
+    ("evaluate", 1, 4, "evaluate.processes: 1 but evaluate.gpus: 4: .*3 GPU\\(s\\) would sit idle"),
+])
+def test_a_launched_gpu_job_runs_one_process_per_gpu(section, processes, gpus, message):
+    """processes > gpus: ranks without a GPU died in torch.cuda.set_device ("invalid device ordinal"); processes <
+    gpus: GPUs paid for and idle. Both are refused from the config, naming both keys."""
+    cfg = {**SECTION, "processes": processes, "gpus": gpus}
+    with pytest.raises(InputError, match=message):
+        section_layout(section, cfg)
+    with pytest.raises(InputError, match=message):
+        check_sections({"pretrain": SECTION, "evaluate": SECTION, section: cfg})
+    # a job that runs as one process (features, closed-form heads) takes the section's GPUs: not a launched layout
+    assert section_layout(section, cfg, launched=False) == JobLayout(section, 1, 1, gpus, 8, 2)
+    assert section_layout(section, {**cfg, "processes": gpus}).processes == gpus
+    assert section_layout(section, {**cfg, "gpus": 0}).gpus == 0  # CPU: any number of processes (Gloo)
+    check_sections({"pretrain": {**SECTION, "nodes": 2, "processes": 4, "gpus": 4}, "evaluate": SECTION})
+
+
+def test_the_workflow_refuses_more_processes_than_gpus_before_any_job(tmp_path):
+    """`snakemake -n` with `pretrain: {processes: 4, gpus: 1}` stops when the workflow starts, naming both keys."""
+    overlay = tmp_path / "layout.yaml"
+    overlay.write_text("pretrain: {processes: 4, gpus: 1}\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory",
+           str(REPO), "--cores", "1", "-n", "all", "--configfile", str(REPO / "config" / "config.yaml"), str(overlay)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert "invalid config: pretrain.processes: 4 but pretrain.gpus: 1" in output, output[-2000:]
 
 
 def test_slurm_resources_of_one_node_and_of_several():

@@ -10,6 +10,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch-gpu": "torch", "pytorch": "torch"}
+CONDA_ONLY = {"cuda-version": "=12"}  # conda-forge's CUDA pin (docs/cluster.md): no pip counterpart
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -36,6 +37,7 @@ def test_environment_matches_pyproject():
     conda = _conda_deps(REPO / "environment.yml")
     assert conda.pop("python") == "=3.11"
     conda.pop("pip")
+    assert {k: conda.pop(k) for k in CONDA_ONLY} == CONDA_ONLY
     assert conda == _pip_deps(), "environment.yml and pyproject.toml list different packages or versions"
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
@@ -49,6 +51,7 @@ def test_rule_environment_matches_pyproject():
     executor, which only the driver uses) aside."""
     conda = _conda_deps(REPO / "workflow" / "envs" / "brainjepa.yaml")
     assert conda.pop("python") == "=3.11"
+    assert {k: conda.pop(k) for k in CONDA_ONLY} == CONDA_ONLY
     pip = _pip_deps()
     pip.pop("snakemake")
     pip.pop("snakemake-executor-plugin-slurm")

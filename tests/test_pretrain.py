@@ -525,3 +525,204 @@ def test_sigterm_to_the_whole_process_group_with_data_workers_still_writes_lates
     assert proc.returncode == 75, err[-2000:]
     assert "killed by signal" not in err and "latest.pt written" in err
     assert 2 <= ckpt.load_checkpoint(out / "latest.pt")["step"] < 12
+
+
+# ------------------------------------------------------------------------------------------- the GPU route (CPU)
+def test_accumulation_logs_the_mean_of_its_micro_batches(tiny_data, tmp_path, monkeypatch):
+    """With accumulation, a log row's loss (and region losses) is the mean over the step's micro-batches, what the
+    step minimised; it was the last micro-batch's."""
+    import brainjepa.train.pretrain as pretrain_module
+
+    seen = []
+    step = pretrain_module.jepa_step
+
+    def recording(*args, **kwargs):
+        loss, monitors = step(*args, **kwargs)
+        seen.append((loss.item(), monitors["loss_alpha"].item()))
+        return loss, monitors
+
+    monkeypatch.setattr(pretrain_module, "jepa_step", recording)
+    pretrain(_cfg(tiny_data, tmp_path / "acc", "optim.accumulation_steps=3", "optim.epochs=1"))
+    log = pd.read_csv(tmp_path / "acc" / "log.csv")
+    assert len(seen) == 6 and log["step"].tolist() == [1, 2]  # 24 windows, batch 4: 6 micro-batches, 2 steps
+    pairs = np.array(seen).reshape(2, 3, 2)
+    np.testing.assert_allclose(log["loss"], pairs[:, :, 0].mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(log["loss_alpha"], np.nanmean(pairs[:, :, 1], axis=1), rtol=1e-5)
+    assert not np.allclose(log["loss"], pairs[:, -1, 0], rtol=1e-5)
+
+
+def test_latest_is_written_every_save_every_minutes_and_with_each_epoch_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """run.save_every_minutes: latest.pt after the first optimizer step that long after its last write (0: every
+    step), with each epoch-NNNN.pt, at a stop and at the end; no longer at every epoch end (a 1.5 GB write)."""
+    saved = []
+    write = ckpt.save_checkpoint
+
+    def recording(path, state, intact=None):
+        saved.append((path.name, state["step"]))
+        write(path, state, intact)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", recording)
+    pretrain(_cfg(tiny_data, tmp_path / "never", "run.checkpoint_every=10", "run.save_every_minutes=1000"))
+    assert saved == [("latest.pt", 12), ("final.pt", 12)]  # 2 epochs of 6 steps
+    saved.clear()
+    pretrain(_cfg(tiny_data, tmp_path / "epochs", "run.save_every_minutes=1000"))  # run.checkpoint_every=1
+    assert saved == [("latest.pt", 6), ("epoch-0001.pt", 6), ("latest.pt", 12), ("epoch-0002.pt", 12),
+                     ("final.pt", 12)]
+    saved.clear()
+    pretrain(_cfg(tiny_data, tmp_path / "always", "run.checkpoint_every=10", "run.save_every_minutes=0"))
+    assert saved == [("latest.pt", s) for s in range(1, 13)] + [("final.pt", 12)]  # latest.pt once per step
+    trainer = Trainer(_cfg(tiny_data, tmp_path / "clock", "run.save_every_minutes=30"))
+    assert trainer.step_flags() == (False, False)
+    trainer.saved_at -= 30 * 60
+    assert trainer.step_flags() == (False, True)
+    with pytest.raises(InputError, match="run.save_every_minutes"):
+        _cfg(tiny_data, tmp_path / "x", "run.save_every_minutes=-1")
+
+
+def test_a_checkpoint_of_an_older_brainjepa_still_resumes_exactly(tiny_data, tmp_path):
+    """A latest.pt without the settings added since (TF32, fused AdamW, pinned memory, save_every_minutes), without
+    `global_batch` and with the old generator state (rank 0's CPU generator) resumes, bitwise as a run in one go."""
+    straight = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, tmp_path / "a")))
+    out = tmp_path / "b"
+    pretrain(_cfg(tiny_data, out, "run.stop_after_steps=4"))
+    state = ckpt.load_checkpoint(out / "latest.pt")
+    new_keys = ("run.tf32", "optim.fused", "data.pin_memory", "run.save_every_minutes")
+    assert not set(new_keys) & set(state["identity"]["config"])  # runtime-only: not in a run's identity
+    state["identity"]["config"] = {k: v for k, v in state["identity"]["config"].items() if k not in new_keys}
+    for key in ("tf32", "save_every_minutes"):
+        state["config"]["run"].pop(key)
+    state.pop("global_batch")
+    state["rng"] = {"torch": state["rng"]["ranks"][0]["torch"]}
+    ckpt.save_checkpoint(out / "latest.pt", state)
+    resumed = ckpt.load_checkpoint(pretrain(_cfg(tiny_data, out)))
+    assert not (tmp_path / "b.replaced-1").exists() and resumed["step"] == 12
+    _states_equal(straight, resumed)
+
+
+def test_deterministic_sets_the_cublas_workspace_it_needs(tiny_data, tmp_path, monkeypatch):
+    """run.deterministic on a GPU raised at the first cuBLAS matmul: CUBLAS_WORKSPACE_CONFIG must be set before
+    CUDA starts. The trainer sets :4096:8 when it is unset, and keeps a value of the user's."""
+    import os
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # restored (or removed) after the test
+    try:
+        Trainer(_cfg(tiny_data, tmp_path / "d", "run.deterministic=true"))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and torch.are_deterministic_algorithms_enabled()
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        Trainer(_cfg(tiny_data, tmp_path / "d", "run.deterministic=true"))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_a_local_rank_without_its_gpu_names_processes_and_gpus(monkeypatch):
+    """4 processes on a node with 1 GPU: ranks 1-3 died in torch.cuda.set_device ("invalid device ordinal"). Now
+    an error naming the two settings, before any CUDA call."""
+    from brainjepa.train.runtime import setup_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device called"))
+    for key, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4",
+                       "CUDA_VISIBLE_DEVICES": "0"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(TrainingError, match=r"local rank 3 of 4 processes on this node needs GPU cuda:3, but this "
+                                            r"process sees 1 GPU\(s\) \(CUDA_VISIBLE_DEVICES=0\).*pretrain.processes "
+                                            r"or evaluate.processes.*pretrain.gpus or evaluate.gpus"):
+        setup_distributed("auto")
+
+
+def test_speed_switches_apply_on_a_gpu_device_only(tiny_data):
+    """run.tf32 (TF32 matmuls and cuDNN), optim.fused (AdamW's fused kernel), data.pin_memory (page-locked
+    batches): on for a CUDA device by default, off by their switch, and never on CPU (the CPU path is unchanged)."""
+    from brainjepa.data.shards import load_manifest
+    from brainjepa.train.config import OptimConfig
+    from brainjepa.train.pretrain import adamw, build_loader
+    from brainjepa.train.runtime import Distributed, set_tf32
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    precision, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        set_tf32(cpu, True)
+        assert torch.get_float32_matmul_precision() == precision
+        set_tf32(cuda, True)
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+        set_tf32(cuda, False)
+        assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn
+    params = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    assert adamw(params, OptimConfig(), cuda).defaults["fused"] is True
+    assert not adamw(params, OptimConfig(), cpu).defaults["fused"]
+    assert not adamw(params, OptimConfig(fused=False), cuda).defaults["fused"]
+    root = tiny_data
+    for extra, device, pinned in (([], cuda, True), ([], cpu, False), (["data.pin_memory=false"], cuda, False)):
+        cfg = _cfg(root, root / "unused", *extra)
+        loader = build_loader(cfg, load_manifest(cfg.data.manifest), Distributed(), WINDOW, 1, device)[2]
+        assert loader.pin_memory is pinned
+
+
+DDP_RESUME_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from brainjepa.train.config import load_config
+from brainjepa.train.pretrain import Trainer
+out = sys.argv[1]
+trainer = Trainer(load_config(None, sys.argv[2:]))
+load = trainer.load
+def loaded(state):  # this rank's generator right after the resume
+    load(state)
+    torch.save(torch.get_rng_state(), f"{out}/rank{dist.get_rank()}-resumed.pt")
+trainer.load = loaded
+trainer.fit()
+torch.save(torch.get_rng_state(), f"{out}/rank{dist.get_rank()}-end.pt")  # after its last save
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_ranks_resume_their_own_generators_and_another_process_count_is_refused(tmp_path):
+    """Two Gloo processes with drop path (per-rank draws): latest.pt holds each rank's generator, each rank gets its
+    own back, and the resumed run equals one in one go bitwise. It was rank 0's only, restored on every rank (and
+    every visible GPU's CUDA generator, an IndexError with fewer GPUs). A resume on 1 process (another global
+    batch, hence other steps per epoch and schedules) is refused, naming both global batches, and changes nothing."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = _make_data(tmp_path / "data", R, T, 20, WINDOW)
+    script = tmp_path / "ddp_resume.py"
+    script.write_text(DDP_RESUME_SCRIPT)
+    sets = [f"data.manifest={data / 'shards' / 'manifest.json'}", f"data.gradients={data / 'gradients.tsv'}",
+            f"data.window={WINDOW}", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
+            "model.size=tiny", "model.drop_path=0.2", "run.progress=false", "run.log_every=1", "data.batch_size=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(name: str, *extra: str) -> None:
+        (tmp_path / name).mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(tmp_path / name), *sets, f"run.out_dir={tmp_path / name / 'run'}", *extra]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    torchrun("a")
+    torchrun("b", "run.stop_after_steps=3")
+    stopped = ckpt.load_checkpoint(tmp_path / "b" / "run" / "latest.pt")
+    assert stopped["step"] == 3 and stopped["global_batch"] == {"batch_size": 2, "processes": 2,
+                                                                "accumulation_steps": 1}
+    ranks = stopped["rng"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    for rank in (0, 1):
+        assert torch.equal(ranks[rank]["torch"], torch.load(tmp_path / "b" / f"rank{rank}-end.pt"))
+    shutil.copytree(tmp_path / "b" / "run", tmp_path / "c")
+    before = _folder(tmp_path / "c")
+    with pytest.raises(InputError, match=r"latest.pt: trained with a global batch of 4 \(batch 2 x 2 processes\); "
+                                         r"this run's is 2 \(batch 2 x 1 process\).*Resume with 2 process\(es\)"):
+        pretrain(load_config(None, [*sets, f"run.out_dir={tmp_path / 'c'}"]))
+    assert _folder(tmp_path / "c") == before
+    torchrun("b")
+    for rank in (0, 1):
+        assert torch.equal(ranks[rank]["torch"], torch.load(tmp_path / "b" / f"rank{rank}-resumed.pt"))
+    _states_equal(ckpt.load_checkpoint(tmp_path / "a" / "run" / "final.pt"),
+                  ckpt.load_checkpoint(tmp_path / "b" / "run" / "final.pt"))

@@ -2,9 +2,11 @@
 
 Contents (format ``brainjepa-checkpoint/1``, see :mod:`brainjepa.models.weights` for the shared part):
 ``encoder``, ``target_encoder``, ``predictor`` (state dicts), ``model_config`` (resolved), ``optimizer``,
-``step`` (optimizer steps done), ``epoch`` and ``batch_in_epoch`` (where to continue), ``rng`` (torch CPU/CUDA
-generator states), ``config`` (the resolved run configuration), ``roi_names`` and ``scaling_stats_id`` (the
-data it was trained on). Plain tensors and Python values only, so ``torch.load(weights_only=True)`` reads it.
+``step`` (optimizer steps done), ``epoch`` and ``batch_in_epoch`` (where to continue), ``rng`` (every rank's own
+CPU and CUDA generator states, :func:`gather_rng_states`), ``global_batch`` (batch per process, processes and
+accumulation steps: a resume must keep their product), ``config`` (the resolved run configuration), ``roi_names``
+and ``scaling_stats_id`` (the data it was trained on). Plain tensors and Python values only, so
+``torch.load(weights_only=True)`` reads it.
 """
 
 from __future__ import annotations
@@ -99,14 +101,45 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's generators: the CPU one (``torch``) and, on a GPU, its own device's (``cuda``)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def gather_rng_states(device: torch.device) -> dict | None:
+    """Every rank's generators (:func:`rng_state`) at rank 0, as a checkpoint's ``rng``: ``{"ranks": [rank 0's,
+    rank 1's, ...]}``. A collective under DDP (every rank calls it); None on the other ranks."""
+    import torch.distributed as dist
+
+    own = rng_state(device)
+    if not dist.is_initialized():
+        return {"ranks": [own]}
+    states = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(own, states, dst=0)
+    return {"ranks": states} if states is not None else None
+
+
+def set_rng_state(state: dict, rank: int = 0, device: torch.device | None = None) -> bool:
+    """Restore this rank's own generators from a checkpoint's ``rng`` (:func:`gather_rng_states`); False when the
+    checkpoint has none for this rank (the generators are left as they are).
+
+    A checkpoint of an older brainjepa holds rank 0's CPU generator and the CUDA generator of every GPU then
+    visible (``{"torch", "cuda": [...]}``): rank 0 takes the CPU one and its own GPU's, when that GPU was saved."""
+    if "ranks" in state:
+        if rank >= len(state["ranks"]):
+            return False
+        own = state["ranks"][rank]
+        torch.set_rng_state(own["torch"])
+        if device is not None and device.type == "cuda" and "cuda" in own:
+            torch.cuda.set_rng_state(own["cuda"], device)
+        return True
+    if rank != 0:
+        return False
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda") or []
+    if device is not None and device.type == "cuda" and (device.index or 0) < len(saved):
+        torch.cuda.set_rng_state(saved[device.index or 0], device)
+    return True

@@ -45,6 +45,7 @@ class DataConfig:
     window: int | None = None             # time steps per sample; None: the shard manifest's window
     batch_size: int = 16                  # per process
     num_workers: int = 2
+    pin_memory: bool = True               # CUDA: page-locked batches, copied to the GPU without blocking (CPU: off)
     monitor_split: str = "monitor"        # the manifest's split of held-out windows the monitors read (run.monitor_*)
 
 
@@ -74,6 +75,7 @@ class OptimConfig:
     vicreg_gamma: float = 1.0             # the std the hinge asks for
     vicreg_eps: float = 1e-4
     mae_targets: Literal["raw", "patch_norm"] = "raw"  # mae only: patch_norm = MAE's norm_pix_loss
+    fused: bool = True                    # CUDA: AdamW's fused kernel (one launch for every parameter); CPU: foreach
 
     def __post_init__(self) -> None:
         weight = self.regularizer_weight
@@ -107,7 +109,9 @@ class RunConfig:
     seed: int = 0
     device: Device = "auto"
     precision: Precision = "auto"
-    checkpoint_every: int = 10            # epochs; `latest.pt` is written at every epoch end too
+    checkpoint_every: int = 10            # epochs between epoch-NNNN.pt (latest.pt is written with each)
+    save_every_minutes: float = 30.0      # latest.pt after the first optimizer step this long after the last write
+                                          # (0: every step); also at each epoch-NNNN.pt, at a stop and at the end
     log_every: int = 10                   # optimizer steps between CSV rows
     collapse_threshold: float = 0.05      # warn when the target features' batch spread falls below this
     monitor_every: int = 50               # optimizer steps between representation monitors (train/monitors.py); 0: off
@@ -116,7 +120,9 @@ class RunConfig:
     collapse_fraction: float = 0.5
     stop_after_steps: int | None = None   # leave cleanly (writing latest.pt) after this many steps in this call
     progress: bool = True
-    deterministic: bool = False           # torch.use_deterministic_algorithms (GPU: slower kernels; CPU: always)
+    deterministic: bool = False           # torch.use_deterministic_algorithms (GPU: slower kernels; CPU: always);
+                                          # sets CUBLAS_WORKSPACE_CONFIG=:4096:8 when unset (cuBLAS needs it)
+    tf32: bool = True                     # CUDA: TF32 tensor cores for float32 matmuls and cuDNN (false: strict fp32)
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,9 @@ class TrainConfig:
             raise InputError("config 'data.num_workers' must be >= 0")
         if self.run.monitor_every < 0 or self.run.monitor_windows < 2:
             raise InputError("config 'run.monitor_every' must be >= 0 (0: off) and 'run.monitor_windows' >= 2")
+        if not 0 <= self.run.save_every_minutes < float("inf"):
+            raise InputError(f"config 'run.save_every_minutes' must be a finite number >= 0 (0: every optimizer "
+                             f"step), got {self.run.save_every_minutes}")
         if not 0 < self.run.collapse_fraction < 1:
             raise InputError(f"config 'run.collapse_fraction' must be in (0, 1), got {self.run.collapse_fraction}")
         self.optim.check_objective(self.objective)

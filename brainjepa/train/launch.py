@@ -1,7 +1,8 @@
 """How a training or evaluation job starts: the one place that maps its layout to a command line.
 
 A job is laid out by its workflow config section (``pretrain`` or ``evaluate``): ``nodes`` machines, each with
-``processes`` processes (one GPU each when ``gpus`` > 0) and ``gpus`` GPUs. Then:
+``processes`` processes (one GPU each when ``gpus`` > 0, so then ``processes`` must equal ``gpus``:
+:func:`section_layout`, checked when the workflow starts) and ``gpus`` GPUs. Then:
 
 - 1 node, 1 process: ``python -m brainjepa.cli <command>`` (a laptop; what the rules always ran);
 - 1 node, N processes: ``torch.distributed.run --standalone --nproc_per_node=N`` (one machine, any scheduler);
@@ -56,10 +57,48 @@ class JobLayout:
         if self.gpus < 0:
             raise InputError(f"{self.section}.gpus must be at least 0, not {self.gpus}")
 
+    def check_one_gpu_per_process(self) -> None:
+        """A launched job with GPUs runs one process per GPU (process i drives ``cuda:i``): more processes than
+        GPUs fail at start ("invalid device ordinal"), fewer leave GPUs idle. An error naming both keys."""
+        if self.gpus and self.processes != self.gpus:
+            fewer = self.processes > self.gpus
+            raise InputError(
+                f"{self.section}.processes: {self.processes} but {self.section}.gpus: {self.gpus}: each process of a "
+                f"GPU job drives one GPU (process i takes GPU i of its node), so "
+                + (f"{self.processes - self.gpus} process(es) would have none"
+                   if fewer else f"{self.gpus - self.processes} GPU(s) would sit idle")
+                + f"; set {self.section}.processes: {self.gpus} (or {self.section}.gpus: {self.processes})")
+
     @property
     def cpus_per_node(self) -> int:
         """CPUs that Slurm gives the job on each node (--cpus-per-gpu x GPUs, else --cpus-per-task=threads)."""
         return self.cpus_per_gpu * self.gpus if self.gpus else self.threads
+
+
+def section_layout(section: str, cfg: Mapping, launched: bool = True, gpus: int | None = None) -> JobLayout:
+    """A job's layout from its workflow config section ``cfg`` (keys nodes, processes, gpus, cpus_per_gpu, threads).
+
+    launched: the job starts through the launcher (its section's nodes and processes); otherwise it runs as one
+    process on one node. gpus: a count other than the section's (e.g. 0 for a job that runs on CPU). A launched
+    job is checked: one process per GPU (:meth:`JobLayout.check_one_gpu_per_process`)."""
+    layout = JobLayout(
+        section,
+        nodes=cfg["nodes"] if launched else 1,
+        processes=cfg["processes"] if launched else 1,
+        gpus=cfg["gpus"] if gpus is None else gpus,
+        cpus_per_gpu=cfg["cpus_per_gpu"],
+        threads=cfg["threads"],
+    )
+    if launched:
+        layout.check_one_gpu_per_process()
+    return layout
+
+
+def check_sections(config: Mapping) -> None:
+    """Every launcher section of the workflow config (:data:`SECTIONS`) lays out a valid launched job; the workflow
+    calls it when it starts, so a bad layout stops it before any job."""
+    for section in SECTIONS:
+        section_layout(section, config[section])
 
 
 def expand_nodelist(nodelist: str) -> list[str]:

@@ -29,7 +29,15 @@ from brainjepa.train.config import OptimConfig, TrainConfig, dump_config, to_dic
 from brainjepa.train.ema import ema_update
 from brainjepa.train.jepa import jepa_step, mae_step
 from brainjepa.train.log import CSVLog, truncate_log
-from brainjepa.train.runtime import Distributed, autocast_for, batches_per_epoch, no_sync, setup_distributed
+from brainjepa.train.runtime import (
+    Distributed,
+    autocast_for,
+    batches_per_epoch,
+    no_sync,
+    set_tf32,
+    setup_distributed,
+    use_deterministic_algorithms,
+)
 from brainjepa.train.schedules import cosine_ramp, ema_momentum, warmup_cosine
 
 log = logging.getLogger("brainjepa.train")
@@ -44,6 +52,13 @@ def param_groups(modules: list[torch.nn.Module]) -> list[dict]:
                 continue
             (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+
+
+def adamw(groups: list[dict], cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``groups``; on a GPU with ``optim.fused``, its fused kernel (one launch for every parameter, the
+    same update to rounding). On CPU torch's default implementation, whatever ``optim.fused`` says."""
+    fused = {"fused": True} if cfg.fused and device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **fused)
 
 
 @dataclass
@@ -121,8 +136,10 @@ def data_window(cfg: TrainConfig, manifest: dict) -> int:
     return window
 
 
-def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, window: int, patches: int):
-    """The pretraining DataLoader: shuffled shards, one random window per run, the mask collator."""
+def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, window: int, patches: int,
+                 device: torch.device | None = None):
+    """The pretraining DataLoader: shuffled shards, one random window per run, the mask collator. Batches for a
+    GPU are page-locked (``data.pin_memory``), so that their copy to it does not block the process."""
     from torch.utils.data import DataLoader
 
     from brainjepa.data.dataset import ShardDataset
@@ -135,7 +152,8 @@ def build_loader(cfg: TrainConfig, manifest: dict, dist_info: Distributed, windo
     collator = MaskCollator(len(manifest["roi_names"]), patches, cfg.mask, seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=collator, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.run.seed), worker_init_fn=ignore_stop_signals)
+                        generator=torch.Generator().manual_seed(cfg.run.seed), worker_init_fn=ignore_stop_signals,
+                        pin_memory=cfg.data.pin_memory and device is not None and device.type == "cuda")
     return dataset, collator, loader
 
 
@@ -171,7 +189,10 @@ def too_few_windows(cfg: TrainConfig, manifest: dict, world_size: int) -> str:
 RESUMABLE_CHANGES = {"run.stop_after_steps", "run.progress", "data.num_workers", "run.log_every",
                      "run.checkpoint_every", "run.collapse_threshold", "run.out_dir", "data.manifest", "data.shard_url",
                      "data.gradients", "data.scaling_stats", "data.labels", "run.monitor_every", "run.monitor_windows",
-                     "run.collapse", "run.collapse_fraction", "data.monitor_split"}
+                     "run.collapse", "run.collapse_fraction", "data.monitor_split",
+                     # kernels and I/O: TF32, fused AdamW, pinned batches, how often latest.pt is written
+                     "run.tf32", "optim.fused", "data.pin_memory", "run.save_every_minutes",
+                     "model.attention"}  # the attention backend: how this machine runs the model, not what it is
 
 
 def run_identity(cfg: TrainConfig, manifest: dict) -> dict:
@@ -223,9 +244,10 @@ class Trainer:
 
         self.cfg, self.restart = cfg, restart
         self.out = Path(cfg.run.out_dir)
+        if cfg.run.deterministic:  # before any CUDA work: it sets CUBLAS_WORKSPACE_CONFIG when unset
+            use_deterministic_algorithms()
         self.dist, self.device = setup_distributed(cfg.run.device)
-        if cfg.run.deterministic:
-            torch.use_deterministic_algorithms(True)
+        set_tf32(self.device, cfg.run.tf32)
         torch.manual_seed(cfg.run.seed)  # every rank builds the same models (the target encoder included)
         self.manifest = load_manifest(cfg.data.manifest)
         self.identity = run_identity(cfg, self.manifest)
@@ -235,10 +257,11 @@ class Trainer:
         if self.dist.rank > 0:  # dropout / drop path differ by rank; rank 0 keeps a single process's stream
             torch.manual_seed(cfg.run.seed + self.dist.rank)
         self.dataset, self.collator, self.loader = build_loader(cfg, self.manifest, self.dist, window,
-                                                                self.model_cfg.n_time_patches)
+                                                                self.model_cfg.n_time_patches, self.device)
         self.online = [self._wrap(self.encoder), self._wrap(self.predictor)]
-        self.optimizer = torch.optim.AdamW(param_groups([self.encoder, self.predictor]), lr=cfg.optim.lr,
-                                           betas=tuple(cfg.optim.betas))
+        self.optimizer = adamw(param_groups([self.encoder, self.predictor]), cfg.optim, self.device)
+        self.global_batch = {"batch_size": cfg.data.batch_size, "processes": self.dist.world_size,
+                             "accumulation_steps": cfg.optim.accumulation_steps}
         # one figure for every rank: the smallest rank's full batches, in whole optimizer steps
         self.batches_per_epoch = batches_per_epoch(self.dataset, cfg.data.batch_size,
                                                    cfg.optim.accumulation_steps, self.device)
@@ -248,6 +271,7 @@ class Trainer:
         self.schedule = Schedule(cfg.optim.epochs * per_epoch, cfg.optim.warmup_epochs * per_epoch, cfg.optim)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.saved_step: int | None = None  # the step of this run's latest.pt on disk
+        self.saved_at = time.monotonic()    # when latest.pt was last written, or fit began (run.save_every_minutes)
         self.signal: int | None = None
         self.csv = CSVLog(self.out / "log.csv", False)  # opened by fit, once the run folder is settled
         self.monitor_windows = self._monitor_windows(window)
@@ -335,24 +359,32 @@ class Trainer:
         return DistributedDataParallel(module, device_ids=ids)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, rng: dict | None = None) -> dict:
+        """The checkpoint's contents (checkpoint module); ``rng``: every rank's generators (default: this one's)."""
         return {"encoder": self.encoder.state_dict(), "target_encoder": self.target.state_dict(),
                 "predictor": self.predictor.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "rng": ckpt.rng_state(), "config": to_dict(self.cfg),
+                "rng": rng or {"ranks": [ckpt.rng_state(self.device)]}, "global_batch": dict(self.global_batch),
+                "config": to_dict(self.cfg),
                 "model_config": self.model_cfg.to_dict(),
                 "roi_names": list(self.manifest["roi_names"]),
                 "scaling_stats_id": self.manifest["scaling_stats_id"],
                 "identity": self.identity, "total_steps": self.schedule.total_steps}
 
     def save(self, *names: str) -> None:
+        """Write checkpoints ``names`` on rank 0; under DDP a collective (every rank sends its generators)."""
+        rng = ckpt.gather_rng_states(self.device)
         if self.dist.is_main:
             for name in names:
-                ckpt.save_checkpoint(self.out / name, self.state(), self._intact(name))
+                if name == "latest.pt" and self.saved_step == self.step:
+                    continue  # written at this step already (run.save_every_minutes, then an epoch end or the end)
+                ckpt.save_checkpoint(self.out / name, self.state(rng), self._intact(name))
                 if name == "latest.pt":
                     self.saved_step = self.step
         if dist.is_initialized():
             dist.barrier()
+        if "latest.pt" in names:
+            self.saved_at = time.monotonic()
 
     def _intact(self, name: str) -> str:
         """What is safe, and what to do, if writing checkpoint ``name`` fails (latest.pt is written first)."""
@@ -390,8 +422,23 @@ class Trainer:
             log.warning("%s: %s: a new run from step 0", self.out,
                         "restart asked for" if self.restart else "finished run without final.pt (a rerun)")
             return "fresh"
+        self._check_global_batch(state.get("global_batch"), path)
         self.load(state)
         return "resume"
+
+    def _check_global_batch(self, saved: dict | None, path: Path) -> None:
+        """A resume keeps the global batch (batch per process x processes x accumulation): with another, the
+        optimizer steps per epoch, hence the schedules (learning rate, weight decay, EMA) and the place the
+        checkpoint stopped at, would mean something else. The batch and the accumulation are in the run's
+        identity (a change is a new run), so here it is the number of processes that changed. A checkpoint of
+        an older brainjepa does not say its processes: accepted."""
+        if saved is None or saved == self.global_batch:
+            return
+        raise InputError(
+            f"{path}: trained with a global batch of {global_batch_text(saved)}; this run's is "
+            f"{global_batch_text(self.global_batch)}: resuming would change the optimizer steps per epoch and the "
+            f"schedules mid-run. Resume with {saved['processes']} process(es) in all (the config's pretrain.nodes x "
+            f"pretrain.processes, or torchrun's), or move {self.out} away (or pretrain --restart) to train afresh")
 
     def load(self, state: dict) -> None:
         for name, module in (("encoder", self.encoder), ("target_encoder", self.target),
@@ -400,7 +447,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.saved_step = self.step
-        ckpt.set_rng_state(state["rng"])
+        if not ckpt.set_rng_state(state["rng"], self.dist.rank, self.device):
+            log.warning("%s holds no random generator state of rank %d: its dropout and drop-path draws go on from "
+                        "seed %d + rank", self.out / "latest.pt", self.dist.rank, self.cfg.run.seed)
         log.info("resumed %s at step %d (epoch %d, batch %d)", self.out / "latest.pt", self.step, self.epoch,
                  self.batch_in_epoch)
 
@@ -427,7 +476,9 @@ class Trainer:
     def fit(self) -> Path:
         """Train every remaining epoch; returns the path of ``final.pt`` (or ``latest.pt`` if stopped early).
 
-        SIGTERM and SIGINT finish the current optimizer step, write ``latest.pt`` and raise :class:`Preempted`.
+        ``latest.pt`` is written after the first optimizer step ``run.save_every_minutes`` after its last write,
+        with every ``epoch-NNNN.pt`` (``run.checkpoint_every``), when a call stops and at the end. SIGTERM and
+        SIGINT finish the current optimizer step, write ``latest.pt`` and raise :class:`Preempted`.
         """
         how = self.start()
         if how == "done":
@@ -437,6 +488,7 @@ class Trainer:
         if self.step == 0:
             self.watch(force=True)  # the reference: the run's initialisation
         self.t0 = self.tick = time.perf_counter()
+        self.saved_at = time.monotonic()
         start_step = self.step
         with _catch_signals(self):
             while self.epoch < self.cfg.optim.epochs:
@@ -449,21 +501,24 @@ class Trainer:
                                         "written; rerun to continue")
                     return self.out / "latest.pt"
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                keep = self.epoch % self.cfg.run.checkpoint_every == 0
-                names = ["latest.pt"] + ([f"epoch-{self.epoch:04d}.pt"] if keep else [])
-                self.save(*names)
+                if self.epoch % self.cfg.run.checkpoint_every == 0:  # latest.pt first: the epoch file's fallback
+                    self.save("latest.pt", f"epoch-{self.epoch:04d}.pt")
         self.watch(force=True)
         self.save("latest.pt", "final.pt")
         return self.out / "final.pt"
 
-    def stop_requested(self) -> bool:
-        """A signal reached this process (or, under DDP, any rank): every rank stops at the same step."""
-        flag = torch.tensor(0 if self.signal is None else 1, device=self.device)
+    def step_flags(self) -> tuple[bool, bool]:
+        """After an optimizer step: (stop, save). stop: a signal reached this process (or, under DDP, any rank);
+        save: ``run.save_every_minutes`` have passed since latest.pt was written (on any rank's clock). One
+        all-reduce, so every rank stops, or saves, at the same step."""
+        due = time.monotonic() - self.saved_at >= 60 * self.cfg.run.save_every_minutes
+        flags = torch.tensor([self.signal is not None, due], dtype=torch.int32, device=self.device)
         if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.signal is None:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop, save = (bool(v) for v in flags.tolist())
+        if stop and self.signal is None:
             self.signal = signal.SIGTERM
-        return bool(flag.item())
+        return stop, save
 
     def train_one_epoch(self, start_step: int) -> bool:
         """One epoch from ``batch_in_epoch``; False when ``run.stop_after_steps`` or a signal ends this call."""
@@ -476,22 +531,28 @@ class Trainer:
         batches = iter(self.loader)
         bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}", leave=False,
                    disable=not (cfg.run.progress and self.dist.is_main))
+        micro: list[tuple[torch.Tensor, dict]] = []  # this optimizer step's micro-batches: (loss, monitors)
         for index in range(self.batch_in_epoch, n_batches):
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
                      for k, v in next(batches).items()}
             last_micro = (index + 1) % accumulation == 0
-            loss, monitors = self.micro_step(batch, last_micro)
+            micro.append(self.micro_step(batch, last_micro))
             self.batch_in_epoch = index + 1
             bar.update(1)
             if last_micro:
                 now = time.perf_counter()
                 samples_per_s = batch["x"].shape[0] * accumulation / max(now - self.tick, 1e-9)
                 self.tick = now
-                self.optimizer_step(loss, monitors, samples_per_s, bar)
-                stop = cfg.run.stop_after_steps
-                if (stop is not None and self.step - start_step >= stop) or self.stop_requested():
+                self.optimizer_step(*micro_batch_mean(micro), samples_per_s, bar)
+                micro = []
+                stop, save = self.step_flags()
+                limit = cfg.run.stop_after_steps
+                if stop or (limit is not None and self.step - start_step >= limit):
                     bar.close()
-                    return False
+                    return False  # fit writes latest.pt
+                if save:
+                    self.save("latest.pt")
+                    self.tick = time.perf_counter()  # samples_per_s counts training only
         bar.close()
         return True
 
@@ -559,6 +620,24 @@ class Trainer:
             self.csv.write({"step": self.step, "epoch": self.epoch, "loss": loss.item(), **values,
                             **{k: float(v) for k, v in monitors.items()}, "samples_per_s": samples_per_s,
                             "elapsed_s": time.perf_counter() - self.t0})
+
+
+def micro_batch_mean(micro: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict]:
+    """The loss and monitors of one optimizer step: the mean over its micro-batches (what the step minimised),
+    each monitor's over the micro-batches where it is defined (a region without targets in a micro-batch is NaN
+    there). Stays on the device: no host sync."""
+    loss = torch.stack([loss for loss, _ in micro]).mean()
+    monitors = {key: torch.stack([m[key].float() for _, m in micro if key in m]).nanmean() for key in micro[0][1]}
+    return loss, monitors
+
+
+def global_batch_text(batch: dict) -> str:
+    """``{"batch_size": 16, "processes": 4, "accumulation_steps": 8}`` -> ``512 (batch 16 x 4 processes x 8
+    accumulation)``."""
+    size, processes, steps = batch["batch_size"], batch["processes"], batch["accumulation_steps"]
+    parts = [f"batch {size}", f"{processes} process" + ("es" if processes != 1 else "")]
+    parts += [f"{steps} accumulation"] if steps != 1 else []
+    return f"{size * processes * steps} ({' x '.join(parts)})"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -1,7 +1,8 @@
 """Process runtime shared by pretraining and evaluation: torchrun's environment, devices, autocast, batches.
 
-CPU and GPU run the same code: on a GPU, ``autocast_for`` adds bf16 autocast and the models' SDPA attention
-picks flash kernels; under torchrun, one process per device joins a process group (NCCL, or Gloo on CPU).
+CPU and GPU run the same code: on a GPU, ``autocast_for`` adds bf16 autocast (SDPA picks its FlashAttention
+kernel for the calls without a key-padding mask) and :func:`set_tf32` lets float32 matmuls use TF32 tensor cores;
+under torchrun, one process per device (``cuda:LOCAL_RANK``) joins a process group (NCCL, or Gloo on CPU).
 """
 
 from __future__ import annotations
@@ -34,18 +35,53 @@ class Distributed:
 
 
 def setup_distributed(device_kind: str) -> tuple[Distributed, torch.device]:
-    """torchrun's environment -> process group (NCCL on GPU, Gloo on CPU) and this process's device."""
+    """torchrun's environment -> process group (NCCL on GPU, Gloo on CPU) and this process's device.
+
+    On GPU, local rank i takes ``cuda:i`` of the GPUs this process sees: one process per GPU. A local rank without
+    its GPU (more processes than GPUs on a node) is an error naming the two settings, before any CUDA call."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dist_info = Distributed(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
     if device_kind == "cuda" and not torch.cuda.is_available():
         raise TrainingError("run.device is 'cuda' but no GPU is visible")
+    if use_cuda and dist_info.local_rank >= torch.cuda.device_count():
+        raise TrainingError(missing_gpu(dist_info.local_rank, torch.cuda.device_count()))
     device = torch.device(f"cuda:{dist_info.local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return dist_info, device
+
+
+def missing_gpu(local_rank: int, visible: int) -> str:
+    """The message of a local rank that has no GPU of its own."""
+    processes = os.environ.get("LOCAL_WORLD_SIZE", "?")
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"{visible} GPU(s)" + (f" (CUDA_VISIBLE_DEVICES={devices})" if devices is not None else "")
+    return (f"local rank {local_rank} of {processes} processes on this node needs GPU cuda:{local_rank}, but this "
+            f"process sees {seen}: each process drives one GPU, so the processes per node (the config's "
+            "pretrain.processes or evaluate.processes, torchrun's --nproc_per_node) must equal the GPUs per node "
+            "(pretrain.gpus or evaluate.gpus)")
+
+
+def use_deterministic_algorithms() -> None:
+    """``run.deterministic``: torch's deterministic algorithms. cuBLAS (CUDA >= 10.2) is reproducible only with
+    ``CUBLAS_WORKSPACE_CONFIG`` set before it starts, and torch raises at the first matmul without it: set to
+    ``:4096:8`` here when unset (a value set by the user is kept). Call it before any CUDA work."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """``run.tf32`` on a GPU: float32 matmuls (``torch.set_float32_matmul_precision('high')``) and cuDNN
+    convolutions may use TF32 tensor cores (Ampere and later; a 10-bit mantissa on the products, float32
+    accumulation). It speeds up fp32 runs and what runs outside autocast; bf16 autocast regions are unaffected.
+    ``enabled`` False: strict float32 ('highest'). No effect on CPU."""
+    if device.type != "cuda":
+        return
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def check_distributed(device_kind: str = "auto", expect_world_size: int | None = None) -> dict:
