@@ -119,7 +119,7 @@ def test_paired_bootstrap_separates_a_better_predictor_and_gives_zero_for_identi
 
 
 def test_readouts_of_the_encoder_tokens():
-    from brainjepa.evaluate.study import readout_features
+    from brainjepa.evaluate.features import readout_features
 
     rng = np.random.default_rng(0)
     pooled, rois = rng.normal(size=(3, 16)), rng.normal(size=(3, 5, 16)).astype(np.float16)

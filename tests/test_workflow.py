@@ -381,6 +381,33 @@ def test_dry_run_of_default_demo_config():
     assert counts["perturbation"] == 3 * 2 and counts["figure_perturbation"] == 3
 
 
+def test_the_demo_evaluation_plan_resamples_with_five_random_inits_and_an_external_task():
+    """Every random encoder's frozen protocol runs once per initialisation (evaluate.random_seeds), each reading the
+    feature cache of its own init; seedless methods (closed-form of a pretrained encoder, FC) run one seed; frozen
+    and FC jobs get the resampling, fine-tuning the fixed split; an external task reads both cohorts' features."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["evaluate"]
+    result = snakemake(REPO, "-n", "-p", "--forceall", "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dry_run_jobs(result.stdout)
+    evaluate = {out: job for out, job in jobs.items() if job["rule"] == "evaluate"}
+    inits = config["random_seeds"]
+    assert len(inits) >= 5
+    for seed in inits:
+        job = evaluate[f"results/evaluate/age/random_closed_form/seed{seed}.json"]
+        assert f"results/evaluate/features/random/init{seed}/ukbsim.npz" in job["shell"]
+        assert f"results/evaluate/features/random/init{seed}/ukbsim.npz" in jobs
+    assert "results/evaluate/age/jepa_closed_form/seed0.json" in evaluate
+    assert "results/evaluate/age/jepa_closed_form/seed1.json" not in evaluate      # seedless: one seed
+    assert "results/evaluate/age/fc_linear/seed1.json" not in evaluate
+    assert all(f"results/evaluate/age/jepa_linprobe/seed{s}.json" in evaluate for s in config["seeds"])
+    assert "--resampling" in evaluate["results/evaluate/age/fc_linear/seed0.json"]["shell"]
+    assert "--resampling" not in evaluate["results/evaluate/age/jepa_finetune/seed0.json"]["shell"]
+    external = [t for t, spec in config["tasks"].items() if spec.get("test_cohorts")]
+    assert external
+    shell = evaluate[f"results/evaluate/{external[0]}/jepa_closed_form/seed0.json"]["shell"]
+    assert "features/jepa/ukbsim.npz" in shell and "features/jepa/adnisim.npz" in shell
+
+
 def dry_run_jobs(output: str) -> dict[str, dict[str, str]]:
     """The jobs of `snakemake -n -p`: {first output: {"rule", "resources", "shell"}}."""
     jobs = {}
@@ -398,7 +425,7 @@ def test_jobs_on_several_nodes_start_one_launcher_per_node_with_srun(tmp_path):
     mpi; GPUs per node as gres) and their shell starts a launcher on each with srun; closed-form jobs stay on one."""
     overlay = tmp_path / "nodes.yaml"
     overlay.write_text(yaml.safe_dump({"pretrain": {"nodes": 2, "processes": 4, "gpus": 4},
-                                       "evaluate": {"nodes": 2, "processes": 2, "gpus": 1}}))
+                                       "evaluate": {"nodes": 2, "processes": 2, "gpus": 2}}))
     pretrain, finetune, closed = ("results/pretrain/brainjepa_tiny/final.pt", "results/evaluate/sex/jepa_finetune/"
                                   "seed0.json", "results/evaluate/sex/jepa_closed_form/seed0.json")
     result = snakemake(REPO, "-n", "-p", "--forceall", pretrain, finetune, closed,

@@ -23,7 +23,7 @@ def _features(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from brainjepa.evaluate.config import ProtocolConfig
     from brainjepa.evaluate.run import run_evaluation
-    from brainjepa.evaluate.tasks import TaskConfig
+    from brainjepa.evaluate.tasks import Resampling, TaskConfig
 
     name = args.task.get("name")
     if not isinstance(name, str):
@@ -31,7 +31,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     task = TaskConfig.from_dict(name, {k: v for k, v in args.task.items() if k != "name"})
     try:
         run_evaluation(task, args.method, args.seed, args.shards, args.out, ProtocolConfig.from_dict(args.protocols),
-                       args.encoder, args.features)
+                       args.encoder, args.features, Resampling.from_dict(args.resampling))
     finally:
         import sys
 
@@ -65,10 +65,15 @@ def register(sub) -> None:
                        help="one downstream (task, method, seed): fine-tune, probe or baseline -> metrics JSON")
     p.add_argument("--task", type=json_object, required=True,
                    help='JSON task, e.g. {"name": "age", "cohorts": ["ukbsim"], "label": "age", "kind": "regression"}')
-    p.add_argument("--method", required=True, help="<encoder>_<finetune|linprobe|attentive|closed_form>, fc_linear, "
-                                                   "fc_svm")
+    p.add_argument("--method", required=True,
+                   help="<encoder>_<protocol>: finetune, attentive, linprobe[_roi|_cross_roi], "
+                        "closed_form[_roi|_cross_roi]; or fc_linear, fc_svm")
     p.add_argument("--encoder", type=json_object, help="JSON encoder spec (fine-tuning)")
     p.add_argument("--features", nargs="+", help="feature caches of the task's cohorts (probes)")
+    p.add_argument("--resampling", type=json_object, default={},
+                   help='JSON subject-level splits of the frozen protocols and FC baselines (the workflow config\'s '
+                        'evaluate.resampling), e.g. {"scheme": "kfold", "folds": 5, "repeats": 2}; default: the '
+                        'fixed split')
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("metrics", parents=[parent("out")],

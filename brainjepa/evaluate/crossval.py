@@ -223,17 +223,18 @@ def resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
 
 
 def resampled_metric(kind: str, target: np.ndarray, pred: np.ndarray, idx: np.ndarray, metric: str,
-                     scale: float = 1.0) -> np.ndarray:
+                     scale: float = 1.0, threshold: float | None = None) -> np.ndarray:
     """The metric of predictions ``pred`` ([S] or [S, C]) on each resample ``idx`` [K, S] -> [K] (NaN where
-    undefined, e.g. one class in a resample)."""
+    undefined, e.g. one class in a resample); ``threshold``: a binary task's decision threshold (None: argmax)."""
     target, pred = np.asarray(target), np.asarray(pred, dtype=float)
-    return fast_metrics(kind, target[idx], pred[idx], scale)[metric]
+    return fast_metrics(kind, target[idx], pred[idx], scale, threshold)[metric]
 
 
-def metric_value(kind: str, target: np.ndarray, pred: np.ndarray, metric: str, scale: float = 1.0) -> float:
+def metric_value(kind: str, target: np.ndarray, pred: np.ndarray, metric: str, scale: float = 1.0,
+                 threshold: float | None = None) -> float:
     """The metric on every subject once."""
     idx = np.arange(len(target))[None]
-    return float(resampled_metric(kind, target, pred, idx, metric, scale)[0])
+    return float(resampled_metric(kind, target, pred, idx, metric, scale, threshold)[0])
 
 
 def paired_difference(observed: float, boot_a: np.ndarray, boot_b: np.ndarray, metric: str,
@@ -252,13 +253,17 @@ def paired_difference(observed: float, boot_a: np.ndarray, boot_b: np.ndarray, m
 
 
 def paired_bootstrap(kind: str, target: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metric: str,
-                     n_boot: int = 2000, seed: int = 0, level: float = 0.95, scale: float = 1.0) -> dict[str, float]:
+                     n_boot: int = 2000, seed: int = 0, level: float = 0.95, scale: float = 1.0,
+                     thresholds: tuple[float | None, float | None] = (None, None)) -> dict[str, float]:
     """Paired bootstrap over subjects of ``metric(a) - metric(b)``: target [S], predictions [S] or [S, C] of the
-    same subjects in the same order. Returns delta, ci_low, ci_high, p (:func:`paired_difference`)."""
+    same subjects in the same order; ``thresholds``: each predictor's binary decision threshold (None: argmax).
+    Returns delta, ci_low, ci_high, p (:func:`paired_difference`)."""
     idx = resamples(len(target), n_boot, seed)
-    observed = metric_value(kind, target, pred_a, metric, scale) - metric_value(kind, target, pred_b, metric, scale)
-    return paired_difference(observed, resampled_metric(kind, target, pred_a, idx, metric, scale),
-                             resampled_metric(kind, target, pred_b, idx, metric, scale), metric, level)
+    ta, tb = thresholds
+    observed = (metric_value(kind, target, pred_a, metric, scale, ta)
+                - metric_value(kind, target, pred_b, metric, scale, tb))
+    return paired_difference(observed, resampled_metric(kind, target, pred_a, idx, metric, scale, ta),
+                             resampled_metric(kind, target, pred_b, idx, metric, scale, tb), metric, level)
 
 
 def beats(result: dict[str, float], metric: str) -> bool:

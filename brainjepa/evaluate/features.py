@@ -7,16 +7,39 @@ instead of R x W x D, which for 450 ROIs and ViT-B is 5 GB per 8,000 windows ins
 
 The cache (``.npz``, written atomically): ``run_id``, ``start``, ``pooled`` (float32), ``roi_tokens``
 (float16) and ``meta`` (JSON: the encoder spec and its source, the window, the ROI names).
+
+Readouts (:func:`readout_features`), what a probe reads of a window: ``mean`` (the pooled features), ``roi`` (every
+ROI's embedding, R x D) and ``cross_roi`` (how the ROIs' embeddings correlate with each other, the feature
+dimension playing the part of time in FC: R (R - 1) / 2).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from brainjepa.errors import InputError
+
+Readout = Literal["mean", "roi", "cross_roi"]
+READOUTS = ("mean", "roi", "cross_roi")
+
+
+def readout_features(pooled: np.ndarray, roi_tokens: np.ndarray, readout: str) -> np.ndarray:
+    """A readout of extracted features (:func:`extract`): pooled [N, D], roi_tokens [N, R, D] -> ``mean`` [N, D],
+    ``roi`` [N, R D] or ``cross_roi`` [N, R (R - 1) / 2] (the Fisher-z correlation between ROIs of their
+    embeddings, over the feature dimension), float32."""
+    from brainjepa.evaluate.baselines import fc_features
+
+    if readout == "mean":
+        return np.asarray(pooled, dtype=np.float32)
+    if readout == "roi":
+        return np.asarray(roi_tokens, dtype=np.float32).reshape(len(roi_tokens), -1)
+    if readout == "cross_roi":
+        return fc_features(np.asarray(roi_tokens, dtype=np.float32))
+    raise InputError(f"unknown readout {readout!r}; allowed: {', '.join(READOUTS)}")
 
 
 def extract(encoder, data: np.ndarray, n_time_patches: int, device, batch_size: int = 32,

@@ -5,6 +5,12 @@ embedding 0, block i -> i + 1, final norm and head depth + 1) and the learning r
 ``lr x layer_decay^(depth + 1 - id)``; biases, norms and other 1-D parameters have no weight decay. Drop
 path: the encoder is rebuilt with ``drop_path`` (stochastic depth rising linearly over the blocks to that
 rate), active in training mode only. The public code configures both and applies neither.
+
+LP-FT (Kumar et al., ICLR 2022; ``finetune.head_init: probe``): before fine-tuning, the linear probe procedure
+(:func:`brainjepa.evaluate.loop.fit_probe` with the ``linprobe`` settings) is fitted on the frozen encoder's
+features as the head reads them (mean-pooled tokens, LayerNorm without affine) and copied into the head
+(:meth:`brainjepa.models.heads.MeanPoolHead.load_probe`); fine-tuning then starts from a head that already
+predicts, so the first steps do not distort the pretrained features through a random head.
 """
 
 from __future__ import annotations
@@ -39,6 +45,43 @@ def param_groups_lrd(model: torch.nn.Module, weight_decay: float, layer_decay: f
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]
+
+
+@torch.no_grad()
+def head_features(model, windows: torch.Tensor, device: torch.device, autocast, batch_size: int = 64) -> torch.Tensor:
+    """The fine-tuning head's input at initialisation: windows [N, 1, R, T] -> the frozen encoder's tokens
+    (evaluation mode: no drop path) mean-pooled and LayerNorm-ed without affine, [N, D] float32 on the CPU."""
+    import torch.nn.functional as F
+
+    training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(windows), batch_size):
+        with autocast():
+            pooled = model.encoder(windows[i:i + batch_size].to(device).float()).float().mean(dim=1)
+        out.append(F.layer_norm(pooled, pooled.shape[-1:], eps=model.head.norm.eps).cpu())
+    model.train(training)
+    return torch.cat(out)
+
+
+def probe_head(model, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, object, object], kind: str,
+               n_outputs: int, probe_cfg, *, seed: int, device: torch.device, autocast, rank: int = 0, name: str = "",
+               class_weight=None) -> dict:
+    """LP-FT's first stage: fit the linear probe (``probe_cfg``: a LinprobeConfig) on :func:`head_features` of the
+    training windows, selected on the validation windows, and load it into ``model.head``.
+
+    train: (windows [N, 1, R, T], targets [N]); val: (windows [M, 1, R, T], targets [M], subjects [M]). Every
+    process fits the same probe (all windows, one process's steps). Returns the probe's selection info."""
+    from brainjepa.evaluate.loop import fit_probe
+
+    x_train = head_features(model, train[0], device, autocast)
+    x_val = head_features(model, val[0], device, autocast)
+    fitted = fit_probe("linprobe", probe_cfg, (x_train, train[1]), (x_val, val[1], val[2]), kind, n_outputs,
+                       seed=seed, device=device, autocast=autocast, rank=rank, name=f"{name} probe",
+                       class_weight=class_weight)
+    model.head.load_probe(fitted.model.cpu())
+    model.to(device)
+    return fitted.info
 
 
 def build_finetune(encoder, n_outputs: int, cfg: FinetuneConfig, world_size: int):

@@ -1,10 +1,19 @@
 """One training loop for every gradient-trained downstream method (fine-tuning, linear and attentive probes).
 
-``fit`` trains a model on the training windows for ``epochs`` epochs with a per-step learning-rate schedule
-(linear warm-up, cosine decay; each parameter group scaled by its ``lr_scale``), evaluates the validation
-subjects after every epoch and keeps the state of the best epoch (lowest validation loss, computed on subject
-predictions: the mean over a subject's windows). The test subjects are predicted once, with the selected
-state. The validation split is the only thing the selection sees.
+``fit`` trains a model on the training windows for ``epochs`` epochs, or more when that is fewer than
+``min_steps`` optimizer steps (the epochs are extended, the warm-up keeps its share of the run), with a per-step
+learning-rate schedule (linear warm-up, cosine decay; each parameter group scaled by its ``lr_scale``). It
+evaluates the validation subjects after every epoch (after every k-th when the epochs were extended k-fold, and
+after the last) and keeps the state of the best evaluation by the task's metric on subject predictions (the
+mean over a subject's windows; :data:`brainjepa.evaluate.metrics.SELECTION`: Pearson r, AUROC, balanced
+accuracy), ties broken by the lower validation loss, then the earlier epoch. The test subjects are predicted
+once, with the selected state. The validation split is the only thing the selection sees.
+
+``fit_probe`` is the probes' procedure on frozen features (linear probe on pooled features [N, D], attentive
+probe on per-ROI tokens [N, R, D], standardised with the training rows' statistics): one ``fit`` per (learning
+rate, weight decay) of the section's grid, the best by the same validation metric (points within
+:data:`GRID_TIE` of the best count as tied: the lowest validation loss of them); or the paper's LARS linear probe
+(``recipe: paper``).
 
 Under torchrun (several processes), every rank holds all windows and takes its slice of each global batch
 (``batch_size`` per rank); the model is wrapped in DistributedDataParallel; evaluation is the same on every
@@ -25,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from brainjepa.errors import TrainingError
-from brainjepa.evaluate.tasks import subject_loss
+from brainjepa.evaluate.tasks import subject_loss, subject_mean
 from brainjepa.train.schedules import warmup_cosine
 
 log = logging.getLogger("brainjepa.evaluate")
@@ -34,8 +43,11 @@ log = logging.getLogger("brainjepa.evaluate")
 @dataclass
 class FitResult:
     selected_epoch: int               # 1-based epoch whose state was kept
-    history: list[dict]               # per epoch: train_loss, val_loss, lr
+    history: list[dict]               # per evaluated epoch: train_loss, val_loss, val_<metric>, lr
     state: dict                       # the selected state dict (CPU tensors)
+    metric: str = ""                  # the selection metric (SELECTION[kind])
+    score: float = -math.inf          # its validation value at the selected epoch (-inf: undefined)
+    val_loss: float = math.inf        # the validation loss at the selected epoch
 
 
 def optimizer_step(optimizer, loss: torch.Tensor, name: str, epoch: int, step: int) -> float:
@@ -85,7 +97,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
         batch_size: int, lr: float, min_lr: float, seed: int, device: torch.device, autocast: Callable,
         rank: int = 0, world_size: int = 1, train_module: torch.nn.Module | None = None,
         name: str = "", class_weight: np.ndarray | None = None,
-        sample: Callable[[np.ndarray, int], np.ndarray] | None = None) -> FitResult:
+        sample: Callable[[np.ndarray, int], np.ndarray] | None = None, min_steps: int = 0) -> FitResult:
     """Train and select on validation (module docstring).
 
     train: (inputs [N, ...], targets [N]); val: (inputs [M, ...], targets [M], subjects [M]).
@@ -93,18 +105,26 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
     ``class_weight`` [C] (classification): weights of the training loss and of the validation criterion.
     ``sample(indices [B], epoch) -> inputs [B, ...]``: the training inputs of a batch instead of
     ``inputs[indices]`` (temporal jitter); the training set's size is still ``len(inputs)``.
+    ``min_steps``: at least this many optimizer steps (module docstring).
     """
+    from brainjepa.evaluate.metrics import SELECTION, selection_score
+
     step_module = train_module if train_module is not None else model
     inputs, targets = train
     n = len(inputs)
     global_batch = batch_size * world_size
     steps_per_epoch = max(1, math.ceil(n / global_batch))
-    total = epochs * steps_per_epoch
-    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total)  # a warm-up longer than the run is cut
+    run_epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
+    every = max(1, run_epochs // epochs)                              # evaluations stay about ``epochs``
+    total = run_epochs * steps_per_epoch
+    warmup = min(int(round(warmup_epochs * steps_per_epoch * run_epochs / epochs)), total)  # cut to the run
     weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=device)
-    best, best_loss, history, step = None, math.inf, [], 0
+    metric = SELECTION[kind]
+    best, best_key, history, step = None, (-math.inf, -math.inf), [], 0
+    val_truth = subject_mean(val[2], np.asarray(val[1], dtype=float))[1]
+    val_truth = val_truth if kind == "regression" else val_truth.astype(int)
     t0 = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(run_epochs):
         model.train()
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
         losses = []
@@ -123,20 +143,103 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
                 loss = task_loss(kind, step_module(x), y, weight)
             losses.append(optimizer_step(optimizer, loss, name, epoch, step))
             step += 1
+        if (epoch + 1) % every and epoch + 1 < run_epochs:
+            continue
         val_pred = predict(model, val[0], kind, device, max(batch_size, 64), autocast)
         val_loss = subject_loss(kind, val[2], val[1], val_pred, class_weight)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                        "lr": value, "elapsed_s": round(time.perf_counter() - t0, 2)})
+        score = selection_score(kind, val_truth, subject_mean(val[2], val_pred)[1])
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                        f"val_{metric}": score if math.isfinite(score) else None, "lr": value,
+                        "elapsed_s": round(time.perf_counter() - t0, 2)})
         if rank == 0:
-            log.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, lr %.2e", name, epoch + 1, epochs,
-                     history[-1]["train_loss"], val_loss, value)
-        if val_loss < best_loss:
-            best_loss, best = val_loss, (epoch + 1, copy.deepcopy({k: v.detach().cpu()
-                                                                    for k, v in model.state_dict().items()}))
-    if best is None:  # every validation loss was NaN
-        raise TrainingError(f"{name}: no epoch gave a finite validation loss")
+            log.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f, lr %.2e", name, epoch + 1,
+                     run_epochs, history[-1]["train_loss"], val_loss, metric, score, value)
+        key = (score, -val_loss if math.isfinite(val_loss) else -math.inf)
+        if best is None or key > best_key:
+            best_key, best = key, (epoch + 1, copy.deepcopy({k: v.detach().cpu()
+                                                              for k, v in model.state_dict().items()}))
+    if best_key == (-math.inf, -math.inf):  # neither the metric nor the loss was ever defined
+        raise TrainingError(f"{name}: no epoch gave a finite validation {metric} or loss")
     model.load_state_dict(best[1])
-    return FitResult(best[0], history, best[1])
+    return FitResult(best[0], history, best[1], metric, best_key[0], -best_key[1])
+
+
+GRID_TIE = 0.01                       # fit_probe: grid points this close to the best validation metric are tied
+
+
+@dataclass
+class ProbeFit:
+    model: torch.nn.Module            # the selected probe (its standardisation inside), with the selected state
+    info: dict                        # recipe, lr, weight_decay, epoch, metric, score, history, grid
+
+
+def _probe_and_optimizer(protocol: str, section, x_train: torch.Tensor, n_outputs: int, lr: float, wd: float):
+    """A fresh probe (standardised on ``x_train``, or the paper's BatchNorm) and its optimizer."""
+    from brainjepa.models.heads import AttentiveProbe, LinearProbe
+
+    if protocol == "linprobe" and section.recipe == "paper":
+        model = LinearProbe(x_train.shape[-1], n_outputs, norm="batchnorm")
+        return model, LARS(model.parameters(), lr=lr, weight_decay=wd)
+    if protocol == "linprobe":
+        model = LinearProbe(x_train.shape[-1], n_outputs, norm="standardise")
+        model.norm.fit(x_train)
+        groups = [{"params": [model.fc.weight], "weight_decay": wd}, {"params": [model.fc.bias], "weight_decay": 0.0}]
+        return model, torch.optim.Adam(groups, lr=lr)         # coupled decay: an L2 penalty (ridge / logistic)
+    from brainjepa.train.pretrain import param_groups
+
+    model = AttentiveProbe(x_train.shape[-1], n_outputs, section.num_heads, n_tokens=x_train.shape[1])
+    model.standardise.fit(x_train)
+    groups = param_groups([model])
+    groups[0]["weight_decay"] = wd
+    return model, torch.optim.AdamW(groups, lr=lr)
+
+
+def fit_probe(protocol: str, section, train: tuple[torch.Tensor, torch.Tensor],
+              val: tuple[torch.Tensor, np.ndarray, np.ndarray], kind: str, n_outputs: int, *, seed: int,
+              device: torch.device, autocast: Callable, rank: int = 0, world_size: int = 1,
+              wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None, name: str = "",
+              class_weight: np.ndarray | None = None) -> ProbeFit:
+    """Fit a probe on frozen features and select it on validation (module docstring).
+
+    protocol ``linprobe`` (train inputs [N, D], ``section`` a LinprobeConfig) or ``attentive`` ([N, R, D], an
+    AttentiveConfig); train: (inputs, targets [N]); val: (inputs [M, ...], targets [M], subjects [M]). Each grid
+    point starts from the same initialisation (``seed``); the one with the best validation metric (ties: the lower
+    validation loss, then the earlier grid point) is returned; grid points within :data:`GRID_TIE` of the best
+    validation metric count as tied (a few validation subjects rank by chance: on 40, one swapped pair moves
+    AUROC by 0.003). ``wrap(model)``: what the steps call (DDP).
+    ``info['grid']``: one row per grid point (lr, weight_decay, selected epoch, its validation metric and loss)."""
+    x_train = train[0].float()
+    x_val = val[0].float()
+    if protocol == "linprobe" and section.recipe == "paper":
+        grid = [(section.base_lr * section.batch_size * world_size / 256, section.weight_decay)]
+        min_steps = 0
+    else:
+        grid = [(float(lr), float(wd)) for lr in section.lr_grid for wd in section.weight_decay_grid]
+        min_steps = section.min_steps
+    fits, rows = [], []
+    for lr, wd in grid:
+        torch.manual_seed(seed)
+        model, optimizer = _probe_and_optimizer(protocol, section, x_train, n_outputs, lr, wd)
+        model.to(device)
+        result = fit(model, optimizer, (x_train, train[1]), (x_val, val[1], val[2]), kind, epochs=section.epochs,
+                     warmup_epochs=section.warmup_epochs, batch_size=section.batch_size, lr=lr,
+                     min_lr=section.min_lr, seed=seed, device=device, autocast=autocast, rank=rank,
+                     world_size=world_size, train_module=wrap(model) if wrap else None,
+                     name=f"{name} lr {lr:g} wd {wd:g}", class_weight=class_weight, min_steps=min_steps)
+        score = result.score if math.isfinite(result.score) else None
+        rows.append({"lr": lr, "weight_decay": wd, "epoch": result.selected_epoch, f"val_{result.metric}": score,
+                     "val_loss": result.val_loss, "steps": result.history[-1]["step"]})
+        fits.append((model, result, lr, wd))
+    top = max(f[1].score for f in fits)
+    tied = [f for f in fits if f[1].score >= top - GRID_TIE or not math.isfinite(top)]
+    model, result, lr, wd = min(tied, key=lambda f: f[1].val_loss)      # the first of equal losses
+    if rank == 0 and len(grid) > 1:
+        log.info("%s: selected lr %g, weight decay %g (epoch %d, val %s %.4f)", name, lr, wd, result.selected_epoch,
+                 result.metric, result.score)
+    info = {"recipe": getattr(section, "recipe", "standard"), "lr": lr, "weight_decay": wd,
+            "epoch": result.selected_epoch, "metric": result.metric,
+            "score": result.score if math.isfinite(result.score) else None, "history": result.history, "grid": rows}
+    return ProbeFit(model.eval(), info)
 
 
 class LARS(torch.optim.Optimizer):

@@ -9,6 +9,14 @@ a subject's prediction is the mean over its evaluation windows (regression value
 Regression and binary metrics are computed in numpy (:func:`fast_metrics`, tested against scikit-learn and
 scipy), so that an evaluation job does not pay seconds of scikit-learn / scipy imports; multi-class F1 and
 AUROC come from scikit-learn.
+
+Binary decisions: by default class 1 when its probability is the larger (argmax). With a ``threshold`` t (chosen
+on the validation subjects by :func:`choose_threshold`, the largest balanced accuracy), class 1 when
+p(class 1) > t; accuracy, balanced accuracy and F1 follow it, AUROC does not depend on it.
+:func:`split_metrics` gives a method's validation and test metrics with the validation threshold applied to both.
+
+Selection (the epoch of a gradient-trained head, its grid point): :data:`SELECTION` per task kind, over
+validation subjects (:func:`selection_score`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,55 @@ import numpy as np
 REGRESSION = ("mse", "mae", "r", "r2")
 CLASSIFICATION = ("accuracy", "balanced_accuracy", "f1", "auroc")
 LOWER_IS_BETTER = {"mse", "mae"}
+SELECTION = {"regression": "r", "binary": "auroc", "multiclass": "balanced_accuracy"}
+
+
+def selection_score(kind: str, y_true: np.ndarray, pred: np.ndarray) -> float:
+    """The selection metric (:data:`SELECTION`) of subject-level predictions: regression pred [N] (Pearson r),
+    classification [N, C] probabilities (binary AUROC, multiclass balanced accuracy of the argmax). Higher is
+    better; -inf where undefined (constant predictions, one class)."""
+    y_true, pred = np.asarray(y_true), np.asarray(pred, dtype=float)
+    if kind == "regression":
+        value = fast_metrics("regression", y_true[None].astype(float), pred[None])["r"][0]
+    elif kind == "binary":
+        value = fast_metrics("binary", y_true[None].astype(int), pred[None])["auroc"][0]
+    else:
+        value = fast_metrics("multiclass", y_true[None].astype(int), pred[None])["balanced_accuracy"][0]
+    return float(value) if np.isfinite(value) else -math.inf
+
+
+def choose_threshold(truth: np.ndarray, prob: np.ndarray) -> float:
+    """The decision threshold of a binary task from validation subjects: truth [N] class indices (0/1), prob
+    [N, 2] probabilities -> t, predicting class 1 where p(class 1) > t.
+
+    Candidates: 0.5 (the argmax rule), the midpoints between consecutive distinct p(class 1) and the cuts that
+    predict every subject positive or negative (midway to 0 and to 1). The one with the largest balanced
+    accuracy wins; ties go to the candidate closest to 0.5 (then the lower). With fewer than two classes in
+    ``truth`` there is nothing to balance: 0.5."""
+    truth, prob = np.asarray(truth).astype(int), np.asarray(prob, dtype=float)
+    if prob.ndim != 2 or prob.shape[1] != 2 or len(truth) != len(prob):
+        raise ValueError(f"choose_threshold: truth [N] and prob [N, 2], got {truth.shape} and {prob.shape}")
+    if len(np.unique(truth)) < 2:
+        return 0.5
+    p1 = prob[:, 1]
+    u = np.unique(p1)
+    candidates = np.unique(np.concatenate([[0.5], (u[:-1] + u[1:]) / 2,
+                                           [u[0] / 2] if u[0] > 0 else [], [(u[-1] + 1) / 2] if u[-1] < 1 else []]))
+    hard = p1[None, :] > candidates[:, None]                                   # [K, N]
+    recall = [np.mean(hard[:, truth == 1], axis=1), np.mean(~hard[:, truth == 0], axis=1)]
+    bacc = (recall[0] + recall[1]) / 2
+    best = np.flatnonzero(bacc >= bacc.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def split_metrics(kind: str, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                  scale: float = 1.0) -> tuple[dict[str, float], dict[str, float], float | None]:
+    """A method's validation and test metrics from subject-level (truth, prediction) pairs (:func:`task_metrics`):
+    binary tasks decide at the threshold chosen on the validation pair (:func:`choose_threshold`), for both
+    splits; other kinds at the argmax. Returns (val metrics, test metrics, threshold or None)."""
+    threshold = choose_threshold(*val) if kind == "binary" else None
+    return (task_metrics(kind, val[0], val[1], scale, threshold),
+            task_metrics(kind, test[0], test[1], scale, threshold), threshold)
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: float = 1.0) -> dict[str, float]:
@@ -34,19 +91,22 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: float = 1.
     return m
 
 
-def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """y_true: [N] class indices; prob: [N, C] class probabilities (rows sum to 1)."""
+def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+    """y_true: [N] class indices; prob: [N, C] class probabilities (rows sum to 1); ``threshold`` (binary only):
+    class 1 where p(class 1) > threshold (None: argmax)."""
 
     y_true, prob = np.asarray(y_true, int), np.asarray(prob, float)
+    if threshold is not None and prob.shape[1] != 2:
+        raise ValueError(f"a decision threshold is for binary tasks, got {prob.shape[1]} classes")
     with warnings.catch_warnings():  # one class in a (resampled) set: handled below, not a user warning
         warnings.simplefilter("ignore", UserWarning)
-        return _classification(y_true, prob)
+        return _classification(y_true, prob, threshold)
 
 
-def _classification(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+def _classification(y_true: np.ndarray, prob: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     n_classes = prob.shape[1]
     if n_classes == 2:
-        m = {k: float(v[0]) for k, v in fast_metrics("binary", y_true[None], prob[None]).items()}
+        m = {k: float(v[0]) for k, v in fast_metrics("binary", y_true[None], prob[None], threshold=threshold).items()}
         if len(np.unique(y_true)) < 2:
             m["auroc"] = math.nan
         return m
@@ -62,18 +122,22 @@ def _classification(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
             "auroc": float(auroc)}
 
 
-def task_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float = 1.0) -> dict[str, float]:
-    """Regression: pred [N] (z); classification: pred [N, C] probabilities."""
+def task_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float = 1.0,
+                 threshold: float | None = None) -> dict[str, float]:
+    """Regression: pred [N] (z); classification: pred [N, C] probabilities. ``threshold`` (binary tasks): class 1
+    where p(class 1) > threshold, for accuracy, balanced accuracy and F1 (None: the argmax)."""
     if kind == "regression":
         return regression_metrics(y_true, pred, scale)
-    return classification_metrics(y_true, pred)
+    return classification_metrics(y_true, pred, threshold)
 
 
-def fast_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float = 1.0) -> dict[str, np.ndarray]:
+def fast_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float = 1.0,
+                 threshold: float | np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The metrics of :func:`task_metrics` for many resamples at once (numpy), for the bootstrap.
 
     y_true [K, N] (the K resamples' truths), pred [K, N] (regression) or [K, N, C] (probabilities). Returns
     one array [K] per metric (NaN where undefined). Equal to :func:`task_metrics` row by row (tested).
+    ``threshold`` (two classes): a scalar or one per resample [K]; class 1 where p(class 1) > threshold.
     """
     y_true = np.asarray(y_true)
     if kind == "regression":
@@ -86,6 +150,8 @@ def fast_metrics(kind: str, y_true: np.ndarray, pred: np.ndarray, scale: float =
     y_true = y_true.astype(int)
     n_classes = pred.shape[-1]
     hard = pred.argmax(axis=-1)
+    if threshold is not None and n_classes == 2:
+        hard = (pred[..., 1] > np.reshape(np.asarray(threshold, dtype=float), (-1, 1))).astype(int)
     correct = hard == y_true
     recalls, present = [], []
     for c in range(n_classes):
@@ -131,17 +197,20 @@ def average_ranks(score: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_seed_mean(kind: str, y_true: np.ndarray, preds: list[np.ndarray], scale: float = 1.0,
-                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                        thresholds: list[float | None] | None = None) -> dict[str, tuple[float, float]]:
     """Percentile interval of the seed-mean metric, resampling test subjects (the same resample for every seed).
 
-    y_true [N]; preds: one prediction array per seed, each over the same N subjects in the same order.
+    y_true [N]; preds: one prediction array per seed, each over the same N subjects in the same order;
+    ``thresholds``: each seed's binary decision threshold (the record's ``selected.threshold``; None: argmax).
     Resamples where a metric is undefined (one class only, constant values) are left out of its interval.
     """
     rng = np.random.default_rng(seed)
     n = len(y_true)
     idx = rng.integers(0, n, size=(n_boot, n))
     y = np.asarray(y_true)[idx]
-    per_seed = [fast_metrics(kind, y, np.asarray(p)[idx], scale) for p in preds]
+    thresholds = thresholds if thresholds is not None else [None] * len(preds)
+    per_seed = [fast_metrics(kind, y, np.asarray(p)[idx], scale, threshold=t) for p, t in zip(preds, thresholds)]
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     out = {}
     for name in per_seed[0]:

@@ -13,6 +13,7 @@ original units and the prediction: value in original units, or class probabiliti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,24 +23,46 @@ import numpy as np
 
 from brainjepa.errors import InputError
 from brainjepa.evaluate.config import ProtocolConfig
-from brainjepa.evaluate.metrics import task_metrics
-from brainjepa.evaluate.tasks import TaskConfig, TaskWindows, load_task, split_manifests, subject_mean
+from brainjepa.evaluate.metrics import split_metrics, task_metrics
+from brainjepa.evaluate.tasks import (
+    Resampling,
+    TaskConfig,
+    TaskWindows,
+    load_task,
+    split_manifests,
+    subject_mean,
+)
 
 log = logging.getLogger("brainjepa.evaluate")
 PROTOCOLS = ("finetune", "linprobe", "attentive", "closed_form")
 BASELINES = ("fc_linear", "fc_svm")
 TORCH_PROTOCOLS = ("finetune", "linprobe", "attentive")
+FROZEN = ("linprobe", "attentive", "closed_form")     # protocols on cached features
+# Deterministic given their features and splits: a seed changes nothing (scikit-learn's lbfgs, ridge and SVM fits).
+SEEDLESS = ("closed_form", "fc_linear", "fc_svm")
+# A protocol name with its readout (brainjepa.evaluate.features.READOUTS): the linear and closed-form probes read
+# ``mean`` (no suffix), ``roi`` or ``cross_roi``; the attentive probe reads the ROI tokens themselves.
+PROTOCOL_NAMES = {"finetune": ("finetune", None), "attentive": ("attentive", "tokens"),
+                  **{f"{p}{suffix}": (p, readout) for p in ("linprobe", "closed_form")
+                     for suffix, readout in (("", "mean"), ("_roi", "roi"), ("_cross_roi", "cross_roi"))}}
+
+
+def parse_method_readout(method: str) -> tuple[str | None, str, str | None]:
+    """``jepa_closed_form_cross_roi`` -> ("jepa", "closed_form", "cross_roi"); ``jepa_linprobe`` -> ("jepa",
+    "linprobe", "mean"); ``jepa_finetune`` -> ("jepa", "finetune", None); ``fc_svm`` -> (None, "fc_svm", None)."""
+    if method in BASELINES:
+        return None, method, None
+    for name in sorted(PROTOCOL_NAMES, key=len, reverse=True):   # closed_form_roi before closed_form
+        if method.endswith("_" + name) and len(method) > len(name) + 1:
+            return (method[: -len(name) - 1], *PROTOCOL_NAMES[name])
+    raise InputError(f"method {method!r}: expected <encoder>_<protocol> with a protocol of "
+                     f"{', '.join(PROTOCOL_NAMES)}, or one of {', '.join(BASELINES)}")
 
 
 def parse_method(method: str) -> tuple[str | None, str]:
-    """``jepa_finetune`` -> ("jepa", "finetune"); ``fc_svm`` -> (None, "fc_svm")."""
-    if method in BASELINES:
-        return None, method
-    for protocol in PROTOCOLS:
-        if method.endswith("_" + protocol) and len(method) > len(protocol) + 1:
-            return method[: -len(protocol) - 1], protocol
-    raise InputError(f"method {method!r}: expected <encoder>_<protocol> with a protocol of {', '.join(PROTOCOLS)}, "
-                     f"or one of {', '.join(BASELINES)}")
+    """``jepa_finetune`` -> ("jepa", "finetune"); ``jepa_closed_form_roi`` -> ("jepa", "closed_form");
+    ``fc_svm`` -> (None, "fc_svm")."""
+    return parse_method_readout(method)[:2]
 
 
 def _seed_everything(seed: int, with_torch: bool) -> None:
@@ -85,9 +108,11 @@ def _class_weight(w: TaskWindows, cfg: ProtocolConfig) -> np.ndarray | None:
 
 def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: ProtocolConfig, seed: int,
                    class_weight: np.ndarray | None = None, encoder=None, name: str = ""):
-    """Fine-tune (inputs: windows) or train a probe (inputs: features) through :func:`.loop.fit`.
+    """Fine-tune (inputs: windows; LP-FT with ``finetune.head_init: probe``: :func:`.finetune.probe_head`) through
+    :func:`.loop.fit`, or fit a probe (inputs: features) through :func:`.loop.fit_probe`; both select on the
+    task's metric over the validation subjects.
 
-    Returns (test predictions per window, selection info)."""
+    Returns (predictions per window of val and test, selection info)."""
     import torch
 
     from brainjepa.evaluate import loop
@@ -95,52 +120,55 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
 
     dist_info, device = setup_distributed(cfg.device)
     x = torch.from_numpy(np.ascontiguousarray(inputs))
-    if protocol == "finetune":
-        from brainjepa.evaluate.finetune import build_finetune
-
-        x = x.unsqueeze(1)
-        section = cfg.finetune
-        model, optimizer, lr = build_finetune(encoder, w.n_outputs, section, dist_info.world_size)
-    elif protocol == "linprobe":
-        from brainjepa.models.heads import LinearProbe
-
-        section = cfg.linprobe
-        model = LinearProbe(x.shape[-1], w.n_outputs)
-        lr = section.base_lr * section.batch_size * dist_info.world_size / 256
-        optimizer = loop.LARS(model.parameters(), lr=lr, weight_decay=section.weight_decay)
-    else:
-        from brainjepa.models.heads import AttentiveProbe
-        from brainjepa.train.pretrain import param_groups
-
-        section = cfg.attentive
-        x = x.float()
-        model = AttentiveProbe(x.shape[-1], w.n_outputs, section.num_heads)
-        lr = section.base_lr * section.batch_size * dist_info.world_size / 256
-        groups = param_groups([model])
-        groups[0]["weight_decay"] = section.weight_decay
-        optimizer = torch.optim.AdamW(groups, lr=lr)
-    model.to(device)
-    train_module = model
-    if dist_info.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
     target = torch.from_numpy(w.target)
     tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
+
+    def wrap(model):
+        if dist_info.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if protocol != "finetune":
+        section = cfg.linprobe if protocol == "linprobe" else cfg.attentive
+        fitted = loop.fit_probe(protocol, section, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]),
+                                w.task.kind, w.n_outputs, seed=seed, device=device, autocast=autocast,
+                                rank=dist_info.rank, world_size=dist_info.world_size, wrap=wrap, name=name,
+                                class_weight=class_weight)
+        x = x.float()
+        predictions = {s: loop.predict(fitted.model, x[m], w.task.kind, device, 64, autocast)
+                       for s, m in (("val", va), ("test", te))}
+        return predictions, fitted.info
+    from brainjepa.evaluate.finetune import build_finetune, probe_head
+
+    x = x.unsqueeze(1)
+    section = cfg.finetune
+    model, optimizer, lr = build_finetune(encoder, w.n_outputs, section, dist_info.world_size)
+    model.to(device)
+    probe_info = None
+    if section.head_init == "probe":   # before the DDP wrapper, which broadcasts rank 0's state
+        probe_info = probe_head(model, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]), w.task.kind,
+                                w.n_outputs, cfg.linprobe, seed=seed, device=device, autocast=autocast,
+                                rank=dist_info.rank, name=name, class_weight=class_weight)
     sample = None
-    if protocol == "finetune" and section.temporal_jitter:
+    if section.temporal_jitter:
         train_index = np.flatnonzero(tr)
         sample = lambda batch, epoch: w.jittered(train_index[batch], seed, epoch)  # noqa: E731
     result = loop.fit(model, optimizer, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]), w.task.kind,
                       epochs=section.epochs, warmup_epochs=section.warmup_epochs, batch_size=section.batch_size,
                       lr=lr, min_lr=section.min_lr, seed=seed, device=device,
                       autocast=autocast, rank=dist_info.rank,
-                      world_size=dist_info.world_size, train_module=train_module, name=name,
-                      class_weight=class_weight, sample=sample)
+                      world_size=dist_info.world_size, train_module=wrap(model), name=name,
+                      class_weight=class_weight, sample=sample, min_steps=section.min_steps)
     predictions = {s: loop.predict(model, x[m], w.task.kind, device, 64, autocast)
                    for s, m in (("val", va), ("test", te))}
-    info = {"epoch": result.selected_epoch, "history": result.history, "lr": lr}
+    info = {"epoch": result.selected_epoch, "metric": result.metric,
+            "score": result.score if np.isfinite(result.score) else None, "history": result.history, "lr": lr,
+            "head_init": section.head_init}
+    if probe_info is not None:
+        info["probe"] = {k: v for k, v in probe_info.items() if k != "history"}
     return predictions, info
 
 
@@ -180,8 +208,10 @@ def _subject_rows(w: TaskWindows, split: str, pred: np.ndarray) -> tuple[np.ndar
 
 def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path, out: str | Path,
                    protocols: ProtocolConfig | None = None, encoder_spec: dict | None = None,
-                   features: list[str | Path] | None = None) -> dict:
+                   features: list[str | Path] | None = None, resampling: Resampling | None = None) -> dict:
     """Evaluate one (task, method, seed) on the shards' windows and write its JSON (rank 0); returns the record.
+    ``resampling``: the subject-level splits of the frozen protocols and the FC baselines (default: the fixed
+    split; fine-tuning always uses it).
 
     torch is imported only by the gradient-trained protocols (closed-form and FC jobs start seconds sooner)."""
     from brainjepa.data.shards import load_manifest
@@ -192,20 +222,22 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
     manifests = split_manifests(shards)
     window = int(load_manifest(manifests["train"])["window"])
     w = load_task(task, manifests, window, with_data=protocol in ("finetune", "fc_linear", "fc_svm"))
-    record = evaluate_windows(w, method, seed, cfg, encoder_spec, features)
+    record = evaluate_windows(w, method, seed, cfg, encoder_spec, features, resampling)
     if protocol not in TORCH_PROTOCOLS or _rank() == 0:
         write_text_atomic(out, json.dumps(record, indent=1, default=_plain) + "\n")
     return record
 
 
 def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: ProtocolConfig | None = None,
-                     encoder_spec: dict | None = None, features: list[str | Path] | None = None) -> dict:
+                     encoder_spec: dict | None = None, features: list[str | Path] | None = None,
+                     resampling: Resampling | None = None) -> dict:
     """Evaluate one (task, method, seed) on loaded task windows ``w`` (:func:`.tasks.load_task`; with their
     data for fine-tuning and the FC baselines); returns the JSON record (module docstring). The windows may
     come from elsewhere than the shards (``bench/finetune_positive_control.py`` plants effects into them)."""
     cfg = protocols or ProtocolConfig()
+    resampling = resampling or Resampling()
     task = w.task
-    encoder_name, protocol = parse_method(method)
+    encoder_name, protocol, readout = parse_method_readout(method)
     uses_torch = protocol in TORCH_PROTOCOLS
     if uses_torch and cfg.threads:
         import torch
@@ -216,7 +248,6 @@ def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: Protocol
     if protocol in ("finetune", "fc_linear", "fc_svm") and w.data is None:
         raise InputError(f"{name}: {protocol} needs the task's windows (load_task with_data=True)")
     _seed_everything(seed, uses_torch)
-    weight = _class_weight(w, cfg)
     t0 = time.perf_counter()
     source = None
     if protocol == "finetune":
@@ -225,43 +256,106 @@ def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: Protocol
         if encoder_spec is None:
             raise InputError(f"{name}: fine-tuning needs an encoder spec")
         encoder, source = load_encoder(encoder_spec, w.roi_names, window, seed=seed, drop_path=cfg.finetune.drop_path)
-        predictions, info = _gradient_head(protocol, w, w.data, cfg, seed, weight, encoder, name)
-    elif protocol in ("linprobe", "attentive", "closed_form"):
+
+        def fit(view: TaskWindows, weight: np.ndarray | None):
+            return _gradient_head(protocol, view, view.data, cfg, seed, weight, encoder, name)
+    elif protocol in FROZEN:
         if not features:
             raise InputError(f"{name}: {protocol} needs the encoder's feature cache(s)")
-        cached = _features_for(w, list(features))
-        inputs = cached["roi_tokens"] if protocol == "attentive" else cached["pooled"]
-        from brainjepa.evaluate.features import read_features
+        from brainjepa.evaluate.features import read_features, readout_features
 
+        cached = _features_for(w, list(features))
+        if protocol == "attentive":
+            inputs = cached["roi_tokens"]
+        else:
+            inputs = readout_features(cached["pooled"], cached["roi_tokens"], readout)
         meta = read_features(features[0])["meta"]
         source, window = meta["source"], meta.get("window", window)
-        if protocol == "closed_form":
-            predictions, info = _closed_form(protocol, w, inputs.astype(np.float64), cfg, seed, weight)
-        else:
-            predictions, info = _gradient_head(protocol, w, inputs, cfg, seed, weight, name=name)
+
+        def fit(view: TaskWindows, weight: np.ndarray | None):
+            if protocol == "closed_form":
+                return _closed_form(protocol, view, inputs.astype(np.float64), cfg, seed, weight)
+            return _gradient_head(protocol, view, inputs, cfg, seed, weight, name=name)
     else:
         from brainjepa.evaluate.baselines import fc_features
 
-        predictions, info = _closed_form(protocol, w, fc_features(w.data), cfg, seed, weight)
+        fc = fc_features(w.data)
+
+        def fit(view: TaskWindows, weight: np.ndarray | None):
+            return _closed_form(protocol, view, fc, cfg, seed, weight)
     record = {"task": task.name, "kind": task.kind, "label": task.label, "cohorts": list(task.cohorts),
-              "method": method, "encoder": encoder_name, "protocol": protocol, "seed": seed, "source": source,
-              "n_subjects": w.counts(), "n_windows": {s: int(w.mask(s).sum()) for s in ("train", "val", "test")},
-              "window": window}
+              "test_cohorts": list(task.test_cohorts), "method": method, "encoder": encoder_name,
+              "protocol": protocol, "readout": readout, "seed": seed, "source": source, "window": window}
     if task.kind == "regression":
         record["target"] = {"mean": w.mean, "std": w.std}
     else:
         record["classes"] = w.classes
-        record["class_weight"] = None if weight is None else [float(v) for v in weight]
-    for split in ("val", "test"):
-        truth, pred, rows = _subject_rows(w, split, predictions[split])
-        record[split] = task_metrics(task.kind, truth, pred, w.std)
-        if split == "test":
-            record["predictions"] = rows
-    record["selected"] = info
+    if protocol == "finetune" or resampling.scheme == "fixed":
+        weight = _class_weight(w, cfg)
+        predictions, info = fit(w, weight)
+        record["n_subjects"] = w.counts()
+        record["n_windows"] = {s: int(w.mask(s).sum()) for s in ("train", "val", "test")}
+        if task.kind != "regression":
+            record["class_weight"] = None if weight is None else [float(v) for v in weight]
+        (val_truth, val_pred, _), (test_truth, test_pred, rows) = (_subject_rows(w, s, predictions[s])
+                                                                   for s in ("val", "test"))
+        record["val"], record["test"], threshold = split_metrics(task.kind, (val_truth, val_pred),
+                                                                 (test_truth, test_pred), w.std)
+        record["predictions"] = rows
+        record["selected"] = {**info, "threshold": threshold} if task.kind == "binary" else info
+    else:
+        record.update(_resampled(w, fit, cfg, resampling))
     record["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("%s: test %s (%.1f s)", name, ", ".join(f"{k} {v:.3f}" for k, v in record["test"].items()),
              record["seconds"])
     return record
+
+
+def _resampled(w: TaskWindows, fit, cfg: ProtocolConfig, resampling: Resampling) -> dict:
+    """Fit and test on every split of ``resampling`` (:func:`.tasks.resample_splits`): per split its subjects,
+    validation and test metrics and selection (``splits``; a binary task's threshold chosen on the split's
+    validation subjects); ``val`` the mean of the splits' validation metrics; ``test`` the metrics of each subject's
+    test predictions averaged over the splits that test it (in original units for a regression, probabilities for
+    a classification; a binary task decides at the median of the splits' thresholds) and ``predictions`` those
+    averages, one row per subject; ``n_subjects``: the mean training and validation subjects per split and the
+    subjects tested."""
+    from brainjepa.evaluate.tasks import resample_splits
+
+    total: dict[str, np.ndarray] = {}
+    seen: dict[str, int] = {}
+    per_split, counts = [], []
+    for split_name, split in resample_splits(w, resampling):
+        view = w.resplit(split)
+        predictions, info = fit(view, _class_weight(view, cfg))
+        (val_truth, val_pred, _), (test_truth, test_pred, _) = (_subject_rows(view, s, predictions[s])
+                                                                for s in ("val", "test"))
+        val, test, threshold = split_metrics(w.task.kind, (val_truth, val_pred), (test_truth, test_pred), view.std)
+        entry = {"split": split_name, "n_subjects": view.counts(), "val": val, "test": test,
+                 "selected": {**info, "threshold": threshold} if w.task.kind == "binary" else info}
+        subjects, _ = subject_mean(view.subject[view.mask("test")], predictions["test"])
+        original = test_pred * view.std + view.mean if w.task.kind == "regression" else test_pred
+        for subject, value in zip(subjects, original):
+            total[subject] = total.get(subject, 0) + value
+            seen[subject] = seen.get(subject, 0) + 1
+        per_split.append(entry)
+        counts.append(entry["n_subjects"])
+    tested = np.isin(w.subject, list(total))
+    oof = dataclasses.replace(w, split=np.where(tested, "test", ""))   # on the task's own scale, every method
+    average = np.stack([total[s] / seen[s] for s in w.subject[tested]])
+    if w.task.kind == "regression":
+        average = (average - w.mean) / w.std
+    truth, pred, rows = _subject_rows(oof, "test", average)
+    val = {k: float(np.nanmean([e["val"][k] for e in per_split])) for k in per_split[0]["val"]}
+    selected = {"splits": len(per_split)}
+    threshold = None
+    if w.task.kind == "binary":   # each split's threshold was chosen on its validation subjects only
+        threshold = float(np.median([e["selected"]["threshold"] for e in per_split]))
+        selected["threshold"] = threshold
+    return {"resampling": dataclasses.asdict(resampling), "splits": per_split, "val": val,
+            "test": task_metrics(w.task.kind, truth, pred, w.std, threshold), "predictions": rows,
+            "n_subjects": {"train": round(float(np.mean([c["train"] for c in counts])), 1),
+                           "val": round(float(np.mean([c["val"] for c in counts])), 1), "test": len(total)},
+            "selected": selected}
 
 
 def _rank() -> int:

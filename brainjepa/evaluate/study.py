@@ -36,7 +36,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,11 +44,10 @@ import pandas as pd
 from brainjepa.config import from_mapping
 from brainjepa.errors import InputError
 from brainjepa.evaluate.crossval import Protocol
+from brainjepa.evaluate.features import READOUTS, Readout, readout_features
 
 log = logging.getLogger("brainjepa.study")
 
-Readout = Literal["mean", "roi", "cross_roi"]
-READOUTS = ("mean", "roi", "cross_roi")
 FC = "fc"                                           # the input's cross-ROI readout: the reference row
 PAIRED_METRICS = {"regression": ("r",), "binary": ("balanced_accuracy", "auroc"),
                   "multiclass": ("balanced_accuracy",)}
@@ -422,21 +421,6 @@ def encoder_digest(encoder) -> str:
         digest.update(f"{name}|{array.dtype}|{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
-
-
-def readout_features(pooled: np.ndarray, roi_tokens: np.ndarray, readout: str) -> np.ndarray:
-    """A readout of extracted features (:func:`brainjepa.evaluate.features.extract`): pooled [N, D], roi_tokens
-    [N, R, D] -> ``mean`` [N, D], ``roi`` [N, R D] or ``cross_roi`` [N, R (R - 1) / 2] (the Fisher-z correlation
-    between ROIs of their embeddings, over the feature dimension)."""
-    from brainjepa.evaluate.baselines import fc_features
-
-    if readout == "mean":
-        return np.asarray(pooled, dtype=np.float32)
-    if readout == "roi":
-        return np.asarray(roi_tokens, dtype=np.float32).reshape(len(roi_tokens), -1)
-    if readout == "cross_roi":
-        return fc_features(np.asarray(roi_tokens, dtype=np.float32))
-    raise InputError(f"unknown readout {readout!r}; allowed: {', '.join(READOUTS)}")
 
 
 def entry_key(task: TaskData, readout: str, n: int | str | None) -> str:

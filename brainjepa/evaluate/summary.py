@@ -146,10 +146,34 @@ def capability_tables(records: list[dict], n_boot: int = 1000) -> tuple[dict[str
     return tables, section
 
 
-def task_tables(records: list[dict], n_boot: int = 1000) -> dict[str, str]:
-    """Markdown per task (and ``summary``): rows methods, columns metrics: mean (std) [95 % interval]."""
+def _over_splits(runs: list[dict], metric: str) -> str:
+    """A resampled method's test metric over its splits (every seed's): mean [2.5th, 97.5th percentile]; "-" for
+    a method on the fixed split."""
+    values = [e["test"].get(metric, np.nan) for r in runs for e in r.get("splits", [])]
+    values = np.array([v for v in values if v is not None], dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return "-"
+    scale, digits = (100.0, 1) if metric in PERCENT else (1.0, 3)
+    lo, hi = np.percentile(values * scale, [2.5, 97.5])
+    return f"{values.mean() * scale:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] ({len(values)})"
+
+
+def _scheme(run: dict) -> str:
+    spec = run.get("resampling")
+    if not spec:
+        return "fixed"
+    if spec["scheme"] == "kfold":
+        return f"{spec['folds']}-fold x {spec['repeats']}"
+    return f"{spec['splits']} random"
+
+
+def task_tables(records: list[dict], n_boot: int = 1000, paired: pd.DataFrame | None = None) -> dict[str, str]:
+    """Markdown per task (and ``summary``): rows methods, columns metrics: mean (std) [95 % interval]; then the
+    task's paired differences (``paired``: :func:`paired_table`)."""
     capability = [r for r in records if r["kind"] in KINDS]
     records = [r for r in records if r["kind"] not in KINDS]
+    sections = paired_markdown(paired) if paired is not None and len(paired) else {}
     by_task: dict[str, dict[str, list[dict]]] = {}
     for r in records:
         by_task.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
@@ -159,33 +183,171 @@ def task_tables(records: list[dict], n_boot: int = 1000) -> dict[str, str]:
         kind = "regression" if any_run["kind"] == "regression" else "classification"
         names = REGRESSION if kind == "regression" else CLASSIFICATION
         n = any_run["n_subjects"]
-        lines = [f"# {task}: {any_run['label']} ({any_run['kind']}; cohorts {', '.join(any_run['cohorts'])}; "
-                 f"subjects train/val/test {n['train']}/{n['val']}/{n['test']})", "",
+        external = any_run.get("test_cohorts") or []
+        where = f"cohorts {', '.join(any_run['cohorts'])}" + (f", tested on {', '.join(external)}" if external else "")
+        primary = "r" if kind == "regression" else ("auroc" if any_run["kind"] == "binary" else "balanced_accuracy")
+        lines = [f"# {task}: {any_run['label']} ({any_run['kind']}; {where}; fixed split's subjects "
+                 f"train/val/test {n['train']}/{n['val']}/{n['test']})", "",
                  "Test metrics over subjects: mean (std) over seeds, [95 % bootstrap interval over test subjects "
-                 "of the seed mean].", "",
-                 "| method | seeds | " + " | ".join(LABELS[m] for m in names) + " |",
-                 "|---|---|" + "---|" * len(names)]
+                 "of the seed mean]. A resampled method (splits: k-fold x repeats or random splits) is scored on "
+                 "each subject's test prediction averaged over the splits that test it; its last column gives "
+                 f"{LABELS[primary]} over the splits: mean [2.5th, 97.5th percentile] (number of splits x seeds). "
+                 "A random encoder's seeds are its initialisations.", "",
+                 "| method | seeds | splits | " + " | ".join(LABELS[m] for m in names) + f" | {LABELS[primary]} "
+                 "over splits |", "|---|---|---|" + "---|" * len(names) + "---|"]
         for method, runs in sorted(methods.items()):
             runs = sorted(runs, key=lambda r: r["seed"])
             kind_, truth, preds, scale = _truth_and_preds(runs)
-            intervals = bootstrap_seed_mean(kind_, truth, preds, scale, n_boot=n_boot)
+            thresholds = [r.get("selected", {}).get("threshold") if isinstance(r.get("selected"), dict) else None
+                          for r in runs]
+            intervals = bootstrap_seed_mean(kind_, truth, preds, scale, n_boot=n_boot, thresholds=thresholds)
             cells = [_cell([r["test"][m] for r in runs], intervals.get(m), m) for m in names]
-            lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method} | {len(runs)} | {_scheme(runs[0])} | " + " | ".join(cells)
+                         + f" | {_over_splits(runs, primary)} |")
             main = PAPER_COLUMNS[kind][:2]
             summary.append((task, kind, method, len(runs),
                             " / ".join(_cell([r["test"][m] for r in runs], None, m) for m in main),
                             _cell([r["test"][PAPER_COLUMNS[kind][2]] for r in runs],
                                   intervals.get(PAPER_COLUMNS[kind][2]), PAPER_COLUMNS[kind][2])))
-        tables[task] = "\n".join(lines) + "\n"
+        tables[task] = "\n".join(lines + sections.get(task, [])) + "\n"
     lines = ["# Downstream results (paper style)", "",
              "Regression: MSE (z-scored target) / r, and MAE in original units; classification: ACC / F1 (%), "
              "and balanced accuracy (%). Mean (std) over seeds; [95 % bootstrap interval over test subjects].", "",
              "| task | method | seeds | MSE / r or ACC / F1 | MAE or BACC |", "|---|---|---|---|---|"]
     lines += [f"| {t} | {m} | {s} | {a} | {b} |" for t, _, m, s, a, b in summary]
+    if paired is not None and len(paired):
+        lines += _paired_summary(paired)
     cap_tables, section = capability_tables(capability, n_boot)
     tables.update(cap_tables)
     tables["summary"] = "\n".join(lines + section) + "\n"
     return tables
+
+
+def _paired_summary(paired: pd.DataFrame) -> list[str]:
+    """The summary's section: per task and pretrained method, its primary metric's difference from the random
+    encoder (worst seed) and from each FC baseline, and whether it beats them."""
+    lines = ["", "## Does pretraining help? Paired differences on the same test subjects", "",
+             "Pretrained minus random init (the worst of its initialisations) and minus the FC baselines, on the "
+             "task's first paired metric: difference [95 % paired bootstrap interval]; **beats**: every interval "
+             "excludes zero (tables/<task>.md and tables/paired.tsv have every row).", "",
+             "| task | method | metric | vs random init | vs FC |", "|---|---|---|---|---|"]
+    for (task, method), rows in paired.groupby(["task", "method"], sort=True):
+        metric = rows["metric"].iloc[0]
+        rows = rows[rows["metric"] == metric]
+        cells = []
+        for random in (True, False):
+            part = rows[rows["versus_seed"].notna() == random] if random else rows[rows["versus_seed"].isna()]
+            if not len(part):
+                cells.append("-")
+                continue
+            worst = part.loc[part["delta"].idxmin()]
+            text = f"{worst['delta']:+.3f} [{worst['ci_low']:+.3f}, {worst['ci_high']:+.3f}]"
+            if not random:
+                text += f" ({worst['versus']})"
+            cells.append(f"**{text} beats**" if part["beats"].all() else text)
+        lines.append(f"| {task} | {method} | {LABELS.get(metric, metric)} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- paired differences
+PAIRED_METRICS = {"regression": ("r",), "binary": ("auroc", "balanced_accuracy"), "multiclass": ("balanced_accuracy",)}
+PAIRED_COLUMNS = ("task", "method", "versus", "versus_seed", "metric", "n_subjects", "delta", "ci_low", "ci_high", "p",
+                  "beats")
+
+
+def encoder_role(record: dict) -> str:
+    """``fc`` (a connectivity baseline), ``random`` (an untrained encoder) or ``pretrained`` (a checkpoint)."""
+    if record.get("encoder") is None:
+        return "fc"
+    source = record.get("source") or {}
+    return "random" if isinstance(source, dict) and source.get("kind") == "random" else "pretrained"
+
+
+def protocol_name(record: dict) -> str:
+    """The method less its encoder: ``jepa_closed_form_roi`` -> ``closed_form_roi``."""
+    return record["method"][len(record["encoder"]) + 1:] if record.get("encoder") else record["method"]
+
+
+def _threshold(runs: list[dict]) -> float | None:
+    """The decision threshold of a seed mean: the median of the seeds' (each chosen on validation), or None."""
+    values = [r.get("selected", {}).get("threshold") for r in runs if isinstance(r.get("selected"), dict)]
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def _aligned(runs: list[dict], other: list[dict]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The seed-mean predictions of ``runs`` and ``other`` on the subjects both predict (sorted): (kind, truth,
+    pred_a, pred_b, scale); regression in z units of the first run's target."""
+    kind, truth_a, preds_a, scale = _truth_and_preds(runs)
+    _, _, preds_b, _ = _truth_and_preds(other)
+    names_a = [p["subject"] for p in runs[0]["predictions"]]
+    names_b = [p["subject"] for p in other[0]["predictions"]]
+    if kind == "regression":   # b on a's scale: back to original units, then a's z
+        tb, ta = other[0]["target"], runs[0]["target"]
+        preds_b = [(p * tb["std"] + tb["mean"] - ta["mean"]) / ta["std"] for p in preds_b]
+    common = sorted(set(names_a) & set(names_b))
+    ia = np.array([names_a.index(s) for s in common], dtype=int)
+    ib = np.array([names_b.index(s) for s in common], dtype=int)
+    mean_a = np.mean([p[ia] for p in preds_a], axis=0)
+    mean_b = np.mean([p[ib] for p in preds_b], axis=0)
+    return runs[0]["kind"], truth_a[ia], mean_a, mean_b, scale
+
+
+def paired_table(records: list[dict], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Paired differences on the same test subjects (PAIRED_COLUMNS): every pretrained method (its seeds'
+    mean prediction) minus each seed of the random encoder with the same protocol (a random encoder's seed is
+    its initialisation in the frozen protocols) and minus each FC baseline (its seed mean), per metric of
+    :data:`PAIRED_METRICS`: the observed difference, its 95 % paired-bootstrap interval over subjects and the share
+    of resamples where the pretrained method is not better (:func:`brainjepa.evaluate.crossval.paired_bootstrap`),
+    and whether the interval excludes zero on its good side."""
+    from brainjepa.evaluate.crossval import beats, paired_bootstrap
+
+    rows = []
+    by_task: dict[str, dict[str, list[dict]]] = {}
+    for r in records:
+        if r["kind"] not in KINDS:
+            by_task.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
+    for task, methods in sorted(by_task.items()):
+        runs = {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in methods.items()}
+        for method, mine in sorted(runs.items()):
+            if encoder_role(mine[0]) != "pretrained":
+                continue
+            versus = [(other, [run]) for other, theirs in sorted(runs.items())
+                      if encoder_role(theirs[0]) == "random" and protocol_name(theirs[0]) == protocol_name(mine[0])
+                      for run in theirs]
+            versus += [(other, theirs) for other, theirs in sorted(runs.items()) if encoder_role(theirs[0]) == "fc"]
+            for other, theirs in versus:
+                kind, truth, a, b, scale = _aligned(mine, theirs)
+                for metric in PAIRED_METRICS[kind]:
+                    result = paired_bootstrap(kind, truth, a, b, metric, n_boot=n_boot, seed=seed, scale=scale,
+                                              thresholds=(_threshold(mine), _threshold(theirs)))
+                    rows.append({"task": task, "method": method, "versus": other,
+                                 "versus_seed": theirs[0]["seed"] if len(theirs) == 1 else None, "metric": metric,
+                                 "n_subjects": len(truth), **result, "beats": beats(result, metric)})
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
+
+
+def paired_markdown(paired: pd.DataFrame) -> dict[str, list[str]]:
+    """Per task, the lines of its paired-differences section: against the random encoder, the worst difference
+    over its seeds with that seed's interval and how many seeds the pretrained method beats; against each FC
+    baseline, the difference and its interval."""
+    out: dict[str, list[str]] = {}
+    for task, rows in paired.groupby("task", sort=True):
+        lines = ["", "## Paired differences on the same test subjects", "",
+                 "Pretrained minus random init (each initialisation; the worst shown) and minus each FC baseline: "
+                 "difference of the metric [95 % paired bootstrap interval over subjects]; **beats**: the interval "
+                 "excludes zero.", "", "| method | versus | metric | subjects | difference | beats |",
+                 "|---|---|---|---|---|---|"]
+        for (method, versus, metric), group in rows.groupby(["method", "versus", "metric"], sort=True):
+            worst = group.loc[group["delta"].idxmin()]
+            text = f"{worst['delta']:+.3f} [{worst['ci_low']:+.3f}, {worst['ci_high']:+.3f}]"
+            if len(group) > 1:
+                text += f" (worst of {len(group)} seeds, seed {int(worst['versus_seed'])})"
+            won = f"{int(group['beats'].sum())}/{len(group)}"
+            lines.append(f"| {method} | {versus} | {LABELS.get(metric, metric)} | {int(worst['n_subjects'])} | "
+                         f"{text} | {'**' + won + '**' if group['beats'].all() else won} |")
+        out[str(task)] = lines
+    return out
 
 
 def run_summary(results: list[str | Path], out_tsv: str | Path, tables_dir: str | Path, n_boot: int = 1000) -> None:
@@ -196,5 +358,7 @@ def run_summary(results: list[str | Path], out_tsv: str | Path, tables_dir: str 
     if not records:
         raise InputError("no evaluation results to aggregate")
     write_tsv_atomic(metrics_table(records), out_tsv)
-    for name, text in task_tables(records, n_boot).items():
+    paired = paired_table(records, n_boot)
+    write_tsv_atomic(paired, Path(tables_dir) / "paired.tsv")
+    for name, text in task_tables(records, n_boot, paired).items():
         write_text_atomic(Path(tables_dir) / f"{name}.md", text)

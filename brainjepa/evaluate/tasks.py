@@ -12,6 +12,17 @@ sample with the subject's label; a subject's prediction is the mean over all its
 Targets: regression labels are z-scored with the mean and std of the *training subjects* (one value per
 subject, not per window); metrics are also given in original units. Binary tasks map ``positive`` (default
 1) to class 1 and the other value to 0; multi-class tasks number the sorted values of the training subjects.
+
+External test cohorts (``test_cohorts``): the task trains and selects on the subjects of ``cohorts`` (their
+train and val splits) and tests on every labelled subject of ``test_cohorts`` (all of their train/val/test
+subjects, which pretraining never saw); the training cohorts' own test split is not used.
+
+Repeated subject-level splits (:class:`Resampling`, :func:`resample_splits`): instead of the workflow's one split,
+``kfold`` (``folds`` x ``repeats``: every subject tested once per repeat) or ``random`` (``splits`` random
+train/test splits of ``test_fraction``), stratified by class for classification; in each, a ``val_fraction`` of
+the training subjects (by a stable hash of the subject and the split, each class in proportion) is the
+validation that selects. With external test cohorts, the resampling draws training and validation subjects of
+the training cohorts (a k-fold's held-out fold is its validation) and every split tests the external cohorts.
 """
 
 from __future__ import annotations
@@ -38,13 +49,55 @@ class TaskConfig:
     kind: Kind
     positive: str | None = None               # binary: the label value that is class 1 (default "1")
     include: dict[str, list] = field(default_factory=dict)   # label -> allowed values
+    test_cohorts: tuple[str, ...] = ()        # external test cohorts (module docstring)
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> TaskConfig:
         task = from_mapping(cls, {"name": name, **d}, f"evaluate.tasks.{name}")
         if not task.cohorts:
             raise InputError(f"evaluate.tasks.{name}: cohorts must list at least one cohort")
+        both = sorted(set(task.cohorts) & set(task.test_cohorts))
+        if both:
+            raise InputError(f"evaluate.tasks.{name}: cohort(s) {both} are in both cohorts and test_cohorts")
         return task
+
+    @property
+    def all_cohorts(self) -> tuple[str, ...]:
+        """The training cohorts, then the external test cohorts."""
+        return (*self.cohorts, *self.test_cohorts)
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """How the frozen protocols and the FC baselines split a task's subjects (config ``evaluate.resampling``):
+    ``fixed`` (the workflow's train/val/test split), ``kfold`` (``folds`` x ``repeats``) or ``random``
+    (``splits`` random splits with ``test_fraction`` of the subjects tested); ``val_fraction`` of each split's
+    training subjects select (module docstring). Brainmarks (MedARC, arXiv 2510.13768) uses 10 random
+    subject-level splits: ``{scheme: random, splits: 10}``."""
+
+    scheme: Literal["fixed", "kfold", "random"] = "fixed"
+    folds: int = 5
+    repeats: int = 2
+    splits: int = 10
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name, least in (("folds", 2), ("repeats", 1), ("splits", 1)):
+            if getattr(self, name) < least:
+                raise InputError(f"evaluate.resampling.{name} must be at least {least}, got {getattr(self, name)}")
+        for name in ("test_fraction", "val_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise InputError(f"evaluate.resampling.{name} must be in (0, 1), got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Resampling:
+        return from_mapping(cls, d or {}, "evaluate.resampling")
+
+    @property
+    def count(self) -> int:
+        """Splits per evaluation: 1 (fixed), folds x repeats (kfold) or splits (random)."""
+        return {"fixed": 1, "kfold": self.folds * self.repeats, "random": self.splits}[self.scheme]
 
 
 @dataclass
@@ -87,6 +140,22 @@ class TaskWindows:
     def mask(self, split: str) -> np.ndarray:
         return self.split == split
 
+    def resplit(self, split: np.ndarray) -> TaskWindows:
+        """A view with other per-window splits ``split`` [N] (train / val / test, or "" for windows left out):
+        a regression's targets z-scored again with its training subjects; the classes and their indices kept
+        (a class without a training subject in one split is predicted with probability 0 there)."""
+        import dataclasses
+
+        out = dataclasses.replace(self, split=np.asarray(split))
+        if self.task.kind == "regression":
+            train = out.split == "train"
+            values = self.target * self.std + self.mean
+            per_subject = pd.Series(values[train]).groupby(self.subject[train]).first()
+            out.mean = float(per_subject.mean())
+            out.std = float(per_subject.std(ddof=0)) or 1.0
+            out.target = (values - out.mean) / out.std
+        return out
+
     @property
     def n_outputs(self) -> int:
         return 1 if self.task.kind == "regression" else len(self.classes)
@@ -105,12 +174,24 @@ def value_text(value) -> str:
 
 def task_subjects(task: TaskConfig, rows: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``rows`` (runs or subjects, with columns cohort, the task's label and its ``include`` labels) that
-    count for the task: of its cohorts, allowed by ``include``, with a label."""
-    rows = rows[rows["cohort"].isin(task.cohorts)]
+    count for the task: of its cohorts (and test cohorts), allowed by ``include``, with a label."""
+    rows = rows[rows["cohort"].isin(task.all_cohorts)]
     for column, allowed in task.include.items():
         keep = {value_text(v) for v in allowed}
         rows = rows[[pd.notna(v) and value_text(v) in keep for v in rows[column]]]
     return rows[rows[task.label].notna()]
+
+
+def task_splits(task: TaskConfig, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (with cohort and split columns) with the task's view of the splits: without external test
+    cohorts unchanged; with them, every row of a test cohort is ``test`` and the training cohorts' test rows are
+    left out (module docstring)."""
+    if not task.test_cohorts:
+        return rows
+    external = rows["cohort"].isin(task.test_cohorts)
+    rows = rows[external | (rows["split"] != "test")].copy()
+    rows.loc[rows["cohort"].isin(task.test_cohorts), "split"] = "test"
+    return rows
 
 
 def task_split_problems(task: TaskConfig, subjects: pd.DataFrame) -> list[str]:
@@ -124,10 +205,12 @@ def task_split_problems(task: TaskConfig, subjects: pd.DataFrame) -> list[str]:
     :func:`load_task` the task's windows, so a problem knowable from the sheets stops the run before any job."""
     if task.label not in subjects.columns:
         return [f"task {task.name}: no label column '{task.label}'"]
-    rows = task_subjects(task, subjects).drop_duplicates(["cohort", "subject"])
+    rows = task_splits(task, task_subjects(task, subjects).drop_duplicates(["cohort", "subject"]))
     counts = {s: int((rows["split"] == s).sum()) for s in SPLITS}
     where = f"labelled subjects of cohort(s) {', '.join(task.cohorts)}: " + ", ".join(
         f"{s} {n}" for s, n in counts.items())
+    if task.test_cohorts:
+        where += f" (test: every subject of test cohort(s) {', '.join(task.test_cohorts)})"
     problems = [f"task {task.name}: no labelled subject in split '{s}' ({where})" for s, n in counts.items() if n == 0]
     if task.kind == "regression" or problems:
         return problems
@@ -271,8 +354,8 @@ def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, w
             raise InputError(f"{manifests[split]}: shards lack label column(s) {absent} of task {task.name} "
                              f"(add them to the workflow config's labels)")
         rows.append(task_subjects(task, frame))
-    table = pd.concat(rows, ignore_index=True)
-    unknown = sorted(set(task.cohorts) - set(table["cohort"]))
+    table = task_splits(task, pd.concat(rows, ignore_index=True)).reset_index(drop=True)
+    unknown = sorted(set(task.all_cohorts) - set(table["cohort"]))
     if unknown:
         raise InputError(f"task {task.name}: cohort(s) {unknown} have no labelled subject in the "
                          f"train/val/test shards")
@@ -334,6 +417,63 @@ def _set_targets(w: TaskWindows) -> None:
             raise InputError(f"task {task.name}: value(s) {stray} of '{task.label}' have no training subject")
     lookup = {c: i for i, c in enumerate(w.classes)}
     w.target = np.array([lookup[t] for t in text], dtype=np.int64)
+
+
+def resample_splits(w: TaskWindows, cfg: Resampling) -> list[tuple[str, np.ndarray]]:
+    """The subject-level splits of :class:`Resampling` ``cfg`` (not ``fixed``) over the task's windows ``w``:
+    ``[(name, split [N])]`` with each window's split (train / val / test, "" where left out), names ``r<repeat>f<fold>``
+    (kfold) or ``s<k>`` (random). Every window of a subject is in one split; within one split no subject is in two
+    parts. The subjects of external test cohorts are always the test part (module docstring)."""
+    from brainjepa.evaluate.crossval import cv_folds, first_labelled
+
+    if cfg.scheme == "fixed":
+        raise ValueError("resample_splits: scheme 'fixed' is the task's own split")
+    external = w.split == "test" if w.task.test_cohorts else np.zeros(len(w.split), bool)
+    pool = np.unique(w.subject[~external])
+    tested = np.unique(w.subject[external])
+    first = {}
+    for subject, target in zip(w.subject, w.target):
+        first.setdefault(subject, target)
+    target = np.array([first[s] for s in pool])
+    kind = w.task.kind
+    if len(pool) < 3:
+        raise InputError(f"task {w.task.name}: {len(pool)} subject(s) to resample, at least 3 are needed")
+
+    def carve(train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) subject indices: ``val_fraction`` of ``train`` by hash, classes in proportion."""
+        n_val = min(len(train) - 1, max(1, int(round(cfg.val_fraction * len(train)))))
+        val = first_labelled(train, pool, target, kind, n_val, seed)
+        return np.setdiff1d(train, val), val
+
+    parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []   # (name, train, val, test) pool indices
+    none = np.array([], dtype=int)
+    if cfg.scheme == "kfold":
+        for repeat, folds in enumerate(cv_folds(target, kind, cfg.folds, cfg.repeats)):
+            for fold, (train, held) in enumerate(folds):
+                if len(tested):       # external test: the held-out fold selects
+                    parts.append((f"r{repeat}f{fold}", train, held, none))
+                else:
+                    tr, va = carve(train, repeat * cfg.folds + fold)
+                    parts.append((f"r{repeat}f{fold}", tr, va, held))
+    else:
+        from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+        fraction = cfg.val_fraction if len(tested) else cfg.test_fraction
+        stratify = kind != "regression" and np.bincount(target.astype(int)).min(initial=len(pool)) >= 2
+        splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(cfg.splits, test_size=fraction,
+                                                                          random_state=0)
+        for k, (train, held) in enumerate(splitter.split(np.zeros(len(pool)), target if stratify else None)):
+            if len(tested):
+                parts.append((f"s{k}", np.sort(train), np.sort(held), none))
+            else:
+                tr, va = carve(np.sort(train), k)
+                parts.append((f"s{k}", tr, va, np.sort(held)))
+    out = []
+    for name, train, val, test in parts:
+        of_subject = {pool[i]: "train" for i in train} | {pool[i]: "val" for i in val}
+        of_subject |= {pool[i]: "test" for i in test} | {s: "test" for s in tested}
+        out.append((name, np.array([of_subject.get(s, "") for s in w.subject], dtype=object)))
+    return out
 
 
 def subject_mean(subject: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -487,15 +487,13 @@ def gradients_args(wildcards, input):
 def job_layout(section, launched=True, gpus=None):
     """A job's nodes, processes and GPUs from its config section (pretrain or evaluate); one node and one process
     unless the job runs under the launcher (``launched``); ``gpus`` for a count other than the section's."""
-    cfg = config[section]
-    return launch.JobLayout(
-        section,
-        nodes=cfg["nodes"] if launched else 1,
-        processes=cfg["processes"] if launched else 1,
-        gpus=cfg["gpus"] if gpus is None else gpus,
-        cpus_per_gpu=cfg["cpus_per_gpu"],
-        threads=cfg["threads"],
-    )
+    return launch.section_layout(section, config[section], launched, gpus)
+
+
+try:  # when the workflow starts: one process per GPU in each launched section (before any job)
+    launch.check_sections(config)
+except InputError as exc:
+    raise WorkflowError(f"invalid config: {exc}")
 
 
 def gpu_job_resources(section, gpus=None, launched=False):
@@ -528,6 +526,7 @@ def get_final_outputs():
     per_run = [f for root in (PARCELLATE_ROOT, ALIGN_TR_ROOT) for batch in BATCHES for f in batch_targets(root, batch)]
     shards = [SHARDS_MANIFEST.format(split=s) for s in SPLIT_NAMES]
     pretrained = [f"{r['out_dir']}/final.pt" for r in PRETRAIN_RUNS]
+    pretrained += [f for name in MODEL_RUNS for f in model_bundle(name)]  # their bundles (rules/models.smk)
     evaluation = [METRICS, f"{TABLES}/summary.md"] if ALL_RESULTS else []
     atlas = [ATLAS_IMAGE, ATLAS_LABELS] if ATLAS_IMAGE else [ATLAS_LABELS]
     return [*atlas, *group, *shards, *pretrained, *per_run, *evaluation, *figure_outputs(), *STUDY_OUTPUTS]
@@ -551,17 +550,18 @@ def _evaluate_setup():
     """Tasks, protocol settings, encoders and the pretraining runs they need, checked when the workflow starts:
     each task has labelled subjects in train, val and test, and a classification two classes to train on."""
     from brainjepa.evaluate.config import ProtocolConfig
-    from brainjepa.evaluate.tasks import TaskConfig, task_split_problems
+    from brainjepa.evaluate.tasks import Resampling, TaskConfig, task_split_problems
 
     section = config["evaluate"]
     try:
         tasks = {name: TaskConfig.from_dict(name, spec) for name, spec in section["tasks"].items()}
         protocols = ProtocolConfig.from_dict(section["settings"])
+        Resampling.from_dict(section["resampling"])
     except InputError as exc:
         raise WorkflowError(f"invalid evaluate config: {exc}")
     cohorts = set(SAMPLES["cohort"])
     for task in tasks.values():
-        missing = sorted(set(task.cohorts) - cohorts)
+        missing = sorted(set(task.all_cohorts) - cohorts)
         if missing:
             raise WorkflowError(f"evaluate.tasks.{task.name}: cohort(s) {missing} have no runs in {config['samples']}")
         if task.label not in config["labels"]:
@@ -593,6 +593,8 @@ def _evaluate_setup():
             encoders[name] = {"checkpoint": f"{known[path]['out_dir']}/final.pt"}
         elif "official" in spec:
             encoders[name] = {"checkpoint": f"{EVALUATE_ROOT}/encoders/{name}.pt", "official": spec["official"]}
+        elif "bundle" in spec:  # a model bundle folder (brainjepa export-model; docs/models.md)
+            encoders[name] = {"bundle": os.path.normpath(spec["bundle"])}
         else:
             encoders[name] = {"random": spec["random"]}
     return tasks, protocols, encoders, runs
@@ -601,11 +603,26 @@ def _evaluate_setup():
 EVAL_TASKS, EVAL_PROTOCOLS, EVAL_ENCODERS, PRETRAIN_RUNS = _evaluate_setup()
 EVAL_METHODS = [f"{e}_{p}" for e in EVAL_ENCODERS for p in config["evaluate"]["protocols"]]
 EVAL_METHODS += list(config["evaluate"]["baselines"])
+
+
+def method_seeds(method):
+    """The seeds of an evaluation method: a random encoder's frozen protocols run evaluate.random_seeds (seed k:
+    the encoder initialised from seed k, its features and its probe), every other method evaluate.seeds."""
+    from brainjepa.evaluate.run import FROZEN, SEEDLESS, parse_method
+
+    encoder, protocol = parse_method(method)
+    if encoder is not None and "random" in EVAL_ENCODERS[encoder] and protocol in FROZEN:
+        return config["evaluate"]["random_seeds"]
+    if protocol in SEEDLESS:
+        return config["evaluate"]["seeds"][:1]
+    return config["evaluate"]["seeds"]
+
+
 EVAL_RESULTS = [
     f"{EVALUATE_ROOT}/{task}/{method}/seed{seed}.json"
     for task in EVAL_TASKS
     for method in EVAL_METHODS
-    for seed in config["evaluate"]["seeds"]
+    for seed in method_seeds(method)
 ]
 
 
@@ -699,14 +716,20 @@ def encoder_spec(name):
     entry = EVAL_ENCODERS[name]
     if "random" in entry:
         return {"kind": "random", "config": entry["random"], "gradients": GRADIENTS, "labels": ATLAS_LABELS}
+    if "bundle" in entry:
+        return {"kind": "bundle", "path": entry["bundle"]}
     return {"kind": "checkpoint", "path": entry["checkpoint"]}
 
 
 def encoder_inputs(name):
-    """What an encoder needs: its checkpoint, or (random init) its training config and the gradients."""
+    """What an encoder needs: its checkpoint, its bundle's files (what brainjepa.models.bundle.load_model reads), or
+    (random init) its training config and the gradients."""
     entry = EVAL_ENCODERS[name]
     if "random" in entry:
         return {"train_config": entry["random"], "gradients": GRADIENTS, "labels": ATLAS_LABELS}
+    if "bundle" in entry:
+        files = ("config.json", "model.safetensors", "rois.tsv", "scaling.json")
+        return {f"bundle_{f.split('.')[0]}": f"{entry['bundle']}/{f}" for f in files}
     return {"checkpoint": entry["checkpoint"]}
 
 
@@ -718,7 +741,10 @@ def features_inputs(wildcards):
     return {**eval_manifests(), **encoder_inputs(wildcards.encoder)}
 
 
-def features_path(encoder, cohort):
+def features_path(encoder, cohort, seed=None):
+    """The feature cache of an encoder on a cohort: one per initialisation (``seed``) for a random encoder."""
+    if seed is not None and "random" in EVAL_ENCODERS.get(encoder, {}):
+        return f"{EVALUATE_ROOT}/features/{encoder}/init{seed}/{cohort}.npz"
     return f"{EVALUATE_ROOT}/features/{encoder}/{cohort}.npz"
 
 
@@ -731,7 +757,7 @@ def evaluate_inputs(wildcards):
     if protocol == "finetune":
         inputs.update(encoder_inputs(encoder))
     elif encoder is not None:
-        inputs["features"] = [features_path(encoder, c) for c in EVAL_TASKS[wildcards.task].cohorts]
+        inputs["features"] = [features_path(encoder, c, wildcards.seed) for c in EVAL_TASKS[wildcards.task].all_cohorts]
     return inputs
 
 
@@ -749,6 +775,8 @@ def evaluate_args(wildcards, input):
         args += ["--encoder", quote(json.dumps(encoder_spec(encoder)))]
     elif encoder is not None:
         args += ["--features", *map(quote, input.features)]
+    if protocol != "finetune":
+        args += ["--resampling", quote(json.dumps(config["evaluate"]["resampling"]))]
     return " ".join(args)
 
 

@@ -29,6 +29,9 @@ rule features:
         features_path("{encoder}", "{cohort}"),
     log:
         f"{LOGS}/features/{{encoder}}/{{cohort}}.log",
+    wildcard_constraints:
+        encoder="[A-Za-z0-9]+",
+        cohort="[^/]+",
     conda:
         ENV
     threads: config["evaluate"]["threads"]
@@ -45,6 +48,23 @@ rule features:
     shell:
         "brainjepa features --encoder {params.encoder:q} --cohort {wildcards.cohort:q} --shards {params.shards:q}"
         " --protocols {params.protocols:q} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+
+
+# A random encoder's features per initialisation (evaluate.random_seeds): its frozen protocols' seed k reads init k.
+use rule features as features_random_init with:
+    output:
+        f"{EVALUATE_ROOT}/features/{{encoder}}/init{{seed}}/{{cohort}}.npz",
+    log:
+        f"{LOGS}/features/{{encoder}}/init{{seed}}/{{cohort}}.log",
+    wildcard_constraints:
+        encoder="[A-Za-z0-9]+",
+        seed="[0-9]+",
+        cohort="[^/]+",
+    params:
+        encoder=lambda wildcards: json.dumps(encoder_spec(wildcards.encoder)),
+        protocols=json.dumps(config["evaluate"]["settings"]),
+        seed=lambda wildcards: int(wildcards.seed),
+        shards=os.path.dirname(os.path.dirname(SHARDS_MANIFEST)),
 
 
 rule evaluate:
@@ -80,6 +100,7 @@ rule metrics:
     output:
         tsv=report(METRICS, caption="../report/metrics.rst", category=CAT_EVAL),
         summary=f"{TABLES}/summary.md",
+        paired=f"{TABLES}/paired.tsv",
         tables=[f"{TABLES}/{name}.md" for name in [*EVAL_TASKS, *EVAL_CAPABILITIES]],
     log:
         f"{LOGS}/metrics/metrics.log",
