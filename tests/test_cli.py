@@ -46,6 +46,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "convert-checkpoint": (["--official", str(garbage), "--gradients", missing, "--out", str(tmp / "w.pt")],
                                "garbage.bin"),
         "export-official": (["--checkpoint", str(garbage), "--out", str(tmp / "o.pth")], "garbage.bin"),
+        "export-model": (["--checkpoint", str(garbage), "--out", str(tmp / "model")], "garbage.bin"),
+        "embed": (["--model", str(tmp / "no_bundle"), "--timeseries", str(garbage), "--device", "cpu", "--out",
+                   str(tmp / "e.parquet")], "no_bundle"),
         "simulate-atlas": (["--root", str(garbage)], "garbage.bin"),
         "simulate-run": (["--root", str(tmp / "nodemo"), "--bold", str(tmp / "b.nii.gz"), "--cohort", "c", "--tr",
                           "2", "--n-volumes", "20", "--subject", "1", "--session", "1", "--run", "1",
@@ -100,6 +103,7 @@ def test_every_subcommand_is_covered(tmp_path):
 
 COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scaling", "group-fc", "gradients", "shards",
             "pretrain", "launch", "check-distributed", "model-info", "convert-checkpoint", "export-official",
+            "export-model", "embed",
             "simulate-atlas", "simulate-run", "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc",
             "figure-gradients",
             "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",

@@ -5,6 +5,9 @@ Spec (JSON on the command line, ``evaluate.encoders`` in the workflow config):
 - ``{"kind": "checkpoint", "path": P}``: the ``target_encoder`` of a brainjepa training checkpoint (Brain-JEPA
   or the MAE baseline, whose target encoder is its encoder) or weights file (the released Brain-JEPA
   checkpoint after ``brainjepa convert-checkpoint``);
+- ``{"kind": "bundle", "path": DIR}``: the encoder of a model bundle (``brainjepa export-model``, or
+  ``convert-checkpoint --bundle``: :mod:`brainjepa.models.bundle`), read from JSON and safetensors only, so a model
+  trained elsewhere is evaluated by the same harness;
 - ``{"kind": "random", "config": C, "gradients": G}``: the architecture of training config C at the data's
   shape, freshly initialised from a seed (the random-init control and the from-scratch fine-tune).
 """
@@ -55,6 +58,21 @@ def load_encoder(spec: dict, roi_names: list[str], window: int, seed: int = 0, d
             raise InputError(f"{path}: target_encoder does not fit its model_config ({exc})") from None
         source = {"kind": kind, "path": str(path), "step": state.get("step"), "source": state.get("source")}
         return encoder, source
+    if kind == "bundle":
+        from brainjepa.io import check_roi_names
+        from brainjepa.models.bundle import load_bundle, read_bundle
+
+        path = Path(spec["path"])
+        bundle = read_bundle(path)
+        check_roi_names(list(bundle.rois), list(roi_names), path / "rois.tsv", "the evaluation shards")
+        if bundle.model.n_timesteps != window:
+            raise InputError(f"{path}: the encoder takes windows of {bundle.model.n_timesteps} time steps, the "
+                             f"evaluation uses {window}")
+        encoder, bundle = load_bundle(path, drop_path=drop_path)
+        encoder.train()  # as a freshly built module: the caller sets eval (features) or train (fine-tuning)
+        source = {"kind": kind, "path": str(path), "tr": bundle.input.tr,
+                  "scaling_stats_id": bundle.input.scaling_stats_id, "scaling_source": bundle.input.scaling_source}
+        return encoder, source
     if kind == "random":
         from brainjepa.train.config import load_config, with_data_shape
         from brainjepa.train.pretrain import load_centroids_for, load_gradients_for
@@ -67,4 +85,4 @@ def load_encoder(spec: dict, roi_names: list[str], window: int, seed: int = 0, d
         torch.manual_seed(seed)
         encoder = BrainEncoder(cfg, gradients, load_centroids_for(train_cfg, list(roi_names)))
         return encoder, {"kind": kind, "config": spec["config"], "seed": seed}
-    raise InputError(f"encoder spec {spec!r}: kind must be 'checkpoint' or 'random'")
+    raise InputError(f"encoder spec {spec!r}: kind must be 'checkpoint', 'bundle' or 'random'")

@@ -312,7 +312,8 @@ UNNAMED_COLUMNS = ("error", "label_order")
 
 
 def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
-                         unnamed_columns: str = "error") -> tuple[np.ndarray, dict]:
+                         unnamed_columns: str = "error", against: str = "the atlas label table"
+                         ) -> tuple[np.ndarray, dict]:
     """Read an already-parcellated T x R file (tsv, csv, npy or parquet) in the atlas's ROI order.
 
     ``path`` may also be a subject folder of the public code's UK Biobank layout (:func:`read_ukb_folder`).
@@ -322,7 +323,9 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
     ``1..R`` such as ``DataFrame.to_csv(index=False)`` writes) are never guessed: ``unnamed_columns``
     ``label_order`` declares them to be in the label table's order, ``error`` (the default) refuses them.
     The TR comes from ``tr`` or, for a brainjepa Parquet file, its metadata; either is held to
-    (0, ``bids.MAX_TR_S``] seconds. Messages number time points from 1 (and give a text file's line).
+    (0, ``bids.MAX_TR_S``] seconds. Messages number time points from 1 (and give a text file's line). ``against``:
+    what ``names`` are, in messages (named columns that differ from them, in number too, are listed as unknown and
+    missing).
     """
     if unnamed_columns not in UNNAMED_COLUMNS:
         raise InputError(f"unnamed_columns must be one of {', '.join(UNNAMED_COLUMNS)}, not {unnamed_columns!r}")
@@ -350,7 +353,7 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
         raise
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: cannot read time series ({exc})") from exc
-    if frame.ndim != 2 or frame.shape[1] != len(names):
+    if frame.ndim != 2 or (frame.shape[1] != len(names) and not named):
         raise InputError(f"{path}: {frame.shape[1] if frame.ndim == 2 else '?'} columns, but the atlas has "
                          f"{len(names)} ROIs (expected a T x {len(names)} matrix, one column per ROI)")
     if named:
@@ -359,7 +362,7 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
         missing = [n for n in names if n not in set(header)]
         duplicated = sorted({c for c in header if header.count(c) > 1})
         if unknown or missing or duplicated:
-            raise InputError(f"{path}: the header's ROI names are not the atlas label table's: "
+            raise InputError(f"{path}: the header's ROI names are not {against}'s: "
                              f"{len(unknown)} unknown {unknown[:10]}, {len(missing)} missing {missing[:10]}"
                              + (f", duplicated {duplicated[:10]}" if duplicated else "")
                              + " (columns are matched by name, in any order)")
