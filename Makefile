@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo report test test-fast test-slurm lint clean-demo
+.PHONY: demo report test test-fast test-slurm lint docs clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ demo: $(VENV)/.installed
 # The HTML report of every result (runs what is missing first): results/report.html, opened in any browser.
 report: demo
 
+# --durations=25: the 25 slowest tests, so that `slow` marks follow measurements
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # `snakemake --profile slurm all` on a real single-node Slurm started here (root, Debian: installs munge and
 # slurm-wlm when missing; stops the daemons it started). CI runs it.
@@ -36,11 +37,23 @@ test-slurm: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Lint (CI runs it with the tests): Python style and errors, Snakefile formatting, Snakemake's own checks.
+# Lint (CI runs it with the tests; .pre-commit-config.yaml runs the same commands): Python style and errors, the
+# package's floors and no import circles (import-linter, [tool.importlinter] in pyproject.toml), Snakefile
+# formatting, Snakemake's own checks.
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
+
+# The documentation site (docs/, Sphinx + MyST) into docs/_build/html, warnings as errors, offline. Its tools are
+# the package's `docs` extra, installed into the same .venv once (again when pyproject.toml changes).
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 clean-demo:
 	rm -rf results logs resources/demo .snakemake

@@ -6,7 +6,7 @@
 Names beyond ``__version__`` are imported on first use: ``import brainjepa`` imports neither torch nor numpy.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it); changes: CHANGELOG.md
 
 _LAZY = {"load_model": "brainjepa.models.bundle", "load_bundle": "brainjepa.models.bundle",
          "read_bundle": "brainjepa.models.bundle"}

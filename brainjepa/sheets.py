@@ -269,23 +269,3 @@ def check_sheets(samples: pd.DataFrame, phenotypes: pd.DataFrame | None, samples
             warnings.append(f"{len(orphans)} subject(s) of {samples_path} have no row in {phenotypes_path}, e.g. "
                             f"{orphans[:5]}: they are unlabelled (pretraining only, in no task)")
     return warnings
-
-
-def validate_sheets(samples_path: str | Path, phenotypes_path: str | Path | None = None,
-                    label_types: dict[str, str] | None = None,
-                    splits_config: dict | None = None) -> tuple[str, list[str]]:
-    """``brainjepa validate``: the checks the workflow runs before any job, on the sheets (and, with the
-    workflow config's ``labels`` and ``splits``, the label types and the splits). Returns a one-line summary and
-    the warnings."""
-    samples = load_samples(samples_path)
-    phenotypes = load_phenotypes(phenotypes_path, label_types) if phenotypes_path else None
-    warnings = check_sheets(samples, phenotypes, samples_path, phenotypes_path)
-    if splits_config is not None:
-        from brainjepa.group import splits
-
-        table = splits.make_splits(samples, splits_config["seed"], splits_config["fractions"],
-                                   splits_config["pretraining"]["cohort"], splits_config["pretraining"]["fraction"],
-                                   splits_config.get("stratify") or {}, phenotypes)
-        warnings += splits.split_warnings(table)
-    n_subjects = samples[["cohort", "subject"]].drop_duplicates().shape[0]
-    return f"{samples_path}: {len(samples)} runs of {n_subjects} subjects: valid", warnings

@@ -46,8 +46,8 @@ Planted phenotypes (age fraction a = (age - 45) / 45, clipped to 0..1)
       at 90 than at 45 years, about 0.6 % a year. Beside it each subject has a global log-amplitude offset of
       sd 0.15 (``SUBJECT_LOG_AMPLITUDE_SD``: vascular and physiological sources unrelated to age), so a
       subject's mean ROI amplitude correlates with age at about r = -0.4 over the ukbsim ages 45-80 (the
-      realised value: ``bench/demo_effects.py``). That is the order reported for real data: in UK Biobank the
-      resting-state node amplitudes are among the imaging measures most strongly associated with age
+      realised value: ``bench/experiments/demo_effects.py``). That is the order reported for real data: in UK
+      Biobank the resting-state node amplitudes are among the imaging measures most strongly associated with age
       (Miller et al., Nat Neurosci 2016), and the resting-state fluctuation amplitude declines with age
       (Tsvetanov et al., J Neurosci 2016), with correlations with age of roughly -0.3 to -0.5;
     * sex: amplitude of SomMot x exp(+0.08 s), Vis x exp(-0.08 s), s = +1 for M, -1 for F (the

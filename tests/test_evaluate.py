@@ -407,7 +407,7 @@ def test_every_method_writes_its_json_through_the_cli(eval_data, tmp_path, metho
 
 def test_fine_tuning_finds_a_planted_amplitude_effect(eval_data):
     """Positive control of the fine-tune (the demo's sex and diagnosis effects are too weak for ~70 training
-    subjects: bench/finetune_positive_control.py): an untrained encoder fine-tuned on 36 subjects finds the
+    subjects: bench/experiments/finetune_positive_control.py): an untrained encoder fine-tuned on 36 subjects finds the
     fixture's sex, planted as the amplitude of ROIs 4-5 only, on the held-out subjects; loaded windows go
     through evaluate_windows, the code of rule evaluate."""
     from brainjepa.evaluate.run import evaluate_windows

@@ -62,3 +62,12 @@ def test_python_requirement_and_console_script():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["requires-python"].startswith(">=3.11")
     assert project["scripts"]["brainjepa"] == "brainjepa.cli:main"
+
+
+def test_version_is_written_once():
+    """The version's one place is brainjepa/__init__.py: pyproject.toml reads it from there (dynamic, statically:
+    nothing is imported) and CITATION.cff has none."""
+    toml = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in toml["project"] and "version" in toml["project"]["dynamic"]
+    assert toml["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "brainjepa.__version__"}
+    assert "version" not in yaml.safe_load((REPO / "CITATION.cff").read_text())

@@ -297,6 +297,7 @@ def test_shard_url_is_for_tar_shards(twins):
         ShardDataset(twins["webdataset"], "train", window=WINDOW, shard_url="https://host/shards/")
 
 
+@pytest.mark.slow  # two pretraining runs: by far the slowest of tests/test_shards*.py in --durations
 def test_pretraining_on_tar_shards_equals_parquet(tmp_path):
     """The pretraining loop on tar shards streamed through a pipe trains the model Parquet shards train (CPU)."""
     from brainjepa.group.gradients import write_gradients

@@ -497,7 +497,7 @@ def test_report_has_every_figure_and_opens_in_a_real_browser(tiny_project, tmp_p
     """`snakemake --report`: the run summary on its first page, every figure of results/figures/ inside it; then
     headless Chromium (Debian's package) opens it with every image decoded and no console error, and saves a
     screenshot. Without Chromium the browser part is skipped, unless BRAINJEPA_REQUIRE_BROWSER=1 (CI)."""
-    from brainjepa.figures.browser_check import ChromiumNotFoundError, check_report
+    from browser_check import ChromiumNotFoundError, check_report
 
     work = tiny_project
     figures = sorted(p.name for p in (work / "results/figures").glob("*.png"))

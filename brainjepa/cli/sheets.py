@@ -7,7 +7,7 @@ import sys
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from brainjepa.sheets import validate_sheets
+    from brainjepa.validate import validate_sheets
 
     labels, split_config = None, None
     if args.config:

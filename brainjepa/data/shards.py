@@ -9,6 +9,8 @@ Layout of ``out_dir``::
 
 ``shard_format="webdataset"`` writes the same runs into the same shards as WebDataset tar files instead
 (``<split>/shard-00000.tar``, one sample per run: :mod:`brainjepa.data.tar_shards`), with the same manifest.
+The manifest's format (its constants and :func:`load_manifest`, :func:`shard_file_problems`) is
+:mod:`brainjepa.data.manifest`'s, which both formats share; its names are importable from here too.
 
 Shard columns: ``run_id, cohort, subject, session, run, split`` (string), ``tr`` (float64), ``n_rois``,
 ``n_timepoints`` (int32), ``data`` (binary: the scaled R x T matrix, row-major, little-endian float16 or
@@ -31,6 +33,7 @@ failed build leaves nothing that looks done.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -44,9 +47,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from brainjepa import __version__
+from brainjepa import __version__, sheets
+from brainjepa.data.manifest import (  # noqa: F401 (re-exported)
+    DTYPES,
+    FORMAT,
+    ID_COLUMNS,
+    LABEL_KINDS,
+    MONITOR_SPLIT,
+    PRETRAIN_SPLIT,
+    SHARD_FORMATS,
+    load_manifest,
+    shard_file_problems,
+)
+from brainjepa.data.tar_shards import TarShardWriter, is_url, read_tar_shard, sha256_location
 from brainjepa.errors import InputError
 from brainjepa.group.scaling import ScalingStats
+from brainjepa.group.splits import read_splits, run_file, unit_uniform
 from brainjepa.io import (
     METADATA_KEY,
     atomic_path,
@@ -57,17 +73,10 @@ from brainjepa.io import (
     write_tsv_atomic,
 )
 
-FORMAT = "brainjepa-shards/1"
-ID_COLUMNS = ("run_id", "cohort", "subject", "session", "run", "split")
 REQUIRED_COLUMNS = ID_COLUMNS + ("path",)
-LABEL_KINDS = ("continuous", "categorical", "binary")
-DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 SHORT_POLICIES = ("exclude", "error")
 MISSING_TEXT = ("", "n/a", "NA")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-SHARD_FORMATS = {"parquet": ".parquet", "webdataset": ".tar"}  # manifest "shard_format" -> file suffix
-PRETRAIN_SPLIT = "pretrain"
-MONITOR_SPLIT = "monitor"   # pretraining subjects held out of training: the windows a run's monitors read
 MONITOR_MAX_SHARE = 5       # at most 1 in 5 pretraining subjects is held out for the monitors
 
 
@@ -284,8 +293,6 @@ def _write_split(split: str, runs: list[_Run], stats: ScalingStats, root: Path, 
     """Write one split's shards under ``root/split`` (``root`` when flat, but the monitor split's under
     ``root/monitor`` always); return their manifest entries.
     ``trs`` gathers {cohort: {effective TR (s, as text): runs}}."""
-    from brainjepa.data.tar_shards import TarShardWriter
-
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     entries: list[dict] = []
     writer: _ShardWriter | TarShardWriter | None = None
@@ -329,8 +336,6 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Remove what killed attempts of this shard set left beside it (``.<name>.*.tmp`` build folders and
     ``.<name>.old.*`` replaced folders; at UK Biobank scale gigabytes each). One job writes a shard set at a time,
     so whatever matches is stale. Returns the removed paths."""
-    import shutil
-
     parent, name = out_dir.parent, out_dir.name
     stale = [*sorted(parent.glob(f".{name}.*.tmp")), *sorted(parent.glob(f".{name}.old.*"))]
     for path in stale:
@@ -462,9 +467,6 @@ def run_shards(splits_path: str | os.PathLike, runs_root: str | os.PathLike, phe
     the split ``monitor`` of the same manifest instead, windows never trained on that a pretraining run watches
     its representations on (:mod:`brainjepa.train.monitors`).
     """
-    from brainjepa import sheets
-    from brainjepa.group.splits import read_splits, run_file
-
     table = read_splits(splits_path)
     phenotypes = sheets.load_phenotypes(phenotypes_path, label_types)
     categories = None
@@ -489,8 +491,6 @@ def monitor_subjects_of(table: pd.DataFrame, n: int) -> set[tuple[str, str]]:
     cohort, subject), at most a fifth of the set, and none unless that is 2 or more (10 subjects). A pure function
     of the subjects: the same set on every rebuild, and a new subject takes a place only if its hash is among the
     ``n`` smallest."""
-    from brainjepa.group.splits import unit_uniform
-
     subjects = sorted(set(zip(table["cohort"], table["subject"])))
     n = min(n, len(subjects) // MONITOR_MAX_SHARE)
     if n < 2:  # the monitors compare windows: one subject's are no set
@@ -502,55 +502,6 @@ def sheet_categories(phenotypes: pd.DataFrame, label_types: dict[str, str]) -> d
     """The values of each categorical label over every subject of the phenotypes sheet, sorted."""
     return {name: sorted({_typed_label(v, kind, name, "") for v in phenotypes[name] if not _is_missing(v)})
             for name, kind in label_types.items() if kind == "categorical" and name in phenotypes}
-
-
-def load_manifest(path: str | os.PathLike) -> dict:
-    """Read and check a shard manifest (``manifest.json``, or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read the shard manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InputError(f"{path}: not a shard manifest of format '{FORMAT}' (found {found!r})")
-    needed = ("dtype", "window", "roi_names", "scaling_stats_id", "splits", "label_columns")
-    lacking = [key for key in needed if key not in manifest]
-    if lacking:
-        raise InputError(f"{path}: shard manifest lacks {lacking}")
-    manifest.setdefault("shard_format", "parquet")  # manifests written before the tar format
-    if manifest["shard_format"] not in SHARD_FORMATS:
-        raise InputError(f"{path}: shard_format {manifest['shard_format']!r} is not one of {sorted(SHARD_FORMATS)}")
-    for split, shards in manifest["splits"].items():
-        for entry in shards:
-            if not {"path", "rows", "row_groups", "sha256", "bytes"} <= set(entry):
-                raise InputError(f"{path}: split '{split}': shard entry {entry} lacks path/rows/row_groups/sha256/"
-                                 "bytes")
-    return manifest
-
-
-def shard_file_problems(manifest_path: str | os.PathLike) -> list[str]:
-    """What no longer matches a written manifest, cheaply (no data read): shard files that are missing, of
-    another size than recorded, or modified after the manifest was written. [] when intact (or no manifest).
-    The sha256s are checked where the data are read (pretraining and evaluation)."""
-    manifest_path = Path(manifest_path)
-    if not manifest_path.exists():
-        return []
-    manifest = load_manifest(manifest_path)
-    written = manifest_path.stat().st_mtime
-    problems = []
-    for entries in manifest["splits"].values():
-        for entry in entries:
-            path = manifest_path.parent / entry["path"]
-            if not path.exists():
-                problems.append(f"{path}: missing")
-            elif path.stat().st_size != entry["bytes"]:
-                problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
-            elif path.stat().st_mtime > written + 1:
-                problems.append(f"{path}: modified after its manifest was written")
-    return problems
 
 
 def check_scaling_stats(manifest: dict | str | os.PathLike, stats_path: str | os.PathLike) -> None:
@@ -579,8 +530,6 @@ def read_shard(path: str | os.PathLike, dtype: str = "float16") -> pd.DataFrame:
     Parquet or tar (by the name's suffix), the same frame. Its sha256 is not checked: readers of a manifest's
     shards use :func:`read_listed_shard`."""
     if _is_tar(path):
-        from brainjepa.data.tar_shards import read_tar_shard
-
         return read_tar_shard(path, dtype)
     return _parquet_frame(path, dtype)
 
@@ -590,8 +539,6 @@ def read_shard_columns(path: str | os.PathLike, columns: list[str]) -> pd.DataFr
     checked, as :func:`read_shard`)."""
     columns = [c for c in columns if c != "data"]
     if _is_tar(path):
-        from brainjepa.data.tar_shards import read_tar_shard
-
         return read_tar_shard(path, columns=columns)
     return _parquet_columns(path, columns)
 
@@ -626,8 +573,6 @@ def _shard_identity(location: str | os.PathLike, expected: str) -> tuple:
     """What the once-per-process check keys a shard by: a local file's resolved path, device, inode, size,
     mtime_ns and ctime_ns (rewriting or replacing the file changes them, so it is checked again) with the digest
     its manifest expects; a URL's text with that digest. OSError when a local file cannot be stat'ed."""
-    from brainjepa.data.tar_shards import is_url
-
     if is_url(str(location)):
         return (str(location), expected)
     path = Path(location)
@@ -650,8 +595,6 @@ def verify_shard(location: str | os.PathLike, expected: str, manifest_path: str 
     local file or of what a URL (``pipe:``, ``https://``, ...) streams, skipped when this process already
     verified the same file (:func:`_shard_identity`). For readers that read the shard lazily (the pretraining
     loader); :func:`read_listed_shard` hashes the bytes it reads anyway."""
-    from brainjepa.data.tar_shards import sha256_location
-
     try:
         identity = _shard_identity(location, expected)
         if identity in _VERIFIED_SHARDS:
@@ -673,10 +616,6 @@ def read_listed_shard(manifest_path: str | os.PathLike, entry: dict, dtype: str 
     verified all the same. The check costs no second read: a Parquet shard is read into memory once, hashed, and
     its table parsed from that buffer; a tar shard is hashed as it streams. A corrupted shard gets the checksum
     message also when it no longer parses."""
-    import hashlib
-
-    from brainjepa.data.tar_shards import read_tar_shard, sha256_location
-
     path = Path(manifest_path).parent / entry["path"]
     expected = entry["sha256"]
     try:

@@ -32,6 +32,7 @@ sequential stream, continued when the next group wanted lies further on, reopene
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -44,8 +45,11 @@ from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
+import pyarrow as pa
 
+from brainjepa.data.manifest import DTYPES, ID_COLUMNS
 from brainjepa.errors import InputError
+from brainjepa.io import atomic_path, sha256_file
 
 META, MATRIX = "json", "npy"
 HEADER = "__brainjepa__"  # the shard's own description; WebDataset skips root members named __*__
@@ -93,8 +97,6 @@ class TarShardWriter:
 
     def __init__(self, path: Path, rows_per_group: int, label_columns: dict[str, str], header: dict):
         """header: what ``__brainjepa__`` holds (JSON-serialisable; written with sorted keys)."""
-        from brainjepa.io import atomic_path
-
         self.path, self.rows_per_group, self.label_columns = path, rows_per_group, label_columns
         self.rows, self.payload = 0, 0
         self._stack = contextlib.ExitStack()
@@ -110,8 +112,6 @@ class TarShardWriter:
 
     def add(self, run, data: np.ndarray, tr: float) -> None:
         """Append the sample of ``run`` (a planned run of :mod:`brainjepa.data.shards`): [R, T] ``data``, TR (s)."""
-        from brainjepa.data.shards import ID_COLUMNS
-
         meta = {name: run.ids[name] for name in ID_COLUMNS}
         meta.update(tr=float(tr), n_rois=int(data.shape[0]), n_timepoints=int(data.shape[1]))
         meta.update({name: run.labels[name] for name in self.label_columns})
@@ -410,10 +410,6 @@ class TarShardReader:
 
 def sha256_location(location: str | os.PathLike, chunk: int = 4 * 2**20) -> str:
     """Hex SHA-256 of a local file or of what a URL streams."""
-    import hashlib
-
-    from brainjepa.io import sha256_file
-
     if not is_url(str(location)):
         return sha256_file(location, chunk)
     from webdataset.gopen import gopen
@@ -432,10 +428,6 @@ def read_tar_shard(location: str | os.PathLike, dtype: str = "float16", columns:
     matrices are not decoded; in the order given). Column types as in a Parquet shard (a label holding no text is
     float64), converted to pandas as pyarrow converts the Parquet shard. digest: a ``hashlib`` object fed every
     byte of the file while it is read (one sequential pass, whatever ``columns``): the caller compares it."""
-    import pyarrow as pa
-
-    from brainjepa.data.shards import DTYPES, ID_COLUMNS
-
     with_data = columns is None or "data" in columns
     reader = TarShardReader(location, rows=None, group_size=1, digest=digest)
     try:

@@ -233,7 +233,8 @@ def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: Protocol
                      resampling: Resampling | None = None) -> dict:
     """Evaluate one (task, method, seed) on loaded task windows ``w`` (:func:`.tasks.load_task`; with their
     data for fine-tuning and the FC baselines); returns the JSON record (module docstring). The windows may
-    come from elsewhere than the shards (``bench/finetune_positive_control.py`` plants effects into them)."""
+    come from elsewhere than the shards (``bench/experiments/finetune_positive_control.py`` plants effects into
+    them)."""
     cfg = protocols or ProtocolConfig()
     resampling = resampling or Resampling()
     task = w.task

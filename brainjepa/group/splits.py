@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainjepa import sheets
 from brainjepa.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -90,9 +91,7 @@ def make_splits(samples: pd.DataFrame, seed: int, fractions: dict[str, float],
     """
     check_fractions(fractions)
     samples = samples.reset_index(drop=True)
-    from brainjepa.sheets import shared_subjects
-
-    shared = shared_subjects(samples)
+    shared = sheets.shared_subjects(samples)
     if shared:
         subject, cohorts = next(iter(shared.items()))
         raise InputError(f"subject '{subject}' has runs in several cohorts {cohorts}; subject labels must be "
@@ -216,7 +215,6 @@ def run_splits(samples_path: str | Path, out: str | Path, seed: int, fractions: 
     one split (scaling and group FC: ``pretrain``; the shards of each split) such a table of its own, rewritten only
     when that split's runs change, so that a new downstream subject never touches the pretraining set's stages.
     """
-    from brainjepa import sheets
     from brainjepa.io import write_tsv_atomic
 
     samples = sheets.load_samples(samples_path, produced=lambda p: True)
@@ -239,7 +237,6 @@ def run_splits(samples_path: str | Path, out: str | Path, seed: int, fractions: 
 def run_split_balance(splits_path: str | Path, phenotypes_path: str | Path, label_types: dict[str, str],
                       out: str | Path) -> None:
     """The splits stage's balance report: subjects per split for every discrete label -> TSV."""
-    from brainjepa import sheets
     from brainjepa.io import write_tsv_atomic
 
     phenotypes = sheets.load_phenotypes(phenotypes_path, label_types)

@@ -10,7 +10,7 @@ the targets; the loss is MSE (paper) or smooth L1 (public code) over the valid t
 layer-normed target that is the same for every sample at a token position (its positional embedding's
 imprint) is subtracted (the mean over the micro-batch at that position) and the rest is layer-normed again,
 so the loss is about content only and shrinking content cannot lower it. Measured on the demo
-(``bench/jepa_synchrony.py``): with ``layer`` the tiny model's loss settles at the position-only level and
+(``bench/experiments/jepa_synchrony.py``): with ``layer`` the tiny model's loss settles at the position-only level and
 the content of its targets shrinks; with ``layer_centered`` the loss falls below it.
 
 ``optim.regularizer`` (``sigreg`` | ``vicreg``, :mod:`.regularizers`) adds ``optim.regularizer_weight * R`` to

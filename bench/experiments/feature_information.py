@@ -6,7 +6,7 @@ Features: per-ROI log amplitude of each window (std over time, from the shards),
 features (what the paper's linear probe and fine-tuning head read). Behind the issue-11 note: on 1,500 ukbsim
 subjects, sex is found from per-ROI amplitude and from the ROI tokens, not from the mean-pooled features.
 
-    python bench/feature_information.py --workdir /tmp/big --task sex
+    python bench/experiments/feature_information.py --workdir /tmp/big --task sex
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ finished demo working directory (``results/shards`` and ``results/pretrain/*/fin
 the selected epoch, the test metrics and the seconds. Behind the demo's fine-tune settings in
 ``config/config.yaml`` (e.g. 6 epochs at base_lr 1e-2 at chance on age, 20 at 3e-2 r ~0.7):
 
-    python bench/finetune_settings.py age jepa '{"epochs": 20, "warmup_epochs": 2, "base_lr": 0.03}'
-    python bench/finetune_settings.py sex jepa '{"epochs": 20, "warmup_epochs": 2, "base_lr": 0.03}' \
+    python bench/experiments/finetune_settings.py age jepa '{"epochs": 20, "warmup_epochs": 2, "base_lr": 0.03}'
+    python bench/experiments/finetune_settings.py sex jepa '{"epochs": 20, "warmup_epochs": 2, "base_lr": 0.03}' \
         --class-weight balanced
 """
 

@@ -11,8 +11,8 @@ per-ROI log amplitudes (the information a perfect reader of amplitude has at thi
 test once) and, per seed, the fine-tune's selected epoch, test BACC and AUROC (the demo's fine-tune settings,
 ``evaluate.evaluate_windows``: the same code as ``rule evaluate``).
 
-    python bench/finetune_positive_control.py --task sex --factors 1,1.1,1.15,1.3
-    python bench/finetune_positive_control.py --task diagnosis --factors 1,1.15,1.3,1.5
+    python bench/experiments/finetune_positive_control.py --task sex --factors 1,1.1,1.15,1.3
+    python bench/experiments/finetune_positive_control.py --task diagnosis --factors 1,1.15,1.3,1.5
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ a fresh initialisation, and the same for two fresh initialisations (the scale of
 Uses the evaluation's own encoder loading (``brainjepa.evaluate.encoders.load_encoder``) on a finished demo
 working directory; prints the median and max over weight matrices of |W_a - W_b| / |W_b|:
 
-    python bench/pretrain_drift.py [--workdir .]
+    python bench/experiments/pretrain_drift.py [--workdir .]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ inner CV) of the planted label, scored by 5-fold cross-validation over subjects,
 and MSE on the z-scored label. Also reported per encoder: ``content_share``, the share of its layer-normed
 features that depends on the input rather than on the token position (falls towards 0 on positional collapse).
 
-    python bench/probe.py [--seeds 0 1 2] [--label age] [--out bench/out/probe] [--set optim.epochs=200 ...]
+    python bench/experiments/probe.py [--seeds 0 1 2] [--label age] [--out bench/out/probe] [--set optim.epochs=200 ...]
 
 ``--set`` overrides the pretraining config (as ``brainjepa pretrain --set``); each combination of overrides
 gets its own run directory under ``--out`` (named by a hash of the data and the overrides), so runs are
@@ -40,7 +40,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def split_manifests(shards: Path) -> list[tuple[Path, str]]:

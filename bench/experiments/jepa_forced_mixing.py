@@ -5,12 +5,12 @@ ROIs. This bench pretrains the same config, data and seed twice: ``free`` (as co
 where the first ``--blocks`` blocks of the encoder (context and target alike) may only attend to tokens of
 the query's own network and time patch (networks from the atlas labels), so the mixing is built in rather
 than learnt. For each it reports the mean JEPA loss over the last 200 steps (lower: the objective prefers
-that encoder) and the ridge probe of ``bench/probe.py`` on mean-pooled features of the pretrained target
+that encoder) and the ridge probe of ``bench/experiments/probe.py`` on mean-pooled features of the pretrained target
 encoder and of the same architecture at its initialisation, both read out as they were trained (confined
 or not). If pretraining made the confined encoder's features more informative than its random start, the
 objective would favour ROI mixing; if they fall below the random start, it works against it.
 
-    python bench/jepa_forced_mixing.py [--seeds 0] [--blocks 0] [--set optim.target_norm=layer_centered ...]
+    python bench/experiments/jepa_forced_mixing.py [--seeds 0] [--blocks 0] [--set optim.target_norm=layer_centered ...]
         [--manifest results/shards/pretrain/manifest.json] [--gradients results/gradients/gradients.tsv]
 
 Runs are kept under ``--out`` (named by a hash of the data, blocks and overrides) and reused.
@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import probe as P  # bench/probe.py: per_subject, probe, encoders, network_mixing, mean_pooled
+import probe as P  # bench/experiments/probe.py: per_subject, probe, encoders, network_mixing, mean_pooled
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ sees it, before TR alignment and scaling), the phenotypes sheet and the split ta
   with Cohen's d, and of the Default within-network correlation;
 - the labelled subjects of each downstream task outside the pretraining set, per split.
 
-    python bench/demo_effects.py [--workdir .]   # after snakemake --until shards (bench/demo_preprocess_time.sh)
+    python bench/experiments/demo_effects.py [--workdir .]   # after bench/demo_preprocess_time.sh
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For every C of a log grid, with and without class-balanced weights: validation N
 accuracy, and the same on the test subjects, so one sees what any selection could reach (behind the sizing
 of the simulator's ``SEX_WITHIN``, ``brainjepa/simulate.py``). Needs a finished demo working directory:
 
-    python bench/fc_regularisation.py [--workdir .]
+    python bench/experiments/fc_regularisation.py [--workdir .]
 """
 
 from __future__ import annotations

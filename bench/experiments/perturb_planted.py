@@ -6,7 +6,8 @@ Default within-network correlation - 0.15). This check swaps in a hand-made "enc
 power (mean square over time patches, ROI r's tokens carry it in dimension r): its pooled representation holds the
 amplitude effect, so a working perturbation must rank Default first and the random-direction control must not.
 
-    python bench/perturb_planted.py [--shards results/shards] [--labels results/atlas/..._labels.tsv] [--goal mean]
+    python bench/experiments/perturb_planted.py [--shards results/shards] \\
+        [--labels results/atlas/..._labels.tsv] [--goal mean]
 """
 
 from __future__ import annotations

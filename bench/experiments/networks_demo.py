@@ -7,7 +7,7 @@ run under ``flock /tmp/brainjepa-timing.lock`` so timings do not overlap with ot
 given (2 by default: the demo machine). Writes ``<out>/<capability>/<cohort>/<method>/seed<k>.json`` (and the
 perturbation tables and figures) and ``<out>/summary.tsv`` (one row per job: headline metrics and wall seconds).
 
-    python bench/networks_demo.py [--results results] [--out /tmp/cap/demo] [--threads 2]
+    python bench/experiments/networks_demo.py [--results results] [--out /tmp/cap/demo] [--threads 2]
 """
 
 from __future__ import annotations

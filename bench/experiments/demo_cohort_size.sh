@@ -3,10 +3,10 @@
 # tables on a copy of config/ whose sheets are rewritten for larger cohorts (brainjepa demo-sheets, the README's
 # command with other n_subjects), pretraining epochs scaled so that the number of pretraining steps stays the
 # demo's, and no capabilities. The checkout's results/ are left alone. Prints the three tables' rows.
-# Usage: bench/demo_cohort_size.sh [UKBSIM_SUBJECTS] [ADNISIM_SUBJECTS] [WORKDIR]   (defaults 1000 220, a fresh
+# Usage: bench/experiments/demo_cohort_size.sh [UKBSIM_SUBJECTS] [ADNISIM_SUBJECTS] [WORKDIR]   (defaults 1000 220, a fresh
 # temporary folder). Measured with 1000 / 220 on 2 cores: about 7 minutes.
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 UKB=${1:-1000}
 ADNI=${2:-220}
 WORK=${3:-$(mktemp -d)}

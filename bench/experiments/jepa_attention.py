@@ -7,7 +7,7 @@ windows and heads; for each layer, the mean over query tokens of the attention m
 of its network in the same time patch: what cross-ROI synchrony needs) and ``same_roi``; with the
 ``chance`` values of uniform attention. Networks come from the atlas labels' ``network`` column.
 
-    python bench/jepa_attention.py CHECKPOINT [--manifest results/shards/pretrain/manifest.json]
+    python bench/experiments/jepa_attention.py CHECKPOINT [--manifest results/shards/pretrain/manifest.json]
         [--labels results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv] [--seed 0]
 """
 
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def token_relations(networks: np.ndarray, n_time_patches: int) -> dict[str, torch.Tensor]:

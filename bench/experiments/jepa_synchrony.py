@@ -6,7 +6,7 @@ with each ROI's series circularly shifted by a random lag (every ROI keeps
 its own dynamics, the synchrony between ROIs is gone); and Gaussian noise of the same scale. A model that
 predicts cross-ROI targets from the other ROIs has a clearly higher loss on the shifted input.
 
-    python bench/jepa_synchrony.py CHECKPOINT [--manifest results/shards/pretrain/manifest.json]
+    python bench/experiments/jepa_synchrony.py CHECKPOINT [--manifest results/shards/pretrain/manifest.json]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def shift_rois(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

@@ -10,7 +10,8 @@ start page (workflow description) and in result captions are checked the same wa
 Needs Debian's ``chromium`` (apt) and the ``playwright`` Python package driving it via ``executable_path``;
 ``playwright install`` (a browser download) is never needed.
 
-Usage: ``python -m brainjepa.figures.browser_check REPORT.html --screenshot OUT.png [--figure-screenshot FIG.png]``
+A test tool (tests/test_workflow.py's report test), not part of the package. Usage, from the repository root:
+``python tests/browser_check.py REPORT.html --screenshot OUT.png [--figure-screenshot FIG.png]``
 """
 
 from __future__ import annotations
@@ -307,7 +308,7 @@ def _describe_src(src: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI: exit 0 when the report is fine, 1 (problems printed) when not, 2 when no chromium/playwright."""
     parser = argparse.ArgumentParser(
-        prog="python -m brainjepa.figures.browser_check", description=__doc__.splitlines()[0]
+        prog="python tests/browser_check.py", description=__doc__.splitlines()[0]
     )
     parser.add_argument("report", type=Path, help="self-contained Snakemake HTML report")
     parser.add_argument("--screenshot", type=Path, required=True, help="PNG screenshot of the report's main page")

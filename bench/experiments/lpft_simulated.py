@@ -9,7 +9,7 @@ fine-tuned with the demo's fine-tune settings (config/config.yaml ``evaluate.set
 base LR 3e-2, balanced class weights) through ``evaluate_windows`` (the code of ``rule evaluate``), once per head
 initialisation and seed; it prints each run's selected epoch and test metrics and the mean per arm.
 
-    python bench/lpft_simulated.py --seeds 0,1,2
+    python bench/experiments/lpft_simulated.py --seeds 0,1,2
 """
 
 from __future__ import annotations

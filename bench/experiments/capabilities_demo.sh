@@ -25,11 +25,11 @@ job() {  # capability method seed command...
 }
 for seed in 0 1; do
   for method in jepa_finetune mae_finetune random_finetune; do
-    job forecast "$method" "$seed" python bench/capability_cli.py forecast --encoder "${SPECS[$method]}"
+    job forecast "$method" "$seed" python -m brainjepa.cli forecast --encoder "${SPECS[$method]}"
   done
   for method in persistence ar lstm; do
-    job forecast "$method" "$seed" python bench/capability_cli.py forecast
+    job forecast "$method" "$seed" python -m brainjepa.cli forecast
   done
-  job reconstruction mae "$seed" python bench/capability_cli.py reconstruct --encoder "${SPECS[mae_finetune]}"
+  job reconstruction mae "$seed" python -m brainjepa.cli reconstruct --encoder "${SPECS[mae_finetune]}"
 done
 cat "$OUT/times.tsv"

@@ -1,6 +1,6 @@
 """Forecast settings on the demo (validation MSE decides; test shown for the record).
 
-Usage: python bench/forecast_settings.py METHOD ENCODER_JSON|- SETTINGS_JSON [SETTINGS_JSON ...]
+Usage: python bench/experiments/forecast_settings.py METHOD ENCODER_JSON|- SETTINGS_JSON [SETTINGS_JSON ...]
 Writes nothing under results/ (the records go to /tmp/cap/bench).
 """
 
