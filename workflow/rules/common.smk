@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -624,6 +625,45 @@ EVAL_RESULTS = [
     for method in EVAL_METHODS
     for seed in method_seeds(method)
 ]
+
+
+# -- model bundles (rules/models.smk; brainjepa/models/bundle.py) ----------------------------------------------
+MODELS_ROOT = f"{RESULTS}/models"
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "rois.tsv",
+    "scaling.json",
+    "provenance.json",
+    "README.md",
+)
+
+
+def _model_runs():
+    """{bundle name: pretraining run}: one bundle per run of PRETRAIN_RUNS, named after its run folder."""
+    runs = {}
+    for run in PRETRAIN_RUNS:
+        name = os.path.basename(run["out_dir"])
+        if name in runs:
+            raise WorkflowError(
+                f"the pretraining runs {runs[name]['out_dir']} and {run['out_dir']} end in the same folder name "
+                f"'{name}', which names their model bundle under {MODELS_ROOT}: give one of them another run.out_dir"
+            )
+        runs[name] = run
+    return runs
+
+
+MODEL_RUNS = _model_runs()
+
+
+def model_bundle(name):
+    """The files of the bundle ``name`` under results/models/."""
+    return [f"{MODELS_ROOT}/{name}/{f}" for f in MODEL_FILES]
+
+
+def export_model_args(wildcards, input):
+    """The atlas image (its id and space go into config.json) when the workflow builds one."""
+    return f"--atlas-image {shlex.quote(input.atlas_image)}" if "atlas_image" in input.keys() else ""
 
 
 # -- BrainLM's capabilities (rules/capabilities.smk; brainjepa/evaluate/capabilities.py) ---------------------------
