@@ -74,6 +74,15 @@ def _values(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _is_file(value) -> bool:
+    """Whether an argument names an existing file; a value no file could have (a JSON setting longer than the
+    file-name limit, a NUL byte) is not one."""
+    try:
+        return Path(str(value)).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def split_arguments(args: argparse.Namespace) -> tuple[dict, dict, list[Path]]:
     """A parsed command line -> (settings, input files by option, output files)."""
     settings, inputs, outputs = {}, {}, []
@@ -83,11 +92,11 @@ def split_arguments(args: argparse.Namespace) -> tuple[dict, dict, list[Path]]:
         if _is_output(dest):
             outputs += [Path(str(v)) for v in _values(value) if isinstance(v, (str, os.PathLike))]
             continue
-        files = [v for v in _values(value) if isinstance(v, (str, os.PathLike)) and Path(str(v)).is_file()]
+        files = [v for v in _values(value) if isinstance(v, (str, os.PathLike)) and _is_file(v)]
         if files and len(files) == len(_values(value)):
             inputs[dest] = files
         elif isinstance(value, list) and value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-            inputs[dest] = [v[1] for v in value if Path(str(v[1])).is_file()]   # name=path options
+            inputs[dest] = [v[1] for v in value if _is_file(v[1])]   # name=path options
             settings[dest] = [v[0] for v in value]
         else:
             settings[dest] = value if isinstance(value, (int, float, bool, str, list, dict)) else str(value)

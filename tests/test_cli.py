@@ -171,3 +171,19 @@ def test_messages_show_plain_values_not_numpy_reprs():
     assert "np." not in str(info.value)
     _, scored, small = scored_networks(np.array(["Vis", "Vis", "SM", "SM", "DMN"]))
     assert scored == ["Vis", "SM"] and small == ["DMN"] and all(type(n) is str for n in scored + small)
+
+
+def test_a_setting_longer_than_a_file_name_is_a_setting_not_an_error(tmp_path):
+    """The workflow passes the evaluation settings as one JSON argument; past the file-name limit (255 bytes) the
+    provenance step's is-this-a-file check raised ENAMETOOLONG and every evaluation job failed with it."""
+    import argparse
+
+    from brainjepa.provenance import split_arguments
+
+    long_json = json.dumps({"linprobe": {"lr_grid": [0.01] * 60}})
+    assert len(long_json) > 300
+    (tmp_path / "in.tsv").write_text("x\n")
+    args = argparse.Namespace(protocols=long_json, table=str(tmp_path / "in.tsv"), out=str(tmp_path / "o.json"))
+    settings, inputs, outputs = split_arguments(args)
+    assert settings["protocols"] == long_json and inputs == {"table": [str(tmp_path / "in.tsv")]}
+    assert outputs == [tmp_path / "o.json"]
