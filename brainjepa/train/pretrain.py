@@ -33,6 +33,7 @@ from brainjepa.train.runtime import (
     Distributed,
     autocast_for,
     batches_per_epoch,
+    ddp_always,
     no_sync,
     set_tf32,
     setup_distributed,
@@ -246,7 +247,8 @@ class Trainer:
         self.out = Path(cfg.run.out_dir)
         if cfg.run.deterministic:  # before any CUDA work: it sets CUBLAS_WORKSPACE_CONFIG when unset
             use_deterministic_algorithms()
-        self.dist, self.device = setup_distributed(cfg.run.device)
+        self.dist, self.device = setup_distributed(cfg.run.device, group=ddp_always())
+        self.ddp = dist.is_initialized()  # DDP and its collectives: several processes, or $BRAINJEPA_DDP=always
         set_tf32(self.device, cfg.run.tf32)
         torch.manual_seed(cfg.run.seed)  # every rank builds the same models (the target encoder included)
         self.manifest = load_manifest(cfg.data.manifest)
@@ -351,7 +353,7 @@ class Trainer:
             log.warning("%s has no step-0 row: the monitors are logged without their reference", path)
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        if self.dist.world_size == 1:
+        if not self.ddp:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
@@ -566,9 +568,9 @@ class Trainer:
         from brainjepa.train.regularizers import Regularizer
 
         self.cfg.optim.check_objective(self.cfg.objective)
-        sync = nullcontext() if last_micro or self.dist.world_size == 1 else no_sync(self.online)
+        sync = nullcontext() if last_micro or not self.ddp else no_sync(self.online)
         n_valid = None
-        if self.dist.world_size > 1:  # normalise by the global batch's targets: DDP's mean is then its mean
+        if self.ddp:  # normalise by the global batch's targets: DDP's mean is then its mean
             n_valid = batch["target_valid"].sum().to(torch.float64)
             dist.all_reduce(n_valid)
             n_valid = n_valid / self.dist.world_size
@@ -580,7 +582,7 @@ class Trainer:
             else:
                 loss, monitors = jepa_step(self.online[0], self.target, self.online[1], batch, self.cfg.optim.loss,
                                            self.cfg.optim.target_norm, n_valid, regularizer)
-        if self.dist.world_size > 1:  # the logged loss: the global batch's (the mean of the ranks' shares)
+        if self.ddp:  # the logged loss: the global batch's (the mean of the ranks' shares)
             monitors["loss_global"] = loss.detach().clone()
             dist.all_reduce(monitors["loss_global"])
             monitors["loss_global"] /= self.dist.world_size

@@ -3,6 +3,8 @@
 CPU and GPU run the same code: on a GPU, ``autocast_for`` adds bf16 autocast (SDPA picks its FlashAttention
 kernel for the calls without a key-padding mask) and :func:`set_tf32` lets float32 matmuls use TF32 tensor cores;
 under torchrun, one process per device (``cuda:LOCAL_RANK``) joins a process group (NCCL, or Gloo on CPU).
+``$BRAINJEPA_DDP=always`` (:func:`ddp_always`) has pretraining join one, and wrap its models in DDP, even as a single
+process, so that the DDP code path runs on one GPU (bench/device_check.py).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import torch
 import torch.distributed as dist
 
 from brainjepa.config import choices
-from brainjepa.errors import TrainingError
+from brainjepa.errors import InputError, TrainingError
 from brainjepa.train.config import Precision
 
 PRECISIONS = choices(Precision)
+DDP_ENV = "BRAINJEPA_DDP"  # auto: a process group when several processes run | always: even for one (ddp_always)
 
 
 @dataclass
@@ -34,11 +37,13 @@ class Distributed:
         return self.rank == 0
 
 
-def setup_distributed(device_kind: str) -> tuple[Distributed, torch.device]:
+def setup_distributed(device_kind: str, group: bool = False) -> tuple[Distributed, torch.device]:
     """torchrun's environment -> process group (NCCL on GPU, Gloo on CPU) and this process's device.
 
     On GPU, local rank i takes ``cuda:i`` of the GPUs this process sees: one process per GPU. A local rank without
-    its GPU (more processes than GPUs on a node) is an error naming the two settings, before any CUDA call."""
+    its GPU (more processes than GPUs on a node) is an error naming the two settings, before any CUDA call.
+    ``group``: join a process group even as the only process (:func:`ddp_always`); under torchrun through its
+    environment, otherwise through a store of this process's own."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dist_info = Distributed(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
@@ -49,9 +54,24 @@ def setup_distributed(device_kind: str) -> tuple[Distributed, torch.device]:
     device = torch.device(f"cuda:{dist_info.local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if (world > 1 or group) and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        if world == 1 and "MASTER_ADDR" not in os.environ:  # one process, no torchrun: no rendezvous to meet at
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend)
     return dist_info, device
+
+
+def ddp_always() -> bool:
+    """``$BRAINJEPA_DDP``: ``always`` has pretraining join a process group and wrap its models in
+    DistributedDataParallel even as one process (``torchrun --nproc_per_node=1``, or no torchrun), so that NCCL, the
+    DDP wrapper, its all-reduces and the rank-0 saves run on a single GPU; unset, empty or ``auto``: only when
+    several processes run. It changes how a run is executed, not what it trains."""
+    value = os.environ.get(DDP_ENV, "").strip() or "auto"
+    if value not in ("auto", "always"):
+        raise InputError(f"{DDP_ENV}={value!r} is not one of auto, always")
+    return value == "always"
 
 
 def missing_gpu(local_rank: int, visible: int) -> str:
