@@ -20,13 +20,20 @@ import numpy as np
 from brainjepa.evaluate.tasks import subject_loss
 
 
-def fc_features(data: np.ndarray) -> np.ndarray:
-    """data [N, R, T] -> Fisher-z upper-triangle FC [N, R (R - 1) / 2] float32 (constant ROIs give 0)."""
+def fc_features(data: np.ndarray, block: int = 64) -> np.ndarray:
+    """data [N, R, T] -> Fisher-z upper-triangle FC [N, R (R - 1) / 2] float32 (constant ROIs give 0).
+
+    ``data``: an array, or anything that slices like one (a :class:`brainjepa.evaluate.tasks.ShardWindows` reads
+    the windows from the shards as sliced): ``block`` windows are read at a time, and of each only its
+    R (R - 1) / 2 values are kept."""
     n, r, _ = data.shape
     iu = np.triu_indices(r, k=1)
     out = np.empty((n, len(iu[0])), dtype=np.float32)
+    chunk = None
     for i in range(n):
-        x = data[i].astype(np.float64)
+        if i % block == 0:
+            chunk = data[i:i + block]
+        x = np.asarray(chunk[i % block], dtype=np.float64)
         x = x - x.mean(axis=1, keepdims=True)
         norm = np.linalg.norm(x, axis=1)
         norm[norm == 0] = np.inf

@@ -42,9 +42,10 @@ def readout_features(pooled: np.ndarray, roi_tokens: np.ndarray, readout: str) -
     raise InputError(f"unknown readout {readout!r}; allowed: {', '.join(READOUTS)}")
 
 
-def extract(encoder, data: np.ndarray, n_time_patches: int, device, batch_size: int = 32,
-            autocast=None) -> tuple[np.ndarray, np.ndarray]:
-    """data [N, R, T] -> (pooled [N, D] float32, roi_tokens [N, R, D] float16). Encoder in eval mode.
+def extract_batches(encoder, data, n_time_patches: int, device, batch_size: int = 32, autocast=None):
+    """data [N, R, T] (an array, or a :class:`brainjepa.evaluate.tasks.ShardWindows` that reads its windows as
+    sliced) -> per batch of ``batch_size`` windows, in order: (pooled [B, D] float32, roi_tokens [B, R, D]
+    float16). Encoder in eval mode. Only one batch is held at a time.
 
     (torch is imported here, not with the module: reading a cache, as the closed-form heads do, needs none.)"""
     from contextlib import nullcontext
@@ -52,32 +53,72 @@ def extract(encoder, data: np.ndarray, n_time_patches: int, device, batch_size: 
     import torch
 
     encoder.eval()
-    pooled, rois = [], []
     for i in range(0, len(data), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(data[i:i + batch_size])).unsqueeze(1).to(device)
         with torch.no_grad(), (autocast() if autocast else nullcontext()):
             tokens = encoder(x).float()                                   # [B, R*W, D]
         b, _, d = tokens.shape
-        pooled.append(tokens.mean(dim=1).cpu().numpy())
-        rois.append(tokens.reshape(b, -1, n_time_patches, d).mean(dim=2).half().cpu().numpy())
+        yield (tokens.mean(dim=1).cpu().numpy(),
+               tokens.reshape(b, -1, n_time_patches, d).mean(dim=2).half().cpu().numpy())
+
+
+def extract(encoder, data: np.ndarray, n_time_patches: int, device, batch_size: int = 32,
+            autocast=None) -> tuple[np.ndarray, np.ndarray]:
+    """data [N, R, T] -> (pooled [N, D] float32, roi_tokens [N, R, D] float16): :func:`extract_batches`, joined."""
+    pooled, rois = zip(*extract_batches(encoder, data, n_time_patches, device, batch_size, autocast))
     return np.concatenate(pooled), np.concatenate(rois)
 
 
+def _npy_member(archive, name: str, dtype: np.dtype, shape: tuple[int, ...]):
+    """An open ``<name>.npy`` member of a zip ``archive`` (as :func:`numpy.savez` writes it) with its header
+    written: the caller writes the C-order bytes of ``shape`` elements of ``dtype`` and closes it."""
+    member = archive.open(f"{name}.npy", "w", force_zip64=True)
+    np.lib.format.write_array_header_1_0(member, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": tuple(shape)})
+    return member
+
+
 def write_features(path: str | Path, run_id: np.ndarray, start: np.ndarray, pooled: np.ndarray,
-                   roi_tokens: np.ndarray, meta: dict) -> None:
+                   roi_tokens, meta: dict) -> None:
+    """Write a cache (module docstring), atomically. ``roi_tokens``: [N, R, D] float16, or an iterable of
+    [B, R, D] float16 batches (N rows in all), written as they come: the cache's ROI tokens are then never all
+    in memory. ``pooled`` [N, D] float32, or a list that the batches' caller fills (it is written last)."""
+    import zipfile
+
     from brainjepa.io import atomic_path
 
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, run_id=run_id.astype(str), start=start.astype(np.int64), pooled=pooled,
-                     roi_tokens=roi_tokens, meta=np.array(json.dumps(meta, sort_keys=True)))
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in (("run_id", run_id.astype(str)), ("start", start.astype(np.int64))):
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            n = len(run_id)
+            written = 0
+            member = None
+            for batch in ([roi_tokens] if isinstance(roi_tokens, np.ndarray) else roi_tokens):
+                batch = np.ascontiguousarray(batch, dtype=np.float16)
+                if member is None:
+                    member = _npy_member(archive, "roi_tokens", np.float16, (n, *batch.shape[1:]))
+                member.write(batch.tobytes())
+                written += len(batch)
+            if member is None:
+                raise ValueError(f"{path}: no ROI tokens to write")
+            member.close()
+            if written != n:
+                raise ValueError(f"{path}: {written} windows of ROI tokens for {n} window keys")
+            pooled = np.asarray(np.concatenate(pooled) if isinstance(pooled, list) else pooled, dtype=np.float32)
+            for name, array in (("pooled", pooled), ("meta", np.array(json.dumps(meta, sort_keys=True)))):
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def read_features(path: str | Path) -> dict:
-    """The arrays of a cache and its ``meta`` dict; an unreadable file is an InputError naming it."""
+def read_features(path: str | Path, tokens: bool = True) -> dict:
+    """The arrays of a cache and its ``meta`` dict (without ``tokens``, ``roi_tokens`` is not read and is None);
+    an unreadable file is an InputError naming it."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            out = {k: f[k] for k in ("run_id", "start", "pooled", "roi_tokens")}
+            out = {k: f[k] for k in ("run_id", "start", "pooled", *(("roi_tokens",) if tokens else ()))}
+            out.setdefault("roi_tokens", None)
             out["meta"] = json.loads(str(f["meta"]))
     except (OSError, KeyError, ValueError) as exc:
         raise InputError(f"{path}: not a feature cache ({exc})") from None
@@ -86,7 +127,9 @@ def read_features(path: str | Path) -> dict:
 
 def run_features(encoder_spec: dict, shards: str | Path, cohorts: list[str], out: str | Path,
                  seed: int = 0, device_kind: str = "auto", precision: str = "auto", batch_size: int = 32) -> None:
-    """The ``features`` stage: every train/val/test window of the cohorts through one frozen encoder."""
+    """The ``features`` stage: every train/val/test window of the cohorts through one frozen encoder, the windows
+    read from the shards one batch at a time and the ROI tokens written as they come (the memory held does not
+    grow with the cohorts but for the pooled features, D floats per window)."""
     import logging
     import time
 
@@ -97,15 +140,21 @@ def run_features(encoder_spec: dict, shards: str | Path, cohorts: list[str], out
 
     manifests = split_manifests(shards)
     window = int(load_manifest(manifests["train"])["window"])
-    run_id, start, data, names = cohort_windows(manifests, cohorts, window)
+    run_id, start, data, names = cohort_windows(manifests, cohorts, window)   # read batch by batch
     _, device = setup_distributed(device_kind)
     encoder, source = load_encoder(encoder_spec, names, window, seed=seed)
     encoder.to(device)
     t0 = time.perf_counter()
-    pooled, rois = extract(encoder, data, encoder.cfg.n_time_patches, device, batch_size,
-                           lambda: autocast_for(device, precision))
+    pooled: list[np.ndarray] = []
+
+    def tokens():
+        for batch_pooled, batch_rois in extract_batches(encoder, data, encoder.cfg.n_time_patches, device,
+                                                        batch_size, lambda: autocast_for(device, precision)):
+            pooled.append(batch_pooled)
+            yield batch_rois
+
+    meta = {"encoder": encoder_spec, "source": source, "window": window, "roi_names": names, "cohorts": cohorts}
+    write_features(out, run_id, start, pooled, tokens(), meta)
     seconds = time.perf_counter() - t0
     logging.getLogger("brainjepa.evaluate").info("%s: %d windows of %s in %.1f s (%.1f windows/s)", out, len(data),
                                                  ",".join(cohorts), seconds, len(data) / max(seconds, 1e-9))
-    meta = {"encoder": encoder_spec, "source": source, "window": window, "roi_names": names, "cohorts": cohorts}
-    write_features(out, run_id, start, pooled, rois, meta)

@@ -15,7 +15,8 @@ rate, weight decay) of the section's grid, the best by the same validation metri
 :data:`GRID_TIE` of the best count as tied: the lowest validation loss of them); or the paper's LARS linear probe
 (``recipe: paper``).
 
-Under torchrun (several processes), every rank holds all windows and takes its slice of each global batch
+Fine-tuning's windows are read from the shards batch by batch (:class:`WindowInputs`), never all held.
+Under torchrun (several processes), every rank sees all windows and takes its slice of each global batch
 (``batch_size`` per rank); the model is wrapped in DistributedDataParallel; evaluation is the same on every
 rank. On a GPU the forward passes run under bf16 autocast (``precision``).
 """
@@ -48,6 +49,35 @@ class FitResult:
     metric: str = ""                  # the selection metric (SELECTION[kind])
     score: float = -math.inf          # its validation value at the selected epoch (-inf: undefined)
     val_loss: float = math.inf        # the validation loss at the selected epoch
+
+
+class WindowInputs:
+    """Fine-tuning's windows [N, 1, R, T] as :func:`fit`, :func:`predict` and the heads index them, read on
+    demand: ``inputs[index]`` (a tensor or array of indices, or a slice) -> a float32 tensor [B, 1, R, T];
+    :meth:`take` a view of some windows. ``windows``: anything that indexes as an [N, R, T] array does (an array,
+    or a :class:`brainjepa.evaluate.tasks.ShardWindows`, which reads only the windows of a batch from the
+    shards, so that no more than a batch is in memory)."""
+
+    def __init__(self, windows) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.windows), 1, *tuple(self.windows.shape)[1:])
+
+    def take(self, index: np.ndarray) -> WindowInputs:
+        """The windows ``index`` (indices or a boolean mask), as a view where the windows allow one."""
+        if isinstance(self.windows, (np.ndarray, torch.Tensor)):
+            return WindowInputs(self.windows[index])
+        return WindowInputs(self.windows.take(index))
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, torch.Tensor):
+            key = key.numpy()
+        return torch.from_numpy(np.ascontiguousarray(self.windows[key], dtype=np.float32)).unsqueeze(1)
 
 
 def optimizer_step(optimizer, loss: torch.Tensor, name: str, epoch: int, step: int) -> float:
@@ -100,7 +130,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
         sample: Callable[[np.ndarray, int], np.ndarray] | None = None, min_steps: int = 0) -> FitResult:
     """Train and select on validation (module docstring).
 
-    train: (inputs [N, ...], targets [N]); val: (inputs [M, ...], targets [M], subjects [M]).
+    train: (inputs [N, ...], targets [N]); val: (inputs [M, ...], targets [M], subjects [M]); inputs are tensors, or
+    a :class:`WindowInputs` that reads each batch's windows when indexed.
     ``train_module``: what the steps call (a DDP wrapper of ``model``); ``model`` is what is evaluated and saved.
     ``class_weight`` [C] (classification): weights of the training loss and of the validation criterion.
     ``sample(indices [B], epoch) -> inputs [B, ...]``: the training inputs of a batch instead of
@@ -135,9 +166,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
             value = lr_at(step, total, warmup, lr, min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = value * group.get("lr_scale", 1.0)
-            x = inputs[batch]
-            if sample is not None:
-                x = torch.from_numpy(sample(batch.numpy(), epoch)).view_as(x)
+            if sample is not None:   # (the windows of the batch are not read: streamed inputs read on indexing)
+                x = torch.from_numpy(sample(batch.numpy(), epoch)).view(len(batch), *tuple(inputs.shape)[1:])
+            else:
+                x = inputs[batch]
             x, y = x.to(device).float(), targets[batch].to(device)
             with autocast():
                 loss = task_loss(kind, step_module(x), y, weight)

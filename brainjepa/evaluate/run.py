@@ -76,13 +76,14 @@ def _seed_everything(seed: int, with_torch: bool) -> None:
         torch.manual_seed(seed)
 
 
-def _features_for(w: TaskWindows, paths: list[str | Path]) -> dict[str, np.ndarray]:
-    """The cached features of the task's windows (joined on run_id and window start), in window order."""
+def _features_for(w: TaskWindows, paths: list[str | Path], tokens: bool = True) -> dict[str, np.ndarray]:
+    """The cached features of the task's windows (joined on run_id and window start), in window order; without
+    ``tokens`` the ROI tokens are not read (``roi_tokens`` is then empty: the pooled readout needs none)."""
     from brainjepa.evaluate.features import read_features
 
     pooled, rois, found = {}, {}, {}
     for path in paths:
-        cache = read_features(path)
+        cache = read_features(path, tokens=tokens)
         for i, key in enumerate(zip(cache["run_id"], cache["start"])):
             found[(str(key[0]), int(key[1]))] = (path, i)
         pooled[path], rois[path] = cache["pooled"], cache["roi_tokens"]
@@ -92,7 +93,8 @@ def _features_for(w: TaskWindows, paths: list[str | Path]) -> dict[str, np.ndarr
         raise InputError(f"feature cache(s) {[str(p) for p in paths]} lack window {lost[0]} of task {w.task.name} "
                          f"({len(lost)} missing): rebuild the features")
     return {"pooled": np.stack([pooled[found[k][0]][found[k][1]] for k in keys]),
-            "roi_tokens": np.stack([rois[found[k][0]][found[k][1]] for k in keys])}
+            "roi_tokens": (np.stack([rois[found[k][0]][found[k][1]] for k in keys]) if tokens
+                           else np.zeros((len(keys), 0, 0), np.float16))}
 
 
 def _class_weight(w: TaskWindows, cfg: ProtocolConfig) -> np.ndarray | None:
@@ -119,7 +121,6 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
     from brainjepa.train.runtime import autocast_for, setup_distributed
 
     dist_info, device = setup_distributed(cfg.device)
-    x = torch.from_numpy(np.ascontiguousarray(inputs))
     autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
     target = torch.from_numpy(w.target)
     tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
@@ -132,6 +133,7 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     if protocol != "finetune":
+        x = torch.from_numpy(np.ascontiguousarray(inputs))
         section = cfg.linprobe if protocol == "linprobe" else cfg.attentive
         fitted = loop.fit_probe(protocol, section, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]),
                                 w.task.kind, w.n_outputs, seed=seed, device=device, autocast=autocast,
@@ -143,27 +145,28 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
         return predictions, fitted.info
     from brainjepa.evaluate.finetune import build_finetune, probe_head
 
-    x = x.unsqueeze(1)
+    x = loop.WindowInputs(inputs)          # [N, 1, R, T], each batch read from the shards when it is needed
+    x_tr, x_va, x_te = (x.take(m) for m in (tr, va, te))
     section = cfg.finetune
     model, optimizer, lr = build_finetune(encoder, w.n_outputs, section, dist_info.world_size)
     model.to(device)
     probe_info = None
     if section.head_init == "probe":   # before the DDP wrapper, which broadcasts rank 0's state
-        probe_info = probe_head(model, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]), w.task.kind,
+        probe_info = probe_head(model, (x_tr, target[tr]), (x_va, w.target[va], w.subject[va]), w.task.kind,
                                 w.n_outputs, cfg.linprobe, seed=seed, device=device, autocast=autocast,
                                 rank=dist_info.rank, name=name, class_weight=class_weight)
     sample = None
     if section.temporal_jitter:
         train_index = np.flatnonzero(tr)
         sample = lambda batch, epoch: w.jittered(train_index[batch], seed, epoch)  # noqa: E731
-    result = loop.fit(model, optimizer, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]), w.task.kind,
+    result = loop.fit(model, optimizer, (x_tr, target[tr]), (x_va, w.target[va], w.subject[va]), w.task.kind,
                       epochs=section.epochs, warmup_epochs=section.warmup_epochs, batch_size=section.batch_size,
                       lr=lr, min_lr=section.min_lr, seed=seed, device=device,
                       autocast=autocast, rank=dist_info.rank,
                       world_size=dist_info.world_size, train_module=wrap(model), name=name,
                       class_weight=class_weight, sample=sample, min_steps=section.min_steps)
-    predictions = {s: loop.predict(model, x[m], w.task.kind, device, 64, autocast)
-                   for s, m in (("val", va), ("test", te))}
+    predictions = {s: loop.predict(model, part, w.task.kind, device, 64, autocast)
+                   for s, part in (("val", x_va), ("test", x_te))}
     info = {"epoch": result.selected_epoch, "metric": result.metric,
             "score": result.score if np.isfinite(result.score) else None, "history": result.history, "lr": lr,
             "head_init": section.head_init}
@@ -265,12 +268,12 @@ def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: Protocol
             raise InputError(f"{name}: {protocol} needs the encoder's feature cache(s)")
         from brainjepa.evaluate.features import read_features, readout_features
 
-        cached = _features_for(w, list(features))
+        cached = _features_for(w, list(features), tokens=protocol == "attentive" or readout != "mean")
         if protocol == "attentive":
             inputs = cached["roi_tokens"]
         else:
             inputs = readout_features(cached["pooled"], cached["roi_tokens"], readout)
-        meta = read_features(features[0])["meta"]
+        meta = read_features(features[0], tokens=False)["meta"]
         source, window = meta["source"], meta.get("window", window)
 
         def fit(view: TaskWindows, weight: np.ndarray | None):

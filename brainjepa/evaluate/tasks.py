@@ -27,6 +27,7 @@ the training cohorts (a k-fold's held-out fold is its validation) and every spli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,7 +104,8 @@ class Resampling:
 @dataclass
 class TaskWindows:
     """The windows of one task. Per window (N): key (run_id, start), split, subject ("cohort/subject"),
-    target (z-scored float, or class index); ``data`` [N, R, window] float32 when loaded."""
+    target (z-scored float, or class index); ``data`` [N, R, window] float32 when loaded: a :class:`ShardWindows`
+    (:func:`load_task`), which reads windows from the shards as they are indexed, or an array."""
 
     task: TaskConfig
     run_id: np.ndarray
@@ -115,9 +117,9 @@ class TaskWindows:
     classes: list[str]                         # classification: class names in index order
     mean: float = 0.0                          # regression: training subjects' mean and std
     std: float = 1.0
-    data: np.ndarray | None = None
+    data: ShardWindows | np.ndarray | None = None
     roi_names: list[str] = field(default_factory=list)
-    runs: list[np.ndarray] = field(default_factory=list)   # with data: each window's whole run [R, T_run]
+    runs: Sequence[np.ndarray] = field(default_factory=list)   # with data: each window's whole run [R, T_run]
 
     def jittered(self, index: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """Training-time temporal jitter: for windows ``index`` [B], a window of the same length from a random
@@ -126,10 +128,10 @@ class TaskWindows:
         code samples; evaluation keeps the deterministic windows."""
         from brainjepa.data.schedule import window_starts
 
-        if self.data is None or not self.runs:
+        if self.data is None or not len(self.runs):
             raise InputError(f"task {self.task.name}: temporal jitter needs the windows' runs (with_data)")
         window = self.data.shape[-1]
-        out = np.empty((len(index),) + self.data.shape[1:], dtype=np.float32)
+        out = np.empty((len(index),) + tuple(self.data.shape[1:]), dtype=np.float32)
         for k, i in enumerate(np.asarray(index)):
             run = self.runs[int(i)]
             (start,) = window_starts(run.shape[1], window, mode="train", seed=seed, epoch=epoch,
@@ -249,18 +251,207 @@ def task_split_problems(task: TaskConfig, subjects: pd.DataFrame) -> list[str]:
     return problems
 
 
-def read_split(manifest_path: str | Path, split: str, columns: list[str], with_data: bool) -> pd.DataFrame:
+WINDOW_CACHE_BYTES = 8 << 20      # ShardWindows: decoded row groups kept for the next reads (bytes, as stored)
+
+
+class ShardWindows:
+    """Evaluation windows read from the shards when asked for, instead of held in memory: per window (N) its
+    shard (an index into ``shards``: (manifest path, manifest entry)), its row in that shard and its start.
+
+    ``store[i]`` -> [R, window] float32; ``store[index]`` (integers, a boolean mask, a slice, a tensor of
+    indices) -> [B, R, window] float32, in the order asked for; :meth:`take` a view of some windows (nothing
+    read); :meth:`run` a window's whole run [R, T_run] float32; ``np.asarray(store)`` every window [N, R, window]
+    (what the in-memory readers held). The values are those of the in-memory readers: the stored matrix
+    (float16 or float32), cut to the window, as float32.
+
+    A read decodes the row group holding the row (a Parquet row group, or a tar shard's group of the manifest's
+    ``rows_per_row_group`` samples) and keeps the last decoded groups up to ``cache_bytes``, so reading windows
+    in shard order decodes every group once and the memory held is one batch plus the cache, whatever the
+    number of windows. Each shard's sha256 is checked against its manifest entry once per process, before its
+    first read (:func:`brainjepa.data.shards.verify_shard`; a listing by :func:`read_split` has checked it).
+    """
+
+    def __init__(self, shards: list[tuple[Path, dict]], shard: np.ndarray, row: np.ndarray, start: np.ndarray,
+                 n_rois: int, window: int, dtype: str, group_size: int | None,
+                 cache_bytes: int = WINDOW_CACHE_BYTES):
+        self.shards = shards
+        self.shard, self.row, self.start = (np.asarray(a, dtype=np.int64) for a in (shard, row, start))
+        self.n_rois, self.window, self.dtype, self.group_size = int(n_rois), int(window), dtype, group_size
+        self.cache_bytes = int(cache_bytes)
+        self._state = {"groups": {}, "bounds": {}, "files": {}}   # shared by the views of one store
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.shard), self.n_rois, self.window)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+    def _index(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.arange(len(self))[key]
+        key = np.asarray(key.cpu() if hasattr(key, "cpu") else key)
+        return np.flatnonzero(key) if key.dtype == bool else key.astype(np.int64).reshape(-1)
+
+    def take(self, key) -> ShardWindows:
+        """A view of the windows ``key`` (indices, a boolean mask or a slice), reading through this store's cache."""
+        index = self._index(key)
+        out = object.__new__(ShardWindows)
+        out.__dict__.update(self.__dict__)
+        out.shard, out.row, out.start = self.shard[index], self.row[index], self.start[index]
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self._read(np.array([int(key)]))[0]
+        return self._read(self._index(key))
+
+    def run(self, i: int) -> np.ndarray:
+        """Window ``i``'s whole run [R, T_run] float32."""
+        return np.asarray(self._matrix(int(self.shard[i]), int(self.row[i])), dtype=np.float32)
+
+    @property
+    def runs(self) -> _Runs:
+        """Each window's whole run, read when indexed: ``store.runs[i]`` is ``store.run(i)``."""
+        return _Runs(self)
+
+    def _read(self, index: np.ndarray) -> np.ndarray:
+        out = np.empty((len(index), self.n_rois, self.window), dtype=np.float32)
+        for k, i in enumerate(index):
+            s0 = int(self.start[i])
+            out[k] = self._matrix(int(self.shard[i]), int(self.row[i]))[:, s0:s0 + self.window]
+        return out
+
+    def _matrix(self, shard: int, row: int) -> np.ndarray:
+        """The stored [R, T] matrix of a shard's row, from its decoded group."""
+        bounds = self._bounds(shard)
+        group = int(np.searchsorted(bounds, row, side="right")) - 1
+        return self._group(shard, group)[row - int(bounds[group])]
+
+    def _bounds(self, shard: int) -> np.ndarray:
+        """The first row of each group of a shard, and its row count: [groups + 1]."""
+        state = self._state
+        if shard not in state["bounds"]:
+            entry = self.shards[shard][1]
+            if self.group_size is not None:
+                sizes = [self.group_size] * (int(entry["rows"]) // self.group_size)
+                sizes += [int(entry["rows"]) % self.group_size] if int(entry["rows"]) % self.group_size else []
+            else:
+                meta = self._open(shard).metadata
+                sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            state["bounds"][shard] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        return state["bounds"][shard]
+
+    def _open(self, shard: int):
+        """The shard's reader (a ``pyarrow.parquet.ParquetFile`` or a ``TarShardReader``), its sha256 checked first."""
+        from brainjepa.data.shards import verify_shard
+
+        files = self._state["files"]
+        if shard not in files:
+            manifest_path, entry = self.shards[shard]
+            path = Path(manifest_path).parent / entry["path"]
+            verify_shard(path, entry["sha256"], manifest_path)
+            try:
+                if self.group_size is not None:
+                    from brainjepa.data.tar_shards import TarShardReader
+
+                    files[shard] = TarShardReader(path, int(entry["rows"]), self.group_size,
+                                                  where=f"{path} (listed in {manifest_path})")
+                else:
+                    import pyarrow.parquet as pq
+
+                    files[shard] = pq.ParquetFile(path)
+            except OSError as exc:
+                raise InputError(f"{path}: cannot read shard ({exc}); listed in {manifest_path}") from exc
+            while len(files) > 4:                       # a few open files: the reads go shard by shard
+                stale = files.pop(next(iter(files)))
+                if hasattr(stale, "close"):
+                    stale.close()
+        return files[shard]
+
+    def _group(self, shard: int, group: int) -> list[np.ndarray]:
+        """The stored [R, T] matrices of one group, decoded once and kept while the cache allows."""
+        from brainjepa.data.manifest import DTYPES
+
+        groups = self._state["groups"]
+        key = (shard, group)
+        if key in groups:
+            groups[key] = groups.pop(key)                # most recently used last
+            return groups[key]
+        handle, dtype = self._open(shard), DTYPES[self.dtype]
+        if self.group_size is not None:
+            mats = [m for _, m in handle.read_group(group, dtype, self.n_rois)]
+        else:
+            table = handle.read_row_group(group, columns=["n_rois", "n_timepoints", "data"], use_threads=False)
+            mats = [np.frombuffer(b, dtype).reshape(r, t) for b, r, t in
+                    zip(table.column("data").to_pylist(), table.column("n_rois").to_pylist(),
+                        table.column("n_timepoints").to_pylist())]
+        groups[key] = mats
+        held = sum(m.nbytes for g in groups.values() for m in g)
+        while held > self.cache_bytes and len(groups) > 1:
+            held -= sum(m.nbytes for m in groups.pop(next(iter(groups))))
+        return mats
+
+
+class _Runs(Sequence):
+    """:attr:`ShardWindows.runs`: a sequence of the windows' whole runs [R, T_run] float32, each read when indexed."""
+
+    def __init__(self, store: ShardWindows) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.store.run(k) for k in range(len(self))[i]]
+        return self.store.run(int(i))
+
+
+def read_split(manifest_path: str | Path, split: str, columns: list[str], with_data: bool,
+               positions: bool = False) -> pd.DataFrame:
     """One split's shard rows (every shard of the manifest): the metadata ``columns``, or every column with
-    ``data`` ([R, T] float32 per run) when ``with_data``. Each shard's sha256 is checked against the manifest
-    (once per process, whatever the columns: :func:`brainjepa.data.shards.read_listed_shard`)."""
+    ``data`` ([R, T] float32 per run) when ``with_data``; with ``positions`` also each row's place in the shards,
+    ``_shard`` (its shard's index in the manifest's list of the split) and ``_row`` (its row in that shard), what
+    :class:`ShardWindows` reads. Each shard's sha256 is checked against the manifest (once per process, whatever
+    the columns: :func:`brainjepa.data.shards.read_listed_shard`)."""
     from brainjepa.data.shards import load_manifest, read_listed_shard
 
     manifest = load_manifest(manifest_path)
-    frames = [read_listed_shard(manifest_path, entry, manifest["dtype"], None if with_data else columns)
-              for entry in manifest["splits"].get(split, [])]
+    frames = []
+    for k, entry in enumerate(manifest["splits"].get(split, [])):
+        frame = read_listed_shard(manifest_path, entry, manifest["dtype"], None if with_data else columns)
+        if positions:
+            frame["_shard"], frame["_row"] = k, np.arange(len(frame))
+        frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=columns + (["data"] if with_data else []))
+        return pd.DataFrame(columns=columns + (["data"] if with_data else []) + (["_shard", "_row"] if positions
+                                                                               else []))
     return pd.concat(frames, ignore_index=True)
+
+
+def shard_windows(manifests: dict[str, str | Path], rows: pd.DataFrame, start: np.ndarray, window: int,
+                  cache_bytes: int = WINDOW_CACHE_BYTES) -> ShardWindows:
+    """The :class:`ShardWindows` of the windows of ``window`` steps whose runs are ``rows`` (one per window, with
+    ``_source``, the split whose manifest lists the run, and :func:`read_split`'s ``_shard`` and ``_row``),
+    starting at ``start`` [N]."""
+    from brainjepa.data.shards import load_manifest
+
+    shards, offset = [], {}
+    first = load_manifest(manifests[SPLITS[0]])
+    for split in SPLITS:
+        manifest = load_manifest(manifests[split])
+        offset[split] = len(shards)
+        shards += [(Path(manifests[split]), entry) for entry in manifest["splits"].get(split, [])]
+    tar = first["shard_format"] == "webdataset"
+    shard = np.array([offset[s] for s in rows["_source"]], dtype=np.int64) + rows["_shard"].to_numpy(np.int64)
+    return ShardWindows(shards, shard, rows["_row"].to_numpy(np.int64), start, len(first["roi_names"]),
+                        window, first["dtype"],
+                        int(first["rows_per_row_group"]) if tar else None, cache_bytes)
 
 
 @dataclass
@@ -337,7 +528,9 @@ def split_windows(manifests: dict, cohorts: list[str], window: int, splits: tupl
 
 
 def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, with_data: bool = False) -> TaskWindows:
-    """The task's windows from the per-split shard sets ``{split: manifest path}`` (train, val, test)."""
+    """The task's windows from the per-split shard sets ``{split: manifest path}`` (train, val, test); with
+    ``with_data`` their ``data``, a :class:`ShardWindows` that reads them from the shards when asked for (the
+    task's windows are never all in memory at once)."""
     from brainjepa.data.schedule import window_starts
     from brainjepa.data.shards import load_manifest
 
@@ -348,7 +541,8 @@ def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, w
     columns = ["run_id", "cohort", "subject", "split", "n_timepoints", *dict.fromkeys(needed)]
     rows = []
     for split in SPLITS:
-        frame = read_split(manifests[split], split, columns, with_data)
+        frame = read_split(manifests[split], split, columns, False, positions=with_data)
+        frame["_source"] = split
         absent = [c for c in needed if c not in frame.columns]
         if absent:
             raise InputError(f"{manifests[split]}: shards lack label column(s) {absent} of task {task.name} "
@@ -377,11 +571,8 @@ def load_task(task: TaskConfig, manifests: dict[str, str | Path], window: int, w
     out = TaskWindows(task, sub["run_id"].to_numpy(), start, split, subject, np.zeros(len(sub)), raw, [])
     _set_targets(out)
     if with_data:
-        data = np.empty((len(sub), sub["data"].iloc[0].shape[0], window), dtype=np.float32)
-        for k, (matrix, s0) in enumerate(zip(sub["data"], start)):
-            data[k] = matrix[:, s0:s0 + window]
-        out.data = data
-        out.runs = list(sub["data"])
+        out.data = shard_windows(manifests, sub, start, window)
+        out.runs = out.data.runs
         out.roi_names = list(load_manifest(manifests["train"])["roi_names"])
     return out
 
@@ -511,19 +702,30 @@ def subject_loss(kind: str, subject: np.ndarray, target: np.ndarray, pred: np.nd
 
 
 def cohort_windows(manifests: dict[str, str | Path], cohorts: list[str], window: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+                   ) -> tuple[np.ndarray, np.ndarray, ShardWindows, list[str]]:
     """Every evaluation window of the cohorts' train/val/test runs, labelled or not: (run_id [N], start [N],
-    data [N, R, window] float32, ROI names), in split order (:func:`split_windows`). What the feature cache of
-    an encoder holds; a split without a run of the cohorts is skipped."""
+    data [N, R, window] float32 as a :class:`ShardWindows` (read from the shards as indexed), ROI names), in
+    split order, the order of :func:`split_windows`. What the feature cache of an encoder holds; a split without a
+    run of the cohorts is skipped."""
+    from brainjepa.data.schedule import window_starts
     from brainjepa.data.shards import load_manifest
 
-    parts = list(split_windows(manifests, cohorts, window, skip_empty=True).values())
-    if not parts:
+    rows, starts = [], []
+    for split in SPLITS:
+        frame = read_split(manifests[split], split, ["run_id", "cohort", "n_timepoints"], False, positions=True)
+        frame = frame[frame["cohort"].isin(cohorts)]
+        for run_id, n_time, shard, row in zip(frame["run_id"], frame["n_timepoints"], frame["_shard"], frame["_row"]):
+            for s0 in window_starts(int(n_time), window, mode="eval"):
+                rows.append((run_id, split, shard, row))
+                starts.append(s0)
+    if not rows:
         raise InputError(f"cohort(s) {cohorts}: no run with a full window of {window} time steps in the "
                          "train/val/test shards")
+    table = pd.DataFrame(rows, columns=["run_id", "_source", "_shard", "_row"])
+    start = np.array(starts, dtype=np.int64)
+    data = shard_windows(manifests, table, start, window)
     names = list(load_manifest(manifests["train"])["roi_names"])
-    return (np.concatenate([p.run_id for p in parts]), np.concatenate([p.start for p in parts]),
-            np.concatenate([p.data for p in parts]), names)
+    return table["run_id"].to_numpy(), start, data, names
 
 
 def split_manifests(shards: str | Path) -> dict[str, Path]:

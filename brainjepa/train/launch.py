@@ -20,6 +20,7 @@ them and execs the result, so signals (Slurm's SIGTERM before the time limit) re
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import zlib
@@ -281,3 +282,53 @@ def slurm_resources(layout: JobLayout) -> dict[str, int | str]:
 
 
 SLURM_RESOURCE_KEYS = ("gpu", "cpus_per_gpu", "nodes", "tasks", "mpi", "gres", "tasks_per_gpu")
+
+
+# ---------------------------------------------------------------------------------------------- host memory
+PROCESS_MB = 3000          # a torch process's own host memory (interpreter, torch, CUDA context and kernels)
+WORKER_MB = 1000           # a DataLoader worker (a forked torch process, its decoded row groups)
+STREAM_MB = 64             # the evaluation readers' decoded row groups (tasks.WINDOW_CACHE_BYTES) and a batch
+MEMORY_STAGES = ("features", "evaluate", "capability", "pretrain")
+
+
+def job_memory_mb(stage: str, *, n_rois: int, window: int, n_windows: int, embed_dim: int, depth: int,
+                  protocol: str | None = None, processes: int = 1, num_workers: int = 0) -> int:
+    """The host memory (MB, Slurm's ``mem_mb``) of one job of ``stage``, from the data's shape and the model.
+
+    n_rois x window: a window; n_windows: the windows of the evaluation cohorts (an upper bound for one job);
+    embed_dim x depth: the encoder (about 12 depth D^2 parameters); protocol (``evaluate``): the method's
+    protocol (``finetune``, ``linprobe``, ``attentive``, ``closed_form``, ``fc_linear``, ``fc_svm``; None: the
+    largest); processes, num_workers: ranks of the job and DataLoader workers per rank (``pretrain``).
+
+    - ``features``: the windows stream from the shards and the ROI tokens to the cache, so the job holds
+      :data:`PROCESS_MB`, the model, :data:`STREAM_MB` and the pooled features (D float32 per window).
+    - ``evaluate``: fine-tuning streams its batches (model, gradients, AdamW and the selected state: 20 bytes a
+      parameter); the frozen protocols hold their features per window (the pooled ones; for ``attentive`` and
+      the ROI readouts also the R x D tokens, float16 as cached and float32 and float64 copies: 16 bytes a
+      value); the FC baselines R (R - 1) / 2 values per window, float32 and the scaler's float64 copy.
+    - ``capability``: forecasting, network identification, reconstruction and perturbation still hold their
+      cohorts' windows as float32 (with one copy).
+    - ``pretrain``: per rank :data:`PROCESS_MB`, the model and its EMA target with AdamW (24 bytes a parameter),
+      a checkpoint's copy, and its workers; times ``processes``.
+
+    Rounded up to the next 1,000 MB, at least 2,000."""
+    if stage not in MEMORY_STAGES:
+        raise ValueError(f"job_memory_mb: stage {stage!r}; one of {', '.join(MEMORY_STAGES)}")
+    mb = 2**20
+    params = 12 * depth * embed_dim**2 + n_rois * embed_dim            # blocks, and the positional table
+    window_bytes = 4 * n_rois * window
+    if stage == "features":
+        total = PROCESS_MB + (4 * params + n_windows * (4 * embed_dim + 256)) / mb + STREAM_MB
+    elif stage == "evaluate":
+        tokens = 16 * n_rois * embed_dim                                 # a window's ROI tokens and their copies
+        fc = n_rois * (n_rois - 1) // 2 * (4 + 8)
+        per_window = {"finetune": 256, "linprobe": 12 * embed_dim, "closed_form": 12 * embed_dim,
+                      "attentive": tokens + 12 * embed_dim, "fc_linear": fc, "fc_svm": fc}
+        kept = per_window.get(protocol, max(per_window.values()) if protocol is None else tokens + 12 * embed_dim)
+        total = PROCESS_MB + (20 * params + n_windows * kept) / mb + STREAM_MB
+    elif stage == "capability":
+        total = PROCESS_MB + (4 * params + 2 * n_windows * window_bytes) / mb
+    else:
+        per_rank = PROCESS_MB + num_workers * WORKER_MB + 2 * 28 * params / mb
+        total = per_rank * max(1, processes)
+    return int(max(2000, math.ceil(total / 1000) * 1000))

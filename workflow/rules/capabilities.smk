@@ -20,7 +20,7 @@ rule capability:
     threads: config["evaluate"]["threads"]
     resources:
         **gpu_job_resources("evaluate", gpus=capability_gpus),
-        mem_mb=8000,
+        mem_mb=memory_mb("capability"),
         runtime=config["evaluate"]["runtime"],
     params:
         command=lambda wildcards: CAPABILITY_COMMANDS[wildcards.capability],
@@ -49,7 +49,7 @@ rule perturbation:
     threads: config["evaluate"]["threads"]
     resources:
         **gpu_job_resources("evaluate", gpus=capability_gpus),
-        mem_mb=8000,
+        mem_mb=memory_mb("capability"),
         runtime=config["evaluate"]["runtime"],
     params:
         args=capability_args,

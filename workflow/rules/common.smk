@@ -516,6 +516,38 @@ def gpu_job_resources(section, gpus=None, launched=False):
     return {key: (lambda wildcards, key=key: per_job(wildcards).get(key)) for key in launch.SLURM_RESOURCE_KEYS} | extra
 
 
+WINDOWS_PER_RUN = 3  # the review's sizing (8,000 subjects x 3 windows): runs' lengths are known after parcellation
+_ATLAS = config["atlas"]
+_CORTICAL = _ATLAS.get("cortical") or {}
+# ROIs at parse time: Schaefer's parcels + Tian S3's 50 when fetched; local label tables may not exist yet: the
+# paper's 450 bound them
+N_ROIS_BOUND = _CORTICAL["n_parcels"] + 50 if _CORTICAL and not _CORTICAL.get("labels") else 450
+
+
+def memory_mb(stage, method=None):
+    """A job's host memory (Slurm mem_mb) from the data's shape, the model and its processes:
+    brainjepa.train.launch.job_memory_mb (features, evaluate, capability, pretrain)."""
+    model = TRAIN_CONFIG.model.resolved()
+    section = "pretrain" if stage == "pretrain" else "evaluate"
+    protocol = None
+    if method is not None:  # a frozen protocol on ROI tokens holds them as the attentive probe does
+        from brainjepa.evaluate.run import parse_method_readout
+
+        _, protocol, readout = parse_method_readout(method)
+        protocol = "attentive" if readout not in (None, "mean") else protocol
+    return launch.job_memory_mb(
+        stage,
+        n_rois=N_ROIS_BOUND,
+        window=int(config["shards"]["window"]),
+        n_windows=WINDOWS_PER_RUN * int((SPLIT_TABLE["split"] != splits.PRETRAIN).sum()),
+        embed_dim=model.embed_dim,
+        depth=model.depth,
+        protocol=protocol,
+        processes=int(config[section]["processes"]),
+        num_workers=TRAIN_CONFIG.data.num_workers if stage == "pretrain" else 0,
+    )
+
+
 def launcher(section, launched=True):
     """The shell words that start a `brainjepa` subcommand with the section's layout (brainjepa.train.launch):
     `brainjepa launch` on one node, srun starting one launcher per node on several."""

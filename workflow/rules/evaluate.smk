@@ -38,7 +38,7 @@ rule features:
     resources:
         **gpu_job_resources("evaluate"),
         gpu=config["evaluate"]["gpus"],
-        mem_mb=8000,
+        mem_mb=memory_mb("features"),
         runtime=config["evaluate"]["runtime"],
     params:
         encoder=lambda wildcards: json.dumps(encoder_spec(wildcards.encoder)),
@@ -83,7 +83,7 @@ rule evaluate:
     threads: config["evaluate"]["threads"]
     resources:
         **gpu_job_resources("evaluate", gpus=evaluate_gpus, launched=evaluate_launched),
-        mem_mb=8000,
+        mem_mb=lambda wildcards: memory_mb("evaluate", wildcards.method),
         runtime=config["evaluate"]["runtime"],
     params:
         args=evaluate_args,

@@ -25,7 +25,7 @@ for _run in PRETRAIN_RUNS:
         threads: config["pretrain"]["threads"]
         resources:
             **gpu_job_resources("pretrain", gpus=config["pretrain"]["gpus"], launched=True),
-            mem_mb=16000,
+            mem_mb=memory_mb("pretrain"),
             runtime=config["pretrain"]["runtime"],
         params:
             launcher=launcher("pretrain"),
