@@ -198,20 +198,26 @@ def test_paired_differences_match_a_direct_computation():
                                truth[order], noisy[seed][order], "random", {"kind": "random", "seed": seed}))
     fc = [truth + rng.normal(0, 2.0, n) for _ in range(2)]
     records += [_record("fc_linear", s, "regression", subjects, truth, fc[s]) for s in range(2)]
+    records.append(_record("fc_svm", 0, "regression", subjects, truth, fc[0]))    # a seedless baseline: one seed
     records.append(_record("random_finetune", 0, "regression", subjects, truth, truth, "random", {"kind": "random"}))
     table = paired_table(records, n_boot=300, seed=5)
-    assert set(table["versus"]) == {"random_closed_form", "fc_linear"}     # same protocol or FC only
+    assert set(table["versus"]) == {"random_closed_form", "fc_linear", "fc_svm"}     # same protocol or FC only
+    fc_rows = table[table["versus"].str.startswith("fc_")]
+    assert fc_rows["versus_seed"].isna().all()          # an FC baseline is no random initialisation, one seed or two
     idx = resamples(n, 300, 5)
 
     def r(pred, rows):
         return np.array([np.corrcoef(truth[i], pred[i])[0, 1] for i in rows])
 
     for _, row in table.iterrows():
-        other = noisy[int(row["versus_seed"])] if row["versus"] == "random_closed_form" else np.mean(fc, axis=0)
+        if row["versus"] == "random_closed_form":
+            other = noisy[int(row["versus_seed"])]
+        else:
+            other = np.mean(fc, axis=0) if row["versus"] == "fc_linear" else fc[0]
         diff = r(good, idx) - r(other, idx)
         assert row["delta"] == pytest.approx(np.corrcoef(truth, good)[0, 1] - np.corrcoef(truth, other)[0, 1])
         assert row["ci_low"] == pytest.approx(np.percentile(diff, 2.5))
         assert row["ci_high"] == pytest.approx(np.percentile(diff, 97.5))
         assert row["p"] == pytest.approx((diff <= 0).mean())
         assert row["beats"] == (row["ci_low"] > 0) and row["n_subjects"] == n
-    assert len(table) == 4 and table.query("versus == 'random_closed_form'")["beats"].all()
+    assert len(table) == 5 and table.query("versus == 'random_closed_form'")["beats"].all()

@@ -322,7 +322,8 @@ def paired_table(records: list[dict], n_boot: int = 1000, seed: int = 0) -> pd.D
                     result = paired_bootstrap(kind, truth, a, b, metric, n_boot=n_boot, seed=seed, scale=scale,
                                               thresholds=(_threshold(mine), _threshold(theirs)))
                     rows.append({"task": task, "method": method, "versus": other,
-                                 "versus_seed": theirs[0]["seed"] if len(theirs) == 1 else None, "metric": metric,
+                                 "versus_seed": theirs[0]["seed"] if encoder_role(theirs[0]) == "random" else None,
+                                 "metric": metric,
                                  "n_subjects": len(truth), **result, "beats": beats(result, metric)})
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
