@@ -110,9 +110,9 @@ def test_full_run_outputs(tiny_project):
         assert all(run in text for run in runs), stage
     # the layout: every rule writes under results/<stage>/ and logs to logs/<rule>/
     stages = ("atlas", "parcellate", "align_tr", "splits", "scaling", "group_fc", "gradients", "shards", "pretrain",
-              "figures", "report")
+              "models", "figures", "report")
     assert sorted(p.name for p in (work / "results").iterdir() if p.is_dir()) == sorted(stages)
-    rules = tuple(s for s in stages if s != "report") + ("split_balance", "simulate")
+    rules = tuple(s for s in stages if s not in ("report", "models")) + ("split_balance", "simulate", "export_model")
     assert sorted(p.name for p in (work / "logs").iterdir()) == sorted(rules)
 
 
