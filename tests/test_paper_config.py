@@ -156,21 +156,37 @@ def test_the_paper_config_plans_on_sheets_of_the_papers_shape(paper_project):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overlay, message", [
-    ({"evaluate": {"settings": {"linprobe": {"recipe": "paper", "epoch": 50}}}}, "linprobe.epoch"),
-    ({"evaluate": {"resampling": {"scheme": "fixd"}}}, "resampling"),
-    ({"pretrain": {"config": "config/paper/typo.yaml"}}, "optim.warmup_epoch"),
-    ({"pretrain": {"processes": 2}}, "pretrain.processes: 2 but pretrain.gpus: 4"),
-])
-def test_a_typo_in_the_paper_configs_fails_the_dry_run(paper_project, tmp_path, overlay, message):
-    """A misspelt key or value in the workflow config (an overlay on it) or in the training config stops
-    `snakemake -n` before any job, with a message naming it."""
+def test_a_typo_in_the_paper_training_config_fails_the_dry_run(paper_project, tmp_path):
+    """A misspelt key in the training config stops `snakemake -n` before any job, with a message naming it."""
     train = yaml.safe_load((PAPER / "pretrain.yaml").read_text())
     train["optim"]["warmup_epoch"] = train["optim"].pop("warmup_epochs")
     (paper_project / "config/paper/typo.yaml").write_text(yaml.safe_dump(train))
     path = tmp_path / "overlay.yaml"
-    path.write_text(yaml.safe_dump(overlay))
+    path.write_text(yaml.safe_dump({"pretrain": {"config": "config/paper/typo.yaml"}}))
     result = dry_run(paper_project, str(path))
     output = result.stdout + result.stderr
-    assert result.returncode != 0 and message in output, output[-3000:]
+    assert result.returncode != 0 and "optim.warmup_epoch" in output, output[-3000:]
     assert not (paper_project / "studies").exists()
+
+
+@pytest.mark.parametrize("section, change, message", [
+    ("settings", {"linprobe": {"recipe": "paper", "epoch": 50}}, "linprobe.epoch"),
+    ("resampling", {"scheme": "fixd"}, "fixd"),
+    ("layout", {"processes": 2}, "pretrain.processes: 2 but pretrain.gpus: 4"),
+])
+def test_typos_in_the_paper_workflow_config_are_named(section, change, message):
+    """The checks the workflow runs when it starts (the same functions; the dry run of a training-config typo above
+    and tests/test_launch.py's dry run show them stopping the workflow) name a misspelt evaluation setting, a bad
+    resampling scheme and a layout with fewer GPUs than processes."""
+    from brainjepa.errors import InputError
+    from brainjepa.evaluate.tasks import Resampling
+    from brainjepa.train.launch import check_sections
+
+    config = yaml.safe_load((PAPER / "config.yaml").read_text())
+    with pytest.raises(InputError, match=re.escape(message)):
+        if section == "settings":
+            ProtocolConfig.from_dict({**config["evaluate"]["settings"], **change})
+        elif section == "resampling":
+            Resampling.from_dict({**config["evaluate"].get("resampling", {}), **change})
+        else:
+            check_sections({**config, "pretrain": {**config["pretrain"], **change}})
