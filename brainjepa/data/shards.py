@@ -68,6 +68,7 @@ from brainjepa.io import (
     atomic_path,
     honour_umask,
     read_timeseries,
+    replace_dir,
     sha256_file,
     write_text_atomic,
     write_tsv_atomic,
@@ -346,23 +347,6 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     return stale
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` onto ``out_dir``, replacing an existing folder (moved aside first, then removed)."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        os.replace(out_dir, old / "previous")
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old / "previous", out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.PathLike, *,
                  max_shard_bytes: int = 256 * 2**20, dtype: str = "float16", window: int = 160,
                  short_policy: str = "exclude", rows_per_row_group: int = 16,
@@ -444,7 +428,7 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
                     "excluded": len(excluded),
                     "tr": {c: dict(sorted(counts.items())) for c, counts in sorted(trs.items())}}
         write_text_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from brainjepa.errors import InputError
+from brainjepa.io import replace_dir
 
 FORMAT = "brainjepa-bundle/1"
 WEIGHTS, CONFIG, ROIS, SCALING, PROVENANCE, CARD = ("model.safetensors", "config.json", "rois.tsv", "scaling.json",
@@ -181,29 +181,11 @@ def write_bundle(out: str | Path, *, encoder_state: dict, model_config, rois: li
         (tmp / CARD).write_text(card)
         for name in FILES:
             honour_umask(tmp / name)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` onto ``out``; an existing ``out`` (an older bundle, or the empty folder Snakemake makes for a
-    rule's outputs) is moved aside first and removed after."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "previous")
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / "previous", out)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def effective_tr(manifest: dict, source: str | Path) -> float:
