@@ -21,11 +21,12 @@ if [ ! -e "$WORK/config/samples.tsv" ]; then
 fi
 cp "$STUDY" "$WORK/config/study/study.yaml"
 NAME=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" "$STUDY")
-python - "$WORK" <<'PY'
+# The workflow config is taken from the checkout at every call, so a resumed study runs with the code's config keys.
+python - "$WORK" "$REPO" <<'PY'
 import sys
 import yaml
-work = sys.argv[1]
-cfg = yaml.safe_load(open(f"{work}/config/config.yaml"))
+work, repo = sys.argv[1:3]
+cfg = yaml.safe_load(open(f"{repo}/config/config.yaml"))
 cfg["evaluate"]["capabilities"] = {}
 cfg["study"] = {"config": "config/study/study.yaml", "threads": 2}
 yaml.safe_dump(cfg, open(f"{work}/config/config.yaml", "w"), sort_keys=False)

@@ -23,7 +23,9 @@ MODEL = ("model:\n  size: tiny\n  embed_dim: 32\n  depth: 2\n  num_heads: 4\n  p
          "  predictor_depth: 1\n  patch_size: 16\ndata:\n  batch_size: 8\n  num_workers: 0\n"
          "optim:\n  epochs: 6\n  warmup_epochs: 1\nrun:\n  log_every: 1\n  monitor_every: 2\n")
 TASKS = {"age": {"cohorts": ["c"], "label": "age", "kind": "regression"},
-         "sex": {"cohorts": ["c"], "label": "sex", "kind": "binary", "positive": "M"}}
+         "sex": {"cohorts": ["c"], "label": "sex", "kind": "binary", "positive": "M"},
+         # a transfer task (external test cohort): not cross-validated by the study, skipped
+         "agetransfer": {"cohorts": ["c"], "label": "age", "kind": "regression", "test_cohorts": ["x"]}}
 STUDY = {"name": "tiny", "budget_steps": 4, "checkpoints": 2, "seeds": [0], "random_seeds": [0, 1],
          "data_fractions": [0.5, 1.0], "label_counts": ["all", 8], "readouts": ["mean", "roi", "cross_roi"],
          "cv": {"folds": 3, "repeats": 2}, "bootstrap": 200}

@@ -6,7 +6,8 @@ evaluates the EMA target encoder of evenly spaced checkpoints (and step 0, the i
 several random initialisations of the first config's encoder and against the input's functional connectivity:
 
 - features of every labelled window of every task (the train, val and test shard sets pooled: the study
-  cross-validates over all held-out labelled subjects, not the fixed split), one row per subject (the mean of
+  cross-validates over all held-out labelled subjects, not the fixed split; a task with external
+  ``test_cohorts`` is skipped, the evaluate stage scores transfer), one row per subject (the mean of
   its windows' rows), with readouts ``mean`` (the mean over tokens [D]), ``roi`` (each ROI's tokens averaged over
   time, [R, D] flattened) and ``cross_roi`` (the Fisher-z correlation between ROIs of those ROI embeddings, over
   the feature dimension, upper triangle [R (R - 1) / 2]); for the raw input the same cross-ROI readout, FC
@@ -244,6 +245,10 @@ def load_study_data(study: StudyConfig, inputs: StudyInputs) -> StudyData:
         if not isinstance(spec, Mapping):
             raise InputError(f"--tasks: task {name!r} must be a mapping (cohorts, label, kind, ...)")
         task = TaskConfig.from_dict(str(name), dict(spec))
+        if task.test_cohorts:       # a transfer test, not a cross-validation: the evaluate stage scores it
+            log.info("task %s: skipped, its test cohorts %s are external (the study cross-validates within "
+                     "cohorts; the evaluate stage scores transfer tasks)", task.name, ",".join(task.test_cohorts))
+            continue
         w = load_task(task, manifests, window, with_data=True)
         roi_names = w.roi_names
         rows = np.empty(len(w.subject), dtype=int)
