@@ -299,11 +299,23 @@ def test_the_model_card_has_the_monitors_and_the_evaluation_summary(trained, tmp
                                                                                  "random_linprobe"],
                   "seed": [0, 1, 0], "test_r": [0.5, 0.7, 0.1], "test_mse": [0.9, 0.7, 1.0]}).to_csv(
         tmp_path / "metrics.tsv", sep="\t", index=False)
+    paired = [("age", "tiny_linprobe", "random_linprobe", seed, "r", delta, delta - 0.05, delta + 0.05, delta > 0.05)
+              for seed, delta in enumerate([0.2, 0.1, 0.3])]
+    paired += [("age", "tiny_linprobe", "fc_linear", 0, "r", -0.4, -0.5, -0.3, False),
+               ("sex", "tiny_closed_form", "random_closed_form", 0, "balanced_accuracy", 0.01, -0.1, 0.12, False),
+               ("sex", "tiny_closed_form", "random_closed_form", 0, "auroc", 0.2, 0.1, 0.3, True)]
+    pd.DataFrame(paired, columns=["task", "method", "versus", "versus_seed", "metric", "delta", "ci_low", "ci_high",
+                                  "beats"]).to_csv(tmp_path / "paired.tsv", sep="\t", index=False)
     out = export_model(final, tmp_path / "tiny", monitors=tmp_path / "monitors.csv", metrics=tmp_path / "metrics.tsv",
-                       encoder_name="tiny")
+                       encoder_name="tiny", paired=tmp_path / "paired.tsv")
     card = (out / "README.md").read_text()
     assert "| target_rankme_pooled | 3 | 8 |" in card and "NARROWED" in card
-    assert "| age | tiny_linprobe | 2 | 0.6 | 0.8 |" in card and "random_linprobe" not in card
+    assert "| age | tiny_linprobe | 2 | 0.6 | 0.8 |" in card and "| age | random_linprobe" not in card
+    # against random init: the worst of the seeds with its interval, FC baselines and non-headline metrics left out
+    assert "| age | tiny_linprobe | r | random_linprobe | 3 | +0.100 [+0.050, +0.150] | yes |" in card
+    assert "| sex | tiny_closed_form | balanced_accuracy | random_closed_form | 1 | +0.010 [-0.100, +0.120] | no |" in card
+    assert "fc_linear" not in card and "auroc" not in card
+    assert "It beats every random initialisation on: age (tiny_linprobe)." in card
 
 
 def test_import_brainjepa_stays_light():
@@ -333,3 +345,17 @@ def test_the_demo_workflow_exports_a_bundle_per_pretraining_run_and_evaluates_a_
     features = jobs["results/evaluate/features/shared/ukbsim.npz"]
     assert '"kind": "bundle", "path": "results/models/brainjepa_tiny"' in features["shell"]
     assert any(out.startswith("results/evaluate/sex/shared_closed_form/") for out in jobs)
+    # a bundle of this workflow is an encoder: its card cannot wait for the evaluation (a cycle), so it quotes none
+    assert "--metrics" not in export["shell"]
+
+
+def test_the_workflow_bundle_of_an_evaluated_run_waits_for_its_evaluation_and_quotes_it():
+    from test_workflow import REPO, dry_run_jobs, snakemake
+
+    result = snakemake(REPO, "-n", "-p", "--forceall", "results/models/brainjepa_tiny/README.md")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dry_run_jobs(result.stdout)
+    export = jobs["results/models/brainjepa_tiny/model.safetensors"]
+    assert ("--metrics results/metrics.tsv --paired results/tables/paired.tsv --encoder-name jepa"
+            in export["shell"])
+    assert "results/metrics.tsv" in jobs and "results/tables/paired.tsv" in result.stdout

@@ -44,7 +44,7 @@ def _export_model(args: argparse.Namespace) -> None:
     export_model(args.checkpoint, args.out, manifest=args.manifest, scaling_stats=args.scaling_stats,
                  labels=args.labels, atlas_image=args.atlas_image, tr_alignment=args.tr_alignment,
                  target_tr=args.target_tr, tr=args.tr, with_predictor=args.with_predictor, monitors=args.monitors,
-                 metrics=args.metrics, encoder_name=args.encoder_name, name=args.name)
+                 metrics=args.metrics, encoder_name=args.encoder_name, paired=args.paired, name=args.name)
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -120,7 +120,9 @@ def register(sub) -> None:
     p.add_argument("--with-predictor", action="store_true", help="also the predictor's weights")
     p.add_argument("--monitors", help="the run's monitors.csv (default: beside the checkpoint, when there)")
     p.add_argument("--metrics", help="an evaluation metrics.tsv: its rows of this encoder go into the model card")
-    p.add_argument("--encoder-name", help="the encoder's name in --metrics (methods <name>_<protocol>)")
+    p.add_argument("--paired", help="an evaluation paired.tsv: this encoder's differences from random "
+                   "initialisation go into the model card")
+    p.add_argument("--encoder-name", help="the encoder's name in --metrics and --paired (methods <name>_<protocol>)")
     p.add_argument("--name", help="the model's name in the card (default: the --out folder's name)")
     p.set_defaults(func=_export_model)
 

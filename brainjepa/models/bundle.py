@@ -272,9 +272,47 @@ def _evaluation_lines(metrics: str | Path | None, encoder: str | None) -> list[s
     return lines + [""]
 
 
+PRIMARY_METRICS = ("r", "balanced_accuracy")      # the paired table's headline metric of a regression / binary task
+
+
+def _paired_lines(paired: str | Path | None, encoder: str | None) -> list[str]:
+    """Against random initialisation, from a paired.tsv (brainjepa.evaluate.summary.paired_table): per task and
+    method of the encoder (``<encoder>_<protocol>``), its worst paired difference over the random encoders' seeds of
+    the same protocol (``<other>_<protocol>``) on the task's headline metric, with its 95 % interval, and whether it
+    beats every seed (the interval above zero)."""
+    if not paired or not encoder or not Path(paired).exists():
+        return []
+    import pandas as pd
+
+    table = pd.read_csv(paired, sep="\t")
+    missing = {"task", "method", "versus", "metric", "delta", "ci_low", "ci_high", "beats"} - set(table.columns)
+    if missing:
+        raise InputError(f"{paired}: not a paired-differences table (no {', '.join(sorted(missing))} column)")
+    mine = table[table["method"].astype(str).str.startswith(f"{encoder}_") & table["metric"].isin(PRIMARY_METRICS)]
+    protocol = mine["method"].astype(str).str.slice(len(encoder) + 1)
+    mine = mine[[v.endswith(f"_{p}") for v, p in zip(mine["versus"].astype(str), protocol)]]
+    if mine.empty:
+        return []
+    lines = [f"Pretrained minus random initialisation (`{Path(paired).name}`): the worst paired difference over the "
+             "random encoder's initialisations on the same test subjects, with its 95 % bootstrap interval. "
+             "\"beats all\": every interval lies above zero.", "",
+             "| task | method | metric | versus | inits | worst Δ [95 % CI] | beats all |", "|---|---|---|---|---|---|---|"]
+    wins = []
+    for (task, method, metric, versus), rows in mine.groupby(["task", "method", "metric", "versus"], sort=True):
+        worst = rows.loc[rows["delta"].idxmin()]
+        beats = bool(rows["beats"].astype(str).str.lower().eq("true").all())
+        wins += [f"{task} ({method})"] if beats else []
+        lines.append(f"| {task} | {method} | {metric} | {versus} | {len(rows)} | {worst['delta']:+.3f} "
+                     f"[{worst['ci_low']:+.3f}, {worst['ci_high']:+.3f}] | {'yes' if beats else 'no'} |")
+    verdict = (f"It beats every random initialisation on: {', '.join(wins)}." if wins else
+               "It beats every random initialisation on no task: on this evaluation, these features are not shown "
+               "to be better than an untrained encoder's.")
+    return lines + ["", verdict, ""]
+
+
 def model_card(name: str, *, model_config, inputs: InputSpec, atlas: dict, training: dict,
                monitors: str | Path | None = None, metrics: str | Path | None = None,
-               encoder_name: str | None = None) -> str:
+               encoder_name: str | None = None, paired: str | Path | None = None) -> str:
     """The README.md of a bundle: what it is, its training data and steps, its monitors and evaluation (when
     given), how to use it, and its limits. ``training``: {"data": [lines], "steps": int | None, ...}."""
     cfg = model_config
@@ -297,7 +335,7 @@ def model_card(name: str, *, model_config, inputs: InputSpec, atlas: dict, train
     monitor_lines = _monitor_lines(monitors)
     if monitor_lines:
         lines += ["## Representation monitors", "", *monitor_lines]
-    evaluation = _evaluation_lines(metrics, encoder_name)
+    evaluation = _evaluation_lines(metrics, encoder_name) + _paired_lines(paired, encoder_name)
     lines += ["## Evaluation", "", *(evaluation or ["No evaluation summary was available when this bundle was "
                                                     "written (`brainjepa export-model --metrics metrics.tsv`).", ""])]
     lines += ["## Use", "",
@@ -331,14 +369,15 @@ def export_model(checkpoint: str | Path, out: str | Path, *, manifest: str | Pat
                  atlas_image: str | Path | None = None, tr_alignment: str = "stride", target_tr: float | None = None,
                  tr: float | None = None, with_predictor: bool = False, monitors: str | Path | None = None,
                  metrics: str | Path | None = None, encoder_name: str | None = None,
-                 name: str | None = None) -> Path:
+                 paired: str | Path | None = None, name: str | None = None) -> Path:
     """``export-model``: a training checkpoint -> a bundle at ``out``.
 
     Paths not given come from the checkpoint's training config (``data.manifest``, ``data.scaling_stats``,
     ``data.labels``) and its run folder (``monitors.csv``). The statistics must be the ones the run trained on
     (their id is the checkpoint's); the effective TR is the shard manifest's (or ``tr``), the alignment method
     ``tr_alignment`` with target ``target_tr`` (default: the effective TR). ``metrics``: a metrics.tsv whose rows
-    of ``<encoder_name>_*`` methods go into the model card.
+    of ``<encoder_name>_*`` methods go into the model card, and ``paired`` (a paired.tsv) its differences from
+    random initialisation.
     """
     from brainjepa import __version__
     from brainjepa.data.shards import load_manifest
@@ -397,7 +436,7 @@ def export_model(checkpoint: str | Path, out: str | Path, *, manifest: str | Pat
                   "identity": state.get("identity"), "scaling_stats_id": stats.id,
                   "data": _sha256s_of_manifest(manifest_path, manifest_dict)}
     card = model_card(name, model_config=cfg, inputs=inputs, atlas=atlas, training=training, monitors=monitors,
-                      metrics=metrics, encoder_name=encoder_name)
+                      metrics=metrics, encoder_name=encoder_name, paired=paired)
     return write_bundle(out, encoder_state=state["target_encoder"], model_config=cfg, rois=rois, inputs=inputs,
                         scaling=stats, atlas=atlas, provenance=provenance, card=card, networks=networks,
                         predictor_state=state["predictor"] if with_predictor else None)

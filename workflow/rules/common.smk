@@ -623,6 +623,7 @@ def _evaluate_setup():
                     )
                 known[path] = {"rule": f"pretrain_{name}", "config": path, "out_dir": out_dir}
                 runs.append(known[path])
+            known[path].setdefault("encoders", []).append(name)  # its bundle's card quotes their evaluation
             encoders[name] = {"checkpoint": f"{known[path]['out_dir']}/final.pt"}
         elif "official" in spec:
             encoders[name] = {"checkpoint": f"{EVALUATE_ROOT}/encoders/{name}.pt", "official": spec["official"]}
@@ -693,9 +694,40 @@ def model_bundle(name):
     return [f"{MODELS_ROOT}/{name}/{f}" for f in MODEL_FILES]
 
 
+def model_evaluation(name):
+    """The evaluation tables the card of bundle ``name`` quotes ({"metrics", "paired"}), when the workflow evaluates
+    its run as an encoder: the bundle then waits for the evaluation. None when it is not evaluated, or when an
+    evaluation encoder is itself a bundle of this workflow (its card would wait on its own evaluation: a cycle)."""
+    if not MODEL_RUNS[name].get("encoders") or not EVAL_TASKS:
+        return None
+    if any(os.path.commonpath([os.path.abspath(e["bundle"]), os.path.abspath(MODELS_ROOT)]) == os.path.abspath(MODELS_ROOT)
+           for e in EVAL_ENCODERS.values() if "bundle" in e):
+        return None
+    return {"metrics": METRICS, "paired": f"{TABLES}/paired.tsv"}
+
+
+def export_model_inputs(wildcards):
+    run = MODEL_RUNS[wildcards.model]
+    inputs = {
+        "checkpoint": f"{run['out_dir']}/final.pt",
+        "manifest": SHARDS_MANIFEST.format(split="pretrain"),
+        "stats": SCALING_STATS,
+        "labels": ATLAS_LABELS,
+    }
+    if ATLAS_IMAGE:
+        inputs["atlas_image"] = ATLAS_IMAGE
+    return {**inputs, **(model_evaluation(wildcards.model) or {})}
+
+
 def export_model_args(wildcards, input):
-    """The atlas image (its id and space go into config.json) when the workflow builds one."""
-    return f"--atlas-image {shlex.quote(input.atlas_image)}" if "atlas_image" in input.keys() else ""
+    """The atlas image (its id and space go into config.json) when the workflow builds one; the evaluation tables
+    and the encoder's name in them (model_evaluation)."""
+    args = [f"--atlas-image {shlex.quote(input.atlas_image)}"] if "atlas_image" in input.keys() else []
+    if "metrics" in input.keys():
+        encoder = MODEL_RUNS[wildcards.model]["encoders"][0]
+        args += [f"--metrics {shlex.quote(input.metrics)} --paired {shlex.quote(input.paired)}",
+                 f"--encoder-name {shlex.quote(encoder)}"]
+    return " ".join(args)
 
 
 # -- BrainLM's capabilities (rules/capabilities.smk; brainjepa/evaluate/capabilities.py) ---------------------------

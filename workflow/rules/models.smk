@@ -1,20 +1,14 @@
 # Model bundles (docs/models.md): every pretraining run's encoder as a folder others can use, results/models/<name>/
 # (<name>: the run folder's name): model.safetensors, config.json, rois.tsv, scaling.json, provenance.json and a
 # model card README.md (brainjepa.models.bundle). The run's monitors.csv goes into the card when it is there (it is
-# not an input: the pretraining rule does not declare it). Its planning (MODEL_RUNS, model_bundle) is in common.smk.
+# not an input: the pretraining rule does not declare it). When the run is an evaluated encoder, the card quotes its
+# evaluation (metrics.tsv and tables/paired.tsv), and the bundle waits for it. Its planning (MODEL_RUNS,
+# model_bundle, model_evaluation) is in common.smk.
 
 
 rule export_model:
     input:
-        unpack(
-            lambda wildcards: {
-                "checkpoint": f"{MODEL_RUNS[wildcards.model]['out_dir']}/final.pt",
-                "manifest": SHARDS_MANIFEST.format(split="pretrain"),
-                "stats": SCALING_STATS,
-                "labels": ATLAS_LABELS,
-                **({"atlas_image": ATLAS_IMAGE} if ATLAS_IMAGE else {}),
-            }
-        ),
+        unpack(export_model_inputs),
     output:
         [f"{MODELS_ROOT}/{{model}}/{f}" for f in MODEL_FILES],
     log:
