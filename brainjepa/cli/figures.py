@@ -120,7 +120,12 @@ def register(sub) -> None:
     p.add_argument("--out-eigenvalues", required=True)
     p.add_argument("--cortical-only", action="store_true", help="cortical ROIs only (as the paper's figure)")
     p.set_defaults(func=_figure_gradients)
+    _register_model_figures(sub)
+    _register_run_figures(sub)
 
+
+def _register_model_figures(sub) -> None:
+    """The figures of trained encoders: attention per network, pretraining curves, evaluation, capabilities."""
     p = sub.add_parser("network-attention", parents=[parent("labels", "seed")],
                        help="attention per network of one encoder, compared between the groups of a task")
     p.add_argument("--encoder", type=json_object, required=True, help="JSON encoder spec (as for evaluate)")
@@ -154,6 +159,9 @@ def register(sub) -> None:
     p.add_argument("--out", nargs="+", required=True, help="figure file(s): .png and/or .svg")
     p.set_defaults(func=_figure_capabilities)
 
+
+def _register_run_figures(sub) -> None:
+    """The figures and the report page of the data: QC and the report summary."""
     p = sub.add_parser("figure-qc", parents=[parent("labels", "splits")],
                        help="per-ROI coverage and temporal SNR over runs, split counts, runs excluded")
     p.add_argument("--parcellate-root", required=True, help="folder of <cohort>/<stem>_qc.tsv")

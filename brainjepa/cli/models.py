@@ -82,7 +82,12 @@ def register(sub) -> None:
     p.add_argument("--timesteps", type=int, default=default.n_timesteps)
     p.add_argument("--gradients", type=int, default=default.n_gradients)
     p.set_defaults(func=_model_info)
+    _register_conversions(sub)
+    _register_bundles(sub)
 
+
+def _register_conversions(sub) -> None:
+    """convert-checkpoint and export-official: the released checkpoint's key layout, both ways."""
     p = sub.add_parser("convert-checkpoint", parents=[parent("out")],
                        help="the released Brain-JEPA checkpoint -> brainjepa weights")
     p.add_argument("--official", required=True, help="the official .pth (encoder/predictor/target_encoder)")
@@ -105,6 +110,9 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.set_defaults(func=_export_official)
 
+
+def _register_bundles(sub) -> None:
+    """export-model and embed: writing a model bundle, and applying one."""
     p = sub.add_parser("export-model", parents=[parent("out")],
                        help="training checkpoint -> a model bundle others can use (docs/models.md)")
     p.add_argument("--checkpoint", required=True, help="a training checkpoint (final.pt)")

@@ -372,13 +372,27 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
     _check_arguments(stats, max_shard_bytes, dtype, window, short_policy, rows_per_row_group, label_columns,
                      shard_format)
     planned = _plan_runs(runs, stats, label_columns)
+    excluded, by_split = _split_runs(planned, window, short_policy)
+    if categories is None:
+        kept = [r for runs_ in by_split.values() for r in runs_]
+        categories = {name: sorted({r.labels[name] for r in kept if r.labels[name] is not None})
+                      for name, kind in label_columns.items() if kind == "categorical"}
+    if flat and len(set(by_split) - {MONITOR_SPLIT}) > 1:
+        raise ValueError(f"flat shards hold one split (and its monitor windows), not {sorted(by_split)}")
+    settings = {"dtype": dtype, "window": int(window), "rows_per_row_group": int(rows_per_row_group),
+                "max_shard_bytes": int(max_shard_bytes)}
+    return _write_shard_set(out_dir, by_split, excluded, stats, settings, label_columns, categories, flat,
+                            shard_format)
+
+
+def _split_runs(planned: list[_Run], window: int, short_policy: str) -> tuple[list[_Run], dict[str, list[_Run]]]:
+    """(the runs shorter than ``window``, {split: its kept runs by run_id}). A short run is an error under
+    ``short_policy="error"``; a split, or a cohort within it, with runs but none long enough always is."""
     excluded = [r for r in planned if r.n_timepoints < window]
     if excluded and short_policy == "error":
         r = excluded[0]
         raise InputError(f"run {r.ids['run_id']} ({r.path}): {r.n_timepoints} time points, shorter than the "
                          f"window of {window} (set short_policy 'exclude' to leave such runs out)")
-    kept = [r for r in planned if r.n_timepoints >= window]
-    # a split, or a cohort within it, with runs but none long enough is an error, not an empty shard set
     groups: dict[tuple, list[_Run]] = {}
     for r in planned:
         groups.setdefault((r.ids["split"], None), []).append(r)
@@ -395,12 +409,16 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
         by_split.setdefault(run.ids["split"], [])
         if run.n_timepoints >= window:
             by_split[run.ids["split"]].append(run)
-    if categories is None:
-        categories = {name: sorted({r.labels[name] for r in kept if r.labels[name] is not None})
-                      for name, kind in label_columns.items() if kind == "categorical"}
-    if flat and len(set(by_split) - {MONITOR_SPLIT}) > 1:
-        raise ValueError(f"flat shards hold one split (and its monitor windows), not {sorted(by_split)}")
+    return excluded, by_split
 
+
+def _write_shard_set(out_dir: str | os.PathLike, by_split: dict[str, list[_Run]], excluded: list[_Run],
+                     stats: ScalingStats, settings: dict, label_columns: dict[str, str], categories: dict,
+                     flat: bool, shard_format: str) -> dict:
+    """Write the shards of every split, ``excluded.tsv`` and ``manifest.json`` into a temporary folder beside
+    ``out_dir`` and swap it into place (nothing partial is left on failure). ``settings``: dtype, window,
+    rows_per_row_group, max_shard_bytes. Returns the manifest."""
+    dtype, window = settings["dtype"], settings["window"]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -412,20 +430,19 @@ def build_shards(runs: pd.DataFrame, stats: ScalingStats, out_dir: str | os.Path
         splits, trs = {}, {}
         for split in sorted(by_split):
             splits[split] = _write_split(split, by_split[split], stats, tmp, schema,
-                                         max_shard_bytes=max_shard_bytes, dtype=dtype,
-                                         rows_per_row_group=rows_per_row_group, label_columns=label_columns,
-                                         flat=flat, trs=trs, shard_format=shard_format)
+                                         max_shard_bytes=settings["max_shard_bytes"], dtype=dtype,
+                                         rows_per_row_group=settings["rows_per_row_group"],
+                                         label_columns=label_columns, flat=flat, trs=trs, shard_format=shard_format)
         table = pd.DataFrame({"run_id": [r.ids["run_id"] for r in excluded],
                               "split": [r.ids["split"] for r in excluded],
                               "n_timepoints": [r.n_timepoints for r in excluded],
                               "reason": [f"shorter than the window ({window})"] * len(excluded)})
         write_tsv_atomic(table.sort_values("run_id", kind="stable"), tmp / "excluded.tsv")
         manifest = {"format": FORMAT, "shard_format": shard_format, "brainjepa_version": __version__,
-                    "dtype": dtype, "window": int(window),
-                    "rows_per_row_group": int(rows_per_row_group), "max_shard_bytes": int(max_shard_bytes),
-                    "roi_names": list(stats.rois), "scaling_stats_id": stats.id, "scaling_method": stats.method,
-                    "splits": splits, "label_columns": label_columns, "label_categories": categories,
-                    "excluded": len(excluded),
+                    "dtype": dtype, "window": window, "rows_per_row_group": settings["rows_per_row_group"],
+                    "max_shard_bytes": settings["max_shard_bytes"], "roi_names": list(stats.rois),
+                    "scaling_stats_id": stats.id, "scaling_method": stats.method, "splits": splits,
+                    "label_columns": label_columns, "label_categories": categories, "excluded": len(excluded),
                     "tr": {c: dict(sorted(counts.items())) for c, counts in sorted(trs.items())}}
         write_text_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
         replace_dir(tmp, out_dir)

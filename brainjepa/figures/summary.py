@@ -144,17 +144,7 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
     from brainjepa.figures.qc import read_excluded
 
     excluded = read_excluded(excluded_paths)
-    cohort_of = excluded["run_id"].str.split("/").str[0]
-    trs: dict[str, set[str]] = {}  # cohort -> its effective TRs over the splits' shards
-    for manifest in manifests:
-        for cohort, counts in json.loads(Path(manifest).read_text()).get("tr", {}).items():
-            trs.setdefault(cohort, set()).update(counts)
-    cohorts = pd.DataFrame([{"cohort": c, "subjects": rows["subject"].nunique(), "runs": len(rows),
-                             "input": "ROI time series" if (rows["bold"] == "").all() else
-                                      ("NIfTI BOLD" if (rows["bold"] != "").all() else "NIfTI and time series"),
-                             "runs excluded from the shards": int((cohort_of == c).sum()),
-                             "TR after alignment (s)": ", ".join(sorted(trs.get(c, {}), key=float)) or "n/a"}
-                            for c, rows in samples.groupby("cohort", sort=True)])
+    cohorts = _cohort_table(samples, excluded, manifests)
     per_split = (splits.drop_duplicates(["cohort", "subject"]).groupby(["cohort", "split"]).size()
                  .unstack(fill_value=0))
     per_split = per_split[[s for s in ("pretrain", "train", "val", "test") if s in per_split.columns]].reset_index()
@@ -165,17 +155,7 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
     if runs:
         parts.append(rst_table(_models(runs), "Models pretrained"))
     if metrics_path is not None:
-        from brainjepa.figures.evaluation import read_metrics
-
-        metrics = read_metrics(metrics_path)
-        if len(metrics):
-            parts.append(rst_table(_metrics(metrics), f"Test metrics, mean (std) over {metrics['seed'].nunique()} "
-                                   "seeds (r: Pearson; BACC: balanced accuracy; every metric and bootstrap intervals: "
-                                   f"{results_dir}/tables/summary.md)"))
-        capabilities = _capabilities(read_metrics(metrics_path, capabilities=True))
-        if len(capabilities):
-            parts.append(rst_table(capabilities, "BrainLM's capabilities: the headline test metric, mean (std) over "
-                                   f"seeds (every metric: {results_dir}/tables/<capability>.md)"))
+        parts += _metric_tables(metrics_path, results_dir)
     text = "\n".join(parts)
     if out_json is not None:
         facts = {"runs": len(samples), "subjects": int(samples.groupby("cohort")["subject"].nunique().sum()),
@@ -194,6 +174,39 @@ def write_summary(samples_path: str | Path, splits_path: str | Path, excluded_pa
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
     return text
+
+
+def _cohort_table(samples: pd.DataFrame, excluded: pd.DataFrame, manifests: list[str | Path]) -> pd.DataFrame:
+    """One row per cohort: subjects, runs, input kind, runs excluded from the shards, effective TRs (from the shard
+    ``manifests``)."""
+    cohort_of = excluded["run_id"].str.split("/").str[0]
+    trs: dict[str, set[str]] = {}  # cohort -> its effective TRs over the splits' shards
+    for manifest in manifests:
+        for cohort, counts in json.loads(Path(manifest).read_text()).get("tr", {}).items():
+            trs.setdefault(cohort, set()).update(counts)
+    return pd.DataFrame([{"cohort": c, "subjects": rows["subject"].nunique(), "runs": len(rows),
+                          "input": "ROI time series" if (rows["bold"] == "").all() else
+                                   ("NIfTI BOLD" if (rows["bold"] != "").all() else "NIfTI and time series"),
+                          "runs excluded from the shards": int((cohort_of == c).sum()),
+                          "TR after alignment (s)": ", ".join(sorted(trs.get(c, {}), key=float)) or "n/a"}
+                         for c, rows in samples.groupby("cohort", sort=True)])
+
+
+def _metric_tables(metrics_path: str | Path, results_dir: str | Path) -> list[str]:
+    """The summary's test-metric and capability tables (RST), where the metrics table has rows for them."""
+    from brainjepa.figures.evaluation import read_metrics
+
+    parts = []
+    metrics = read_metrics(metrics_path)
+    if len(metrics):
+        parts.append(rst_table(_metrics(metrics), f"Test metrics, mean (std) over {metrics['seed'].nunique()} "
+                               "seeds (r: Pearson; BACC: balanced accuracy; every metric and bootstrap intervals: "
+                               f"{results_dir}/tables/summary.md)"))
+    capabilities = _capabilities(read_metrics(metrics_path, capabilities=True))
+    if len(capabilities):
+        parts.append(rst_table(capabilities, "BrainLM's capabilities: the headline test metric, mean (std) over "
+                               f"seeds (every metric: {results_dir}/tables/<capability>.md)"))
+    return parts
 
 
 def summary_lines(path: str | Path) -> list[str]:

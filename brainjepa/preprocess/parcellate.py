@@ -332,8 +332,35 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: time-series file does not exist")
-    meta_tr = None
-    first_line = None  # a text file's line of time point 1
+    frame, named, meta_tr, first_line = _read_frame(path)
+    if frame.ndim != 2 or (frame.shape[1] != len(names) and not named):
+        raise InputError(f"{path}: {frame.shape[1] if frame.ndim == 2 else '?'} columns, but the atlas has "
+                         f"{len(names)} ROIs (expected a T x {len(names)} matrix, one column per ROI)")
+    frame = _in_label_order(path, frame, names, named, unnamed_columns, against)
+    data = frame.to_numpy(dtype=np.float64)
+    if len(data) == 0:
+        raise InputError(f"{path}: no time points (a header only?)")
+    if not np.isfinite(data).all():
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(data))[0])
+        line = f" (line {row + first_line})" if first_line is not None else ""
+        raise InputError(f"{path}: non-finite value {float(data[row, col])} at time point {row + 1}{line}, "
+                         f"ROI {names[col]!r}")
+    if tr is not None:
+        tr, tr_source = bids.check_tr(tr, path, bids.SHEET_TR_SOURCE, "give the run's tr in seconds"), "sheet"
+    elif meta_tr is not None:
+        tr, tr_source = bids.check_tr(meta_tr, path, "its time-series metadata 'tr'",
+                                      "give the run's tr in the sample sheet"), "metadata"
+    else:
+        raise InputError(f"{path}: no TR: give the 'tr' column in the sample sheet for time-series rows")
+    return data.astype(np.float32), {"tr": tr, "tr_source": tr_source,
+                                     "source": str(path), "n_volumes": int(len(data)),
+                                     "columns": "by name" if named else "label_order (declared)"}
+
+
+def _read_frame(path: Path) -> tuple[pd.DataFrame, bool, float | None, int | None]:
+    """A time-series file (or UK Biobank folder) as read: (frame, whether its columns carry ROI names, the TR of
+    a brainjepa Parquet file's metadata, the text line of time point 1)."""
+    meta_tr = first_line = None
     name = path.name.lower()
     try:
         if path.is_dir():
@@ -353,9 +380,13 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
         raise
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: cannot read time series ({exc})") from exc
-    if frame.ndim != 2 or (frame.shape[1] != len(names) and not named):
-        raise InputError(f"{path}: {frame.shape[1] if frame.ndim == 2 else '?'} columns, but the atlas has "
-                         f"{len(names)} ROIs (expected a T x {len(names)} matrix, one column per ROI)")
+    return frame, named, meta_tr, first_line
+
+
+def _in_label_order(path: Path, frame: pd.DataFrame, names: list[str], named: bool, unnamed_columns: str,
+                    against: str) -> pd.DataFrame:
+    """The frame's columns in the order of ``names``: named columns matched by name (unknown, missing or
+    duplicated ones refused), unnamed ones only when declared to be in label order."""
     if named:
         header = [str(c).strip() for c in frame.columns]
         unknown = [c for c in header if c not in set(names)]
@@ -367,30 +398,13 @@ def read_timeseries_file(path: str | Path, names: list[str], tr: float | None,
                              + (f", duplicated {duplicated[:10]}" if duplicated else "")
                              + " (columns are matched by name, in any order)")
         frame.columns = header
-        frame = frame[names]
-    elif unnamed_columns == "error":
+        return frame[names]
+    if unnamed_columns == "error":
         raise InputError(f"{path}: its {len(names)} columns have no ROI names (a .npy, a header-less or a numbered "
                          "header text file), so their order cannot be checked; write the label table's ROI names as "
                          "the header, or declare the columns to be in the label table's order with "
                          "parcellate.unnamed_columns: label_order (brainjepa parcellate --unnamed-columns label_order)")
-    data = frame.to_numpy(dtype=np.float64)
-    if len(data) == 0:
-        raise InputError(f"{path}: no time points (a header only?)")
-    if not np.isfinite(data).all():
-        row, col = (int(i) for i in np.argwhere(~np.isfinite(data))[0])
-        line = f" (line {row + first_line})" if first_line is not None else ""
-        raise InputError(f"{path}: non-finite value {float(data[row, col])} at time point {row + 1}{line}, "
-                         f"ROI {names[col]!r}")
-    if tr is not None:
-        tr, tr_source = bids.check_tr(tr, path, bids.SHEET_TR_SOURCE, "give the run's tr in seconds"), "sheet"
-    elif meta_tr is not None:
-        tr, tr_source = bids.check_tr(meta_tr, path, "its time-series metadata 'tr'",
-                                      "give the run's tr in the sample sheet"), "metadata"
-    else:
-        raise InputError(f"{path}: no TR: give the 'tr' column in the sample sheet for time-series rows")
-    return data.astype(np.float32), {"tr": tr, "tr_source": tr_source,
-                                     "source": str(path), "n_volumes": int(len(data)),
-                                     "columns": "by name" if named else "label_order (declared)"}
+    return frame
 
 
 UKB_CORTICAL = "fMRI.Schaefer*.csv.gz"          # the public Brain-JEPA loader's UK Biobank files, one folder per
