@@ -502,6 +502,18 @@ def test_a_log_of_older_columns_is_rewritten_with_the_new_header_and_identity_de
         "config optim.regularizer"]
 
 
+def test_an_identity_written_before_a_setting_became_runtime_only_still_resumes():
+    """model.attention was part of a run's identity before it became a runtime choice: a checkpoint that still
+    records it resumes (the setting is not compared), whatever this machine's backend."""
+    from brainjepa.train.pretrain import RESUMABLE_CHANGES, identity_changes
+
+    assert "model.attention" in RESUMABLE_CHANGES
+    new = {"config": {"optim.lr": 1e-3}, "data": {"shards": ["a"]}}
+    older = {"config": {"optim.lr": 1e-3, "model.attention": "sdpa"}, "data": {"shards": ["a"]}}
+    assert identity_changes(older, new) == []
+    assert identity_changes({**older, "config": {**older["config"], "optim.lr": 2e-3}}, new) == ["config optim.lr"]
+
+
 def test_sigterm_to_the_whole_process_group_with_data_workers_still_writes_latest(tiny_data, tmp_path):
     """Slurm signals every process of the job step, the DataLoader workers too: they died, torch's SIGCHLD handler
     raised `DataLoader worker ... killed by signal: Terminated`, and the trainer exited 1 without latest.pt. The

@@ -215,7 +215,8 @@ def run_identity(cfg: TrainConfig, manifest: dict) -> dict:
 
 def identity_changes(old: dict, new: dict) -> list[str]:
     """Dotted names of what differs between two identities (config keys, data items). A config key that the
-    older identity lacks (a setting added since it was written) counts as its default there."""
+    older identity lacks (a setting added since it was written) counts as its default there; one that it has but
+    that is no longer part of an identity (in RESUMABLE_CHANGES since it was written) is not compared."""
     defaults = _flatten(to_dict(TrainConfig()))
     missing = object()
 
@@ -223,8 +224,8 @@ def identity_changes(old: dict, new: dict) -> list[str]:
         value = old["config"].get(key, missing)
         return defaults.get(key) if value is missing else value
 
-    changes = [f"config {k}" for k in sorted(set(old["config"]) | set(new["config"]))
-               if old_value(k) != new["config"].get(k)]
+    keys = (set(old["config"]) | set(new["config"])) - RESUMABLE_CHANGES
+    changes = [f"config {k}" for k in sorted(keys) if old_value(k) != new["config"].get(k)]
     return changes + [f"data {k}" for k in sorted(set(old["data"]) | set(new["data"]))
                       if old["data"].get(k) != new["data"].get(k)]
 
