@@ -39,12 +39,13 @@ test-fast: $(VENV)/.installed
 
 # Lint (CI runs it with the tests; .pre-commit-config.yaml runs the same commands): Python style and errors, the
 # package's floors and no import circles (import-linter, [tool.importlinter] in pyproject.toml), Snakefile
-# formatting, Snakemake's own checks.
+# formatting, Snakemake's own checks on the demo config and on the tiny test config (.test/config/).
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --directory .test
 
 # The documentation site (docs/, Sphinx + MyST) into docs/_build/html, warnings as errors, offline. Its tools are
 # the package's `docs` extra, installed into the same .venv once (again when pyproject.toml changes).

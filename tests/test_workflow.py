@@ -21,10 +21,8 @@ from brainjepa.io import read_timeseries
 from brainjepa.simulate import cohorts_from_spec, write_demo_sheets
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_COHORTS = {  # the demo-sheets spec; the workflow config takes each cohort's acquisition (tr, n_volumes)
-    "ukbsim": {"tr": 0.735, "n_volumes": 100, "n_subjects": 6, "age": [45, 80], "timeseries": True},
-    "adnisim": {"tr": 2.0, "n_volumes": 40, "n_subjects": 3, "age": [55, 90], "diagnosis": True, "mask": True},
-}
+TEST_CONFIG = REPO / ".test" / "config"  # the tiny test configuration: config.yaml, training configs and sheets
+TINY_COHORTS = yaml.safe_load((REPO / ".test" / "demo_cohorts.yaml").read_text())  # the spec of its sheets
 PER_RUN_STAGES = ("simulate_run", "parcellate", "align_tr")  # one rule per batch: <stage>_<cohort>_<b|h>NN
 
 
@@ -50,31 +48,32 @@ def batch_jobs(counts: dict[str, int]) -> dict[str, list[str]]:
 
 
 def write_tiny_project(work: Path) -> None:
-    """A tiny demo config, training configs and sheets in ``work`` (every stage runs in about a minute)."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    (work / "config").mkdir()
-    config["demo"]["cohorts"] = {name: {k: spec[k] for k in ("tr", "n_volumes")} for name, spec in TINY_COHORTS.items()}
-    config["shards"]["window"] = 32
-    config["gradients"]["n_components"] = 5
-    config["pretrain"]["config"] = "config/pretrain.yaml"
-    train = yaml.safe_load((REPO / "config" / "pretrain.yaml").read_text())
-    train["data"].update(batch_size=2)  # data.window: the shards' window (32)
-    train["model"].update(patch_size=16)  # 2 time patches per window
-    # 9 subjects cannot fill train/val/test of a task: the evaluation stages are tested in test_evaluate.py (and
-    # their DAG in the default config's dry run); the MAE baseline still pretrains here (rule pretrain_mae)
-    config["evaluate"]["tasks"] = {}
-    config["evaluate"]["capabilities"] = {}  # the same: tested in test_forecast.py and its siblings
-    config["figures"]["attention"] = None  # it compares the groups of a task
-    mae = yaml.safe_load((REPO / "config" / "pretrain_mae.yaml").read_text())
-    mae["data"].update(batch_size=2)
-    mae["model"].update(patch_size=16)
-    mae["optim"].update(epochs=2, warmup_epochs=1)
-    (work / "config" / "pretrain_mae.yaml").write_text(yaml.safe_dump(mae))
-    train["optim"].update(epochs=2, warmup_epochs=1)
-    (work / "config" / "pretrain.yaml").write_text(yaml.safe_dump(train))
-    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    write_demo_sheets(work / "config" / "samples.tsv", work / "config" / "phenotypes.tsv", "resources/demo",
+    """The tiny test configuration (.test/config/: a demo config, training configs and sheets) in ``work``/config
+    (every stage runs in about a minute)."""
+    shutil.copytree(TEST_CONFIG, work / "config")
+
+
+def test_the_tiny_test_config_is_the_demo_config_with_its_documented_changes(tmp_path):
+    """.test/config/ follows config/: the demo's workflow and training configs with the changes its header names,
+    and sheets written from .test/demo_cohorts.yaml."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    demo["demo"]["cohorts"] = {name: {k: spec[k] for k in ("tr", "n_volumes")} for name, spec in TINY_COHORTS.items()}
+    demo["shards"]["window"] = 32
+    demo["gradients"]["n_components"] = 5
+    demo["pretrain"]["config"] = "config/pretrain.yaml"
+    demo["evaluate"].update(tasks={}, capabilities={})
+    demo["figures"]["attention"] = None
+    assert yaml.safe_load((TEST_CONFIG / "config.yaml").read_text()) == demo
+    for name in ("pretrain", "pretrain_mae"):
+        train = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+        train["data"].update(batch_size=2)
+        train["model"].update(patch_size=16)  # data.window: the shards' window (32): 2 time patches per window
+        train["optim"].update(epochs=2, warmup_epochs=1)
+        assert yaml.safe_load((TEST_CONFIG / f"{name}.yaml").read_text()) == train, name
+    write_demo_sheets(tmp_path / "samples.tsv", tmp_path / "phenotypes.tsv", "resources/demo",
                       cohorts_from_spec(TINY_COHORTS), seed=0)
+    for name in ("samples.tsv", "phenotypes.tsv"):
+        assert (tmp_path / name).read_text() == (TEST_CONFIG / name).read_text(), name
 
 
 @pytest.fixture(scope="module")

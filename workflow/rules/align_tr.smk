@@ -33,9 +33,6 @@ rule run_align_tr:
         f"{ALIGN_TR_ROOT}/{{cohort}}/{{stem}}.parquet",
     log:
         f"{LOGS}/align_tr/runs/{{cohort}}/{{stem}}.log",
-    wildcard_constraints:
-        cohort="[A-Za-z0-9]+",
-        stem="sub-[A-Za-z0-9]+_ses-[A-Za-z0-9]+_run-[A-Za-z0-9]+",
     conda:
         ENV
     threads: 1

@@ -13,8 +13,6 @@ rule capability:
         f"{LOGS}/capabilities/{{capability}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
         capability="forecast|network_id|reconstruction",
-        method="[A-Za-z0-9_]+",
-        seed="[0-9]+",
     conda:
         ENV
     threads: config["evaluate"]["threads"]
@@ -42,8 +40,6 @@ rule perturbation:
         f"{LOGS}/capabilities/{{capability}}/{{method}}/seed{{seed}}.log",
     wildcard_constraints:
         capability="perturbation",
-        method="[A-Za-z0-9_]+",
-        seed="[0-9]+",
     conda:
         ENV
     threads: config["evaluate"]["threads"]

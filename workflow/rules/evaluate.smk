@@ -29,9 +29,6 @@ rule features:
         features_path("{encoder}", "{cohort}"),
     log:
         f"{LOGS}/features/{{encoder}}/{{cohort}}.log",
-    wildcard_constraints:
-        encoder="[A-Za-z0-9]+",
-        cohort="[^/]+",
     conda:
         ENV
     threads: config["evaluate"]["threads"]
@@ -56,10 +53,6 @@ use rule features as features_random_init with:
         f"{EVALUATE_ROOT}/features/{{encoder}}/init{{seed}}/{{cohort}}.npz",
     log:
         f"{LOGS}/features/{{encoder}}/init{{seed}}/{{cohort}}.log",
-    wildcard_constraints:
-        encoder="[A-Za-z0-9]+",
-        seed="[0-9]+",
-        cohort="[^/]+",
     params:
         encoder=lambda wildcards: json.dumps(encoder_spec(wildcards.encoder)),
         protocols=json.dumps(config["evaluate"]["settings"]),
@@ -74,10 +67,6 @@ rule evaluate:
         f"{EVALUATE_ROOT}/{{task}}/{{method}}/seed{{seed}}.json",
     log:
         f"{LOGS}/evaluate/{{task}}/{{method}}/seed{{seed}}.log",
-    wildcard_constraints:
-        task="[A-Za-z0-9_]+",
-        method="[A-Za-z0-9_]+",
-        seed="[0-9]+",
     conda:
         ENV
     threads: config["evaluate"]["threads"]

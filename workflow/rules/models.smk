@@ -2,15 +2,15 @@
 # (<name>: the run folder's name): model.safetensors, config.json, rois.tsv, scaling.json, provenance.json and a
 # model card README.md (brainjepa.models.bundle). The run's monitors.csv goes into the card when it is there (it is
 # not an input: the pretraining rule does not declare it). When the run is an evaluated encoder, the card quotes its
-# evaluation (metrics.tsv and tables/paired.tsv), and the bundle waits for it. Its planning (MODEL_RUNS,
-# model_bundle, model_evaluation) is in common.smk.
+# evaluation (metrics.tsv and tables/paired.tsv), and the bundle waits for it. Its plan (MODEL_RUNS, model_bundle,
+# model_evaluation) is brainjepa/plan.py's; its input functions are in inputs.smk.
 
 
 rule export_model:
     input:
         unpack(export_model_inputs),
     output:
-        [f"{MODELS_ROOT}/{{model}}/{f}" for f in MODEL_FILES],
+        [f"{MODELS_ROOT}/{{model}}/{f}" for f in plan.MODEL_FILES],
     log:
         f"{LOGS}/export_model/{{model}}.log",
     wildcard_constraints:

@@ -35,9 +35,6 @@ rule run_parcellate:
         qc=f"{PARCELLATE_ROOT}/{{cohort}}/{{stem}}_qc.tsv",
     log:
         f"{LOGS}/parcellate/runs/{{cohort}}/{{stem}}.log",
-    wildcard_constraints:
-        cohort="[A-Za-z0-9]+",
-        stem="sub-[A-Za-z0-9]+_ses-[A-Za-z0-9]+_run-[A-Za-z0-9]+",
     conda:
         ENV
     threads: 1
