@@ -313,7 +313,8 @@ def test_the_model_card_has_the_monitors_and_the_evaluation_summary(trained, tmp
     assert "| age | tiny_linprobe | 2 | 0.6 | 0.8 |" in card and "| age | random_linprobe" not in card
     # against random init: the worst of the seeds with its interval, FC baselines and non-headline metrics left out
     assert "| age | tiny_linprobe | r | random_linprobe | 3 | +0.100 [+0.050, +0.150] | yes |" in card
-    assert "| sex | tiny_closed_form | balanced_accuracy | random_closed_form | 1 | +0.010 [-0.100, +0.120] | no |" in card
+    assert ("| sex | tiny_closed_form | balanced_accuracy | random_closed_form | 1 | +0.010 [-0.100, +0.120] | no |"
+            in card)
     assert "fc_linear" not in card and "auroc" not in card
     assert "It beats every random initialisation on: age (tiny_linprobe)." in card
 

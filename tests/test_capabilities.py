@@ -23,10 +23,10 @@ def test_methods_of_each_capability():
     assert netid.methods() == ["jepa_embedding", "jepa_attention", "raw"]
     assert netid.parse_method("jepa_attention") == ("jepa", "attention")
     assert netid.parse_method("raw") == (None, "raw")
-    perturb = CapabilityConfig.from_dict("perturbation", {"cohorts": ["adni"], "encoders": ["jepa", "mae"]})
-    assert perturb.methods() == ["jepa", "mae"]
+    perturbation = CapabilityConfig.from_dict("perturbation", {"cohorts": ["adni"], "encoders": ["jepa", "mae"]})
+    assert perturbation.methods() == ["jepa", "mae"]
     with pytest.raises(InputError, match="no method 'jepa_finetune'"):
-        perturb.parse_method("jepa_finetune")
+        perturbation.parse_method("jepa_finetune")
 
 
 @pytest.mark.parametrize("name, spec, message", [
@@ -95,7 +95,7 @@ def test_figures_read_task_rows_unless_asked_for_capabilities(tmp_path):
 
 
 def test_every_capability_has_a_command_and_a_main_metric():
-    assert {c.command for c in CAPABILITIES.values()} == {"forecast", "network-id", "perturb", "reconstruct"}
+    assert {c.command for c in CAPABILITIES.values()} == {"forecast", "network-id", "perturbation", "reconstruction"}
     assert all(c.metrics for c in CAPABILITIES.values())
 
 
@@ -176,3 +176,18 @@ def test_perturbation_tables_of_several_seeds_are_averaged_per_roi(tmp_path):
     pd.DataFrame({"name": names}).to_csv(tmp_path / "bare.tsv", sep="\t", index=False)
     with pytest.raises(InputError, match=r"bare.tsv: the perturbation ROI table lacks column\(s\) \['network'"):
         mean_roi_tables([tmp_path / "bare.tsv"])
+
+
+def test_the_capability_record_has_the_documented_fields(tmp_path):
+    """docs/formats.md's capability record: these fields, written by Record.write as JSON."""
+    import json
+
+    from brainjepa.evaluate.record import KEYS, Record
+
+    assert KEYS == {"task", "kind", "method", "seed", "cohorts", "label", "source", "n_subjects", "val", "test",
+                    "per_subject", "details", "selected", "seconds"}
+    record = Record("forecast", "forecast", "ar", 0, ["c"], None, None, {"train": 1, "val": 1, "test": 1},
+                    {"r2": 0.5}, {"r2": 0.25}, {"mse": [1.0]}, {}, {"epoch": None, "history": []}, 0.1)
+    assert record.write(tmp_path / "r.json") == json.loads((tmp_path / "r.json").read_text())
+    assert set(json.loads((tmp_path / "r.json").read_text())) == KEYS
+

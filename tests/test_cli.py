@@ -79,12 +79,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "provenance": ([str(garbage)], "garbage.bin"),
         "forecast": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "persistence", "--out",
                       str(tmp / "f.json")], "no_shards"),
-        "reconstruct": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "mae", "--encoder",
+        "reconstruction": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "mae", "--encoder",
                          json.dumps({"kind": "checkpoint", "path": str(garbage)}), "--out", str(tmp / "r.json")],
                         "no_shards"),
         "network-id": (["--features", "raw", "--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method",
                         "raw", "--labels", missing, "--out", str(tmp / "n.json")], "no_shards"),
-        "perturb": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "jepa", "--encoder",
+        "perturbation": (["--shards", str(tmp / "no_shards"), "--cohorts", "c", "--method", "jepa", "--encoder",
                      json.dumps({"kind": "checkpoint", "path": str(garbage)}), "--labels", missing, "--out",
                      str(tmp / "p.json")], "no_shards"),
         "figure-perturbation": (["--rois", missing, "--labels", missing, "--out", str(tmp / "p.png")],
@@ -107,7 +107,7 @@ COMMANDS = ["atlas", "parcellate", "align-tr", "splits", "split-balance", "scali
             "simulate-atlas", "simulate-run", "demo-sheets", "validate", "features", "evaluate", "metrics", "figure-fc",
             "figure-gradients",
             "network-attention", "figure-pretraining", "figure-evaluation", "figure-qc", "report-summary",
-            "provenance", "forecast", "reconstruct", "network-id", "perturb", "figure-perturbation",
+            "provenance", "forecast", "reconstruction", "network-id", "perturbation", "figure-perturbation",
             "figure-capabilities", "pretraining-study"]
 
 
@@ -163,8 +163,8 @@ def test_messages_show_plain_values_not_numpy_reprs():
     """Network names come from a numpy array: the message printed `got [np.str_('Vis')]`."""
     import numpy as np
 
+    from brainjepa.capabilities.network_id import scored_networks
     from brainjepa.errors import InputError
-    from brainjepa.evaluate.networks import scored_networks
 
     with pytest.raises(InputError, match=r"needs at least 2 networks with 2\+ ROIs, got \['Vis'\]$") as info:
         scored_networks(np.array(["Vis", "Vis", "SM"]))

@@ -9,17 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
-from brainjepa.data.shards import build_shards
-from brainjepa.errors import InputError
-from brainjepa.evaluate.forecast import (
+from brainjepa.capabilities.forecast import (
     ForecastConfig,
     ar_forecast,
     fit_ar,
     forecast_scores,
     persistence_forecast,
-    regression_scores,
     run_forecast,
 )
+from brainjepa.data.shards import build_shards
+from brainjepa.errors import InputError
+from brainjepa.evaluate.metrics import regression_scores
+from brainjepa.evaluate.record import KEYS
 from brainjepa.group.gradients import write_gradients
 from brainjepa.group.scaling import ScalingStats
 from brainjepa.io import write_timeseries
@@ -28,8 +29,7 @@ R, T_RUN, WINDOW, PATCH = 8, 96, 64, 16
 SMALL_MODEL = ("model:\n  size: tiny\n  embed_dim: 32\n  depth: 2\n  num_heads: 4\n  predictor_dim: 16\n"
                "  predictor_depth: 1\n  patch_size: 16\n")
 FAST = {"context": 48, "horizon": 8, "threads": 1, "device": "cpu"}
-RECORD_KEYS = {"task", "kind", "method", "seed", "cohorts", "label", "source", "n_subjects", "val", "test",
-               "per_subject", "details", "selected", "seconds"}
+RECORD_KEYS = KEYS             # the fields of brainjepa.evaluate.record.Record (test_capabilities pins them)
 
 
 def make_shards(root, n_subjects: int = 40, signal=None, seed: int = 0):
@@ -72,15 +72,10 @@ def sine_data(tmp_path_factory):
 
 
 def run_cli(*args: str) -> int:
-    """``brainjepa`` with the forecasting group registered (the integrator adds it to cli.GROUPS)."""
+    """``brainjepa`` on ``args``: its exit status."""
     import brainjepa.cli as cli
 
-    groups = cli.GROUPS if "forecasting" in cli.GROUPS else (*cli.GROUPS, "forecasting")
-    saved, cli.GROUPS = cli.GROUPS, groups
-    try:
-        return cli.main(list(args))
-    finally:
-        cli.GROUPS = saved
+    return cli.main(list(args))
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -134,11 +129,11 @@ def test_ar_recovers_the_coefficients_of_a_known_ar2_process():
 
 # ------------------------------------------------------------------------------------------------- the encoder
 def test_the_encoder_forecast_never_sees_the_future(sine_data):
+    from brainjepa.capabilities.forecast_models import EncoderForecaster
     from brainjepa.evaluate.encoders import load_encoder
-    from brainjepa.evaluate.forecast import _torch_models
 
     encoder, _ = load_encoder(random_spec(sine_data), [f"roi{i}" for i in range(R)], WINDOW, seed=0)
-    model = _torch_models()[0](encoder, 48, 8).eval()
+    model = EncoderForecaster(encoder, 48, 8).eval()
     assert model.token_idx.tolist()[0][:4] == [0, 1, 2, 4]           # ROI-major, the 3 context patches of W = 4
     x = torch.randn(3, R, WINDOW)
     other = x.clone()
@@ -232,12 +227,12 @@ def test_unknown_settings_keys_and_cohorts_are_errors(sine_data, tmp_path):
 
 
 def test_the_head_learns_at_the_full_rate_and_lower_layers_decay(sine_data):
+    from brainjepa.capabilities.forecast_models import EncoderForecaster
     from brainjepa.evaluate.encoders import load_encoder
     from brainjepa.evaluate.finetune import param_groups_lrd
-    from brainjepa.evaluate.forecast import _torch_models
 
     encoder, _ = load_encoder(random_spec(sine_data), [f"roi{i}" for i in range(R)], WINDOW, seed=0)
-    model = _torch_models()[0](encoder, 48, 8)
+    model = EncoderForecaster(encoder, 48, 8)
     scale = {n: g["lr_scale"] for g in param_groups_lrd(model, 0.05, 0.5) for n in g["names"]}
     assert scale["fc.weight"] == scale["norm.weight"] == scale["encoder.norm.weight"] == 1.0
     assert scale["encoder.blocks.1.attn.qkv.weight"] == 0.5 and scale["encoder.blocks.0.attn.qkv.weight"] == 0.25
@@ -248,7 +243,7 @@ def test_the_baselines_without_a_network_do_not_import_torch(sine_data, tmp_path
     import subprocess
     import sys
 
-    code = ("import sys; from brainjepa.evaluate.forecast import ForecastConfig, run_forecast; "
+    code = ("import sys; from brainjepa.capabilities.forecast import ForecastConfig, run_forecast; "
             f"[run_forecast(m, 0, {str(sine_data / 'shards')!r}, ['c'], {str(tmp_path / 'x.json')!r}, "
             "ForecastConfig(context=48, horizon=8)) for m in ('persistence', 'ar')]; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

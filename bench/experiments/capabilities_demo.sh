@@ -30,6 +30,6 @@ for seed in 0 1; do
   for method in persistence ar lstm; do
     job forecast "$method" "$seed" python -m brainjepa.cli forecast
   done
-  job reconstruction mae "$seed" python -m brainjepa.cli reconstruct --encoder "${SPECS[mae_finetune]}"
+  job reconstruction mae "$seed" python -m brainjepa.cli reconstruction --encoder "${SPECS[mae_finetune]}"
 done
 cat "$OUT/times.tsv"

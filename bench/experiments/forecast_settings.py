@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 
-from brainjepa.evaluate.forecast import ForecastConfig, run_forecast
+from brainjepa.capabilities.forecast import ForecastConfig, run_forecast
 
 logging.basicConfig(level=logging.WARNING)
 method, spec = sys.argv[1], (None if sys.argv[2] == "-" else json.loads(sys.argv[2]))

@@ -53,7 +53,7 @@ def jobs(results: Path, out: Path, threads: int) -> list[tuple[str, list[str], P
     for encoder in ENCODERS:
         for seed in (0, 1):
             path = out / "perturbation" / "adnisim" / encoder / f"seed{seed}.json"
-            argv = ["perturb", "--method", encoder, "--seed", str(seed), "--shards", str(results / "shards"),
+            argv = ["perturbation", "--method", encoder, "--seed", str(seed), "--shards", str(results / "shards"),
                     "--cohorts", "adnisim", "--labels", labels, "--out", str(path), "--encoder",
                     json.dumps(specs[encoder]), "--settings", json.dumps(settings)]
             out_jobs.append((f"perturbation/adnisim/{encoder}/seed{seed}", argv, path))
@@ -61,10 +61,10 @@ def jobs(results: Path, out: Path, threads: int) -> list[tuple[str, list[str], P
 
 
 def run_job(argv: list[str]) -> None:
-    """One command in this process (brainjepa.cli.networks.register, as ``brainjepa`` will), then its wall time."""
+    """One command in this process (brainjepa.cli.capabilities.register, as ``brainjepa`` will), then its wall time."""
     import logging
 
-    from brainjepa.cli.networks import register
+    from brainjepa.cli.capabilities import register
 
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(prog="brainjepa")

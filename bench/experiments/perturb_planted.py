@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainjepa.evaluate import perturb
-from brainjepa.evaluate.networks import roi_networks
+from brainjepa.capabilities import perturbation as perturb
+from brainjepa.capabilities.network_id import roi_networks
 from brainjepa.evaluate.tasks import split_manifests, split_windows
 from brainjepa.preprocess.atlas import read_label_table
 
@@ -46,10 +46,10 @@ def main() -> None:
     ap.add_argument("--shards", default="results/shards")
     ap.add_argument("--labels", default="results/atlas/atlas_space-MNI152NLin6Asym_labels.tsv")
     ap.add_argument("--cohort", default="adnisim")
-    ap.add_argument("--settings", default="{}", help="JSON PerturbConfig overrides")
+    ap.add_argument("--settings", default="{}", help="JSON PerturbationConfig overrides")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    cfg = perturb.PerturbConfig.from_dict(json.loads(args.settings))
+    cfg = perturb.PerturbationConfig.from_dict(json.loads(args.settings))
     manifests = split_manifests(args.shards)
     manifest = json.loads(manifests["train"].read_text())
     w = split_windows(manifests, [args.cohort], int(manifest["window"]), ("train", "test"), label=cfg.label)

@@ -1,9 +1,9 @@
 """The ``brainjepa`` command line: one subcommand per pipeline stage, each parsing its options and calling one
 library function (the Snakemake rules run these same commands).
 
-Subcommands are registered per stage group (:mod:`.preprocess`, :mod:`.group`, :mod:`.data`, :mod:`.train`,
-:mod:`.models`, :mod:`.demo`, :mod:`.sheets`). Error policy: bad input, whatever exception the library raises
-for it, reaches the user as one line (``brainjepa <command>: error: ...``) and exit status 1; ``-v`` adds
+Subcommands are registered per stage group (:data:`GROUPS`: :mod:`.preprocess`, :mod:`.group`, :mod:`.data`,
+:mod:`.train`, :mod:`.evaluate`, :mod:`.capabilities`, ...). Error policy: bad input, whatever exception the library
+raises for it, reaches the user as one line (``brainjepa <command>: error: ...``) and exit status 1; ``-v`` adds
 the traceback. An interrupt exits with status 130; pretraining stopped by SIGTERM/SIGINT after writing its
 checkpoint exits with status 75.
 """
@@ -18,8 +18,8 @@ import traceback
 from brainjepa import __version__
 from brainjepa.errors import InputError, Preempted, TrainingError
 
-GROUPS = ("preprocess", "group", "data", "train", "evaluate", "forecasting", "networks", "figures", "models", "demo",
-          "sheets", "study")
+GROUPS = ("preprocess", "group", "data", "train", "evaluate", "capabilities", "figures", "models", "demo", "sheets",
+          "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,10 +133,10 @@ def run_network_attention(encoder_spec: dict, shards: str | Path, task_spec: dic
 
     from brainjepa.data.shards import load_manifest
     from brainjepa.evaluate.encoders import load_encoder
+    from brainjepa.evaluate.job import torch_job
     from brainjepa.evaluate.tasks import TaskConfig, load_task, split_manifests, subject_mean
     from brainjepa.io import write_tsv_atomic
     from brainjepa.preprocess.atlas import read_label_table
-    from brainjepa.train.runtime import setup_distributed
 
     task = TaskConfig.from_dict(task_spec.pop("name", cfg.task), task_spec)
     if task.kind == "regression":
@@ -148,7 +148,7 @@ def run_network_attention(encoder_spec: dict, shards: str | Path, task_spec: dic
     labels = read_label_table(labels_path)
     if list(labels["name"].astype(str)) != list(windows.roi_names):
         raise InputError(f"{labels_path}: ROI names differ from the shards' (name or order)")
-    _, device = setup_distributed(device_kind)
+    device = torch_job(device_kind, "auto").device
     encoder, _ = load_encoder(encoder_spec, windows.roi_names, window, seed=seed)
     encoder.to(device)
     t0 = time.perf_counter()

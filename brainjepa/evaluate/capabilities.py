@@ -3,12 +3,12 @@
 Config ``evaluate.capabilities.<name>`` (``name`` one of :data:`CAPABILITIES`)::
 
     forecast:       {cohorts: [ukbsim], encoders: [jepa, mae, random], baselines: [persistence, ar, lstm],
-                     settings: {...}}                   # brainjepa/evaluate/forecast.py
+                     settings: {...}}                   # brainjepa/capabilities/forecast.py
     network_id:     {cohorts: [ukbsim], encoders: [jepa, mae, random], features: [embedding, attention],
-                     baselines: [raw], settings: {...}} # brainjepa/evaluate/networks.py
+                     baselines: [raw], settings: {...}} # brainjepa/capabilities/network_id.py
     perturbation:   {cohorts: [adnisim], encoders: [jepa, mae, random],
-                     settings: {label: diagnosis, source: "0", target: "1", ...}}   # .perturb
-    reconstruction: {cohorts: [ukbsim], encoders: [mae], settings: {mask_ratios: [0.2, 0.5, 0.75]}}  # .reconstruct
+                     settings: {label: diagnosis, source: "0", target: "1", ...}}   # .perturbation
+    reconstruction: {cohorts: [ukbsim], encoders: [mae], settings: {mask_ratios: [0.2, 0.5, 0.75]}}  # .reconstruction
 
 Methods (the ``method`` of a result, a row of ``metrics.tsv``): forecasting fine-tunes each encoder
 (``<encoder>_finetune``; the random encoder is the "without pretraining" row) beside its baselines; network
@@ -46,8 +46,8 @@ CAPABILITIES: dict[str, Capability] = {
                            suffix="finetune"),
     "network_id": Capability("network_id", "network-id", ("accuracy", "balanced_accuracy"), baselines=("raw",),
                              features=("embedding", "attention")),
-    "perturbation": Capability("perturbation", "perturb", ("closed_share", "group_p")),
-    "reconstruction": Capability("reconstruction", "reconstruct", ("r2_mask75", "r2_mask50", "r2_mask20")),
+    "perturbation": Capability("perturbation", "perturbation", ("closed_share", "group_p")),
+    "reconstruction": Capability("reconstruction", "reconstruction", ("r2_mask75", "r2_mask50", "r2_mask20")),
 }
 KINDS = {c.kind for c in CAPABILITIES.values()}
 

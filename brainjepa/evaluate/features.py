@@ -135,21 +135,21 @@ def run_features(encoder_spec: dict, shards: str | Path, cohorts: list[str], out
 
     from brainjepa.data.shards import load_manifest
     from brainjepa.evaluate.encoders import load_encoder
+    from brainjepa.evaluate.job import torch_job
     from brainjepa.evaluate.tasks import cohort_windows, split_manifests
-    from brainjepa.train.runtime import autocast_for, setup_distributed
 
     manifests = split_manifests(shards)
     window = int(load_manifest(manifests["train"])["window"])
     run_id, start, data, names = cohort_windows(manifests, cohorts, window)   # read batch by batch
-    _, device = setup_distributed(device_kind)
+    job = torch_job(device_kind, precision)
     encoder, source = load_encoder(encoder_spec, names, window, seed=seed)
-    encoder.to(device)
+    encoder.to(job.device)
     t0 = time.perf_counter()
     pooled: list[np.ndarray] = []
 
     def tokens():
-        for batch_pooled, batch_rois in extract_batches(encoder, data, encoder.cfg.n_time_patches, device,
-                                                        batch_size, lambda: autocast_for(device, precision)):
+        for batch_pooled, batch_rois in extract_batches(encoder, data, encoder.cfg.n_time_patches, job.device,
+                                                        batch_size, job.autocast):
             pooled.append(batch_pooled)
             yield batch_rois
 

@@ -99,6 +99,12 @@ def task_loss(kind: str, output: torch.Tensor, target: torch.Tensor,
     return F.cross_entropy(output.float(), target.long(), weight=class_weight)
 
 
+def task_loss_fn(kind: str, class_weight: np.ndarray | None, device: torch.device) -> Callable:
+    """``loss(module, x, y)`` of a task: :func:`task_loss` of the module's output (``class_weight`` [C] or None)."""
+    weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=device)
+    return lambda module, x, y: task_loss(kind, module(x), y, weight)
+
+
 def to_prediction(kind: str, output: torch.Tensor) -> np.ndarray:
     """Regression value [B] or class probabilities [B, C]."""
     if kind == "regression":
@@ -122,13 +128,39 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
     return warmup_cosine(step, total, warmup, 0.0, lr, min_lr)
 
 
-def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, np.ndarray, np.ndarray], kind: str, *, epochs: int, warmup_epochs: float,
+def cpu_state(model: torch.nn.Module) -> dict:
+    """A copy of ``model``'s state dict on the CPU (a selected epoch's weights)."""
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> float:
+    """Every parameter group's LR: ``value`` times the group's ``lr_scale`` (default 1). Returns ``value``."""
+    for group in optimizer.param_groups:
+        group["lr"] = value * group.get("lr_scale", 1.0)
+    return value
+
+
+def _batch_inputs(train: tuple, batch: torch.Tensor, epoch: int, sample: Callable | None, device: torch.device):
+    """The (inputs, targets or None) of training ``batch`` (indices) on ``device``; inputs as float32, drawn by
+    ``sample(indices, epoch)`` when given (the windows of the batch are then not read: streamed inputs are read
+    on indexing)."""
+    inputs, targets = train
+    if sample is not None:
+        x = torch.from_numpy(sample(batch.numpy(), epoch)).view(len(batch), *tuple(inputs.shape)[1:])
+    else:
+        x = inputs[batch]
+    return x.to(device).float(), (targets[batch].to(device) if targets is not None else None)
+
+
+def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[torch.Tensor, torch.Tensor | None],
+        val: tuple[torch.Tensor, np.ndarray, np.ndarray] | None, kind: str, *, epochs: int, warmup_epochs: float,
         batch_size: int, lr: float, min_lr: float, seed: int, device: torch.device, autocast: Callable,
         rank: int = 0, world_size: int = 1, train_module: torch.nn.Module | None = None,
         name: str = "", class_weight: np.ndarray | None = None,
-        sample: Callable[[np.ndarray, int], np.ndarray] | None = None, min_steps: int = 0) -> FitResult:
-    """Train and select on validation (module docstring).
+        sample: Callable[[np.ndarray, int], np.ndarray] | None = None, min_steps: int = 0,
+        loss_fn: Callable | None = None, criterion: Criterion | None = None) -> FitResult:
+    """Train and select on validation (module docstring): the one train-and-select loop of the evaluation
+    (fine-tuning, the probes, forecasting).
 
     train: (inputs [N, ...], targets [N]); val: (inputs [M, ...], targets [M], subjects [M]); inputs are tensors, or
     a :class:`WindowInputs` that reads each batch's windows when indexed.
@@ -137,24 +169,20 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
     ``sample(indices [B], epoch) -> inputs [B, ...]``: the training inputs of a batch instead of
     ``inputs[indices]`` (temporal jitter); the training set's size is still ``len(inputs)``.
     ``min_steps``: at least this many optimizer steps (module docstring).
+    ``loss_fn(module, x, y)``: the training loss of a batch (default: :func:`task_loss`; targets may then be None);
+    ``criterion``: the validation evaluation and selection (default: :func:`task_criterion` of ``val``).
     """
-    from brainjepa.evaluate.metrics import SELECTION, selection_score
-
     step_module = train_module if train_module is not None else model
-    inputs, targets = train
-    n = len(inputs)
+    n = len(train[0])
     global_batch = batch_size * world_size
     steps_per_epoch = max(1, math.ceil(n / global_batch))
     run_epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
     every = max(1, run_epochs // epochs)                              # evaluations stay about ``epochs``
     total = run_epochs * steps_per_epoch
     warmup = min(int(round(warmup_epochs * steps_per_epoch * run_epochs / epochs)), total)  # cut to the run
-    weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=device)
-    metric = SELECTION[kind]
-    best, best_key, history, step = None, (-math.inf, -math.inf), [], 0
-    val_truth = subject_mean(val[2], np.asarray(val[1], dtype=float))[1]
-    val_truth = val_truth if kind == "regression" else val_truth.astype(int)
-    t0 = time.perf_counter()
+    loss_fn = loss_fn or task_loss_fn(kind, class_weight, device)
+    criterion = criterion or task_criterion(kind, val, class_weight, max(batch_size, 64), device, autocast)
+    best, best_key, history, step, t0 = None, None, [], 0, time.perf_counter()
     for epoch in range(run_epochs):
         model.train()
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
@@ -163,37 +191,63 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: tuple[t
             batch = order[k * global_batch:(k + 1) * global_batch][rank * batch_size:(rank + 1) * batch_size]
             if len(batch) == 0:  # an uneven last global batch leaves this rank nothing: still join the step
                 batch = order[:1]
-            value = lr_at(step, total, warmup, lr, min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = value * group.get("lr_scale", 1.0)
-            if sample is not None:   # (the windows of the batch are not read: streamed inputs read on indexing)
-                x = torch.from_numpy(sample(batch.numpy(), epoch)).view(len(batch), *tuple(inputs.shape)[1:])
-            else:
-                x = inputs[batch]
-            x, y = x.to(device).float(), targets[batch].to(device)
+            value = set_lr(optimizer, lr_at(step, total, warmup, lr, min_lr))
+            x, y = _batch_inputs(train, batch, epoch, sample, device)
             with autocast():
-                loss = task_loss(kind, step_module(x), y, weight)
+                loss = loss_fn(step_module, x, y)
             losses.append(optimizer_step(optimizer, loss, name, epoch, step))
             step += 1
         if (epoch + 1) % every and epoch + 1 < run_epochs:
             continue
-        val_pred = predict(model, val[0], kind, device, max(batch_size, 64), autocast)
-        val_loss = subject_loss(kind, val[2], val[1], val_pred, class_weight)
-        score = selection_score(kind, val_truth, subject_mean(val[2], val_pred)[1])
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                        f"val_{metric}": score if math.isfinite(score) else None, "lr": value,
+        key, fields = criterion.evaluate(model)
+        history.append({"epoch": epoch + 1, **({"step": step} if criterion.steps else {}),
+                        "train_loss": float(np.mean(losses)), **fields, "lr": value,
                         "elapsed_s": round(time.perf_counter() - t0, 2)})
         if rank == 0:
-            log.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f, lr %.2e", name, epoch + 1,
-                     run_epochs, history[-1]["train_loss"], val_loss, metric, score, value)
-        key = (score, -val_loss if math.isfinite(val_loss) else -math.inf)
+            log.info("%s epoch %d/%d: train %s %.4f, %s, lr %.2e", name, epoch + 1, run_epochs, criterion.loss_name,
+                     history[-1]["train_loss"], criterion.describe(fields), value)
         if best is None or key > best_key:
-            best_key, best = key, (epoch + 1, copy.deepcopy({k: v.detach().cpu()
-                                                              for k, v in model.state_dict().items()}))
-    if best_key == (-math.inf, -math.inf):  # neither the metric nor the loss was ever defined
-        raise TrainingError(f"{name}: no epoch gave a finite validation {metric} or loss")
+            best_key, best = key, (epoch + 1, cpu_state(model))
+    if all(k == -math.inf for k in best_key):  # the criterion was never defined
+        raise TrainingError(f"{name}: no epoch gave a finite {criterion.what}")
     model.load_state_dict(best[1])
-    return FitResult(best[0], history, best[1], metric, best_key[0], -best_key[1])
+    return FitResult(best[0], history, best[1], criterion.metric, best_key[0], -best_key[-1])
+
+
+@dataclass
+class Criterion:
+    """How :func:`fit` evaluates and selects: ``evaluate(model) -> (key, history fields)``, the largest key kept
+    (the first of equal keys; a key of only -inf is undefined); ``what`` names the criterion in the error when no
+    epoch defined it; ``steps``: the history records the optimizer step; ``loss_name`` and ``describe`` the log."""
+
+    evaluate: Callable[[torch.nn.Module], tuple[tuple[float, ...], dict]]
+    what: str
+    metric: str = ""
+    steps: bool = True
+    loss_name: str = "loss"
+
+    @staticmethod
+    def describe(fields: dict) -> str:
+        return ", ".join(f"{k.replace('_', ' ', 1)} {math.nan if v is None else v:.4f}" for k, v in fields.items())
+
+
+def task_criterion(kind: str, val: tuple, class_weight: np.ndarray | None, batch_size: int, device: torch.device,
+                   autocast: Callable) -> Criterion:
+    """A task's selection: the task's metric on subject predictions of ``val`` (inputs, targets, subjects;
+    :data:`brainjepa.evaluate.metrics.SELECTION`), ties broken by the lower validation loss."""
+    from brainjepa.evaluate.metrics import SELECTION, selection_score
+
+    metric = SELECTION[kind]
+    val_truth = subject_mean(val[2], np.asarray(val[1], dtype=float))[1]
+    val_truth = val_truth if kind == "regression" else val_truth.astype(int)
+
+    def evaluate(model):
+        val_pred = predict(model, val[0], kind, device, batch_size, autocast)
+        val_loss = subject_loss(kind, val[2], val[1], val_pred, class_weight)
+        score = selection_score(kind, val_truth, subject_mean(val[2], val_pred)[1])
+        key = (score, -val_loss if math.isfinite(val_loss) else -math.inf)
+        return key, {"val_loss": val_loss, f"val_{metric}": score if math.isfinite(score) else None}
+    return Criterion(evaluate, f"validation {metric} or loss", metric)
 
 
 GRID_TIE = 0.01                       # fit_probe: grid points this close to the best validation metric are tied

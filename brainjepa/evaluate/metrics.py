@@ -239,3 +239,42 @@ def bootstrap_subject_mean(values: list[np.ndarray], n_boot: int = 1000, seed: i
     if not len(boot):
         return None
     return float(np.percentile(boot, (1 - level) / 2 * 100)), float(np.percentile(boot, (1 + level) / 2 * 100))
+
+
+def regression_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """R^2, Pearson r and MSE over all values of ``truth`` and ``pred`` (any equal shapes, flattened; the
+    capabilities' scores): :func:`fast_metrics` of one row. r is NaN when either side is constant; R^2 is NaN
+    when the truth is."""
+    y = np.asarray(truth, dtype=np.float64).ravel()
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"truth {np.shape(truth)} and prediction {np.shape(pred)} must be equal and non-empty")
+    m = {k: float(v[0]) for k, v in fast_metrics("regression", y[None], p[None]).items()}
+    constant_truth = not float(np.sum((y - y.mean()) ** 2)) > 0
+    return {"r2": math.nan if constant_truth else m["r2"], "r": m["r"] if math.isfinite(m["r"]) else math.nan,
+            "mse": m["mse"]}
+
+
+class ScoreAccumulator:
+    """R^2, Pearson r and MSE over values given in pieces (float64 sums), equal to
+    :func:`regression_scores` of all pieces concatenated."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums = np.zeros(6)                          # y, p, y^2, p^2, y p, (y - p)^2
+
+    def add(self, truth: np.ndarray, pred: np.ndarray) -> None:
+        y = np.asarray(truth, dtype=np.float64).ravel()
+        p = np.asarray(pred, dtype=np.float64).ravel()
+        self.n += y.size
+        self.sums += [y.sum(), p.sum(), y @ y, p @ p, y @ p, np.sum((y - p) ** 2)]
+
+    def scores(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("no values were added")
+        sy, sp, syy, spp, syp, sse = self.sums
+        n = self.n
+        sst, spp_c, syp_c = syy - sy * sy / n, spp - sp * sp / n, syp - sy * sp / n
+        denom = math.sqrt(max(sst, 0.0) * max(spp_c, 0.0))
+        return {"r2": 1.0 - sse / sst if sst > 0 else float("nan"),
+                "r": syp_c / denom if denom > 0 else float("nan"), "mse": sse / n}

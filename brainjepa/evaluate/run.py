@@ -14,7 +14,6 @@ original units and the prediction: value in original units, or class probabiliti
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from brainjepa.errors import InputError
 from brainjepa.evaluate.config import ProtocolConfig
 from brainjepa.evaluate.metrics import split_metrics, task_metrics
+from brainjepa.evaluate.record import Record
 from brainjepa.evaluate.tasks import (
     Resampling,
     TaskConfig,
@@ -65,17 +65,6 @@ def parse_method(method: str) -> tuple[str | None, str]:
     return parse_method_readout(method)[:2]
 
 
-def _seed_everything(seed: int, with_torch: bool) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    if with_torch:
-        import torch
-
-        torch.manual_seed(seed)
-
-
 def _features_for(w: TaskWindows, paths: list[str | Path], tokens: bool = True) -> dict[str, np.ndarray]:
     """The cached features of the task's windows (joined on run_id and window start), in window order; without
     ``tokens`` the ROI tokens are not read (``roi_tokens`` is then empty: the pooled readout needs none)."""
@@ -115,55 +104,75 @@ def _gradient_head(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: Proto
     task's metric over the validation subjects.
 
     Returns (predictions per window of val and test, selection info)."""
-    import torch
+    from brainjepa.evaluate.job import torch_job
 
-    from brainjepa.evaluate import loop
-    from brainjepa.train.runtime import autocast_for, setup_distributed
+    job = torch_job(cfg.device, cfg.precision)
+    if protocol != "finetune":
+        return _probe(protocol, w, inputs, cfg, seed, class_weight, job, name)
+    return _finetune(w, inputs, cfg, seed, class_weight, encoder, job, name)
 
-    dist_info, device = setup_distributed(cfg.device)
-    autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
-    target = torch.from_numpy(w.target)
-    tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
 
+def _ddp(job):
+    """What the training steps call: the model, or its DistributedDataParallel wrapper under torchrun."""
     def wrap(model):
-        if dist_info.world_size == 1:
+        if job.dist.world_size == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
+        device = job.device
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return wrap
 
-    if protocol != "finetune":
-        x = torch.from_numpy(np.ascontiguousarray(inputs))
-        section = cfg.linprobe if protocol == "linprobe" else cfg.attentive
-        fitted = loop.fit_probe(protocol, section, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]),
-                                w.task.kind, w.n_outputs, seed=seed, device=device, autocast=autocast,
-                                rank=dist_info.rank, world_size=dist_info.world_size, wrap=wrap, name=name,
-                                class_weight=class_weight)
-        x = x.float()
-        predictions = {s: loop.predict(fitted.model, x[m], w.task.kind, device, 64, autocast)
-                       for s, m in (("val", va), ("test", te))}
-        return predictions, fitted.info
+
+def _probe(protocol: str, w: TaskWindows, inputs: np.ndarray, cfg: ProtocolConfig, seed: int,
+           class_weight: np.ndarray | None, job, name: str):
+    """A linear or attentive probe on frozen features ``inputs`` [N, ...] (:func:`.loop.fit_probe`)."""
+    import torch
+
+    from brainjepa.evaluate import loop
+
+    target = torch.from_numpy(w.target)
+    tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
+    x = torch.from_numpy(np.ascontiguousarray(inputs))
+    section = cfg.linprobe if protocol == "linprobe" else cfg.attentive
+    fitted = loop.fit_probe(protocol, section, (x[tr], target[tr]), (x[va], w.target[va], w.subject[va]),
+                            w.task.kind, w.n_outputs, seed=seed, device=job.device, autocast=job.autocast,
+                            rank=job.dist.rank, world_size=job.dist.world_size, wrap=_ddp(job), name=name,
+                            class_weight=class_weight)
+    x = x.float()
+    predictions = {s: loop.predict(fitted.model, x[m], w.task.kind, job.device, 64, job.autocast)
+                   for s, m in (("val", va), ("test", te))}
+    return predictions, fitted.info
+
+
+def _finetune(w: TaskWindows, inputs, cfg: ProtocolConfig, seed: int, class_weight: np.ndarray | None, encoder,
+              job, name: str):
+    """Fine-tune ``encoder`` with a head on the windows ``inputs`` (:func:`.loop.fit`)."""
+    import torch
+
+    from brainjepa.evaluate import loop
     from brainjepa.evaluate.finetune import build_finetune, probe_head
 
+    target = torch.from_numpy(w.target)
+    tr, va, te = (w.mask(s) for s in ("train", "val", "test"))
     x = loop.WindowInputs(inputs)          # [N, 1, R, T], each batch read from the shards when it is needed
     x_tr, x_va, x_te = (x.take(m) for m in (tr, va, te))
-    section = cfg.finetune
-    model, optimizer, lr = build_finetune(encoder, w.n_outputs, section, dist_info.world_size)
+    section, rank, device, autocast = cfg.finetune, job.dist.rank, job.device, job.autocast
+    model, optimizer, lr = build_finetune(encoder, w.n_outputs, section, job.dist.world_size)
     model.to(device)
     probe_info = None
     if section.head_init == "probe":   # before the DDP wrapper, which broadcasts rank 0's state
         probe_info = probe_head(model, (x_tr, target[tr]), (x_va, w.target[va], w.subject[va]), w.task.kind,
                                 w.n_outputs, cfg.linprobe, seed=seed, device=device, autocast=autocast,
-                                rank=dist_info.rank, name=name, class_weight=class_weight)
+                                rank=rank, name=name, class_weight=class_weight)
     sample = None
     if section.temporal_jitter:
         train_index = np.flatnonzero(tr)
         sample = lambda batch, epoch: w.jittered(train_index[batch], seed, epoch)  # noqa: E731
     result = loop.fit(model, optimizer, (x_tr, target[tr]), (x_va, w.target[va], w.subject[va]), w.task.kind,
                       epochs=section.epochs, warmup_epochs=section.warmup_epochs, batch_size=section.batch_size,
-                      lr=lr, min_lr=section.min_lr, seed=seed, device=device,
-                      autocast=autocast, rank=dist_info.rank,
-                      world_size=dist_info.world_size, train_module=wrap(model), name=name,
+                      lr=lr, min_lr=section.min_lr, seed=seed, device=device, autocast=autocast, rank=rank,
+                      world_size=job.dist.world_size, train_module=_ddp(job)(model), name=name,
                       class_weight=class_weight, sample=sample, min_steps=section.min_steps)
     predictions = {s: loop.predict(model, part, w.task.kind, device, 64, autocast)
                    for s, part in (("val", x_va), ("test", x_te))}
@@ -218,17 +227,16 @@ def run_evaluation(task: TaskConfig, method: str, seed: int, shards: str | Path,
 
     torch is imported only by the gradient-trained protocols (closed-form and FC jobs start seconds sooner)."""
     from brainjepa.data.shards import load_manifest
-    from brainjepa.io import write_text_atomic
 
     cfg = protocols or ProtocolConfig()
     _, protocol = parse_method(method)
     manifests = split_manifests(shards)
     window = int(load_manifest(manifests["train"])["window"])
     w = load_task(task, manifests, window, with_data=protocol in ("finetune", "fc_linear", "fc_svm"))
-    record = evaluate_windows(w, method, seed, cfg, encoder_spec, features, resampling)
+    record = evaluate_record(w, method, seed, cfg, encoder_spec, features, resampling)
     if protocol not in TORCH_PROTOCOLS or _rank() == 0:
-        write_text_atomic(out, json.dumps(record, indent=1, default=_plain) + "\n")
-    return record
+        return record.write(out)
+    return record.to_dict()
 
 
 def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: ProtocolConfig | None = None,
@@ -238,22 +246,51 @@ def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: Protocol
     data for fine-tuning and the FC baselines); returns the JSON record (module docstring). The windows may
     come from elsewhere than the shards (``bench/experiments/finetune_positive_control.py`` plants effects into
     them)."""
+    return evaluate_record(w, method, seed, protocols, encoder_spec, features, resampling).to_dict()
+
+
+def evaluate_record(w: TaskWindows, method: str, seed: int, protocols: ProtocolConfig | None = None,
+                    encoder_spec: dict | None = None, features: list[str | Path] | None = None,
+                    resampling: Resampling | None = None) -> Record:
+    """:func:`evaluate_windows`, as the :class:`.record.Record` (the task's own fields in ``extra``)."""
+    from brainjepa.evaluate.job import seconds_since, seed_everything, set_threads
+
     cfg = protocols or ProtocolConfig()
     resampling = resampling or Resampling()
     task = w.task
     encoder_name, protocol, readout = parse_method_readout(method)
     uses_torch = protocol in TORCH_PROTOCOLS
-    if uses_torch and cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
+    if uses_torch:
+        set_threads(cfg.threads)
     name = f"{task.name}/{method}/seed{seed}"
     window = int(w.data.shape[-1]) if w.data is not None else None
     if protocol in ("finetune", "fc_linear", "fc_svm") and w.data is None:
         raise InputError(f"{name}: {protocol} needs the task's windows (load_task with_data=True)")
-    _seed_everything(seed, uses_torch)
+    seed_everything(seed, uses_torch)
     t0 = time.perf_counter()
-    source = None
+    fit, source, window = _fitter(w, protocol, readout, cfg, seed, encoder_spec, features, name, window)
+    extra = {"test_cohorts": list(task.test_cohorts), "encoder": encoder_name, "protocol": protocol,
+             "readout": readout, "window": window}
+    if task.kind == "regression":
+        extra["target"] = {"mean": w.mean, "std": w.std}
+    else:
+        extra["classes"] = w.classes
+    if protocol == "finetune" or resampling.scheme == "fixed":
+        parts = _fixed_split(w, fit, cfg)
+    else:
+        parts = _resampled(w, fit, cfg, resampling)
+    shared = {k: parts.pop(k) for k in ("n_subjects", "val", "test", "selected")}
+    record = Record(task.name, task.kind, method, seed, list(task.cohorts), task.label, source, per_subject=None,
+                    details=None, seconds=seconds_since(t0), extra={**extra, **parts}, **shared)
+    log.info("%s: test %s (%.1f s)", name, ", ".join(f"{k} {v:.3f}" for k, v in record.test.items()),
+             record.seconds)
+    return record
+
+
+def _fitter(w: TaskWindows, protocol: str, readout: str, cfg: ProtocolConfig, seed: int, encoder_spec: dict | None,
+            features: list[str | Path] | None, name: str, window: int | None):
+    """The method's ``fit(view, class_weight) -> (predictions {val, test}, selection info)``, the encoder's
+    source and the window length (a feature cache's, for the frozen protocols)."""
     if protocol == "finetune":
         from brainjepa.evaluate.encoders import load_encoder
 
@@ -263,7 +300,8 @@ def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: Protocol
 
         def fit(view: TaskWindows, weight: np.ndarray | None):
             return _gradient_head(protocol, view, view.data, cfg, seed, weight, encoder, name)
-    elif protocol in FROZEN:
+        return fit, source, window
+    if protocol in FROZEN:
         if not features:
             raise InputError(f"{name}: {protocol} needs the encoder's feature cache(s)")
         from brainjepa.evaluate.features import read_features, readout_features
@@ -274,45 +312,37 @@ def evaluate_windows(w: TaskWindows, method: str, seed: int, protocols: Protocol
         else:
             inputs = readout_features(cached["pooled"], cached["roi_tokens"], readout)
         meta = read_features(features[0], tokens=False)["meta"]
-        source, window = meta["source"], meta.get("window", window)
 
         def fit(view: TaskWindows, weight: np.ndarray | None):
             if protocol == "closed_form":
                 return _closed_form(protocol, view, inputs.astype(np.float64), cfg, seed, weight)
             return _gradient_head(protocol, view, inputs, cfg, seed, weight, name=name)
-    else:
-        from brainjepa.evaluate.baselines import fc_features
+        return fit, meta["source"], meta.get("window", window)
+    from brainjepa.evaluate.baselines import fc_features
 
-        fc = fc_features(w.data)
+    fc = fc_features(w.data)
 
-        def fit(view: TaskWindows, weight: np.ndarray | None):
-            return _closed_form(protocol, view, fc, cfg, seed, weight)
-    record = {"task": task.name, "kind": task.kind, "label": task.label, "cohorts": list(task.cohorts),
-              "test_cohorts": list(task.test_cohorts), "method": method, "encoder": encoder_name,
-              "protocol": protocol, "readout": readout, "seed": seed, "source": source, "window": window}
-    if task.kind == "regression":
-        record["target"] = {"mean": w.mean, "std": w.std}
-    else:
-        record["classes"] = w.classes
-    if protocol == "finetune" or resampling.scheme == "fixed":
-        weight = _class_weight(w, cfg)
-        predictions, info = fit(w, weight)
-        record["n_subjects"] = w.counts()
-        record["n_windows"] = {s: int(w.mask(s).sum()) for s in ("train", "val", "test")}
-        if task.kind != "regression":
-            record["class_weight"] = None if weight is None else [float(v) for v in weight]
-        (val_truth, val_pred, _), (test_truth, test_pred, rows) = (_subject_rows(w, s, predictions[s])
-                                                                   for s in ("val", "test"))
-        record["val"], record["test"], threshold = split_metrics(task.kind, (val_truth, val_pred),
-                                                                 (test_truth, test_pred), w.std)
-        record["predictions"] = rows
-        record["selected"] = {**info, "threshold": threshold} if task.kind == "binary" else info
-    else:
-        record.update(_resampled(w, fit, cfg, resampling))
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    log.info("%s: test %s (%.1f s)", name, ", ".join(f"{k} {v:.3f}" for k, v in record["test"].items()),
-             record["seconds"])
-    return record
+    def fit(view: TaskWindows, weight: np.ndarray | None):
+        return _closed_form(protocol, view, fc, cfg, seed, weight)
+    return fit, None, window
+
+
+def _fixed_split(w: TaskWindows, fit, cfg: ProtocolConfig) -> dict:
+    """Fit on the task's own split: subjects and windows per split, class weights, metrics, predictions, the
+    selection (a binary task's threshold chosen on the validation subjects)."""
+    task = w.task
+    weight = _class_weight(w, cfg)
+    predictions, info = fit(w, weight)
+    out = {"n_subjects": w.counts(), "n_windows": {s: int(w.mask(s).sum()) for s in ("train", "val", "test")}}
+    if task.kind != "regression":
+        out["class_weight"] = None if weight is None else [float(v) for v in weight]
+    (val_truth, val_pred, _), (test_truth, test_pred, rows) = (_subject_rows(w, s, predictions[s])
+                                                               for s in ("val", "test"))
+    out["val"], out["test"], threshold = split_metrics(task.kind, (val_truth, val_pred), (test_truth, test_pred),
+                                                       w.std)
+    out["predictions"] = rows
+    out["selected"] = {**info, "threshold": threshold} if task.kind == "binary" else info
+    return out
 
 
 def _resampled(w: TaskWindows, fit, cfg: ProtocolConfig, resampling: Resampling) -> dict:
@@ -366,9 +396,3 @@ def _rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

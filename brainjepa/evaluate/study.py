@@ -755,9 +755,14 @@ def study_markdown(study: StudyConfig, table: pd.DataFrame, paired: pd.DataFrame
         row = fc[fc["task"] == task].iloc[0]
         for metric in PAIRED_METRICS[row["kind"]]:
             lines.append(f"| FC (input) | {task} | {FC} | {metric} | - | {_fmt(row[metric])} | - | - | - | - |")
-    lines += ["", "Monitors on the pretraining shards' monitor windows (RankMe of pooled and of token features, "
-              "input-dependent share of the token variance) at the same checkpoints; random: mean over seeds.", "",
-              "| encoder | " + " | ".join(MONITORS) + " |", "|---|" + "---|" * len(MONITORS)]
+    return "\n".join(lines + _monitor_lines(study, table, final)) + "\n"
+
+
+def _monitor_lines(study: StudyConfig, table: pd.DataFrame, final: pd.DataFrame) -> list[str]:
+    """study.md's monitor table: per config at the headline checkpoints, and the random seeds' mean."""
+    lines = ["", "Monitors on the pretraining shards' monitor windows (RankMe of pooled and of token features, "
+             "input-dependent share of the token variance) at the same checkpoints; random: mean over seeds.", "",
+             "| encoder | " + " | ".join(MONITORS) + " |", "|---|" + "---|" * len(MONITORS)]
     first = table.drop_duplicates(["encoder", "config", "seed", "step", "data_fraction"])
     for config in study.configs:
         mon = first.merge(final[["config", "seed", "step", "data_fraction"]].drop_duplicates())
@@ -766,4 +771,4 @@ def study_markdown(study: StudyConfig, table: pd.DataFrame, paired: pd.DataFrame
             lines.append(f"| {config} | " + " | ".join(_fmt(mon[m].mean(), 2) for m in MONITORS) + " |")
     rnd = first[first["encoder"] == "random"]
     lines.append("| random | " + " | ".join(_fmt(rnd[m].mean(), 2) for m in MONITORS) + " |")
-    return "\n".join(lines) + "\n"
+    return lines

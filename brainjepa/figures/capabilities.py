@@ -1,7 +1,7 @@
 """The capabilities figure: BrainLM's forecasting, network identification and masked reconstruction, every method.
 
 Input: the capability records (``results/capabilities/<capability>/<method>/seed<k>.json``, written by
-``brainjepa forecast``, ``network-id`` and ``reconstruct``). One panel per capability present, each value the
+``brainjepa forecast``, ``network-id`` and ``reconstruction``). One panel per capability present, each value the
 mean over the method's seeds (error bars: the std over seeds where there are several):
 
 * forecasting: test R^2 at every horizon step (``details.per_step.test.r2``), one line per method;
@@ -90,7 +90,7 @@ def _network_id(ax, methods: dict[str, list[dict]]) -> None:
 
 
 def _reconstruction(ax, methods: dict[str, list[dict]]) -> None:
-    from brainjepa.evaluate.reconstruct import ratio_name
+    from brainjepa.capabilities.reconstruction import ratio_name
 
     for method, records in sorted(methods.items()):
         ratios = sorted({float(x) for r in records for x in r["details"]["mask_ratios"]})

@@ -1,6 +1,6 @@
 """The in-silico perturbation figure: how much each ROI had to change to move a group's representation to another's.
 
-Input: the per-ROI table of :func:`brainjepa.evaluate.perturb.run_perturbation` (``<out stem>.rois.tsv``: name,
+Input: the per-ROI table of :func:`brainjepa.capabilities.perturbation.run_perturbation` (``<out stem>.rois.tsv``: name,
 network, magnitude, control_magnitude) and the atlas label table (centroids x, y, z). Panels:
 
 * a glass brain of the ROI centroids (nilearn), each coloured and sized by its magnitude (RMS of the

@@ -296,7 +296,8 @@ def _paired_lines(paired: str | Path | None, encoder: str | None) -> list[str]:
     lines = [f"Pretrained minus random initialisation (`{Path(paired).name}`): the worst paired difference over the "
              "random encoder's initialisations on the same test subjects, with its 95 % bootstrap interval. "
              "\"beats all\": every interval lies above zero.", "",
-             "| task | method | metric | versus | inits | worst Δ [95 % CI] | beats all |", "|---|---|---|---|---|---|---|"]
+             "| task | method | metric | versus | inits | worst Δ [95 % CI] | beats all |",
+             "|---|---|---|---|---|---|---|"]
     wins = []
     for (task, method, metric, versus), rows in mine.groupby(["task", "method", "metric", "versus"], sort=True):
         worst = rows.loc[rows["delta"].idxmin()]
@@ -588,18 +589,11 @@ def load_bundle(path: str | Path, device: str = "cpu", drop_path: float = 0.0):
     """(encoder, :class:`Bundle`) of a bundle folder; see :func:`load_model`."""
     import dataclasses
 
-    import torch
-
-    from brainjepa.models.encoder import BrainEncoder
+    from brainjepa.models.weights import build_modules
 
     bundle = read_bundle(path)
     cfg = dataclasses.replace(bundle.model, drop_path=drop_path)
-    tables = {"gradients": torch.zeros(cfg.n_rois, cfg.n_gradients) if cfg.positional == "gradient" else None,
-              "centroids": torch.zeros(cfg.n_rois, 3) if cfg.positional == "centroid" else None}
-    encoder = BrainEncoder(cfg, **tables)
-    try:
-        encoder.load_state_dict(read_weights(path, "encoder"))
-    except RuntimeError as exc:
-        raise InputError(f"{Path(path) / WEIGHTS}: the encoder does not fit config.json's model ({exc})") from None
+    encoder = build_modules(cfg, {"encoder": read_weights(path, "encoder")}, Path(path) / WEIGHTS,
+                            fits="config.json's model")["encoder"]
     encoder.bundle = bundle
     return encoder.to(device).eval(), bundle

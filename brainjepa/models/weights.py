@@ -8,8 +8,10 @@ resolved ``model_config``:
 - ``brainjepa-weights/1``: weights only, e.g. the released Brain-JEPA checkpoint after conversion
   (``brainjepa convert-checkpoint``), with its ``source``.
 
-Plain tensors and Python values only, so ``torch.load(weights_only=True)`` reads both. Evaluation takes the
-target encoder (the paper's choice for downstream use) through :func:`load_weights`.
+Plain tensors and Python values only, so ``torch.load(weights_only=True)`` reads both (:func:`read_torch_file`).
+Every reader of these files goes through :func:`read_checkpoint` (the file, its keys); evaluation builds its
+modules through :func:`load_modules` (the target encoder, the paper's choice for downstream use; an MAE's encoder
+and decoder), checked against the evaluation's ROIs and window; a bundle's encoder through :func:`build_modules`.
 
 The attention backend is not part of ``model_config`` (:meth:`ModelConfig.to_dict` leaves it out): it is how a
 machine runs the model. Rebuild a model from a file's config with :meth:`ModelConfig.from_checkpoint`, which
@@ -92,12 +94,67 @@ def save_weights(path: str | Path, states: dict, model_config: dict, source: str
                     "model_config": model_config, "source": source}, tmp)
 
 
+def read_checkpoint(path: str | Path, keys: tuple[str, ...] = (*MODULES, "model_config"), *,
+                    formatted: bool = False, hint: str = "") -> dict:
+    """The state of a training checkpoint or weights file at ``path``, which must hold ``keys`` (and a format of
+    this module with ``formatted``); ``hint`` ends the error when it does not ("; reconstruction needs ...")."""
+    state = read_torch_file(path, "checkpoint")
+    if not isinstance(state, dict) or (formatted and state.get("format") not in (CHECKPOINT_FORMAT, WEIGHTS_FORMAT)):
+        raise InputError(f"{path}: not a brainjepa checkpoint or weights file{hint}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise InputError(f"{path}: not a brainjepa checkpoint or weights file (lacks {missing}){hint}")
+    return state
+
+
 def load_weights(path: str | Path) -> tuple[dict, dict]:
     """The module state dicts and model config of a training checkpoint or a weights file."""
-    state = read_torch_file(path, "checkpoint")
-    if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, WEIGHTS_FORMAT):
-        raise InputError(f"{path}: not a brainjepa checkpoint or weights file")
-    missing = [k for k in (*MODULES, "model_config") if k not in state]
-    if missing:
-        raise InputError(f"{path}: lacks {missing}")
+    state = read_checkpoint(path, formatted=True)
     return {m: state[m] for m in MODULES}, state["model_config"]
+
+
+def build_modules(cfg, states: dict[str, dict], where: str | Path, fits: str = "its model_config",
+                  out_dim: int | None = None) -> dict:
+    """The modules of ``states`` (name -> state dict; ``encoder``/``target_encoder`` a BrainEncoder, ``predictor`` a
+    BrainPredictor of output width ``out_dim``) for the resolved ModelConfig ``cfg``, loaded. Their position tables
+    start at zero: the state dicts hold the trained ones. A state that does not fit ``cfg`` is an InputError."""
+    from brainjepa.models import BrainEncoder, BrainPredictor
+
+    tables = {"gradients": torch.zeros(cfg.n_rois, cfg.n_gradients) if cfg.positional == "gradient" else None,
+              "centroids": torch.zeros(cfg.n_rois, 3) if cfg.positional == "centroid" else None}
+    modules = {}
+    for name, state in states.items():
+        module = (BrainPredictor(cfg, **tables, out_dim=out_dim) if name == "predictor"
+                  else BrainEncoder(cfg, **tables))
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise InputError(f"{where}: {name} does not fit {fits} ({exc})") from None
+        modules[name] = module
+    return modules
+
+
+def load_modules(path: str | Path, roi_names: list[str], window: int, modules: tuple[str, ...] = ("target_encoder",),
+                 *, drop_path: float = 0.0, out_dim: int | None = None, state: dict | None = None,
+                 hint: str = "") -> tuple[dict, dict]:
+    """The ``modules`` of the checkpoint or weights file at ``path`` (its ``state`` when already read), for inputs
+    [B, 1, R, window] with ROIs ``roi_names`` (checked against the file's), ``drop_path`` set. Returns (name ->
+    loaded module, the file's state)."""
+    import dataclasses
+
+    from brainjepa.io import check_roi_names
+    from brainjepa.models import ModelConfig
+
+    if state is None:
+        state = read_checkpoint(path, ("model_config", *modules), hint=hint)
+    names = state.get("roi_names")
+    if names is not None and list(names) != list(roi_names):
+        check_roi_names(list(names), list(roi_names), str(path), "the evaluation shards")
+    cfg = ModelConfig.from_checkpoint(state["model_config"], f"{path}: model_config").resolved()
+    if cfg.n_rois != len(roi_names):
+        raise InputError(f"{path}: the model takes {cfg.n_rois} ROIs, the evaluation shards have {len(roi_names)}")
+    if cfg.n_timesteps != window:
+        raise InputError(f"{path}: the model takes windows of {cfg.n_timesteps} time steps, the evaluation uses "
+                         f"{window}")
+    cfg = dataclasses.replace(cfg, drop_path=drop_path)
+    return build_modules(cfg, {m: state[m] for m in modules}, path, out_dim=out_dim), state

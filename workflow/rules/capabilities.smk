@@ -51,5 +51,5 @@ rule perturbation:
         args=capability_args,
         shards=os.path.dirname(os.path.dirname(SHARDS_MANIFEST)),
     shell:
-        "brainjepa perturb {params.args} --method {wildcards.method:q} --seed {wildcards.seed:q}"
+        "brainjepa perturbation {params.args} --method {wildcards.method:q} --seed {wildcards.seed:q}"
         " --shards {params.shards:q} --out {output.json:q} > {log:q} 2>&1"

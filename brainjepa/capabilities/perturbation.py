@@ -51,7 +51,6 @@ control's direction (the optimisation from delta = 0 is deterministic).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -63,6 +62,7 @@ import pandas as pd
 
 from brainjepa.config import from_mapping
 from brainjepa.errors import InputError
+from brainjepa.evaluate.record import Record
 from brainjepa.train.config import Device, Precision
 
 log = logging.getLogger("brainjepa.evaluate")
@@ -72,7 +72,7 @@ LOSSES = {"mean": "||pool(x + delta) - mu_t||^2 / ||mu_s - mu_t||^2 + penalty * 
 
 
 @dataclass(frozen=True)
-class PerturbConfig:
+class PerturbationConfig:
     """``evaluate.capabilities.perturbation.settings``."""
 
     label: str = "diagnosis"                   # a label column of the shards
@@ -99,7 +99,7 @@ class PerturbConfig:
             raise InputError(f"{WHERE}: source and target are both {self.source!r}")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> PerturbConfig:
+    def from_dict(cls, d: dict | None) -> PerturbationConfig:
         d = dict(d or {})
         for key in ("source", "target"):      # YAML may read 0 / 1 as numbers; groups are label values as text
             if isinstance(d.get(key), (int, float)) and not isinstance(d.get(key), bool):
@@ -115,7 +115,7 @@ def pooled(encoder, x):
     return encoder(x).float().mean(dim=1)
 
 
-def perturb_windows(encoder, data: np.ndarray, target: np.ndarray, scale: float, cfg: PerturbConfig, device="cpu",
+def perturb_windows(encoder, data: np.ndarray, target: np.ndarray, scale: float, cfg: PerturbationConfig, device="cpu",
                     autocast=None) -> dict[str, np.ndarray]:
     """The perturbation of every window toward ``target``.
 
@@ -201,7 +201,7 @@ def closed_shares(start: np.ndarray, end: np.ndarray, goal: np.ndarray, mu_sourc
 
 
 # ------------------------------------------------------------------------------------------------- the stage
-def check_groups(values: dict[str, np.ndarray], cfg: PerturbConfig) -> None:
+def check_groups(values: dict[str, np.ndarray], cfg: PerturbationConfig) -> None:
     """The groups' label values per split (``{"train": [N], "test": [N]}``, text) -> an error unless both groups
     have training subjects and the source group has test subjects."""
     present = sorted({v for split in values.values() for v in split if v})
@@ -217,7 +217,7 @@ def check_groups(values: dict[str, np.ndarray], cfg: PerturbConfig) -> None:
         raise InputError(f"{WHERE}.source: the group {cfg.label}={cfg.source!r} has no test subject to perturb")
 
 
-def training_groups(representation: np.ndarray, subject: np.ndarray, value: np.ndarray, cfg: PerturbConfig
+def training_groups(representation: np.ndarray, subject: np.ndarray, value: np.ndarray, cfg: PerturbationConfig
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Pooled representations [N, D] of the two groups' training windows (``subject`` and label ``value`` [N],
     only the source and target groups' windows) -> (subject representations [S, D]: the mean of each subject's
@@ -255,42 +255,62 @@ def group_difference(representation: np.ndarray, is_target: np.ndarray, permutat
 
 
 def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[str], labels_path: str | Path,
-                     out: str | Path, encoder_spec: dict, cfg: PerturbConfig | None = None) -> dict:
-    """The ``perturb`` stage: one (encoder method, seed) -> the record at ``out`` (JSON) and the tables
+                     out: str | Path, encoder_spec: dict, cfg: PerturbationConfig | None = None) -> dict:
+    """The ``perturbation`` stage: one (encoder method, seed) -> the record at ``out`` (JSON) and the tables
     ``<out stem>.rois.tsv`` (name, network, magnitude, control_magnitude) and ``<out stem>.networks.tsv``
     (network, n_rois, magnitude, rank, control_magnitude, control_rank)."""
-    import torch
-
+    from brainjepa.capabilities.network_id import roi_networks
     from brainjepa.data.shards import load_manifest
     from brainjepa.evaluate.encoders import load_encoder
-    from brainjepa.evaluate.features import extract
-    from brainjepa.evaluate.networks import roi_networks
+    from brainjepa.evaluate.job import seconds_since, torch_job
     from brainjepa.evaluate.tasks import split_manifests, split_windows
-    from brainjepa.io import write_text_atomic, write_tsv_atomic
+    from brainjepa.io import write_tsv_atomic
     from brainjepa.preprocess.atlas import read_label_table
-    from brainjepa.train.runtime import autocast_for, setup_distributed
 
-    cfg = cfg or PerturbConfig()
+    cfg = cfg or PerturbationConfig()
     if encoder_spec is None:
-        raise InputError("perturb needs an encoder (--encoder)")
+        raise InputError("perturbation needs an encoder (--encoder)")
     t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(seed)
     manifests = split_manifests(shards)
     manifest = load_manifest(manifests["train"])
     window, roi_names = int(manifest["window"]), list(manifest["roi_names"])
     networks = roi_networks(read_label_table(labels_path), roi_names, cfg.network_column, str(labels_path))
     windows = split_windows(manifests, list(cohorts), window, ("train", "test"), label=cfg.label)
     check_groups({s: w.value for s, w in windows.items()}, cfg)
-    _, device = setup_distributed(cfg.device)
+    job = torch_job(cfg.device, cfg.precision, threads=cfg.threads or 0, seed=seed)
     encoder, source = load_encoder(encoder_spec, roi_names, window, seed=seed)
-    encoder.to(device)
-    autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
+    encoder.to(job.device)
+    n_train, means, difference = _training_groups(encoder, windows["train"], cfg, job)
+    scale = float(np.sum((means["source"] - means["target"]) ** 2))
+    if scale == 0.0:
+        raise InputError(f"perturbation: the groups {cfg.label}={cfg.source!r} and {cfg.target!r} have the same mean "
+                         "representation (nothing to move)")
+    runs, shares, subject = _perturb_test(encoder, windows["test"], means, scale, cfg, seed, job)
+    parts, rois, nets = _summarise(runs, shares, subject, networks, cfg, scale)
+    parts["n_subjects"]["train"] = n_train
+    parts["test"]["group_p"] = difference["p"]
+    parts["details"].update(group_difference=difference, settings=asdict(cfg))
+    record = Record("perturbation", "perturbation", method, seed, list(cohorts), cfg.label, source,
+                    seconds=seconds_since(t0), **parts)
+    rois.insert(0, "name", roi_names)
+    stem = Path(out).with_suffix("")
+    write_tsv_atomic(rois, f"{stem}.rois.tsv")
+    write_tsv_atomic(nets, f"{stem}.networks.tsv")
+    log.info("perturbation/%s/seed%d: closed share %.3f (control %.3f); networks by magnitude: %s (control: %s); "
+             "%.1f s", method, seed, record.test["closed_share"], record.test["control_closed_share"],
+             ", ".join(nets.sort_values("rank", kind="stable")["network"]),
+             ", ".join(nets.sort_values("control_rank", kind="stable")["network"]), record.seconds)
+    return record.write(out)
 
-    train = windows["train"]
+
+def _training_groups(encoder, train, cfg: PerturbationConfig, job) -> tuple[int, dict, dict]:
+    """The training subjects of the two groups -> (their number, the groups' mean representations, the
+    permutation test of their difference; a warning when it is not significant)."""
+    from brainjepa.evaluate.features import extract
+
     both = np.isin(train.value, [cfg.source, cfg.target])
-    rep, _ = extract(encoder, train.data[both], encoder.cfg.n_time_patches, device, cfg.batch_size, autocast)
+    rep, _ = extract(encoder, train.data[both], encoder.cfg.n_time_patches, job.device, cfg.batch_size,
+                     job.autocast)
     subject_rep, is_target, means = training_groups(rep, train.subject[both], train.value[both], cfg)
     difference = group_difference(subject_rep, is_target, cfg.permutations)
     if difference["p"] > 0.05:
@@ -298,43 +318,31 @@ def run_perturbation(method: str, seed: int, shards: str | Path, cohorts: list[s
                     "p = %.3f over %d training subjects): the ROI ranking can only show where the encoder is easy "
                     "to move, not the group difference", cfg.label, cfg.source, cfg.label, cfg.target,
                     difference["p"], len(subject_rep))
-    scale = float(np.sum((means["source"] - means["target"]) ** 2))
-    if scale == 0.0:
-        raise InputError(f"perturbation: the groups {cfg.label}={cfg.source!r} and {cfg.target!r} have the same mean "
-                         "representation (nothing to move)")
-    test = windows["test"].value == cfg.source
-    data, subject = windows["test"].data[test], windows["test"].subject[test]
+    return int(len(subject_rep)), means, difference
+
+
+def _perturb_test(encoder, test_windows, means: dict, scale: float, cfg: PerturbationConfig, seed: int, job):
+    """Perturb the source group's test windows toward the target and toward the random-direction control.
+    Returns (runs and closed shares per goal, the windows' subjects)."""
+    from brainjepa.evaluate.features import extract
+
+    test = test_windows.value == cfg.source
+    data, subject = test_windows.data[test], test_windows.subject[test]
     goals = {"target": means["target"], "control": random_direction_target(means["source"], means["target"], seed)}
     runs, shares = {}, {}
     if cfg.goal == "shift":
-        rep, _ = extract(encoder, data, encoder.cfg.n_time_patches, device, cfg.batch_size, autocast)
+        rep, _ = extract(encoder, data, encoder.cfg.n_time_patches, job.device, cfg.batch_size, job.autocast)
         goals = {k: rep + (v - means["source"]) for k, v in goals.items()}
     for name, goal in goals.items():
         log.info("perturbation toward the %s (%d windows of %d test subjects)", name, len(data), len(set(subject)))
-        runs[name] = perturb_windows(encoder, data, goal, scale, cfg, device, autocast)
+        runs[name] = perturb_windows(encoder, data, goal, scale, cfg, job.device, job.autocast)
         shares[name] = closed_shares(runs[name]["start"], runs[name]["end"], goal, means["source"], means["target"])
-    record, rois, nets = _summarise(runs, shares, subject, networks, cfg, scale)
-    record["n_subjects"]["train"] = int(len(subject_rep))
-    record["test"]["group_p"] = difference["p"]
-    record["details"]["group_difference"] = difference
-    record.update({"method": method, "seed": seed, "cohorts": list(cohorts), "source": source})
-    record["details"]["settings"] = asdict(cfg)
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    rois.insert(0, "name", roi_names)
-    stem = Path(out).with_suffix("")
-    write_tsv_atomic(rois, f"{stem}.rois.tsv")
-    write_tsv_atomic(nets, f"{stem}.networks.tsv")
-    log.info("perturbation/%s/seed%d: closed share %.3f (control %.3f); networks by magnitude: %s (control: %s); "
-             "%.1f s", method, seed, record["test"]["closed_share"], record["test"]["control_closed_share"],
-             ", ".join(nets.sort_values("rank", kind="stable")["network"]),
-             ", ".join(nets.sort_values("control_rank", kind="stable")["network"]), record["seconds"])
-    write_text_atomic(out, json.dumps(record, indent=1) + "\n")
-    return record
+    return runs, shares, subject
 
 
-def _summarise(runs: dict, shares: dict, subject: np.ndarray, networks: np.ndarray, cfg: PerturbConfig,
+def _summarise(runs: dict, shares: dict, subject: np.ndarray, networks: np.ndarray, cfg: PerturbationConfig,
                scale: float) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """The record (less method, seed, cohorts, source, seconds), the ROI table and the network table."""
+    """The record's n_subjects, val, test, per_subject, details and selected; the ROI table; the network table."""
     from scipy.stats import spearmanr
 
     from brainjepa.evaluate.tasks import subject_mean
@@ -360,8 +368,7 @@ def _summarise(runs: dict, shares: dict, subject: np.ndarray, networks: np.ndarr
     nets["control_magnitude"] = tables["control"]["magnitude"].to_numpy()
     nets["control_rank"] = tables["control"]["rank"].to_numpy()
     rank = nets.sort_values("rank", kind="stable")
-    record = {
-        "task": "perturbation", "kind": "perturbation", "label": cfg.label,
+    parts = {
         "n_subjects": {"train": 0, "val": 0, "test": int(len(set(subject)))},   # train: set by the caller
         "val": {}, "test": test, "per_subject": per_subject,
         "details": {
@@ -381,5 +388,5 @@ def _summarise(runs: dict, shares: dict, subject: np.ndarray, networks: np.ndarr
         "selected": {"epoch": None, "history": []},
     }
     table = pd.DataFrame({"network": networks, **rois})
-    return record, table, nets
+    return parts, table, nets
 

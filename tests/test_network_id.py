@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+from brainjepa.capabilities import network_id as nw
 from brainjepa.data.shards import build_shards
 from brainjepa.errors import InputError
-from brainjepa.evaluate import networks as nw
+from brainjepa.evaluate.record import KEYS
 from brainjepa.group.gradients import write_gradients
 from brainjepa.group.scaling import ScalingStats
 from brainjepa.io import write_timeseries
@@ -24,8 +25,7 @@ PER_NETWORK, T, WINDOW = 4, 64, 32
 R = len(NETWORKS) * PER_NETWORK
 SMALL_MODEL = ("model:\n  size: tiny\n  embed_dim: 32\n  depth: 2\n  num_heads: 4\n  predictor_dim: 16\n"
                "  predictor_depth: 1\n  patch_size: 16\n")
-RECORD_KEYS = {"task", "kind", "method", "seed", "cohorts", "label", "source", "n_subjects", "val", "test",
-               "per_subject", "details", "selected", "seconds"}
+RECORD_KEYS = KEYS             # the fields of brainjepa.evaluate.record.Record (test_capabilities pins them)
 
 
 def roi_names() -> list[str]:
@@ -85,8 +85,8 @@ def random_spec(root) -> dict:
 
 
 def run_cli(argv: list[str]) -> None:
-    """Parse and run one of this module's commands (the integrator adds them to brainjepa.cli.GROUPS)."""
-    from brainjepa.cli.networks import register
+    """Parse and run one of the capability commands (brainjepa.cli.capabilities)."""
+    from brainjepa.cli.capabilities import register
 
     parser = argparse.ArgumentParser(prog="brainjepa")
     register(parser.add_subparsers(dest="command", required=True))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_networks import (
+from test_network_id import (
     NETWORKS,
     WINDOW,
     R,
@@ -22,8 +22,8 @@ from test_networks import (
 )
 from torch import nn
 
+from brainjepa.capabilities import perturbation as pt
 from brainjepa.errors import InputError
-from brainjepa.evaluate import perturb as pt
 
 
 class RoiPower(nn.Module):
@@ -45,7 +45,7 @@ class RoiPower(nn.Module):
 def planted(tmp_path_factory):
     # site "B" only for test subjects (index % 5 == 4): a group without training subjects
     site = ["B" if i % 5 == 4 else "A" for i in range(30)]
-    return make_planted_data(tmp_path_factory.mktemp("perturb"), labels={"site": ("categorical", site)})
+    return make_planted_data(tmp_path_factory.mktemp("perturbation"), labels={"site": ("categorical", site)})
 
 
 def _tiny_encoder(root):
@@ -65,7 +65,7 @@ def test_the_loss_decreases_and_windows_are_independent(planted):
         start = pt.pooled(encoder, torch.from_numpy(data)[:, None]).numpy()
         goal = pt.pooled(encoder, torch.from_numpy(2 * _windows(8, seed=5))[:, None]).mean(0).numpy()   # reachable
     scale = float(np.sum((start.mean(axis=0) - goal) ** 2))
-    cfg = pt.PerturbConfig(steps=40, lr=0.05, log_every=10)
+    cfg = pt.PerturbationConfig(steps=40, lr=0.05, log_every=10)
     run = pt.perturb_windows(encoder, data, goal, scale, cfg)
     losses = run["history"][:, 1]
     assert list(run["history"][:, 0]) == [0, 10, 20, 30, 40]
@@ -75,7 +75,7 @@ def test_the_loss_decreases_and_windows_are_independent(planted):
     with torch.no_grad():                                            # "end" is the representation of x + delta
         end = pt.pooled(encoder, torch.from_numpy(data + run["delta"])[:, None]).numpy()
     assert np.allclose(run["end"], end, atol=1e-5)
-    one = pt.perturb_windows(encoder, data, goal, scale, pt.PerturbConfig(steps=40, lr=0.05, batch_size=1))
+    one = pt.perturb_windows(encoder, data, goal, scale, pt.PerturbationConfig(steps=40, lr=0.05, batch_size=1))
     assert np.allclose(one["delta"], run["delta"], atol=1e-4)
     assert all(not p.requires_grad for p in encoder.parameters())   # the encoder stays frozen
 
@@ -86,13 +86,13 @@ def test_no_move_when_the_goal_is_reached_or_the_penalty_is_huge(planted):
     with torch.no_grad():
         start = pt.pooled(encoder, torch.from_numpy(data)[:, None]).numpy()
         far = pt.pooled(encoder, torch.from_numpy(2 * _windows(8, seed=5))[:, None]).mean(0).numpy()
-    at_goal = pt.perturb_windows(encoder, data, start, 1.0, pt.PerturbConfig(steps=20))
+    at_goal = pt.perturb_windows(encoder, data, start, 1.0, pt.PerturbationConfig(steps=20))
     assert np.abs(at_goal["delta"]).max() < 1e-6                     # zero gradient at delta = 0: Adam stays put
-    free = pt.perturb_windows(encoder, data, far, 1.0, pt.PerturbConfig(steps=60, lr=0.01, penalty=0.0))
-    held = pt.perturb_windows(encoder, data, far, 1.0, pt.PerturbConfig(steps=60, lr=0.01, penalty=1e6))
+    free = pt.perturb_windows(encoder, data, far, 1.0, pt.PerturbationConfig(steps=60, lr=0.01, penalty=0.0))
+    held = pt.perturb_windows(encoder, data, far, 1.0, pt.PerturbationConfig(steps=60, lr=0.01, penalty=1e6))
     assert np.sqrt(np.mean(held["delta"] ** 2)) < 0.01 * np.sqrt(np.mean(free["delta"] ** 2))
     with pytest.raises(InputError, match="coincide"):
-        pt.perturb_windows(encoder, data, far, 0.0, pt.PerturbConfig(steps=1))
+        pt.perturb_windows(encoder, data, far, 0.0, pt.PerturbationConfig(steps=1))
 
 
 def test_magnitudes_per_roi_and_network_from_a_hand_made_delta():
@@ -136,7 +136,7 @@ def test_the_planted_network_ranks_first(goal):
         start = pt.pooled(encoder, torch.from_numpy(test)[:, None]).numpy()
     target = mu_t if goal == "mean" else start + mu_t - mu_s
     run = pt.perturb_windows(encoder, test, target, float(np.sum((mu_s - mu_t) ** 2)),
-                             pt.PerturbConfig(goal=goal, steps=100))
+                             pt.PerturbationConfig(goal=goal, steps=100))
     table = pt.network_magnitudes(pt.roi_magnitudes(run["delta"], np.arange(6))[1], networks)
     ranked = table.sort_values("rank")
     assert ranked["network"].iloc[0] == "Default"
@@ -159,14 +159,14 @@ def test_group_difference_permutation_test_tells_a_real_difference_from_none():
     assert real["distance"] == pytest.approx(direct)
     assert pt.group_difference(rep, is_target, 500) == none                 # deterministic
     with pytest.raises(InputError, match="permutations"):
-        pt.PerturbConfig(permutations=0)
+        pt.PerturbationConfig(permutations=0)
 
 
 def test_perturb_command_writes_the_record_tables_and_a_deterministic_figure(planted, tmp_path):
     from test_figures import assert_real_image
 
     out = tmp_path / "jobs" / "seed0.json"
-    run_cli(["perturb", "--method", "random", "--seed", "0", "--shards", str(planted / "shards"),
+    run_cli(["perturbation", "--method", "random", "--seed", "0", "--shards", str(planted / "shards"),
              "--cohorts", "c", "--labels", str(planted / "labels.tsv"), "--out", str(out),
              "--encoder", json.dumps(random_spec(planted)),
              "--settings", json.dumps({"label": "diagnosis", "source": 0, "target": 1, "steps": 15,
@@ -223,7 +223,7 @@ def test_perturbation_figure_paints_the_atlas(tmp_path, small_atlas):
 
 def test_perturb_errors_name_the_problem(planted, tmp_path):
     out = tmp_path / "x.json"
-    base = ["perturb", "--method", "random", "--shards", str(planted / "shards"), "--cohorts", "c",
+    base = ["perturbation", "--method", "random", "--shards", str(planted / "shards"), "--cohorts", "c",
             "--labels", str(planted / "labels.tsv"), "--out", str(out), "--encoder", json.dumps(random_spec(planted))]
 
     def run(settings: dict) -> None:

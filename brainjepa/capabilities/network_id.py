@@ -28,10 +28,9 @@ accuracy of any constant guess) and the test share of the training ROIs' majorit
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +39,8 @@ import pandas as pd
 
 from brainjepa.config import from_mapping
 from brainjepa.errors import InputError
+from brainjepa.evaluate.job import seconds_since
+from brainjepa.evaluate.record import Record, settings_dict
 from brainjepa.train.config import Device, Precision
 
 log = logging.getLogger("brainjepa.evaluate")
@@ -246,16 +247,10 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
     """The ``network-id`` stage: one (features, method, seed) -> the capability record at ``out`` (JSON)."""
     from brainjepa.data.shards import load_manifest
     from brainjepa.evaluate.tasks import split_manifests, split_windows
-    from brainjepa.io import write_text_atomic
     from brainjepa.preprocess.atlas import read_label_table
 
     cfg = cfg or NetworkIdConfig()
-    if features not in FEATURES:
-        raise InputError(f"--features must be one of {', '.join(FEATURES)}, not {features!r}")
-    if features == "raw" and encoder_spec is not None:
-        raise InputError("--features raw reads the time series: give no --encoder")
-    if features != "raw" and encoder_spec is None:
-        raise InputError(f"--features {features} needs an encoder (--encoder)")
+    _check_features(features, encoder_spec)
     t0 = time.perf_counter()
     manifests = split_manifests(shards)
     manifest = load_manifest(manifests["train"])
@@ -265,22 +260,65 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
     y = np.array([scored.index(n) for n in networks[mask]])
     train, test = stratified_roi_split(y, cfg.test_fraction, seed)
     windows = split_windows(manifests, list(cohorts), window)
-
-    source, encoder, device, autocast = None, None, "cpu", None
+    source, encoder, job = None, None, None
     if features != "raw":
-        import torch
-
         from brainjepa.evaluate.encoders import load_encoder
-        from brainjepa.train.runtime import autocast_for, setup_distributed
+        from brainjepa.evaluate.job import torch_job
 
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(seed)
-        _, device = setup_distributed(cfg.device)
+        job = torch_job(cfg.device, cfg.precision, threads=cfg.threads or 0, seed=seed)
         encoder, source = load_encoder(encoder_spec, roi_names, window, seed=seed)
-        encoder.to(device)
-        autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
+        encoder.to(job.device)
+    rois = _Rois(y, mask, train, test, scored)
+    s = _score(features, windows, encoder, job, cfg, rois)
+    details = {
+        "features": features, "feature_dim": s["feature_dim"], "window": window,
+        "layer": cfg.layer if features == "attention" else None,
+        "networks": scored, "excluded_networks": excluded,
+        "n_rois": {"train": int(len(train)), "test": int(len(test)), "unscored": int((~mask).sum())},
+        "rois_per_network": {n: {"train": int((y[train] == k).sum()), "test": int((y[test] == k).sum())}
+                             for k, n in enumerate(scored)},
+        "test_rois": [str(r) for r in np.array(roi_names)[mask][test]],
+        "chance": chance_levels(y, train, test, len(scored)),
+        "test_recall_per_network": s["recall"],            # over all test recordings, at the selected C
+        "position_only": s["position_only"],
+        "n_recordings": {k: int(len(windows[k].subject)) for k in SPLITS},
+        "test_subjects": [str(v) for v in s["subjects"]],
+        "settings": settings_dict(cfg),
+    }
+    record = Record("network_id", "network_id", method, seed, list(cohorts), cfg.network_column, source,
+                    {"train": 0, "val": int(len(set(windows["val"].subject))), "test": int(len(s["subjects"]))},
+                    s["val"], s["test"], s["per_subject"], details, s["selected"], seconds_since(t0))
+    log.info("network_id/%s/seed%d (%s features): test accuracy %.3f, balanced %.3f (chance %.3f), C %g, %.1f s",
+             method, seed, features, record.test["accuracy"], record.test["balanced_accuracy"],
+             1.0 / len(scored), s["selected"]["C"], record.seconds)
+    return record.write(out)
 
+
+def _check_features(features: str, encoder_spec: dict | None) -> None:
+    if features not in FEATURES:
+        raise InputError(f"--features must be one of {', '.join(FEATURES)}, not {features!r}")
+    if features == "raw" and encoder_spec is not None:
+        raise InputError("--features raw reads the time series: give no --encoder")
+    if features != "raw" and encoder_spec is None:
+        raise InputError(f"--features {features} needs an encoder (--encoder)")
+
+
+@dataclass(frozen=True)
+class _Rois:
+    """The scored ROIs: networks y [R_scored], mask [R] of the scored ROIs, train/test ROI indices, network names."""
+
+    y: np.ndarray
+    mask: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    scored: list[str]
+
+
+def _score(features: str, windows: dict, encoder, job, cfg: NetworkIdConfig, rois: _Rois) -> dict:
+    """Score every val and test recording over the C grid, select C on the validation subjects' mean balanced
+    accuracy and report the test subjects at that C: val, test, per_subject, selected, recall, position_only."""
+    device, autocast = (job.device, job.autocast) if job is not None else ("cpu", None)
+    y, mask, train, test = rois.y, rois.mask, rois.train, rois.test
     scores, predictions = {}, {}
     for split in SPLITS:
         feats = recording_features(features, windows[split].data, encoder, cfg, device, autocast)[:, mask]
@@ -292,7 +330,6 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
     best = int(np.argmax(val_mean[:, 1]))                                               # first max: smallest C
     subjects, test_subject = subject_scores(windows["test"].subject, scores["test"][:, best])   # [S, 2]
     hits = predictions["test"][:, best] == y[test]                                      # [N, n_test]
-    recall = {n: float(hits[:, y[test] == k].mean()) for k, n in enumerate(scored)}
     position_only = None
     if encoder is not None:     # what the ROI's position embedding alone gives: the features of an all-zero window
         zero = np.zeros((1,) + windows["test"].data.shape[1:], dtype=np.float32)
@@ -301,34 +338,12 @@ def run_network_id(features: str, method: str, seed: int, shards: str | Path, co
         position_only = {"accuracy": float(acc), "balanced_accuracy": float(bacc)}
     history = [{"C": float(c), "val_accuracy": float(v[0]), "val_balanced_accuracy": float(v[1])}
                for c, v in zip(cfg.c_grid, val_mean)]
-    record = {
-        "task": "network_id", "kind": "network_id", "method": method, "seed": seed, "cohorts": list(cohorts),
-        "label": cfg.network_column, "source": source,
-        "n_subjects": {"train": 0, "val": int(len(set(windows["val"].subject))), "test": int(len(subjects))},
+    return {
         "val": {"accuracy": float(val_mean[best, 0]), "balanced_accuracy": float(val_mean[best, 1])},
         "test": {"accuracy": float(test_subject[:, 0].mean()), "balanced_accuracy": float(test_subject[:, 1].mean())},
         "per_subject": {"accuracy": [float(v) for v in test_subject[:, 0]],
                         "balanced_accuracy": [float(v) for v in test_subject[:, 1]]},
-        "details": {
-            "features": features, "feature_dim": int(feats.shape[-1]), "window": window,
-            "layer": cfg.layer if features == "attention" else None,
-            "networks": scored, "excluded_networks": excluded,
-            "n_rois": {"train": int(len(train)), "test": int(len(test)), "unscored": int((~mask).sum())},
-            "rois_per_network": {n: {"train": int((y[train] == k).sum()), "test": int((y[test] == k).sum())}
-                                 for k, n in enumerate(scored)},
-            "test_rois": [str(r) for r in np.array(roi_names)[mask][test]],
-            "chance": chance_levels(y, train, test, len(scored)),
-            "test_recall_per_network": recall,                 # over all test recordings, at the selected C
-            "position_only": position_only,
-            "n_recordings": {s: int(len(windows[s].subject)) for s in SPLITS},
-            "test_subjects": [str(s) for s in subjects],
-            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-        },
         "selected": {"epoch": None, "C": float(cfg.c_grid[best]), "history": history},
+        "recall": {n: float(hits[:, y[test] == k].mean()) for k, n in enumerate(rois.scored)},
+        "position_only": position_only, "subjects": subjects, "feature_dim": int(feats.shape[-1]),
     }
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    log.info("network_id/%s/seed%d (%s features): test accuracy %.3f, balanced %.3f (chance %.3f), C %g, %.1f s",
-             method, seed, features, record["test"]["accuracy"], record["test"]["balanced_accuracy"],
-             1.0 / len(scored), cfg.c_grid[best], record["seconds"])
-    write_text_atomic(out, json.dumps(record, indent=1) + "\n")
-    return record

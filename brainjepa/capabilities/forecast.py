@@ -9,7 +9,7 @@ Methods (every method trains on the training subjects, selects on the validation
 subjects once):
 
 * an encoder (``--encoder``: a checkpoint or a random init = trained from scratch), fine-tuned with a head
-  (``EncoderForecaster`` of :func:`_torch_models`): the window with every step from ``context`` on set to zero
+  (:class:`.forecast_models.EncoderForecaster`): the window with every step from ``context`` on set to zero
   goes in, and only the context time patches of every ROI are encoded (``token_idx``: tokens ``roi * W + t`` for
   ``t < context / patch_size``), so nothing of the future can reach the prediction. Each ROI's context tokens,
   concatenated -> LayerNorm -> Linear -> its ``horizon`` values (one head shared by the ROIs). AdamW, linear
@@ -52,20 +52,21 @@ the 5th with 0.089; a model that reads the context mean (the fine-tuned encoders
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from brainjepa.config import from_mapping
-from brainjepa.errors import InputError, TrainingError
+from brainjepa.errors import InputError
+from brainjepa.evaluate.job import seconds_since
+from brainjepa.evaluate.metrics import regression_scores
+from brainjepa.evaluate.record import Record, settings_dict
 from brainjepa.train.config import Device, Precision
 
 if TYPE_CHECKING:
@@ -141,22 +142,6 @@ class ForecastConfig:
 
 
 # ------------------------------------------------------------------------------------------------- metrics
-def regression_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """R^2, Pearson r and MSE over all values of ``truth`` and ``pred`` (any equal shapes, flattened; module
-    docstring). r is NaN when either side is constant; R^2 is NaN when the truth is."""
-    y = np.asarray(truth, dtype=np.float64).ravel()
-    p = np.asarray(pred, dtype=np.float64).ravel()
-    if y.shape != p.shape or y.size == 0:
-        raise ValueError(f"truth {np.shape(truth)} and prediction {np.shape(pred)} must be equal and non-empty")
-    sse = float(np.sum((y - p) ** 2))
-    sst = float(np.sum((y - y.mean()) ** 2))
-    yc, pc = y - y.mean(), p - p.mean()
-    denom = math.sqrt(float(np.sum(yc ** 2)) * float(np.sum(pc ** 2)))
-    return {"r2": 1.0 - sse / sst if sst > 0 else float("nan"),
-            "r": float(np.sum(yc * pc)) / denom if denom > 0 else float("nan"),
-            "mse": sse / y.size}
-
-
 def forecast_scores(truth: np.ndarray, pred: np.ndarray) -> tuple[dict[str, float], dict[str, list[float]]]:
     """truth, pred [N, R, H] -> (overall scores, per horizon step: {"r2": [H], "r": [H], "mse": [H]})."""
     per_step = [regression_scores(truth[..., h], pred[..., h]) for h in range(truth.shape[-1])]
@@ -212,73 +197,6 @@ def ar_forecast(context: np.ndarray, coef: np.ndarray, horizon: int) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------- models
-def _torch_models():
-    """The trained forecasters (defined on first use, so that importing this module does not import torch)."""
-    import torch
-    from torch import nn
-
-    from brainjepa.models.layers import INIT_STD
-
-    class EncoderForecaster(nn.Module):
-        """Encoder on the context patches + a per-ROI head. x [B, R, T'] (T' >= context; steps from ``context``
-        on are never read) -> [B, R, horizon]."""
-
-        def __init__(self, encoder: nn.Module, context: int, horizon: int) -> None:
-            super().__init__()
-            cfg = encoder.cfg
-            self.encoder, self.context, self.horizon = encoder, context, horizon
-            self.n_rois, self.window, self.n_context = cfg.n_rois, cfg.n_timesteps, context // cfg.patch_size
-            idx = torch.arange(cfg.n_rois)[:, None] * cfg.n_time_patches + torch.arange(self.n_context)[None, :]
-            self.register_buffer("token_idx", idx.reshape(1, -1), persistent=False)   # [1, R * Wc], ROI-major
-            width = self.n_context * encoder.embed_dim
-            self.norm = nn.LayerNorm(width, eps=1e-6)
-            self.fc = nn.Linear(width, horizon)
-            nn.init.trunc_normal_(self.fc.weight, std=INIT_STD)
-            nn.init.zeros_(self.fc.bias)
-
-        def encoder_input(self, x):
-            """x [B, R, T'] -> [B, 1, R, window]: the context, zeros from step ``context`` on."""
-            full = x.new_zeros(x.shape[0], 1, self.n_rois, self.window)
-            full[:, 0, :, :self.context] = x[:, :, :self.context]
-            return full
-
-        def forward(self, x):
-            b = x.shape[0]
-            tokens = self.encoder(self.encoder_input(x), self.token_idx.expand(b, -1))   # [B, R * Wc, D]
-            return self.fc(self.norm(tokens.reshape(b, self.n_rois, -1)))
-
-    class LSTMForecaster(nn.Module):
-        """Multivariate LSTM over the ROIs, one step ahead, iterated. x [B, R, T'] -> [B, R, horizon]: the LSTM
-        reads the context, a linear map of its hidden state predicts the next step of every ROI, and each
-        prediction is fed back as the next input. Trained by :meth:`one_step_loss` (teacher forcing)."""
-
-        def __init__(self, n_rois: int, context: int, horizon: int, hidden: int, layers: int) -> None:
-            super().__init__()
-            self.n_rois, self.context, self.horizon = n_rois, context, horizon
-            self.lstm = nn.LSTM(n_rois, hidden, layers, batch_first=True)
-            self.fc = nn.Linear(hidden, n_rois)
-            nn.init.trunc_normal_(self.fc.weight, std=INIT_STD)
-            nn.init.zeros_(self.fc.bias)
-
-        def one_step_loss(self, x):
-            """MSE of the next-step predictions at every step of the stretches x [B, R, S]."""
-            seq = x.transpose(1, 2)                                                 # [B, S, R]
-            out, _ = self.lstm(seq[:, :-1])
-            return torch.nn.functional.mse_loss(self.fc(out).float(), seq[:, 1:].float())
-
-        def forward(self, x):
-            out, state = self.lstm(x[:, :, :self.context].transpose(1, 2))         # [B, C, hidden]
-            step = self.fc(out[:, -1:])                                             # [B, 1, R]
-            steps = [step]
-            for _ in range(self.horizon - 1):
-                out, state = self.lstm(step, state)
-                step = self.fc(out)
-                steps.append(step)
-            return torch.cat(steps, dim=1).transpose(1, 2)                          # [B, R, H]
-
-    return EncoderForecaster, LSTMForecaster
-
-
 def encoder_param_groups(model, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW groups with layer-wise decay: the encoder's layers as :func:`.finetune.param_groups_lrd` numbers
     them, the head (``norm``, ``fc``) the top layer."""
@@ -310,63 +228,43 @@ def predict(model, windows: np.ndarray, device, batch_size: int, autocast: Calla
     return np.concatenate(out)
 
 
-@dataclass
-class ForecastFit:
-    selected_epoch: int           # 1-based, the lowest validation MSE
-    history: list[dict]           # per epoch: train_loss, val_mse, lr, elapsed_s
-
-
 def fit_forecaster(model, optimizer, train: Callable[[int], np.ndarray], val: np.ndarray, *, context: int,
                    horizon: int, epochs: int, warmup_epochs: float, batch_size: int, lr: float, min_lr: float,
-                   seed: int, device, autocast: Callable, name: str = "",
-                   loss_fn: Callable | None = None) -> ForecastFit:
-    """Train on MSE and keep the best validation epoch (loaded into ``model``).
+                   seed: int, device, autocast: Callable, name: str = "", loss_fn: Callable | None = None):
+    """Train on MSE and keep the best validation epoch (loaded into ``model``) through the evaluation's one loop,
+    :func:`brainjepa.evaluate.loop.fit`; returns its FitResult (history per epoch: train_loss, val_mse, lr,
+    elapsed_s).
 
     train(epoch) -> training stretches [N, R, >= context + horizon] of that epoch; val: windows [M, R, T]. Each
     optimizer step sets every group's LR to the warm-up + cosine value times its ``lr_scale``. ``loss_fn(model,
     batch)``: the training loss (default: the MSE of the ``horizon`` steps after the context)."""
-    import torch
     import torch.nn.functional as F
 
-    from brainjepa.evaluate.loop import lr_at, optimizer_step
+    from brainjepa.evaluate.loop import Criterion, fit
 
-    first = train(0)
-    n = len(first)
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total = epochs * steps_per_epoch
-    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total)
     val_truth = val[:, :, context:context + horizon]
-    best, best_mse, history, step, t0 = None, math.inf, [], 0, time.perf_counter()
-    for epoch in range(epochs):
-        data = first if epoch == 0 else train(epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        model.train()
-        losses = []
-        for k in range(steps_per_epoch):
-            batch = torch.from_numpy(np.ascontiguousarray(data[order[k * batch_size:(k + 1) * batch_size]]))
-            batch = batch.to(device).float()
-            value = lr_at(step, total, warmup, lr, min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = value * group.get("lr_scale", 1.0)
-            with autocast():
-                if loss_fn is None:
-                    loss = F.mse_loss(model(batch).float(), batch[:, :, context:context + horizon].float())
-                else:
-                    loss = loss_fn(model, batch)
-            losses.append(optimizer_step(optimizer, loss, name, epoch, step))
-            step += 1
-        val_mse = float(np.mean((predict(model, val, device, max(batch_size, 64), autocast) - val_truth) ** 2))
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_mse": val_mse, "lr": value,
-                        "elapsed_s": round(time.perf_counter() - t0, 2)})
-        log.info("%s epoch %d/%d: train MSE %.4f, val MSE %.4f, lr %.2e", name, epoch + 1, epochs,
-                 history[-1]["train_loss"], val_mse, value)
-        if val_mse < best_mse:
-            best_mse = val_mse
-            best = (epoch + 1, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
-    if best is None:
-        raise TrainingError(f"{name}: no epoch gave a finite validation MSE")
-    model.load_state_dict(best[1])
-    return ForecastFit(best[0], history)
+
+    def evaluate(m):
+        val_mse = float(np.mean((predict(m, val, device, max(batch_size, 64), autocast) - val_truth) ** 2))
+        return (-val_mse if math.isfinite(val_mse) else -math.inf,), {"val_mse": val_mse}
+
+    def loss(m, x, _):
+        if loss_fn is not None:
+            return loss_fn(m, x)
+        return F.mse_loss(m(x).float(), x[:, :, context:context + horizon].float())
+
+    epoch_data = {0: train(0)}
+
+    def sample(index: np.ndarray, epoch: int) -> np.ndarray:
+        if epoch not in epoch_data:            # one draw per epoch, as the stretches are drawn per epoch
+            epoch_data.clear()
+            epoch_data[epoch] = train(epoch)
+        return np.ascontiguousarray(epoch_data[epoch][index])
+
+    return fit(model, optimizer, (epoch_data[0], None), None, "regression", epochs=epochs,
+               warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, seed=seed, device=device,
+               autocast=autocast, name=name, sample=sample, loss_fn=loss,
+               criterion=Criterion(evaluate, "validation MSE", "mse", steps=False, loss_name="MSE"))
 
 
 # ------------------------------------------------------------------------------------------------- the stage
@@ -381,52 +279,45 @@ def _check_method(method: str, encoder_spec: dict | None) -> None:
 def _train_torch(method: str, seed: int, cfg: ForecastConfig, windows: dict[str, SplitWindows], roi_names: list[str],
                  window: int, encoder_spec: dict | None, name: str):
     """Fine-tune an encoder or train the LSTM. Returns (predictions {val, test}, source, selected, details)."""
-    import os
-
     import torch
 
-    from brainjepa.train.runtime import autocast_for, setup_distributed
+    from brainjepa.capabilities.forecast_models import EncoderForecaster, LSTMForecaster
+    from brainjepa.evaluate.job import one_process, torch_job
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError(f"{name}: forecasting runs in one process (not under torchrun)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(seed)
-    _, device = setup_distributed(cfg.device)
-    encoder_cls, lstm_cls = _torch_models()
+    one_process(f"{name}: forecasting")
+    job = torch_job(cfg.device, cfg.precision, threads=cfg.threads or 0, seed=seed)
     source, details, loss_fn = None, {}, None
     if encoder_spec is not None:
         from brainjepa.evaluate.encoders import load_encoder
 
         encoder, source = load_encoder(encoder_spec, roi_names, window, seed=seed, drop_path=cfg.drop_path)
         cfg.check_window(window, encoder.cfg.patch_size)
-        model = encoder_cls(encoder, cfg.context, cfg.horizon)
+        model = EncoderForecaster(encoder, cfg.context, cfg.horizon)
         groups = encoder_param_groups(model, cfg.weight_decay, cfg.layer_decay)
         epochs, lr = cfg.epochs, cfg.lr
         details["head"] = {"context_patches": model.n_context, "patch_size": encoder.cfg.patch_size,
                            "lr_scales": sorted({round(g["lr_scale"], 6) for g in groups})}
     else:
-        model = lstm_cls(len(roi_names), cfg.context, cfg.horizon, cfg.lstm_hidden, cfg.lstm_layers)
+        model = LSTMForecaster(len(roi_names), cfg.context, cfg.horizon, cfg.lstm_hidden, cfg.lstm_layers)
         groups = lstm_param_groups(model, cfg.weight_decay)
         epochs, lr = cfg.lstm_epochs, cfg.lstm_lr
         details["lstm"] = {"output": "iterated one-step", "training": "teacher forcing", "hidden": cfg.lstm_hidden,
                            "layers": cfg.lstm_layers}
         loss_fn = lambda m, batch: m.one_step_loss(batch)  # noqa: E731
-    model.to(device)
+    model.to(job.device)
     optimizer = torch.optim.AdamW(groups, lr=lr)
     train = windows["train"]
     if cfg.temporal_jitter:
         sample = lambda epoch: train.jittered(cfg.span, seed, epoch)  # noqa: E731
     else:
         sample = lambda epoch: train.data[:, :, :cfg.span]  # noqa: E731
-    autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
     fit = fit_forecaster(model, optimizer, sample, windows["val"].data, context=cfg.context, horizon=cfg.horizon,
                          epochs=epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=lr,
-                         min_lr=cfg.min_lr, seed=seed, device=device, autocast=autocast, name=name,
+                         min_lr=cfg.min_lr, seed=seed, device=job.device, autocast=job.autocast, name=name,
                          loss_fn=loss_fn)
-    predictions = {s: predict(model, windows[s].data, device, max(cfg.batch_size, 64), autocast)
+    predictions = {s: predict(model, windows[s].data, job.device, max(cfg.batch_size, 64), job.autocast)
                    for s in ("val", "test")}
-    details["device"] = str(device)
+    details["device"] = str(job.device)
     return predictions, source, {"epoch": fit.selected_epoch, "history": fit.history}, details
 
 
@@ -437,7 +328,6 @@ def run_forecast(method: str, seed: int, shards: str | Path, cohorts: list[str],
     ``method``: a label for an encoder method (with ``encoder_spec``) or one of :data:`BASELINES` (without)."""
     from brainjepa.data.shards import load_manifest
     from brainjepa.evaluate.tasks import split_manifests, split_windows
-    from brainjepa.io import write_text_atomic
 
     cfg = cfg or ForecastConfig()
     _check_method(method, encoder_spec)
@@ -478,13 +368,10 @@ def run_forecast(method: str, seed: int, shards: str | Path, cohorts: list[str],
                                                       if cfg.temporal_jitter else "the training windows"),
         "n_windows": {s: int(len(windows[s].subject)) for s in SPLITS},
         "test_subjects": [str(s) for s in subjects],
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "settings": settings_dict(cfg),
     })
-    record = {"task": "forecast", "kind": "forecast", "method": method, "seed": seed, "cohorts": list(cohorts),
-              "label": None, "source": source, "n_subjects": counts, "val": scores["val"], "test": scores["test"],
-              "per_subject": {"mse": [float(v) for v in mse]}, "details": details, "selected": selected,
-              "seconds": round(time.perf_counter() - t0, 2)}
-    log.info("%s: test R2 %.4f, r %.4f, MSE %.4f (%.1f s)", name, record["test"]["r2"], record["test"]["r"],
-             record["test"]["mse"], record["seconds"])
-    write_text_atomic(out, json.dumps(record, indent=1) + "\n")
-    return record
+    record = Record("forecast", "forecast", method, seed, list(cohorts), None, source, counts, scores["val"],
+                    scores["test"], {"mse": [float(v) for v in mse]}, details, selected, seconds_since(t0))
+    log.info("%s: test R2 %.4f, r %.4f, MSE %.4f (%.1f s)", name, record.test["r2"], record.test["r"],
+             record.test["mse"], record.seconds)
+    return record.write(out)

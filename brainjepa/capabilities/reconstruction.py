@@ -28,17 +28,18 @@ more than each ROI's level.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from brainjepa.config import from_mapping
 from brainjepa.errors import InputError
+from brainjepa.evaluate.job import seconds_since
+from brainjepa.evaluate.metrics import ScoreAccumulator
+from brainjepa.evaluate.record import Record, settings_dict
 from brainjepa.train.config import Device, Precision
 
 log = logging.getLogger("brainjepa.evaluate")
@@ -47,7 +48,7 @@ SPLITS = ("val", "test")
 
 
 @dataclass(frozen=True)
-class ReconstructConfig:
+class ReconstructionConfig:
     """``evaluate.capabilities.reconstruction.settings``."""
 
     mask_ratios: tuple[float, ...] = (0.2, 0.5, 0.75)   # shares of the R x W tokens hidden
@@ -67,7 +68,7 @@ class ReconstructConfig:
             raise InputError(f"{WHERE}.batch_size must be at least 1")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> ReconstructConfig:
+    def from_dict(cls, d: dict | None) -> ReconstructionConfig:
         return from_mapping(cls, d or {}, WHERE)
 
 
@@ -76,49 +77,20 @@ def ratio_name(ratio: float) -> str:
     return f"mask{int(round(100 * ratio))}"
 
 
-class ScoreAccumulator:
-    """R^2, Pearson r and MSE over values given in pieces (float64 sums), equal to
-    :func:`brainjepa.evaluate.forecast.regression_scores` of all pieces concatenated."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sums = np.zeros(6)                          # y, p, y^2, p^2, y p, (y - p)^2
-
-    def add(self, truth: np.ndarray, pred: np.ndarray) -> None:
-        y = np.asarray(truth, dtype=np.float64).ravel()
-        p = np.asarray(pred, dtype=np.float64).ravel()
-        self.n += y.size
-        self.sums += [y.sum(), p.sum(), y @ y, p @ p, y @ p, np.sum((y - p) ** 2)]
-
-    def scores(self) -> dict[str, float]:
-        if self.n == 0:
-            raise ValueError("no values were added")
-        sy, sp, syy, spp, syp, sse = self.sums
-        n = self.n
-        sst, spp_c, syp_c = syy - sy * sy / n, spp - sp * sp / n, syp - sy * sp / n
-        denom = math.sqrt(max(sst, 0.0) * max(spp_c, 0.0))
-        return {"r2": 1.0 - sse / sst if sst > 0 else float("nan"),
-                "r": syp_c / denom if denom > 0 else float("nan"), "mse": sse / n}
-
-
 # ------------------------------------------------------------------------------------------------- the model
 def load_mae(spec: dict, roi_names: list[str], window: int):
     """The encoder and decoder of an MAE checkpoint ``spec`` (``{"kind": "checkpoint", "path": P}``) for inputs
     [B, 1, R, window] with ROIs ``roi_names``. Returns (encoder, decoder, source description)."""
     import torch
 
-    from brainjepa.models import BrainEncoder, BrainPredictor, ModelConfig
-    from brainjepa.models.weights import read_torch_file
+    from brainjepa.models import ModelConfig
+    from brainjepa.models.weights import load_modules, read_checkpoint
 
+    needs = "reconstruction needs an MAE (objective: mae) checkpoint"
     if not isinstance(spec, dict) or spec.get("kind") != "checkpoint" or "path" not in spec:
-        raise InputError(f"encoder spec {spec!r}: reconstruction needs an MAE (objective: mae) checkpoint, "
-                         '{"kind": "checkpoint", "path": ...}')
+        raise InputError(f'encoder spec {spec!r}: {needs}, {{"kind": "checkpoint", "path": ...}}')
     path = Path(spec["path"])
-    state = read_torch_file(path, "checkpoint")
-    missing = [k for k in ("model_config", "encoder", "predictor") if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise InputError(f"{path}: not a brainjepa checkpoint with a decoder (lacks {missing}); reconstruction needs "
-                         "an MAE (objective: mae) checkpoint")
+    state = read_checkpoint(path, ("model_config", "encoder", "predictor"), hint=f"; {needs}")
     cfg = ModelConfig.from_checkpoint(state["model_config"], f"{path}: model_config").resolved()
     run_config = state.get("config")
     objective = run_config.get("objective") if isinstance(run_config, dict) else None
@@ -127,29 +99,11 @@ def load_mae(spec: dict, roi_names: list[str], window: int):
         objective = "mae" if out_dim == cfg.patch_size != cfg.embed_dim else "jepa"
     if objective != "mae" or out_dim != cfg.patch_size:
         raise InputError(f"{path}: a {objective} checkpoint, whose predictor predicts {out_dim}-wide encoder features, "
-                         f"not {cfg.patch_size}-step patches: it has no decoder, and reconstruction needs an MAE "
-                         "(objective: mae) checkpoint")
-    names = state.get("roi_names")
-    if names is not None:
-        from brainjepa.io import check_roi_names
-
-        check_roi_names(list(names), list(roi_names), str(path), "the evaluation shards")
-    if cfg.n_rois != len(roi_names):
-        raise InputError(f"{path}: the model takes {cfg.n_rois} ROIs, the evaluation shards have {len(roi_names)}")
-    if cfg.n_timesteps != window:
-        raise InputError(f"{path}: the model takes windows of {cfg.n_timesteps} time steps, the evaluation uses "
-                         f"{window}")
-    tables = {"gradients": torch.zeros(cfg.n_rois, cfg.n_gradients) if cfg.positional == "gradient" else None,
-              "centroids": torch.zeros(cfg.n_rois, 3) if cfg.positional == "centroid" else None}
-    encoder = BrainEncoder(cfg, **tables)
-    decoder = BrainPredictor(cfg, **tables, out_dim=cfg.patch_size)
-    for module, key in ((encoder, "encoder"), (decoder, "predictor")):
-        try:
-            module.load_state_dict(state[key])
-        except RuntimeError as exc:
-            raise InputError(f"{path}: {key} does not fit its model_config ({exc})") from None
-    return encoder, decoder, {"kind": "checkpoint", "path": str(path), "step": state.get("step"),
-                              "objective": objective}
+                         f"not {cfg.patch_size}-step patches: it has no decoder, and {needs}")
+    modules, _ = load_modules(path, roi_names, window, ("encoder", "predictor"), out_dim=cfg.patch_size,
+                              state=state)
+    return modules["encoder"], modules["predictor"], {"kind": "checkpoint", "path": str(path),
+                                                      "step": state.get("step"), "objective": objective}
 
 
 def window_masks(keys: list[str], n_tokens: int, ratio: float, seed: int) -> dict:
@@ -209,36 +163,49 @@ def reconstruct_split(encoder, decoder, data: np.ndarray, keys: list[str], ratio
 
 
 # ------------------------------------------------------------------------------------------------- the stage
-def run_reconstruct(method: str, seed: int, shards: str | Path, cohorts: list[str], out: str | Path,
-                    cfg: ReconstructConfig | None = None, encoder_spec: dict | None = None) -> dict:
-    """The ``reconstruct`` stage: one (MAE checkpoint, seed) -> the capability record at ``out`` (JSON)."""
-    import os
-
-    import torch
-
+def run_reconstruction(method: str, seed: int, shards: str | Path, cohorts: list[str], out: str | Path,
+                       cfg: ReconstructionConfig | None = None, encoder_spec: dict | None = None) -> dict:
+    """The ``reconstruction`` stage: one (MAE checkpoint, seed) -> the capability record at ``out`` (JSON)."""
     from brainjepa.data.shards import load_manifest
-    from brainjepa.evaluate.tasks import split_manifests, split_windows, subject_mean
-    from brainjepa.io import write_text_atomic
-    from brainjepa.train.runtime import autocast_for, setup_distributed
+    from brainjepa.evaluate.job import one_process, set_threads, torch_job
+    from brainjepa.evaluate.tasks import split_manifests, split_windows
 
-    cfg = cfg or ReconstructConfig()
+    cfg = cfg or ReconstructionConfig()
     if encoder_spec is None:
-        raise InputError("reconstruct needs --encoder: the spec of an MAE (objective: mae) checkpoint")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("reconstruct runs in one process (not under torchrun)")
+        raise InputError("reconstruction needs --encoder: the spec of an MAE (objective: mae) checkpoint")
+    one_process("reconstruction")
     name = f"reconstruction/{method}/seed{seed}"
     t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads or 0)
     manifests = split_manifests(shards)
     manifest = load_manifest(manifests["train"])
     window, roi_names = int(manifest["window"]), list(manifest["roi_names"])
     encoder, decoder, source = load_mae(encoder_spec, roi_names, window)
-    _, device = setup_distributed(cfg.device)
-    encoder.to(device)
-    decoder.to(device)
-    autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
+    job = torch_job(cfg.device, cfg.precision)
+    encoder.to(job.device)
+    decoder.to(job.device)
     windows = split_windows(manifests, list(cohorts), window, splits=SPLITS)
+    scores, fill_scores, per_subject, subjects = _score_ratios(encoder, decoder, windows, cfg, seed, job, name)
+    n_tokens = encoder.cfg.n_tokens
+    details = {"mask_ratios": list(cfg.mask_ratios),
+               "n_hidden_tokens": {ratio_name(r): int(min(max(round(r * n_tokens), 1), n_tokens - 1))
+                                   for r in cfg.mask_ratios},
+               "n_tokens": n_tokens, "patch_size": encoder.cfg.patch_size, "window": window,
+               "roi_mean_fill": fill_scores, "device": str(job.device),
+               "n_windows": {s: int(len(windows[s].subject)) for s in SPLITS},
+               "test_subjects": [str(s) for s in subjects],
+               "settings": settings_dict(cfg)}
+    return Record("reconstruction", "reconstruction", method, seed, list(cohorts), None, source,
+                  {"train": 0, **{s: int(len(set(windows[s].subject))) for s in SPLITS}},
+                  scores["val"], scores["test"], per_subject, details, {"epoch": None, "history": []},
+                  seconds_since(t0)).write(out)
+
+
+def _score_ratios(encoder, decoder, windows: dict, cfg: ReconstructionConfig, seed: int, job, name: str):
+    """Every mask ratio on every split -> (scores and ROI-mean-fill scores per split, ``<metric>_<ratio>`` ->
+    value; per test subject MSE per ratio; the test subjects)."""
+    from brainjepa.evaluate.tasks import subject_mean
+
     scores = {s: {} for s in SPLITS}
     fill_scores = {s: {} for s in SPLITS}
     per_subject, subjects = {}, []
@@ -248,7 +215,7 @@ def run_reconstruct(method: str, seed: int, shards: str | Path, cohorts: list[st
             w = windows[split]
             keys = [f"{r}@{s}" for r, s in zip(w.run_id, w.start)]
             model_acc, fill_acc, window_mse = reconstruct_split(encoder, decoder, w.data, keys, ratio, seed,
-                                                                cfg.batch_size, device, autocast)
+                                                                cfg.batch_size, job.device, job.autocast)
             for metric, value in model_acc.scores().items():
                 scores[split][f"{metric}_{suffix}"] = value
             for metric, value in fill_acc.scores().items():
@@ -258,21 +225,4 @@ def run_reconstruct(method: str, seed: int, shards: str | Path, cohorts: list[st
                 per_subject[f"mse_{suffix}"] = [float(v) for v in mse]
         log.info("%s: mask ratio %.2f: test R2 %.4f, MSE %.4f (ROI-mean fill R2 %.4f)", name, ratio,
                  scores["test"][f"r2_{suffix}"], scores["test"][f"mse_{suffix}"], fill_scores["test"][f"r2_{suffix}"])
-    record = {
-        "task": "reconstruction", "kind": "reconstruction", "method": method, "seed": seed, "cohorts": list(cohorts),
-        "label": None, "source": source,
-        "n_subjects": {"train": 0, **{s: int(len(set(windows[s].subject))) for s in SPLITS}},
-        "val": scores["val"], "test": scores["test"], "per_subject": per_subject,
-        "details": {"mask_ratios": list(cfg.mask_ratios), "n_hidden_tokens": {
-                        ratio_name(r): int(min(max(round(r * encoder.cfg.n_tokens), 1), encoder.cfg.n_tokens - 1))
-                        for r in cfg.mask_ratios},
-                    "n_tokens": encoder.cfg.n_tokens, "patch_size": encoder.cfg.patch_size, "window": window,
-                    "roi_mean_fill": fill_scores, "device": str(device),
-                    "n_windows": {s: int(len(windows[s].subject)) for s in SPLITS},
-                    "test_subjects": [str(s) for s in subjects],
-                    "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}},
-        "selected": {"epoch": None, "history": []},
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    write_text_atomic(out, json.dumps(record, indent=1) + "\n")
-    return record
+    return scores, fill_scores, per_subject, subjects

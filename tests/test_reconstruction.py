@@ -9,16 +9,15 @@ import pytest
 import torch
 from test_forecast import RECORD_KEYS, T_RUN, WINDOW, R, make_shards, random_spec, run_cli
 
-from brainjepa.errors import InputError
-from brainjepa.evaluate.forecast import regression_scores
-from brainjepa.evaluate.reconstruct import (
-    ReconstructConfig,
-    ScoreAccumulator,
+from brainjepa.capabilities.reconstruction import (
+    ReconstructionConfig,
     load_mae,
     roi_mean_fill,
-    run_reconstruct,
+    run_reconstruction,
     window_masks,
 )
+from brainjepa.errors import InputError
+from brainjepa.evaluate.metrics import ScoreAccumulator, regression_scores
 from brainjepa.models import BrainEncoder, BrainPredictor, ModelConfig
 from brainjepa.models.weights import CHECKPOINT_FORMAT
 
@@ -68,7 +67,7 @@ def train_mae(root, steps: int) -> tuple[BrainEncoder, BrainPredictor]:
 
 @pytest.fixture(scope="module")
 def mae_data(tmp_path_factory):
-    root = make_shards(tmp_path_factory.mktemp("reconstruct"), signal=shared_signal)
+    root = make_shards(tmp_path_factory.mktemp("reconstruction"), signal=shared_signal)
     trained, untrained = train_mae(root, 400), train_mae(root, 0)
     save_checkpoint(root / "mae.pt", *trained, "mae")
     save_checkpoint(root / "untrained.pt", *untrained, "mae")
@@ -119,10 +118,10 @@ def test_reconstruction_r2_of_a_trained_mae_matches_a_direct_computation(mae_dat
     from brainjepa.train.jepa import patch_targets
 
     root, (encoder, decoder) = mae_data
-    cfg = ReconstructConfig.from_dict({**FAST, "mask_ratios": [0.2, 0.5]})
-    record = run_reconstruct("mae", 0, root / "shards", ["c"], tmp_path / "r.json", cfg,
+    cfg = ReconstructionConfig.from_dict({**FAST, "mask_ratios": [0.2, 0.5]})
+    record = run_reconstruction("mae", 0, root / "shards", ["c"], tmp_path / "r.json", cfg,
                              {"kind": "checkpoint", "path": str(root / "mae.pt")})
-    untrained = run_reconstruct("mae", 0, root / "shards", ["c"], tmp_path / "u.json", cfg,
+    untrained = run_reconstruction("mae", 0, root / "shards", ["c"], tmp_path / "u.json", cfg,
                                 {"kind": "checkpoint", "path": str(root / "untrained.pt")})
     assert record["test"]["r2_mask20"] > 0.5 > untrained["test"]["r2_mask20"]
     assert record["test"]["r2_mask20"] > record["details"]["roi_mean_fill"]["test"]["r2_mask20"]
@@ -144,7 +143,7 @@ def test_the_record_follows_the_contract_and_a_seed_gives_the_same_masks(mae_dat
     outs = []
     for name, batch in (("a", 16), ("b", 3)):
         out = tmp_path / f"{name}.json"
-        assert run_cli("reconstruct", "--shards", str(root / "shards"), "--cohorts", "c", "--method", "mae",
+        assert run_cli("reconstruction", "--shards", str(root / "shards"), "--cohorts", "c", "--method", "mae",
                        "--encoder", spec, "--seed", "2", "--settings", json.dumps({**FAST, "batch_size": batch}),
                        "--out", str(out)) == 0
         outs.append(json.loads(out.read_text()))
@@ -170,7 +169,7 @@ def test_a_jepa_checkpoint_or_a_random_encoder_is_refused(mae_data, tmp_path):
         load_mae({"kind": "checkpoint", "path": str(tmp_path / "jepa.pt")}, NAMES, WINDOW)
     with pytest.raises(InputError, match=r"reconstruction needs an MAE \(objective: mae\) checkpoint"):
         load_mae(random_spec(root), NAMES, WINDOW)
-    assert run_cli("reconstruct", "--shards", str(root / "shards"), "--cohorts", "c", "--method", "jepa",
+    assert run_cli("reconstruction", "--shards", str(root / "shards"), "--cohorts", "c", "--method", "jepa",
                    "--encoder", json.dumps({"kind": "checkpoint", "path": str(tmp_path / "jepa.pt")}),
                    "--out", str(tmp_path / "x.json")) == 1
     assert not (tmp_path / "x.json").exists()
@@ -186,8 +185,8 @@ def test_roi_names_window_and_settings_are_checked(mae_data, tmp_path):
     with pytest.raises(InputError, match=r"missing.pt: checkpoint does not exist"):
         load_mae({"kind": "checkpoint", "path": str(tmp_path / "missing.pt")}, NAMES, WINDOW)
     with pytest.raises(InputError, match=r"mask_ratios must list values in \(0, 1\)"):
-        ReconstructConfig.from_dict({"mask_ratios": [0.5, 1.0]})
+        ReconstructionConfig.from_dict({"mask_ratios": [0.5, 1.0]})
     with pytest.raises(InputError, match="round to the same percent"):
-        ReconstructConfig.from_dict({"mask_ratios": [0.5, 0.501]})
+        ReconstructionConfig.from_dict({"mask_ratios": [0.5, 0.501]})
     with pytest.raises(InputError, match="reconstruction.settings.ratios"):
-        ReconstructConfig.from_dict({"ratios": [0.5]})
+        ReconstructionConfig.from_dict({"ratios": [0.5]})
