@@ -15,7 +15,13 @@ mask collator, bf16 autocast, AdamW, EMA, ``log.csv``, the checkpoints), with ``
 - ``random``: ``mask.mode: random`` (75 % hidden, nothing padded: SDPA gets no mask);
 - ``batch64``: paper masks at batch 64 (10 steps; memory headroom);
 - ``evaluate``: the evaluation engine: fine-tuning (``evaluate.loop.fit`` on a ``build_finetune`` model, drop
-  path 0.1, layer-wise LR decay) and feature extraction (``evaluate.features.extract``).
+  path 0.1, layer-wise LR decay) and feature extraction (``evaluate.features.extract``);
+- ``compile``: ``paper`` with ``run.compile`` (``torch.compile`` of the encoders and the predictor), backend
+  ``--compile-backend`` (inductor on a GPU; eager on CPU, which needs no C++ compiler and checks the code path
+  only). Last, so that its compilation (minutes for ViT-B) cannot starve the other cases of ``--budget-s``;
+  ``--cases paper compile`` compares the two alone. Its rate is the steps after the first 5 (compilation settles
+  within them: tests/test_train_speed.py); ``warmup_s`` in the JSON rows is the time to the 5th step, compilation
+  included.
 
 Columns: samples/s (pretraining: the median of ``log.csv`` after the first 5 steps; fine-tuning: training windows
 over the fastest epoch of 3, its validation pass included; features: windows/s); TFLOP/sample (counted with
@@ -49,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MARK = "DEVICE_CHECK_ROW "  # a child's result line
-CASES = ("paper", "ddp", "random", "batch64", "evaluate")
+CASES = ("paper", "ddp", "random", "batch64", "evaluate", "compile")
 # ViT-B at the paper's 450 x 160; tiny: the CPU test's shapes (a few seconds per case)
 SHAPES = {
     "full": {"size": "base", "rois": 450, "window": 160, "time": 200, "runs": 320, "gradients": 30, "batch": 16,
@@ -122,12 +128,17 @@ def peak_tflops(name: str, given: float | None) -> float | None:
     return next((value for key, value in PEAK_TFLOPS if key in name.upper()), None)
 
 
-def count_flops(fn) -> float | None:
-    """FLOPs of ``fn()`` by torch's flop counter (None if it cannot count them)."""
+def count_flops(fn, eager: bool = False) -> float | None:
+    """FLOPs of ``fn()`` by torch's flop counter (None if it cannot count them). ``eager``: compiled modules run
+    uncompiled meanwhile (the counter sees torch's ops, not a compiled graph's kernels; the same arithmetic)."""
+    from contextlib import nullcontext
+
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    stance = torch.compiler.set_stance("force_eager") if eager else nullcontext()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with stance, FlopCounterMode(display=False) as counter:
             fn()
     except Exception as exc:  # a counter failure is not a failure of the engine: report it, go on
         print(f"flop counter: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -191,6 +202,7 @@ def pretrain_case(case: str, args, shape: dict, data: Path) -> list[dict]:
             f"data.scaling_stats={data / 'stats.json'}", f"run.out_dir={out}", f"model.size={shape['size']}",
             *(f"model.{k}={v}" for k, v in shape["model"].items()), f"data.batch_size={batch}",
             f"data.num_workers={shape['workers']}", f"mask.mode={'random' if case == 'random' else 'paper'}",
+            *(["run.compile=true", f"run.compile_backend={args.compile_backend}"] if case == "compile" else []),
             "optim.epochs=100", f"run.stop_after_steps={steps}", "run.log_every=1", "run.progress=false",
             "run.checkpoint_every=1", "run.save_every_minutes=1000", "run.monitor_every=0",
             f"run.device={args.device}", f"run.precision={precision(args)}"]
@@ -213,8 +225,10 @@ def pretrain_case(case: str, args, shape: dict, data: Path) -> list[dict]:
     synchronize(device)
     wall = time.perf_counter() - t0
     peak = peak_gib(device)
-    row = {"case": case, "what": f"pretrain {shape['size']} {cfg.mask.mode} masks, batch {batch}",
-           **device_info(device), "precision": precision(args), "batch": batch, "workers": shape["workers"]}
+    compiled = f", compiled ({args.compile_backend})" if cfg.run.compile else ""
+    row = {"case": case, "what": f"pretrain {shape['size']} {cfg.mask.mode} masks, batch {batch}{compiled}",
+           **device_info(device), "precision": precision(args), "batch": batch, "workers": shape["workers"],
+           "compile": args.compile_backend if cfg.run.compile else None}
     wrapped = type(trainer.online[0]).__name__
     row["ddp"] = f"{dist.get_backend()}/{wrapped}" if dist.is_initialized() else "-"
     if trainer.dist.is_main:
@@ -224,12 +238,13 @@ def pretrain_case(case: str, args, shape: dict, data: Path) -> list[dict]:
                       for k, v in next(iter(trainer.loader)).items()}
         step = lambda: trainer.micro_step(batch_data, True)  # noqa: E731
         row["kernels"] = attention_kernels(step)
-        flops = count_flops(step)
+        flops = count_flops(step) if not cfg.run.compile else count_flops(step, eager=True)
         trainer.optimizer.zero_grad(set_to_none=True)
         row.update(steps=int(log["step"].max()), epochs_crossed=int(log["epoch"].max()),
                    samples_per_s=float(steady.median()), flop_per_sample=None if flops is None else flops / batch,
                    loss_first=float(log["loss"].iloc[0]), loss_last=float(log["loss"].iloc[-1]),
                    finite=bool(np.isfinite(log["loss"]).all()), peak_gib=peak, wall_s=wall,
+                   warmup_s=float(log["elapsed_s"].iloc[min(WARMUP_STEPS, len(log)) - 1]),
                    checkpoint_s=max((s for _, s, _ in writes), default=None),
                    checkpoint_gb=max((b for _, _, b in writes), default=0) / 1e9 or None,
                    checkpoints=[name for name, _, _ in writes])
@@ -351,6 +366,7 @@ def child_command(case: str, args) -> tuple[list[str], dict]:
     argv = [str(Path(__file__).resolve()), "--case", case, "--root", str(args.root), "--device", args.device]
     argv += ["--tiny"] if args.tiny else []
     argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--compile-backend", args.compile_backend]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if case == "ddp":  # torchrun with one process, and the switch that makes the trainer join a group and wrap
         env["BRAINJEPA_DDP"] = "always"
@@ -394,6 +410,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=510.0, help="stop every case by then (seconds)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: by its name)")
     parser.add_argument("--threads", type=int, help="torch threads per case (default: torch's; --tiny on CPU: 1)")
+    parser.add_argument("--compile-backend", help="the compile case's run.compile_backend (default: inductor on a "
+                        "GPU, eager on CPU)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--keep", action="store_true", help="keep the cases' run folders (checkpoints, log.csv)")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # a child: one case
@@ -402,6 +420,8 @@ def main() -> None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.compile_backend is None:  # eager on CPU: the code path without a C++ compiler (minutes at 2 cores)
+        args.compile_backend = "inductor" if args.device == "cuda" else "eager"
     if args.threads is None and args.tiny and args.device == "cpu":
         args.threads = 1  # tiny shapes gain nothing from more, and a shared machine's cores are oversubscribed
     if args.case:

@@ -28,7 +28,8 @@ import device_check  # noqa: E402
 def test_the_device_check_runs_every_case_at_tiny_shapes_on_cpu(tmp_path):
     """Every case runs the package's engines and is reported ok in one table: the pretraining cases cross an epoch
     end (epoch-0001.pt written there), the ddp case runs under torchrun through Gloo and the DDP wrapper with the
-    losses of the single process, and fine-tuning and feature extraction report a rate."""
+    losses of the single process, the compile case runs run.compile (backend eager on CPU) with the losses of the
+    uncompiled paper case, and fine-tuning and feature extraction report a rate."""
     out = tmp_path / "rows.json"
     cmd = [sys.executable, str(REPO / "bench" / "device_check.py"), "--tiny", "--device", "cpu", "--root",
            str(tmp_path / "check"), "--json", str(out)]
@@ -38,7 +39,8 @@ def test_the_device_check_runs_every_case_at_tiny_shapes_on_cpu(tmp_path):
     assert "samples/s" in table and "SDPA kernels" in table and "FAIL" not in table
     rows = {(r["case"], r["what"].split()[0]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {("paper", "pretrain"), ("ddp", "pretrain"), ("random", "pretrain"),
-                         ("batch64", "pretrain"), ("evaluate", "fine-tune"), ("evaluate", "features")}
+                         ("batch64", "pretrain"), ("evaluate", "fine-tune"), ("evaluate", "features"),
+                         ("compile", "pretrain")}
     assert all(not r["problems"] and r["samples_per_s"] > 0 and r["host_rss_gib"] > 0 for r in rows.values())
     paper, ddp = rows["paper", "pretrain"], rows["ddp", "pretrain"]
     for row in (paper, ddp):
@@ -49,6 +51,12 @@ def test_the_device_check_runs_every_case_at_tiny_shapes_on_cpu(tmp_path):
     assert ddp["loss_first"] == pytest.approx(paper["loss_first"], rel=1e-5)
     assert ddp["loss_last"] == pytest.approx(paper["loss_last"], rel=1e-4)
     assert rows["batch64", "pretrain"]["batch"] == device_check.SHAPES["tiny"]["large_batch"]
+    compiled = rows["compile", "pretrain"]
+    assert compiled["compile"] == "eager" and paper["compile"] is None and "compiled (eager)" in compiled["what"]
+    assert compiled["steps"] == paper["steps"] and compiled["flop_per_sample"] == paper["flop_per_sample"]
+    assert compiled["loss_first"] == pytest.approx(paper["loss_first"], rel=1e-5)
+    assert compiled["loss_last"] == pytest.approx(paper["loss_last"], rel=1e-4)
+    assert compiled["warmup_s"] > 0
 
 
 def test_the_table_names_a_failed_case_and_the_mfu_uses_the_gpus_peak(capsys):

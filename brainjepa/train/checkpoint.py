@@ -143,3 +143,58 @@ def set_rng_state(state: dict, rank: int = 0, device: torch.device | None = None
     if device is not None and device.type == "cuda" and (device.index or 0) < len(saved):
         torch.cuda.set_rng_state(saved[device.index or 0], device)
     return True
+
+
+def cpu_copy(tree):
+    """A copy of a checkpoint's state that later training cannot change: every tensor copied to the CPU (a new
+    tensor even when it is there already), every dict, list and tuple rebuilt; other values (numbers, strings)
+    are immutable and kept."""
+    if torch.is_tensor(tree):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {key: cpu_copy(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(cpu_copy(value) for value in tree)
+    return tree
+
+
+class BackgroundWriter:
+    """Writes one checkpoint at a time on a thread of its own (``run.async_save``): :meth:`submit` first waits for
+    the previous write, then starts this one and returns. A write that failed is raised again (the same
+    exception: :func:`save_checkpoint`'s TrainingError) by the next :meth:`wait` or :meth:`submit`.
+
+    The state handed over must not change while it is written: :func:`cpu_copy`. Torch's writer releases the
+    interpreter lock while it writes, so training goes on meanwhile."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._threading = threading
+        self._thread = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: str | Path, state: dict, intact: str | None = None) -> None:
+        self.wait()
+        self._thread = self._threading.Thread(target=self._write, args=(path, state, intact),
+                                              name=f"checkpoint {Path(path).name}")
+        self._thread.start()
+
+    def _write(self, path, state, intact) -> None:
+        try:
+            save_checkpoint(path, state, intact)  # the module's function at call time (tests replace it)
+        except BaseException as exc:  # handed to the training thread
+            self._error = exc
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, raise_error: bool = True) -> BaseException | None:
+        """Wait for the write in progress, if any. Its error is raised (``raise_error``) or returned."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
+        return error

@@ -123,6 +123,11 @@ class RunConfig:
     deterministic: bool = False           # torch.use_deterministic_algorithms (GPU: slower kernels; CPU: always);
                                           # sets CUBLAS_WORKSPACE_CONFIG=:4096:8 when unset (cuBLAS needs it)
     tf32: bool = True                     # CUDA: TF32 tensor cores for float32 matmuls and cuDNN (false: strict fp32)
+    compile: bool = False                 # torch.compile the encoders and the predictor (in place: checkpoints keep
+                                          # their keys); off: not measured on a GPU yet (bench/device_check.py)
+    compile_backend: str = "inductor"     # torch.compile's backend with run.compile (eager, aot_eager: debugging)
+    async_save: bool = True               # latest.pt written by a background thread from a CPU copy of the state;
+                                          # epoch-NNNN.pt, final.pt and a stop's latest.pt wait for their write
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,8 @@ class TrainConfig:
         if not 0 <= self.run.save_every_minutes < float("inf"):
             raise InputError(f"config 'run.save_every_minutes' must be a finite number >= 0 (0: every optimizer "
                              f"step), got {self.run.save_every_minutes}")
+        if self.run.compile_backend != "inductor":  # the default needs no look-up (torch._dynamo takes a second)
+            check_compile_backend(self.run.compile_backend)
         if not 0 < self.run.collapse_fraction < 1:
             raise InputError(f"config 'run.collapse_fraction' must be in (0, 1), got {self.run.collapse_fraction}")
         self.optim.check_objective(self.objective)
@@ -162,6 +169,16 @@ class TrainConfig:
             if self.data.window % self.model.patch_size:
                 raise InputError(f"config 'data.window' ({self.data.window}) is not a multiple of "
                                  f"'model.patch_size' ({self.model.patch_size})")
+
+
+def check_compile_backend(name: str) -> None:
+    """``run.compile_backend``: one of torch.compile's backends (``torch._dynamo.list_backends()``, or its debugging
+    backends ``eager`` and ``aot_eager``); otherwise an error naming the key and the choices."""
+    import torch._dynamo
+
+    allowed = sorted({*torch._dynamo.list_backends(), "eager", "aot_eager"})
+    if name not in allowed:
+        raise InputError(f"config 'run.compile_backend' is {name!r}; allowed: {', '.join(allowed)}")
 
 
 def _set_path(tree: dict, dotted: str, value) -> None:

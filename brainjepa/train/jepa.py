@@ -121,11 +121,11 @@ def jepa_step(encoder, target_encoder, predictor, batch: dict, loss_kind: str,
     z, pred = encode_and_predict(encoder, predictor, batch)
     loss = masked_loss(pred.float(), targets, batch["target_valid"], loss_kind, n_valid)
     monitors = {"target_std": target_std.detach()}
-    with torch.no_grad():
+    nan = torch.full((), float("nan"), device=x.device)
+    with torch.no_grad():  # NaN for a region without targets, decided on the device (no host sync)
         for region, name in enumerate(REGION_LOSSES):
             valid = batch["target_valid"] & (batch["target_region"] == region)
-            monitors[name] = masked_loss(pred.float(), targets, valid, loss_kind) if valid.any() else \
-                torch.tensor(float("nan"), device=x.device)
+            monitors[name] = torch.where(valid.any(), masked_loss(pred.float(), targets, valid, loss_kind), nan)
     loss = add_regularizer(loss, monitors, regularizer, z, batch, h.shape[1])
     return loss, monitors
 
@@ -167,7 +167,7 @@ def mae_step(encoder, decoder, batch: dict, patch_size: int, n_valid: torch.Tens
     with torch.no_grad():
         pooled = F.layer_norm(z.float(), (z.shape[-1],)).mean(dim=1)
         spread = pooled.std(dim=0).mean() if pooled.shape[0] > 1 else pooled.new_full((), float("nan"))
-    nan = torch.tensor(float("nan"), device=x.device)
+    nan = torch.full((), float("nan"), device=x.device)
     monitors = {"target_std": spread.detach(), **{name: nan for name in REGION_LOSSES}}
     loss = add_regularizer(loss, monitors, regularizer, z, batch, patches.shape[1])
     return loss, monitors

@@ -18,12 +18,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from brainjepa.errors import InputError, Preempted, TrainingError
-from brainjepa.io import check_roi_names, write_text_atomic
+from brainjepa.io import write_text_atomic
 from brainjepa.train import checkpoint as ckpt
 from brainjepa.train.config import OptimConfig, TrainConfig, dump_config, to_dict, with_data_shape
 from brainjepa.train.ema import ema_update
@@ -33,6 +32,7 @@ from brainjepa.train.runtime import (
     Distributed,
     autocast_for,
     batches_per_epoch,
+    compile_modules,
     ddp_always,
     no_sync,
     set_tf32,
@@ -83,24 +83,16 @@ class Schedule:
 # ----------------------------------------------------------------------------------------------- setup
 def load_gradients_for(cfg: TrainConfig, roi_names: list[str]) -> torch.Tensor:
     """The gradient matrix [R, G] in the shards' ROI order (names must match)."""
-    from brainjepa.group.gradients import read_gradients
+    from brainjepa.models.inputs import load_gradients
 
-    names, gradients = read_gradients(cfg.data.gradients)
-    check_roi_names(names, roi_names, cfg.data.gradients, f"the shards' manifest {cfg.data.manifest}")
-    return torch.tensor(gradients, dtype=torch.float32)
+    return load_gradients(cfg.data.gradients, roi_names, f"the shards' manifest {cfg.data.manifest}")
 
 
 def load_centroids_for(cfg: TrainConfig, roi_names: list[str]) -> torch.Tensor | None:
     """ROI centroids [R, 3] (mm) from the atlas label table, for the 'centroid' positional ablation."""
-    if cfg.model.positional != "centroid":
-        return None
-    from brainjepa.preprocess.atlas import read_label_table
+    from brainjepa.models.inputs import load_centroids
 
-    if not cfg.data.labels:
-        raise InputError("model.positional 'centroid' needs data.labels (the atlas label table)")
-    table = read_label_table(cfg.data.labels)
-    check_roi_names(table["name"].astype(str).tolist(), roi_names, cfg.data.labels, "the shards' manifest")
-    return torch.tensor(table[["x", "y", "z"]].to_numpy(dtype=np.float32))
+    return load_centroids(cfg.model.positional, cfg.data.labels, roi_names)
 
 
 def build_models(cfg: TrainConfig, roi_names: list[str], window: int, device: torch.device):
@@ -191,8 +183,10 @@ RESUMABLE_CHANGES = {"run.stop_after_steps", "run.progress", "data.num_workers",
                      "run.checkpoint_every", "run.collapse_threshold", "run.out_dir", "data.manifest", "data.shard_url",
                      "data.gradients", "data.scaling_stats", "data.labels", "run.monitor_every", "run.monitor_windows",
                      "run.collapse", "run.collapse_fraction", "data.monitor_split",
-                     # kernels and I/O: TF32, fused AdamW, pinned batches, how often latest.pt is written
-                     "run.tf32", "optim.fused", "data.pin_memory", "run.save_every_minutes",
+                     # kernels and I/O: TF32, fused AdamW, pinned batches, how often and how latest.pt is written,
+                     # torch.compile and its backend (the same model and arithmetic, other kernels)
+                     "run.tf32", "optim.fused", "data.pin_memory", "run.save_every_minutes", "run.async_save",
+                     "run.compile", "run.compile_backend",
                      "model.attention"}  # the attention backend: how this machine runs the model, not what it is
 
 
@@ -259,6 +253,8 @@ class Trainer:
             cfg, self.manifest["roi_names"], window, self.device)
         if self.dist.rank > 0:  # dropout / drop path differ by rank; rank 0 keeps a single process's stream
             torch.manual_seed(cfg.run.seed + self.dist.rank)
+        if cfg.run.compile:  # in place, before DDP wraps them: state_dict keys unchanged
+            compile_modules([self.encoder, self.target, self.predictor], cfg.run.compile_backend)
         self.dataset, self.collator, self.loader = build_loader(cfg, self.manifest, self.dist, window,
                                                                 self.model_cfg.n_time_patches, self.device)
         self.online = [self._wrap(self.encoder), self._wrap(self.predictor)]
@@ -276,6 +272,12 @@ class Trainer:
         self.saved_step: int | None = None  # the step of this run's latest.pt on disk
         self.saved_at = time.monotonic()    # when latest.pt was last written, or fit began (run.save_every_minutes)
         self.signal: int | None = None
+        self.writer = ckpt.BackgroundWriter()  # run.async_save: latest.pt written on a thread of its own
+        # where the loss first went non-finite: step, epoch, batch, value (-1: not yet). Kept on the device, so that
+        # an ordinary step reads nothing from it; check_finite reads it (log steps, saves, monitors, the end).
+        self.nonfinite = torch.full((4,), -1.0, dtype=torch.float64, device=self.device)
+        self.tick = time.perf_counter()
+        self.rate = [0, 0.0]  # samples and training seconds since the last log row (samples_per_s)
         self.csv = CSVLog(self.out / "log.csv", False)  # opened by fit, once the run folder is settled
         self.monitor_windows = self._monitor_windows(window)
         self.monitor_csv = CSVLog(self.out / "monitors.csv", False, self.monitor_columns())
@@ -319,6 +321,7 @@ class Trainer:
         cfg = self.cfg.run
         if not cfg.monitor_every or self.monitor_step == self.step or (not force and self.step % cfg.monitor_every):
             return
+        self.check_finite()  # no monitors (nor a collapse stop's save) of a non-finite state
         problems: list[str] = []
         if self.monitor_windows is not None:
             values = representation_monitors(self.monitored(), self.monitor_windows)
@@ -335,7 +338,7 @@ class Trainer:
         if dist.is_initialized():
             dist.broadcast(stop, 0)
         if stop.item():
-            self.save("latest.pt")
+            self.save("latest.pt", wait=True)
             raise TrainingError(f"representation collapse at step {self.step} (run.collapse: stop): "
                                 f"{'; '.join(problems) or 'see rank 0'}; {self.out / 'monitors.csv'} has every value")
 
@@ -374,20 +377,35 @@ class Trainer:
                 "scaling_stats_id": self.manifest["scaling_stats_id"],
                 "identity": self.identity, "total_steps": self.schedule.total_steps}
 
-    def save(self, *names: str) -> None:
-        """Write checkpoints ``names`` on rank 0; under DDP a collective (every rank sends its generators)."""
+    def save(self, *names: str, wait: bool = False) -> None:
+        """Write checkpoints ``names`` on rank 0; under DDP a collective (every rank sends its generators).
+
+        Never a non-finite state (:meth:`check_finite` first). ``run.async_save``: a ``latest.pt`` alone (the
+        periodic save; ``wait`` False) is copied to the CPU here and written by a background thread while training
+        goes on, so that under DDP no rank waits for the disk; any other save (``epoch-NNNN.pt``, ``final.pt``, a
+        stop's ``latest.pt``) waits for that write, then writes in this thread. A background write that failed is
+        raised here, at the next save (or at the end of :meth:`fit`). The time spent here is not training time
+        (``samples_per_s``)."""
+        self.rate[1] += time.perf_counter() - self.tick
+        self.check_finite()
         rng = ckpt.gather_rng_states(self.device)
         if self.dist.is_main:
+            background = self.cfg.run.async_save and not wait and names == ("latest.pt",)
+            self.writer.wait()  # one write at a time, in order; a failed one is raised here
             for name in names:
                 if name == "latest.pt" and self.saved_step == self.step:
                     continue  # written at this step already (run.save_every_minutes, then an epoch end or the end)
-                ckpt.save_checkpoint(self.out / name, self.state(rng), self._intact(name))
+                if background:
+                    self.writer.submit(self.out / name, ckpt.cpu_copy(self.state(rng)), self._intact(name))
+                else:
+                    ckpt.save_checkpoint(self.out / name, self.state(rng), self._intact(name))
                 if name == "latest.pt":
                     self.saved_step = self.step
         if dist.is_initialized():
             dist.barrier()
         if "latest.pt" in names:
             self.saved_at = time.monotonic()
+        self.tick = time.perf_counter()
 
     def _intact(self, name: str) -> str:
         """What is safe, and what to do, if writing checkpoint ``name`` fails (latest.pt is written first)."""
@@ -481,8 +499,21 @@ class Trainer:
 
         ``latest.pt`` is written after the first optimizer step ``run.save_every_minutes`` after its last write,
         with every ``epoch-NNNN.pt`` (``run.checkpoint_every``), when a call stops and at the end. SIGTERM and
-        SIGINT finish the current optimizer step, write ``latest.pt`` and raise :class:`Preempted`.
+        SIGINT finish the current optimizer step, write ``latest.pt`` and raise :class:`Preempted`. Whatever ends
+        the call, a ``latest.pt`` still being written in the background (``run.async_save``) is finished first;
+        its failure is raised (or, when something else already ended the call, logged).
         """
+        try:
+            path = self._fit()
+        except BaseException:
+            error = self.writer.wait(raise_error=False)
+            if error is not None:
+                log.error("a checkpoint written in the background failed too: %s", error)
+            raise
+        self.writer.wait()
+        return path
+
+    def _fit(self) -> Path:
         how = self.start()
         if how == "done":
             log.info("%s: finished run of the same identity: nothing to train", self.out)
@@ -491,12 +522,13 @@ class Trainer:
         if self.step == 0:
             self.watch(force=True)  # the reference: the run's initialisation
         self.t0 = self.tick = time.perf_counter()
+        self.rate = [0, 0.0]
         self.saved_at = time.monotonic()
         start_step = self.step
         with _catch_signals(self):
             while self.epoch < self.cfg.optim.epochs:
                 if not self.train_one_epoch(start_step):
-                    self.save("latest.pt")
+                    self.save("latest.pt", wait=True)
                     if self.signal is not None:
                         log.warning("signal %d: stopped at step %d (epoch %d, batch %d); latest.pt written, "
                                     "rerun to continue", self.signal, self.step, self.epoch, self.batch_in_epoch)
@@ -512,16 +544,41 @@ class Trainer:
 
     def step_flags(self) -> tuple[bool, bool]:
         """After an optimizer step: (stop, save). stop: a signal reached this process (or, under DDP, any rank);
-        save: ``run.save_every_minutes`` have passed since latest.pt was written (on any rank's clock). One
-        all-reduce, so every rank stops, or saves, at the same step."""
-        due = time.monotonic() - self.saved_at >= 60 * self.cfg.run.save_every_minutes
-        flags = torch.tensor([self.signal is not None, due], dtype=torch.int32, device=self.device)
+        save: ``run.save_every_minutes`` have passed since latest.pt was written (on any rank's clock).
+
+        One process: Python values, nothing read from the device. DDP: one all-reduce (the step's only host
+        sync), so every rank stops, or saves, at the same step; it carries whether any rank's loss went
+        non-finite, so that every rank raises at once (:meth:`check_finite`)."""
+        stop = self.signal is not None
+        save = time.monotonic() - self.saved_at >= 60 * self.cfg.run.save_every_minutes
         if dist.is_initialized():
+            flags = torch.cat([torch.tensor([stop, save], dtype=torch.int32, device=self.device),
+                               (self.nonfinite[:1] >= 0).to(torch.int32)])
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        stop, save = (bool(v) for v in flags.tolist())
+            stop, save, nonfinite = (bool(v) for v in flags.tolist())
+            if nonfinite:
+                self.check_finite()
         if stop and self.signal is None:
             self.signal = signal.SIGTERM
         return stop, save
+
+    def check_finite(self) -> None:
+        """Raise TrainingError naming the step (epoch, batch) where the loss first went non-finite, if it did.
+
+        The micro-steps record it on the device (no host sync); this reads it: on log steps, before any checkpoint
+        is written (a non-finite state is never saved), before the monitors and at the end of the run. Under
+        DDP a collective (every rank calls it at the same step): the first of every rank's."""
+        records = [self.nonfinite]
+        if dist.is_initialized():
+            records = [torch.empty_like(self.nonfinite) for _ in range(dist.get_world_size())]
+            dist.all_gather(records, self.nonfinite)
+        found = [row for row in torch.stack(records).tolist() if row[0] >= 0]
+        if not found:
+            return
+        step, epoch, batch, value = min(found, key=lambda row: row[0])
+        raise TrainingError(f"non-finite loss ({value}) at step {int(step)}, epoch {int(epoch)}, batch {int(batch)} "
+                            f"(seen at step {self.step}; no checkpoint was written after it); lower optim.lr or "
+                            "check the data")
 
     def train_one_epoch(self, start_step: int) -> bool:
         """One epoch from ``batch_in_epoch``; False when ``run.stop_after_steps`` or a signal ends this call."""
@@ -543,10 +600,8 @@ class Trainer:
             self.batch_in_epoch = index + 1
             bar.update(1)
             if last_micro:
-                now = time.perf_counter()
-                samples_per_s = batch["x"].shape[0] * accumulation / max(now - self.tick, 1e-9)
-                self.tick = now
-                self.optimizer_step(*micro_batch_mean(micro), samples_per_s, bar)
+                self.rate[0] += batch["x"].shape[0] * accumulation
+                self.optimizer_step(*micro_batch_mean(micro), bar)
                 micro = []
                 stop, save = self.step_flags()
                 limit = cfg.run.stop_after_steps
@@ -555,7 +610,6 @@ class Trainer:
                     return False  # fit writes latest.pt
                 if save:
                     self.save("latest.pt")
-                    self.tick = time.perf_counter()  # samples_per_s counts training only
         bar.close()
         return True
 
@@ -587,14 +641,22 @@ class Trainer:
             monitors["loss_global"] = loss.detach().clone()
             dist.all_reduce(monitors["loss_global"])
             monitors["loss_global"] /= self.dist.world_size
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({loss.item()}) at step {self.step}, epoch {self.epoch}, "
-                                f"batch {self.batch_in_epoch}; lower optim.lr or check the data")
+        self._note_non_finite(loss)
         with sync:
             (loss / self.cfg.optim.accumulation_steps).backward()
         return loss.detach(), monitors
 
-    def optimizer_step(self, loss: torch.Tensor, monitors: dict, samples_per_s: float, bar) -> None:
+    def _note_non_finite(self, loss: torch.Tensor) -> None:
+        """Where the loss first went non-finite (step, epoch, batch, value), recorded on the device: a step reads
+        nothing from it (no host sync); :meth:`check_finite` does. The step goes on (its update is non-finite, and
+        never saved)."""
+        record, loss = self.nonfinite, loss.detach()
+        first = ~torch.isfinite(loss) & (record[0] < 0)
+        for i, value in enumerate((self.step, self.epoch, self.batch_in_epoch)):
+            record[i].masked_fill_(first, value)
+        record[3].copy_(torch.where(first, loss.to(record.dtype), record[3]))
+
+    def optimizer_step(self, loss: torch.Tensor, monitors: dict, bar) -> None:
         values = self.schedule.values(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = values["lr"]
@@ -608,21 +670,33 @@ class Trainer:
         if self.cfg.objective == "jepa":
             ema_update(self.target, self.encoder, values["momentum"])
         self.step += 1
-        self.monitor(loss, monitors, values, samples_per_s * self.dist.world_size, bar)
+        self.monitor(loss, monitors, values, bar)
         self.watch()
 
-    def monitor(self, loss, monitors: dict, values: dict, samples_per_s: float, bar) -> None:
+    def monitor(self, loss: torch.Tensor, monitors: dict, values: dict, bar) -> None:
+        """A log step (every ``run.log_every`` steps, and step 1): the non-finite check, one read of the step's loss
+        and monitors from the device, the CSV row, the progress bar and the collapse warning on ``target_std``.
+        Other steps read nothing. ``samples_per_s``: every process's samples since the last row over the training
+        time since then (checkpoint writes left out), measured after that read, so that it counts the device's
+        work, not the host's (which runs ahead of it)."""
+        if not (self.step % self.cfg.run.log_every == 0 or self.step == 1):
+            return
+        self.check_finite()
         loss = monitors.pop("loss_global", loss)
-        target_std = float(monitors["target_std"])
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{values['lr']:.2e}", std=f"{target_std:.3f}",
+        names = list(monitors)
+        numbers = torch.stack([loss.float(), *(monitors[k].float() for k in names)]).tolist()
+        now = time.perf_counter()
+        samples_per_s = self.rate[0] * self.dist.world_size / max(self.rate[1] + now - self.tick, 1e-9)
+        self.rate, self.tick = [0, 0.0], now
+        loss_value, host = numbers[0], dict(zip(names, numbers[1:]))
+        target_std = host["target_std"]
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{values['lr']:.2e}", std=f"{target_std:.3f}",
                         sps=f"{samples_per_s:.0f}")
         if target_std < self.cfg.run.collapse_threshold and self.dist.is_main:
             log.warning("possible representation collapse at step %d: target feature std across the batch "
                         "%.4f < %.4f", self.step, target_std, self.cfg.run.collapse_threshold)
-        if self.step % self.cfg.run.log_every == 0 or self.step == 1:
-            self.csv.write({"step": self.step, "epoch": self.epoch, "loss": loss.item(), **values,
-                            **{k: float(v) for k, v in monitors.items()}, "samples_per_s": samples_per_s,
-                            "elapsed_s": time.perf_counter() - self.t0})
+        self.csv.write({"step": self.step, "epoch": self.epoch, "loss": loss_value, **values, **host,
+                        "samples_per_s": samples_per_s, "elapsed_s": now - self.t0})
 
 
 def micro_batch_mean(micro: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict]:

@@ -104,6 +104,24 @@ def set_tf32(device: torch.device, enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def compile_modules(modules, backend: str = "inductor") -> None:
+    """``run.compile``: ``torch.compile`` each module in place (``nn.Module.compile``, once per module object), so
+    that its ``state_dict`` keys stay as they are (no ``_orig_mod.`` prefix) and every reader of a checkpoint loads
+    it. Call it before wrapping a module in DDP.
+
+    Shapes: ``dynamic=None``, torch's automatic dynamic shapes. A first call compiles for its shapes; a size or
+    host integer that then changes (paper masks: each batch's context and target token counts, the packed lengths)
+    is recompiled once as a symbol, after which other values reuse that graph. The encoder's frame is also
+    compiled once without gradients (the EMA target encoder) and once per mode the monitors call it in. Measured
+    on CPU with backend ``eager`` (tests/test_train_speed.py): a bounded number of graphs in the first steps of a
+    run, none after."""
+    seen: set[int] = set()
+    for module in modules:
+        if id(module) not in seen:  # mae: the encoder is also the "target encoder"
+            seen.add(id(module))
+            module.compile(backend=backend, dynamic=None)
+
+
 def check_distributed(device_kind: str = "auto", expect_world_size: int | None = None) -> dict:
     """Join the job's process group and all-reduce every rank's number + 1, as a job on several nodes does before
     it trains. Returns this rank's report: rank, world_size, host, sum (world_size x (world_size + 1) / 2 when
