@@ -445,6 +445,7 @@ def test_jobs_on_several_nodes_start_one_launcher_per_node_with_srun(tmp_path):
     assert jobs[closed]["shell"].startswith("brainjepa launch --section evaluate --nodes 1 --processes 1 -- evaluate")
 
 
+@pytest.mark.slow  # 21-43 s in make test's --durations (2026-12-07)
 def test_encoders_of_two_sizes_add_the_scaling_figure_and_bad_attention_settings_fail(tmp_path):
     work = tmp_path / "sizes"
     _copy_demo_config(work)
@@ -961,6 +962,7 @@ def test_a_stage_requested_alone_after_a_sheet_edit_rebuilds_what_it_depends_on(
     assert "Nothing to be done" in snakemake(work, "-n", *shards, *study).stdout
 
 
+@pytest.mark.slow  # 21-43 s in make test's --durations (2026-12-07)
 def test_task_splits_that_cannot_train_select_or_test_stop_the_workflow_before_any_job(tmp_path):
     """Knowable from the sheets, so refused when the workflow starts (they failed in each evaluate job after
     pretraining): a task split without a labelled subject (test: 0), a classification whose training split holds
@@ -1005,6 +1007,7 @@ def test_task_splits_that_cannot_train_select_or_test_stop_the_workflow_before_a
     assert "np." not in output
 
 
+@pytest.mark.slow  # 21-43 s in make test's --durations (2026-12-07)
 def test_a_relative_run_folder_that_leaves_output_dir_is_refused(tmp_path):
     """A training config's relative run.out_dir lies under output_dir; `../../escape` used to be accepted, and the
     pretrain rule wrote ../../escape/final.pt outside the dataset's folder."""
@@ -1028,6 +1031,7 @@ def test_a_relative_run_folder_that_leaves_output_dir_is_refused(tmp_path):
     assert result.returncode == 0 and "results/pretrain/inside/final.pt" in result.stdout, result.stderr[-2000:]
 
 
+@pytest.mark.slow  # 21-43 s in make test's --durations (2026-12-07)
 def test_the_pretraining_study_is_one_job_when_configured_and_its_config_is_checked(tmp_path):
     """Off in the demo; `study.config` adds one pretraining_study job (its outputs in `all`); a bad study config
     stops the dry run naming the key."""
