@@ -125,6 +125,17 @@ def _rois_table(rois: list[str], networks: list[str] | None, position_columns: l
     return table.to_csv(sep="\t", index=False, float_format="%.10g")
 
 
+def _positions(positional: str, encoder_state: dict) -> tuple[list[str], np.ndarray | None]:
+    """The columns and values [R, G] (gradients) or [R, 3] (centroids) the encoder's positions were built from;
+    none for the sin-cos positions."""
+    if positional == "gradient":
+        positions = encoder_state["pos_embed.gradients"].detach().cpu().numpy()
+        return [f"gradient_{j + 1}" for j in range(positions.shape[1])], positions
+    if positional == "centroid":
+        return ["x", "y", "z"], encoder_state["pos_embed.centroids"].detach().cpu().numpy()
+    return [], None
+
+
 def write_bundle(out: str | Path, *, encoder_state: dict, model_config, rois: list[str], inputs: InputSpec,
                  scaling, atlas: dict, provenance: dict, card: str, networks: list[str] | None = None,
                  predictor_state: dict | None = None) -> Path:
@@ -146,14 +157,7 @@ def write_bundle(out: str | Path, *, encoder_state: dict, model_config, rois: li
     check_roi_names(list(scaling.rois), list(rois), "the scaling statistics", "the model's ROIs")
     if networks is not None and len(networks) != len(rois):
         raise InputError(f"{out}: {len(networks)} networks for {len(rois)} ROIs")
-    position_columns: list[str] = []
-    positions = None
-    if cfg.positional == "gradient":
-        positions = encoder_state["pos_embed.gradients"].detach().cpu().numpy()
-        position_columns = [f"gradient_{j + 1}" for j in range(positions.shape[1])]
-    elif cfg.positional == "centroid":
-        positions = encoder_state["pos_embed.centroids"].detach().cpu().numpy()
-        position_columns = ["x", "y", "z"]
+    position_columns, positions = _positions(cfg.positional, encoder_state)
     tensors = _plain_tensors(encoder_state, PREFIXES["encoder"])
     modules = ["encoder"]
     if predictor_state is not None:
@@ -365,6 +369,39 @@ def _sha256s_of_manifest(manifest_path: str | Path | None, manifest: dict | None
             "shards_sha256": {split: [e["sha256"] for e in entries] for split, entries in manifest["splits"].items()}}
 
 
+def _training_statistics(checkpoint: Path, state: dict, path: str | Path | None, configured: str | None):
+    """The ScalingStats at ``path``, which must be the ones the checkpoint trained on (its id); ``configured``:
+    the file its training config names (for the message when there is none)."""
+    from brainjepa.group.scaling import ScalingStats
+
+    if not path or not Path(path).exists():
+        raise InputError(f"{checkpoint}: the scaling statistics it trained on are needed (id "
+                         f"{state.get('scaling_stats_id')}): give export-model --scaling-stats FILE "
+                         f"(the training config names {configured!r})")
+    stats = ScalingStats.load(path)
+    if state.get("scaling_stats_id") and stats.id != state["scaling_stats_id"]:
+        raise InputError(f"{path}: scaling statistics {stats.id}, but {checkpoint} trained on "
+                         f"{state['scaling_stats_id']}: give the statistics of its shards")
+    return stats
+
+
+def _training_summary(state: dict, manifest_path, manifest: dict | None, n_subjects: int, n_rois: int,
+                      with_predictor: bool) -> dict:
+    """The model card's training section: {"data": [lines], "lines": [lines], "with_predictor"}."""
+    config = state.get("config") or {}
+    data, optim = dict(config.get("data") or {}), config.get("optim") or {}
+    runs = sum(e.get("rows", 0) for e in (manifest or {}).get("splits", {}).get(data.get("split", "pretrain"), []))
+    trs = (manifest or {}).get("tr") or {}
+    data_lines = [f"{runs} pretraining runs ({', '.join(f'{c}: {sum(v.values())}' for c, v in trs.items())})"
+                  if manifest else f"shards {manifest_path} (not found when exported)",
+                  f"{n_rois} ROIs; scaling statistics from {n_subjects} training subjects"]
+    return {"data": data_lines, "with_predictor": with_predictor,
+            "lines": [f"objective {config.get('objective', 'jepa')}, {state.get('step')} optimizer steps "
+                      f"({state.get('epoch')} epochs of {optim.get('epochs')})",
+                      f"batch {data.get('batch_size')} per process, lr {optim.get('lr')}, EMA {optim.get('ema')}, "
+                      f"loss {optim.get('loss')}, masks {(config.get('mask') or {}).get('mode')}"]}
+
+
 def export_model(checkpoint: str | Path, out: str | Path, *, manifest: str | Path | None = None,
                  scaling_stats: str | Path | None = None, labels: str | Path | None = None,
                  atlas_image: str | Path | None = None, tr_alignment: str = "stride", target_tr: float | None = None,
@@ -382,7 +419,6 @@ def export_model(checkpoint: str | Path, out: str | Path, *, manifest: str | Pat
     """
     from brainjepa import __version__
     from brainjepa.data.shards import load_manifest
-    from brainjepa.group.scaling import ScalingStats
     from brainjepa.models.config import ModelConfig
     from brainjepa.preprocess.align_tr import METHODS as ALIGN_METHODS
     from brainjepa.train.checkpoint import load_checkpoint
@@ -392,15 +428,8 @@ def export_model(checkpoint: str | Path, out: str | Path, *, manifest: str | Pat
     data = dict((state.get("config") or {}).get("data") or {})
     manifest_path = manifest or data.get("manifest")
     manifest_dict = load_manifest(manifest_path) if manifest_path and Path(manifest_path).exists() else None
-    stats_path = scaling_stats or data.get("scaling_stats")
-    if not stats_path or not Path(stats_path).exists():
-        raise InputError(f"{checkpoint}: the scaling statistics it trained on are needed (id "
-                         f"{state.get('scaling_stats_id')}): give export-model --scaling-stats FILE "
-                         f"(the training config names {data.get('scaling_stats')!r})")
-    stats = ScalingStats.load(stats_path)
-    if state.get("scaling_stats_id") and stats.id != state["scaling_stats_id"]:
-        raise InputError(f"{stats_path}: scaling statistics {stats.id}, but {checkpoint} trained on "
-                         f"{state['scaling_stats_id']}: give the statistics of its shards")
+    stats = _training_statistics(checkpoint, state, scaling_stats or data.get("scaling_stats"),
+                                 data.get("scaling_stats"))
     rois = [str(n) for n in state.get("roi_names") or stats.rois]
     if tr_alignment not in ALIGN_METHODS:
         raise InputError(f"tr_alignment must be one of {', '.join(ALIGN_METHODS)}, not {tr_alignment!r}")
@@ -418,22 +447,9 @@ def export_model(checkpoint: str | Path, out: str | Path, *, manifest: str | Pat
                        dtype=(manifest_dict or {}).get("dtype", "float16"))
     name = name or Path(out).name
     monitors = monitors if monitors is not None else checkpoint.parent / "monitors.csv"
-    steps = state.get("step")
-    training_cfg = state.get("config") or {}
-    runs = sum(e.get("rows", 0) for e in (manifest_dict or {}).get("splits", {}).get(data.get("split", "pretrain"), []))
-    trs = (manifest_dict or {}).get("tr") or {}
-    data_lines = [f"{runs} pretraining runs ({', '.join(f'{c}: {sum(v.values())}' for c, v in trs.items())})"
-                  if manifest_dict else f"shards {manifest_path} (not found when exported)",
-                  f"{len(rois)} ROIs; scaling statistics from {stats.n_subjects} training subjects"]
-    objective = training_cfg.get("objective", "jepa")
-    optim = training_cfg.get("optim") or {}
-    training = {"data": data_lines, "with_predictor": with_predictor,
-                "lines": [f"objective {objective}, {steps} optimizer steps ({state.get('epoch')} epochs of "
-                          f"{optim.get('epochs')})",
-                          f"batch {data.get('batch_size')} per process, lr {optim.get('lr')}, EMA {optim.get('ema')}, "
-                          f"loss {optim.get('loss')}, masks {(training_cfg.get('mask') or {}).get('mode')}"]}
+    training = _training_summary(state, manifest_path, manifest_dict, stats.n_subjects, len(rois), with_predictor)
     provenance = {"brainjepa_version": __version__, "commit": _git_commit(), "exported_from": str(checkpoint),
-                  "step": steps, "epoch": state.get("epoch"), "training_config": training_cfg,
+                  "step": state.get("step"), "epoch": state.get("epoch"), "training_config": state.get("config") or {},
                   "identity": state.get("identity"), "scaling_stats_id": stats.id,
                   "data": _sha256s_of_manifest(manifest_path, manifest_dict)}
     card = model_card(name, model_config=cfg, inputs=inputs, atlas=atlas, training=training, monitors=monitors,
@@ -441,6 +457,23 @@ def export_model(checkpoint: str | Path, out: str | Path, *, manifest: str | Pat
     return write_bundle(out, encoder_state=state["target_encoder"], model_config=cfg, rois=rois, inputs=inputs,
                         scaling=stats, atlas=atlas, provenance=provenance, card=card, networks=networks,
                         predictor_state=state["predictor"] if with_predictor else None)
+
+
+def _supplied_scaling(scaling_stats: str | Path | None, scaling_method: str | None, names) -> tuple[Any, str]:
+    """(ScalingStats, what the bundle records as their source) for a released checkpoint, whose statistics were
+    never published: a statistics file the user supplies, or a per-sample method that needs none."""
+    from brainjepa.group.scaling import METHODS, PER_SAMPLE, ScalingStats
+    from brainjepa.io import sha256_file
+
+    if scaling_stats is not None:
+        source = f"supplied: {Path(scaling_stats).name} (sha256 {sha256_file(scaling_stats)}), not the release's"
+        return ScalingStats.load(scaling_stats), source
+    if scaling_method not in PER_SAMPLE:
+        needs = [m for m in METHODS if m not in PER_SAMPLE]
+        raise InputError(f"--scaling-method {scaling_method!r}: only per-sample methods ({', '.join(PER_SAMPLE)}) "
+                         f"work without statistics; {', '.join(needs)} need --scaling-stats FILE")
+    stats = ScalingStats(scaling_method, tuple(names), np.zeros(0), np.zeros(0), 0)
+    return stats, f"method: {scaling_method} (per sample, no statistics)"
 
 
 def convert_official_bundle(official: str | Path, gradients: str | Path, out: str | Path, *, tr: float,
@@ -459,7 +492,7 @@ def convert_official_bundle(official: str | Path, gradients: str | Path, out: st
 
     from brainjepa import __version__
     from brainjepa.group.gradients import read_gradients
-    from brainjepa.group.scaling import METHODS, PER_SAMPLE, ScalingStats
+    from brainjepa.group.scaling import PER_SAMPLE
     from brainjepa.io import sha256_file
     from brainjepa.models.convert import config_from_official, from_official
     from brainjepa.models.weights import read_torch_file
@@ -474,16 +507,7 @@ def convert_official_bundle(official: str | Path, gradients: str | Path, out: st
     if not tr > 0:
         raise InputError(f"--tr must be a positive number of seconds, not {tr!r}")
     names, grads = read_gradients(gradients)
-    if scaling_stats is not None:
-        stats = ScalingStats.load(scaling_stats)
-        source = f"supplied: {Path(scaling_stats).name} (sha256 {sha256_file(scaling_stats)}), not the release's"
-    else:
-        if scaling_method not in PER_SAMPLE:
-            needs = [m for m in METHODS if m not in PER_SAMPLE]
-            raise InputError(f"--scaling-method {scaling_method!r}: only per-sample methods ({', '.join(PER_SAMPLE)}) "
-                             f"work without statistics; {', '.join(needs)} need --scaling-stats FILE")
-        stats = ScalingStats(scaling_method, tuple(names), np.zeros(0), np.zeros(0), 0)
-        source = f"method: {scaling_method} (per sample, no statistics)"
+    stats, source = _supplied_scaling(scaling_stats, scaling_method, names)
     state = read_torch_file(official, "official checkpoint")
     cfg = config_from_official(state, len(names), num_heads)
     states = from_official(state, torch.tensor(grads, dtype=torch.float32), cfg)
