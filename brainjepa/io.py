@@ -87,11 +87,14 @@ def replace_dir(tmp: Path, out_dir: Path) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``text`` written to ``path`` through :func:`atomic_path`: the file appears complete or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def write_tsv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """``df`` written to ``path`` as TSV through :func:`atomic_path`: no index, missing values as ``n/a``, floats with 6
+    significant digits."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
 

@@ -57,6 +57,8 @@ def file_record(path: str | os.PathLike) -> dict:
 
 
 def settings_sha256(command: str, settings: dict) -> str:
+    """Hex SHA-256 of the canonical JSON (sorted keys; values JSON cannot hold as their ``str``) of ``command`` and
+    ``settings``: a record's ``settings_sha256``."""
     text = json.dumps({"command": command, "settings": settings}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -104,6 +106,7 @@ def split_arguments(args: argparse.Namespace) -> tuple[dict, dict, list[Path]]:
 
 
 def sidecar(path: str | os.PathLike) -> Path:
+    """The provenance record beside an output: ``<path>.provenance.json``."""
     return Path(f"{path}{SIDECAR_SUFFIX}")
 
 

@@ -22,6 +22,8 @@ PATH_COLUMNS = ("bold", "timeseries", "mask")
 
 
 def load_schema(name: str) -> dict:
+    """The JSON schema of a sheet (``samples`` or ``phenotypes``), read from the package's
+    ``schemas/<name>.schema.yaml``."""
     return yaml.safe_load(resources.files("brainjepa.schemas").joinpath(f"{name}.schema.yaml").read_text())
 
 

@@ -23,6 +23,8 @@ GROUPS = ("preprocess", "group", "data", "train", "evaluate", "capabilities", "f
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``brainjepa`` argument parser: ``--version``, ``-v`` and the subcommands that each module of :data:`GROUPS`
+    registers."""
     import importlib
 
     parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__.split("\n\n")[0])
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The exit status of one command line (``argv``; None: ``sys.argv[1:]``) run under the error policy of the module
+    docstring: 0, 1 on an error, 130 on an interrupt, 75 when pretraining stopped after its checkpoint. Provenance
+    sidecars of the outputs are removed before the command runs and written after it succeeds."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

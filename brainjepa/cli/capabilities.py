@@ -104,5 +104,7 @@ def _register_networks(sub) -> None:
 
 
 def register(sub) -> None:
+    """BrainLM's capabilities as subcommands of ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`):
+    ``forecast``, ``reconstruction``, ``network-id``, ``perturbation`` and ``figure-perturbation``."""
     _register_time_series(sub)
     _register_networks(sub)

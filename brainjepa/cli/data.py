@@ -21,6 +21,8 @@ def _shards(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The ``shards`` subcommand on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): the scaled runs of
+    the splits as Parquet or WebDataset shards, with their manifest."""
     p = sub.add_parser("shards", parents=[parent("splits", "runs_root", "phenotypes", "label_types")],
                        help="scaled runs as Parquet (or WebDataset tar) shards per split + manifest")
     p.add_argument("--stats", required=True, help="scaling statistics JSON")

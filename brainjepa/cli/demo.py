@@ -46,6 +46,9 @@ def _demo_sheets(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The demo's subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``simulate-atlas`` (the
+    synthetic atlas), ``simulate-run`` (simulated runs) and ``demo-sheets`` (the demo cohorts' sample and phenotype
+    sheets)."""
     p = sub.add_parser("simulate-atlas", parents=[parent("seed")],
                        help="write the synthetic demo atlas (cortical + subcortical)")
     p.add_argument("--root", required=True)

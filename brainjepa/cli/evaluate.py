@@ -49,6 +49,9 @@ def _metrics(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The evaluation's subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``features``
+    (cached frozen features of one encoder), ``evaluate`` (one task x method x seed -> metrics JSON) and ``metrics``
+    (the JSONs aggregated into metrics.tsv and Markdown tables)."""
     shards = argparse.ArgumentParser(add_help=False)
     shards.add_argument("--shards", required=True, help="folder of the per-split shard sets (<split>/manifest.json)")
     shards.add_argument("--protocols", type=json_object, default={},

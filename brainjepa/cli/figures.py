@@ -107,6 +107,10 @@ def _report_summary(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The figure subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``figure-fc`` and
+    ``figure-gradients`` here, the figures of trained encoders (``network-attention``, ``figure-pretraining``,
+    ``figure-evaluation``, ``figure-capabilities``) and of the runs (``figure-qc``, ``report-summary``) through the
+    helpers below."""
     p = sub.add_parser("figure-fc", parents=[parent("labels", "out")], help="group FC heatmap ordered by network")
     p.add_argument("--fc", required=True, help="group FC .npy")
     p.set_defaults(func=_figure_fc)

@@ -48,6 +48,8 @@ def _gradients(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The group-level subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``splits``,
+    ``split-balance``, ``scaling``, ``group-fc`` and ``gradients``."""
     p = sub.add_parser("splits", parents=[parent("out", "seed")],
                        help="subject-level train/val/test (and pretrain) splits, one row per run")
     p.add_argument("--samples", required=True)

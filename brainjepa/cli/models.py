@@ -72,6 +72,9 @@ def _export_official(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The model subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``model-info`` (its
+    defaults those of :class:`brainjepa.models.config.ModelConfig`), the checkpoint conversions (``convert-checkpoint``,
+    ``export-official``) and the model bundles (``export-model``, ``embed``)."""
     from brainjepa.models.config import ModelConfig
 
     default = ModelConfig()  # the same defaults as a training config without a model section

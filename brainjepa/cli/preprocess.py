@@ -61,6 +61,9 @@ def _align_tr(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The preprocessing subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``atlas`` (the
+    combined atlas and its label table), ``parcellate`` (ROI mean time series) and ``align-tr`` (runs brought to one
+    TR)."""
     p = sub.add_parser("atlas", help="build the combined subcortical + cortical atlas and its label table")
     p.add_argument("--space", help="MNI152NLin6Asym or MNI152NLin2009cAsym")
     p.add_argument("--n-parcels", type=int, default=400, help="Schaefer-2018 parcels (TemplateFlow)")

@@ -47,6 +47,9 @@ def _provenance(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The sheet subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``validate`` (the sample
+    sheets, as the workflow checks them) and ``provenance`` (an output's record, ``--check``: whether it still
+    holds)."""
     p = sub.add_parser("validate", help="validate the sample sheets (as the workflow does before any job)")
     p.add_argument("--samples", help="the sample sheet (default: the --config's samples)")
     p.add_argument("--phenotypes", help="the phenotypes sheet (default: the --config's phenotypes)")

@@ -25,6 +25,8 @@ def _study(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The ``pretraining-study`` subcommand on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`):
+    :func:`brainjepa.evaluate.study.run_study` of one study config (docs/study.md), in its out-dir."""
     p = sub.add_parser("pretraining-study",
                        help="does pretraining beat random init? pretrain each config of a study to a step budget, "
                             "probe its checkpoints and random-init seeds in repeated CV, paired bootstraps")

@@ -22,6 +22,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    """The training subcommands on ``sub`` (the subparsers of :func:`brainjepa.cli.build_parser`): ``pretrain``, and
+    ``launch`` and ``check-distributed`` (:func:`register_launch`)."""
     p = sub.add_parser("pretrain", help="Brain-JEPA self-supervised pretraining (resumes from latest.pt)")
     p.add_argument("--config", help="training config YAML (sections model, data, mask, optim, run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -75,6 +77,8 @@ def _check_distributed(args: argparse.Namespace) -> None:
 
 
 def register_launch(sub) -> None:
+    """The ``launch`` subcommand (a training or evaluation command started in place, under torchrun on one node, or
+    under torchrun on each node of a Slurm job) and ``check-distributed`` (a process group's smoke test) on ``sub``."""
     from brainjepa.train.launch import SECTIONS
 
     p = sub.add_parser("launch", help="start a training or evaluation command with its layout: in place, torchrun "

@@ -43,6 +43,8 @@ def fc_features(data: np.ndarray, block: int = 64) -> np.ndarray:
 
 
 def log_grid(log10_range: tuple[float, float], n: int) -> np.ndarray:
+    """``n`` values evenly spaced in log10 over ``log10_range`` (lo, hi), both ends included: [n] float64 (n <= 1: just
+    10 ** lo)."""
     return np.logspace(log10_range[0], log10_range[1], n) if n > 1 else np.array([10 ** log10_range[0]])
 
 
@@ -101,6 +103,8 @@ def closed_form_maker(kind: str, seed: int, class_weight: np.ndarray | None = No
 
 
 def svm_maker(kind: str, seed: int, class_weight: np.ndarray | None = None):
+    """SVR(C) or SVC(C) with an RBF kernel (``gamma='scale'``; classification: one-vs-rest margins, ``class_weight`` [C]
+    the loss weight per class): a function of C that makes an unfitted model."""
     from sklearn.svm import SVC, SVR
 
     if kind == "regression":

@@ -54,6 +54,9 @@ KINDS = {c.kind for c in CAPABILITIES.values()}
 
 @dataclass(frozen=True)
 class CapabilityConfig:
+    """One capability of config ``evaluate.capabilities.<name>`` (module docstring): its cohorts, the encoders (names of
+    ``evaluate.encoders``), baselines and feature kinds it runs, and its ``settings`` for the capability's command."""
+
     name: str
     cohorts: tuple[str, ...]
     encoders: tuple[str, ...] = ()

@@ -106,6 +106,9 @@ class SvmConfig:
 
 @dataclass(frozen=True)
 class ProtocolConfig:
+    """The evaluation protocols' settings (config ``evaluate.settings``): one section per protocol, the class weighting
+    of classification losses and selection, and the device, precision and torch threads of every evaluation job."""
+
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
     attentive: AttentiveConfig = field(default_factory=AttentiveConfig)

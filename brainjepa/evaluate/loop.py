@@ -43,6 +43,9 @@ log = logging.getLogger("brainjepa.evaluate")
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: the selected epoch and its state dict, the per-epoch history, and the selection metric
+    with its validation value and the validation loss at that epoch."""
+
     selected_epoch: int               # 1-based epoch whose state was kept
     history: list[dict]               # per evaluated epoch: train_loss, val_loss, val_<metric>, lr
     state: dict                       # the selected state dict (CPU tensors)
@@ -125,6 +128,8 @@ def predict(model: torch.nn.Module, inputs: torch.Tensor, kind: str, device: tor
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """The learning rate at optimizer step ``step`` of ``total``: linear warm-up from 0 to ``lr`` over ``warmup`` steps,
+    then cosine to ``min_lr``."""
     return warmup_cosine(step, total, warmup, 0.0, lr, min_lr)
 
 
@@ -255,6 +260,9 @@ GRID_TIE = 0.01                       # fit_probe: grid points this close to the
 
 @dataclass
 class ProbeFit:
+    """What :func:`fit_probe` returns: the selected probe (eval mode, its selected state) and ``info`` on how it was
+    selected (recipe, lr, weight decay, epoch, metric, score, history and the grid)."""
+
     model: torch.nn.Module            # the selected probe (its standardisation inside), with the selected state
     info: dict                        # recipe, lr, weight_decay, epoch, metric, score, history, grid
 

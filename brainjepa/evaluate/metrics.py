@@ -94,7 +94,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: float = 1.
 def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """y_true: [N] class indices; prob: [N, C] class probabilities (rows sum to 1); ``threshold`` (binary only):
     class 1 where p(class 1) > threshold (None: argmax)."""
-
     y_true, prob = np.asarray(y_true, int), np.asarray(prob, float)
     if threshold is not None and prob.shape[1] != 2:
         raise ValueError(f"a decision threshold is for binary tasks, got {prob.shape[1]} classes")

@@ -162,10 +162,12 @@ def load_study(path: str | Path) -> StudyConfig:
 
 
 def label_text(n: int | str | None) -> str:
+    """A label count as written in tables, keys and file names: ``all`` for None or ``all``, else the integer."""
     return "all" if n in (None, "all") else str(int(n))
 
 
 def fraction_text(fraction: float) -> str:
+    """A data fraction as written in tables and folder names (``%g``: 1, 0.5, 0.25)."""
     return f"{fraction:g}"
 
 
@@ -359,6 +361,8 @@ class PretrainRun:
 
 
 def data_overrides(inputs: StudyInputs, manifest: str | Path) -> list[str]:
+    """The ``--set`` overrides that point a training config at the study's data: ``manifest``, the gradients and, when
+    the study has them, the scaling statistics and the atlas label table."""
     out = [f"data.manifest={manifest}", f"data.gradients={inputs.gradients}"]
     out += [f"data.scaling_stats={inputs.stats}"] if inputs.stats else []
     return out + ([f"data.labels={inputs.labels}"] if inputs.labels else [])
@@ -429,6 +433,8 @@ def encoder_digest(encoder) -> str:
 
 
 def entry_key(task: TaskData, readout: str, n: int | str | None) -> str:
+    """The key of one prediction in an encoder's cache: task name, readout, label count and the first 16 hex digits of
+    the task's digest, joined by ``|``."""
     return f"{task.task.name}|{readout}|{label_text(n)}|{task.digest[:16]}"
 
 

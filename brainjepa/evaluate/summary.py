@@ -35,6 +35,8 @@ PERCENT = {"accuracy", "balanced_accuracy", "f1"}
 
 
 def read_results(paths: list[str | Path]) -> list[dict]:
+    """The evaluation records (result JSONs) of ``paths``, in order; a file that cannot be read or parsed is an error
+    naming it."""
     records = []
     for path in paths:
         try:
@@ -45,6 +47,9 @@ def read_results(paths: list[str | Path]) -> list[dict]:
 
 
 def metrics_table(records: list[dict]) -> pd.DataFrame:
+    """The ``metrics.tsv`` table of ``records``: one row per record (task, kind, method, seed), its ``test_*`` and
+    ``val_*`` metrics, the selected epoch or regularisation, ``n_<split>`` subjects and seconds, sorted by task, method
+    and seed."""
     rows = []
     for r in records:
         row = {"task": r["task"], "kind": r["kind"], "method": r["method"], "seed": r["seed"]}

@@ -44,6 +44,10 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class TaskConfig:
+    """One downstream task (config ``evaluate.tasks.<name>``, module docstring): its cohorts, label column and kind, the
+    positive class of a binary task, the label values a subject must have (``include``) and the external test
+    cohorts."""
+
     name: str
     cohorts: tuple[str, ...]
     label: str

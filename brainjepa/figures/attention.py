@@ -19,6 +19,9 @@ GROUP_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"
 
 
 def plot_network_attention(table: pd.DataFrame, out: str | Path, title: str) -> None:
+    """Grouped bars of the normalised attention per network, one bar per group (its subject count in the legend), the
+    uniform level 1 / networks as a dashed line and, when the table has them, each network's permutation p-value; saved
+    to ``out``."""
     plt = pyplot()
     networks = list(dict.fromkeys(table["network"]))
     groups = list(dict.fromkeys(table["group"].astype(str)))

@@ -55,6 +55,8 @@ def _main(rows: pd.DataFrame) -> tuple[str, str, float | None]:
 
 
 def plot_methods(metrics: pd.DataFrame, out: str | Path) -> None:
+    """One panel per task: every method's main test metric as a horizontal bar (mean over seeds, standard deviation as
+    error bar, each seed a dot), coloured by protocol, chance (where defined) as a dashed line; saved to ``out``."""
     plt = pyplot()
     tasks = list(dict.fromkeys(metrics["task"]))
     n_methods = metrics.groupby("task")["method"].nunique().max()
@@ -80,6 +82,8 @@ def plot_methods(metrics: pd.DataFrame, out: str | Path) -> None:
 
 
 def plot_finetune_vs_linprobe(metrics: pd.DataFrame, out: str | Path) -> None:
+    """One panel per task: fine-tuning beside linear probing for every encoder that has both (mean over seeds, standard
+    deviation, each seed a dot), chance (where defined) as a dashed line; saved to ``out``."""
     plt = pyplot()
     tasks = list(dict.fromkeys(metrics["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks), 3.6), squeeze=False)

@@ -42,6 +42,8 @@ def read_qc_tables(paths: list[str | Path]) -> pd.DataFrame:
 
 
 def plot_roi_qc(qc: pd.DataFrame, labels: pd.DataFrame, out: str | Path) -> None:
+    """The ``roi`` figure: per ROI in atlas order, the temporal SNR over runs (median, 5-95 % band), the median and
+    minimum fraction of voxels with signal (NIfTI runs only) and a strip of the ROIs' networks; saved to ``out``."""
     plt = pyplot()
     names = labels["name"].astype(str).tolist()
     x = np.arange(len(names))
@@ -107,6 +109,8 @@ def run_table(samples: pd.DataFrame, qc: pd.DataFrame, excluded: pd.DataFrame) -
 
 
 def plot_splits(splits: pd.DataFrame, balance: pd.DataFrame, out: str | Path) -> None:
+    """The ``splits`` figure: stacked bars of subjects per split, one panel per cohort and one per (cohort, discrete
+    label) of the balance table, each bar's total above it; saved to ``out``."""
     plt = pyplot()
     order = [s for s in ("pretrain", "train", "val", "test") if s in set(splits["split"])]
     colors = {"pretrain": "#8c8c8c", "train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
@@ -136,6 +140,8 @@ def plot_splits(splits: pd.DataFrame, balance: pd.DataFrame, out: str | Path) ->
 def run_qc_figures(qc_paths: list[str | Path], labels_path: str | Path, samples_path: str | Path,
                    splits_path: str | Path, balance_path: str | Path, excluded_paths: list[str | Path],
                    out_roi: str | Path, out_splits: str | Path, out_runs: str | Path) -> pd.DataFrame:
+    """The QC figures and run table from their files: the ``roi`` figure (``out_roi``), the ``splits`` figure
+    (``out_splits``) and the per-cohort run table, written to ``out_runs`` and returned."""
     from brainjepa.io import write_tsv_atomic
     from brainjepa.preprocess.atlas import read_label_table
 

@@ -26,6 +26,8 @@ MONITOR_PANELS = (("rankme_pooled", "RankMe, pooled features"), ("rankme_tokens"
 
 
 def read_log(path: str | Path) -> pd.DataFrame:
+    """A run's training log (``log.csv``); an unreadable file, one without rows or one without the columns step and
+    those of :data:`PANELS` (loss, target_std, lr) is an error naming it."""
     path = Path(path)
     try:
         frame = pd.read_csv(path)

@@ -27,6 +27,8 @@ def run_fc(ts: np.ndarray, source: str = "run") -> np.ndarray:
 
 
 def fisher_z(fc: np.ndarray) -> np.ndarray:
+    """Fisher z (arctanh) of correlations, clipped to +-:data:`Z_CLIP` first so that r = +-1 (the diagonal) gives a
+    finite z; the shape of ``fc``."""
     return np.arctanh(np.clip(fc, -Z_CLIP, Z_CLIP))
 
 
@@ -52,6 +54,7 @@ def group_fc(subjects: dict[str, list[Path]]) -> tuple[np.ndarray, list[str]]:
 
 
 def write_fc(fc: np.ndarray, path: str | Path) -> None:
+    """``fc`` saved at ``path`` as a float64 ``.npy``, atomically (:func:`brainjepa.io.atomic_path`)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, fc.astype(np.float64))

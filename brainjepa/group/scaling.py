@@ -171,6 +171,7 @@ def compute_scaling_stats(subjects: dict[str, list[Path]], method: str) -> Scali
 
 
 def write_scaling_stats(stats: ScalingStats, path: str | Path) -> None:
+    """``stats`` written at ``path`` as its JSON (:meth:`ScalingStats.to_json`), atomically."""
     write_text_atomic(path, stats.to_json())
 
 

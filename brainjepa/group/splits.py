@@ -55,6 +55,8 @@ def assign_split(seed: int, cohort: str, subject: str, fractions: dict[str, floa
 
 
 def check_fractions(fractions: dict[str, float]) -> None:
+    """``fractions`` (config ``splits.fractions``) gives exactly train, val and test, each >= 0, summing to 1 (else an
+    :class:`brainjepa.errors.InputError` saying which rule fails)."""
     if set(fractions) != set(SPLITS) or any(v < 0 for v in fractions.values()):
         raise InputError(f"splits.fractions must give train, val and test (>= 0), got {fractions}")
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
@@ -194,6 +196,8 @@ def run_files(runs: pd.DataFrame, runs_root: str | Path) -> dict[str, list[Path]
 
 
 def read_splits(path: str | Path) -> pd.DataFrame:
+    """A split table (TSV, one row per run; every column as a string): an unreadable file, or one without the columns
+    run_id, cohort, subject, session, run and split, is an error naming it."""
     path = Path(path)
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)

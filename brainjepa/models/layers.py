@@ -121,6 +121,8 @@ def drop_path(x: Tensor, p: float, training: bool, varlen: VarLen | None = None)
 
 
 class Mlp(nn.Module):
+    """The transformer block's feed-forward part: Linear(dim, hidden), GELU, Linear(hidden, dim)."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)

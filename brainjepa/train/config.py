@@ -36,6 +36,10 @@ DATA_DERIVED = ("n_rois", "n_timesteps", "n_gradients")  # model fields set from
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The pretraining data: the shard manifest, its split and where tar shards live, the gradients TSV, optionally the
+    scaling statistics the shards are checked against and the atlas label table, the window, the loader (batch size per
+    process, workers, pinned memory) and the split the representation monitors read."""
+
     manifest: str = "results/shards/pretrain/manifest.json"
     split: str = "pretrain"
     shard_url: str | None = None          # tar shards elsewhere, {path} = a manifest entry's path (docs/formats.md)
@@ -51,6 +55,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """The optimisation: epochs and warm-up, the learning rate and weight decay schedules, AdamW's betas, gradient
+    accumulation and clipping, the EMA momentum schedule of the target encoder, the loss and target normalisation, and
+    the optional anti-collapse regularizer."""
+
     epochs: int = 300
     warmup_epochs: int = 40
     start_lr: float = 5e-5
@@ -105,6 +113,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """The run itself: its folder and seed, device and precision, how often it writes checkpoints, logs and
+    representation monitors, what a collapse does, and the speed and reproducibility switches (TF32, deterministic
+    algorithms, compile, asynchronous saves)."""
+
     out_dir: str = "results/pretrain/brainjepa"
     seed: int = 0
     device: Device = "auto"
@@ -224,6 +236,8 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def dump_config(cfg: TrainConfig) -> str:
+    """The training config as YAML (:func:`to_dict`: data-derived model fields left out), keys in the dataclasses'
+    order."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
