@@ -71,3 +71,17 @@ def test_version_is_written_once():
     assert "version" not in toml["project"] and "version" in toml["project"]["dynamic"]
     assert toml["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "brainjepa.__version__"}
     assert "version" not in yaml.safe_load((REPO / "CITATION.cff").read_text())
+
+
+def test_no_function_of_the_package_is_over_60_lines():
+    """The house rule (docs/development.md): a function longer than 60 lines, its docstring included, is split."""
+    import ast
+
+    long = []
+    for path in sorted((REPO / "brainjepa").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
