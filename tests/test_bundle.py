@@ -297,7 +297,8 @@ def test_the_model_card_has_the_monitors_and_the_evaluation_summary(trained, tmp
         tmp_path / "monitors.csv", index=False)
     pd.DataFrame({"task": ["age", "age", "age"], "kind": "regression", "method": ["tiny_linprobe", "tiny_linprobe",
                                                                                  "random_linprobe"],
-                  "seed": [0, 1, 0], "test_r": [0.5, 0.7, 0.1], "test_mse": [0.9, 0.7, 1.0]}).to_csv(
+                  "seed": [0, 1, 0], "test_r": [0.5, 0.7, 0.1], "test_mse": [0.9, 0.7, 1.0],
+                  "test_auroc": [None, None, 0.6]}).to_csv(
         tmp_path / "metrics.tsv", sep="\t", index=False)
     paired = [("age", "tiny_linprobe", "random_linprobe", seed, "r", delta, delta - 0.05, delta + 0.05, delta > 0.05)
               for seed, delta in enumerate([0.2, 0.1, 0.3])]
@@ -311,6 +312,7 @@ def test_the_model_card_has_the_monitors_and_the_evaluation_summary(trained, tmp
     card = (out / "README.md").read_text()
     assert "| target_rankme_pooled | 3 | 8 |" in card and "NARROWED" in card
     assert "| age | tiny_linprobe | 2 | 0.6 | 0.8 |" in card and "| age | random_linprobe" not in card
+    assert "| task | method | seeds | r | mse |" in card      # no column that is empty for this encoder's rows
     # against random init: the worst of the seeds with its interval, FC baselines and non-headline metrics left out
     assert "| age | tiny_linprobe | r | random_linprobe | 3 | +0.100 [+0.050, +0.150] | yes |" in card
     assert ("| sex | tiny_closed_form | balanced_accuracy | random_closed_form | 1 | +0.010 [-0.100, +0.120] | no |"

@@ -266,7 +266,8 @@ def _evaluation_lines(metrics: str | Path | None, encoder: str | None) -> list[s
     mine = table[table["method"].astype(str).str.startswith(f"{encoder}_")]
     if mine.empty:
         return []
-    tests = [c for c in mine.columns if c.startswith("test_") and pd.api.types.is_numeric_dtype(mine[c])]
+    tests = [c for c in mine.columns if c.startswith("test_") and pd.api.types.is_numeric_dtype(mine[c])
+             and mine[c].notna().any()]   # the metrics of these rows only, not every task's and capability's
     lines = [f"Evaluation (`{Path(metrics).name}`, test metrics, mean over seeds):", "",
              "| task | method | seeds | " + " | ".join(c[5:] for c in tests) + " |",
              "|---|---|---|" + "---|" * len(tests)]
