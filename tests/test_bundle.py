@@ -302,7 +302,7 @@ def test_the_model_card_has_the_monitors_and_the_evaluation_summary(trained, tmp
         tmp_path / "metrics.tsv", sep="\t", index=False)
     paired = [("age", "tiny_linprobe", "random_linprobe", seed, "r", delta, delta - 0.05, delta + 0.05, delta > 0.05)
               for seed, delta in enumerate([0.2, 0.1, 0.3])]
-    paired += [("age", "tiny_linprobe", "fc_linear", 0, "r", -0.4, -0.5, -0.3, False),
+    paired += [("age", "tiny_linprobe", "fc_linear", None, "r", -0.4, -0.5, -0.3, False),   # FC: no seed
                ("sex", "tiny_closed_form", "random_closed_form", 0, "balanced_accuracy", 0.01, -0.1, 0.12, False),
                ("sex", "tiny_closed_form", "random_closed_form", 0, "auroc", 0.2, 0.1, 0.3, True)]
     pd.DataFrame(paired, columns=["task", "method", "versus", "versus_seed", "metric", "delta", "ci_low", "ci_high",

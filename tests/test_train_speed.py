@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_pretrain import _cfg as _pretrain_cfg
 from test_pretrain import _make_data
 
 from brainjepa.errors import InputError, TrainingError
@@ -27,12 +28,8 @@ def tiny_data(tmp_path_factory):
 
 
 def _cfg(root, out, *extra):
-    sets = [f"data.manifest={root / 'shards' / 'manifest.json'}", f"data.gradients={root / 'gradients.tsv'}",
-            f"data.scaling_stats={root / 'stats.json'}", f"run.out_dir={out}", f"data.window={WINDOW}",
-            "data.batch_size=4", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
-            "model.size=tiny", "model.drop_path=0.1", "run.progress=false", "run.log_every=1",
-            "run.checkpoint_every=1", "mask.mode=paper", *extra]
-    return load_config(None, sets)
+    """test_pretrain's tiny run config with paper-mode masks (their packed lengths vary from batch to batch)."""
+    return _pretrain_cfg(root, out, "mask.mode=paper", *extra)
 
 
 def _states_equal(a: dict, b: dict, exact: bool = True) -> None:

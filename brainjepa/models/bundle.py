@@ -282,20 +282,20 @@ PRIMARY_METRICS = ("r", "balanced_accuracy")      # the paired table's headline 
 
 def _paired_lines(paired: str | Path | None, encoder: str | None) -> list[str]:
     """Against random initialisation, from a paired.tsv (brainjepa.evaluate.summary.paired_table): per task and
-    method of the encoder (``<encoder>_<protocol>``), its worst paired difference over the random encoders' seeds of
-    the same protocol (``<other>_<protocol>``) on the task's headline metric, with its 95 % interval, and whether it
-    beats every seed (the interval above zero)."""
+    method of the encoder (``<encoder>_<protocol>``), its worst paired difference over the random encoder's
+    initialisations (the table's rows with a ``versus_seed``; FC baselines have none) on the task's headline
+    metric, with its 95 % interval, and whether it beats every initialisation (the interval above zero)."""
     if not paired or not encoder or not Path(paired).exists():
         return []
     import pandas as pd
 
     table = pd.read_csv(paired, sep="\t")
-    missing = {"task", "method", "versus", "metric", "delta", "ci_low", "ci_high", "beats"} - set(table.columns)
+    missing = ({"task", "method", "versus", "versus_seed", "metric", "delta", "ci_low", "ci_high", "beats"}
+               - set(table.columns))
     if missing:
         raise InputError(f"{paired}: not a paired-differences table (no {', '.join(sorted(missing))} column)")
-    mine = table[table["method"].astype(str).str.startswith(f"{encoder}_") & table["metric"].isin(PRIMARY_METRICS)]
-    protocol = mine["method"].astype(str).str.slice(len(encoder) + 1)
-    mine = mine[[v.endswith(f"_{p}") for v, p in zip(mine["versus"].astype(str), protocol)]]
+    mine = table[table["method"].astype(str).str.startswith(f"{encoder}_") & table["metric"].isin(PRIMARY_METRICS)
+                 & table["versus_seed"].notna()]
     if mine.empty:
         return []
     lines = [f"Pretrained minus random initialisation (`{Path(paired).name}`): the worst paired difference over the "

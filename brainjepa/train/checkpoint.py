@@ -185,10 +185,6 @@ class BackgroundWriter:
         except BaseException as exc:  # handed to the training thread
             self._error = exc
 
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def wait(self, raise_error: bool = True) -> BaseException | None:
         """Wait for the write in progress, if any. Its error is raised (``raise_error``) or returned."""
         if self._thread is not None:
